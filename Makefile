@@ -1,0 +1,53 @@
+# The README's two commands: `make pipeline` and `make test`. Both set up .venv on a fresh machine.
+SHELL := /bin/bash
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup pipeline test test-all lint format bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+## Run the whole pipeline on the embedded default (the simulated world).
+pipeline: setup
+	$(BIN)/dvc repro
+
+## Lint, then the test suite (without the tests marked slow).
+test: setup lint
+	$(BIN)/pytest -m "not slow"
+
+## Every test, slow ones included.
+test-all: setup lint
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Speed and memory benchmarks; each prints JSON.
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## Refresh requirements.lock from the current environment.
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^msgfm' > requirements.lock
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,163 @@
+"""Registry of the four sensors msGFM learns from, band by band.
+
+Every stage that touches pixels (simulation, validation, co-registration, normalisation, the
+band-aware patch embedding) reads band names, native resolution, dtype, nodata and normalisation
+statistics from here, so a sensor is described once.
+
+Normalisation statistics: Sentinel-2 and Sentinel-1 use the published BigEarthNet v1.0 per-band
+means and standard deviations (L2A reflectance x 10000, S1 backscatter in dB); RGB and DSM use
+values typical of 1 m aerial imagery and lidar surface models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Band:
+    """One band of a sensor: what it measures and how to normalise it."""
+
+    name: str
+    gsd_m: float
+    dtype: str
+    nodata: float | None
+    mean: float
+    std: float
+    wavelength_nm: float | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor: its bands in canonical order and where it sits in the pipeline."""
+
+    name: str
+    title: str
+    bands: tuple[Band, ...]
+    unit: str
+    valid_range: tuple[float, float]
+    fine_grid: bool
+    """True for the ~1 m sensors (RGB, DSM) co-registered on the fine grid; False for the 10 m grid."""
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    def band(self, name: str) -> Band:
+        """Return the band called `name`, or raise a KeyError that lists the valid names."""
+        for b in self.bands:
+            if b.name == name:
+                return b
+        raise KeyError(f"sensor {self.name!r} has no band {name!r}; its bands are {list(self.band_names)}")
+
+    def stats(self, band_names: tuple[str, ...] | list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Means and stds (float32) for `band_names` (all bands by default), in that order."""
+        names = self.band_names if band_names is None else tuple(band_names)
+        bands = [self.band(n) for n in names]
+        return (
+            np.array([b.mean for b in bands], dtype=np.float32),
+            np.array([b.std for b in bands], dtype=np.float32),
+        )
+
+    def normalise(self, pixels: np.ndarray, band_names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+        """(C, H, W) physical values -> zero-mean unit-variance float32 using the registry stats."""
+        mean, std = self.stats(band_names)
+        return ((pixels.astype(np.float32) - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+
+    def denormalise(self, pixels: np.ndarray, band_names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+        """Inverse of `normalise`."""
+        mean, std = self.stats(band_names)
+        return (pixels.astype(np.float32) * std[:, None, None] + mean[:, None, None]).astype(np.float32)
+
+
+_S2 = [
+    # name, gsd, wavelength, BigEarthNet mean, std
+    ("B01", 60, 443, 340.76, 554.81),
+    ("B02", 10, 490, 429.94, 572.41),
+    ("B03", 10, 560, 614.21, 582.87),
+    ("B04", 10, 665, 590.23, 675.88),
+    ("B05", 20, 705, 950.68, 729.89),
+    ("B06", 20, 740, 1792.46, 1096.01),
+    ("B07", 20, 783, 2075.46, 1273.45),
+    ("B08", 10, 842, 2218.94, 1365.45),
+    ("B8A", 20, 865, 2266.46, 1356.13),
+    ("B09", 60, 945, 2246.07, 1302.30),
+    ("B10", 60, 1375, 15.0, 30.0),
+    ("B11", 20, 1610, 1594.42, 1079.19),
+    ("B12", 20, 2190, 1009.32, 818.86),
+]
+
+_C_BAND_WAVELENGTH_NM = 5.5465763e7  # Sentinel-1 C-band, 5.405 GHz
+
+SENTINEL1 = Sensor(
+    name="s1",
+    title="Sentinel-1 GRD (VV, VH backscatter, dB)",
+    bands=(
+        Band("VV", 10, "float32", None, -12.62, 5.12, _C_BAND_WAVELENGTH_NM, "dB"),
+        Band("VH", 10, "float32", None, -19.29, 5.46, _C_BAND_WAVELENGTH_NM, "dB"),
+    ),
+    unit="dB",
+    valid_range=(-50.0, 20.0),
+    fine_grid=False,
+)
+
+SENTINEL2 = Sensor(
+    name="s2",
+    title="Sentinel-2 MSI (13 L1C bands; L2A has 12, without B10), reflectance x 10000",
+    bands=tuple(Band(n, g, "uint16", 0, m, s, w, "reflectance x 10000") for n, g, w, m, s in _S2),
+    unit="reflectance x 10000",
+    valid_range=(0.0, 10000.0),
+    fine_grid=False,
+)
+
+RGB = Sensor(
+    name="rgb",
+    title="High-resolution aerial RGB (about 1 m, uint8)",
+    bands=(
+        Band("R", 1, "uint8", None, 118.0, 52.0, 640, "DN"),
+        Band("G", 1, "uint8", None, 121.0, 47.0, 555, "DN"),
+        Band("B", 1, "uint8", None, 108.0, 45.0, 465, "DN"),
+    ),
+    unit="DN",
+    valid_range=(0.0, 255.0),
+    fine_grid=True,
+)
+
+DSM = Sensor(
+    name="dsm",
+    title="Digital surface model (height above the ellipsoid, metres, about 1 m)",
+    bands=(Band("height", 1, "float32", -9999.0, 60.0, 40.0, None, "m"),),
+    unit="m",
+    valid_range=(-500.0, 9000.0),
+    fine_grid=True,
+)
+
+SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL1, SENTINEL2, RGB, DSM)}
+"""All sensors by short name, in the order the model indexes them."""
+
+S2_L2A_BANDS: tuple[str, ...] = tuple(n for n in SENTINEL2.band_names if n != "B10")
+"""The 12 bands of a Sentinel-2 L2A product (B10, the cirrus band, is dropped by Sen2Cor)."""
+
+PAIRS: tuple[tuple[str, str], ...] = (("s1", "s2"), ("rgb", "dsm"))
+"""Sensors that are co-located and paired for cross-sensor reconstruction."""
+
+
+def get_sensor(name: str) -> Sensor:
+    """Return the sensor called `name`, or raise a KeyError that lists the known sensors."""
+    try:
+        return SENSORS[name]
+    except KeyError:
+        raise KeyError(f"unknown sensor {name!r}; known sensors are {list(SENSORS)}") from None
+
+
+def partner_of(sensor: str) -> str:
+    """The sensor paired with `sensor` for cross-sensor reconstruction."""
+    for a, b in PAIRS:
+        if sensor == a:
+            return b
+        if sensor == b:
+            return a
+    raise KeyError(f"sensor {sensor!r} has no partner; pairs are {PAIRS}")
