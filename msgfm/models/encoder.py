@@ -1,0 +1,301 @@
+"""Shared hierarchical Swin encoder of msGFM, built from timm's Swin blocks, and the named configs.
+
+Tokens of every sensor in a batch go through one encoder pass: each sensor's chips are embedded by
+its band-aware patch embedding, masked patch tokens are replaced by a learnable mask token (SimMIM),
+a learned sensor embedding is added, and the per-sensor token grids are concatenated along the batch
+axis (all chips share one size in pixels). Blocks named by `moe_stages`/`moe_every` use a
+Mixture-of-Experts MLP routed by token and sensor (moe.py); the rest are timm's dense blocks.
+Windows are sized to the chip: each stage uses min(window_size, its token grid), as timm does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
+from torch import nn
+
+from msgfm.models.moe import MoEMlp
+from msgfm.models.patch_embed import BandAwarePatchEmbed
+from msgfm.sensors import SENSORS
+
+
+@dataclass(frozen=True)
+class MSGFMConfig:
+    """Everything that defines an msGFM model: encoder shape, MoE layout and the pretraining objective."""
+
+    name: str = "msgfm_tiny"
+    sensors: tuple[str, ...] = tuple(SENSORS)
+    chip_px: int = 64
+    patch_px: int = 4
+    embed_dim: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.0
+    experts: int = 4
+    moe_stages: tuple[int, ...] = (2, 3)
+    moe_every: int = 2
+    moe_top_k: int = 1
+    moe_capacity_factor: float = 1.25
+    aux_loss_weight: float = 0.01
+    mask_patch_px: int = 8
+    mask_ratio: float = 0.6
+    p_cross: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("sensors", "depths", "num_heads", "moe_stages"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = []
+        unknown = [s for s in self.sensors if s not in SENSORS]
+        if unknown or not self.sensors:
+            problems.append(f"sensors {list(self.sensors)}: unknown {unknown}; known are {list(SENSORS)}")
+        if len(self.depths) != len(self.num_heads):
+            problems.append(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
+        stride = self.patch_px * 2 ** (len(self.depths) - 1)
+        if self.chip_px % stride:
+            problems.append(f"chip_px {self.chip_px} must be a multiple of patch_px * 2**(stages-1) = {stride}")
+        if self.mask_patch_px % self.patch_px or self.chip_px % self.mask_patch_px:
+            problems.append(
+                f"mask_patch_px {self.mask_patch_px} must be a multiple of patch_px {self.patch_px} "
+                f"and divide chip_px {self.chip_px}"
+            )
+        if not 0.0 < self.mask_ratio < 1.0:
+            problems.append(f"mask_ratio {self.mask_ratio} must be in (0, 1)")
+        if not 0.0 <= self.p_cross <= 1.0:
+            problems.append(f"p_cross {self.p_cross} must be in [0, 1]")
+        if self.experts == 1 or self.experts < 0:
+            problems.append(f"experts {self.experts} must be 0 (dense) or >= 2")
+        if self.experts and not 1 <= self.moe_top_k <= self.experts:
+            problems.append(f"moe_top_k {self.moe_top_k} must be in 1..experts ({self.experts})")
+        bad_stages = [s for s in self.moe_stages if not 0 <= s < len(self.depths)]
+        if bad_stages:
+            problems.append(f"moe_stages {bad_stages} out of range 0..{len(self.depths) - 1}")
+        if self.moe_every < 1:
+            problems.append(f"moe_every {self.moe_every} must be >= 1")
+        if problems:
+            raise ValueError(f"invalid msGFM config {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        """Channel width of each stage's output."""
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token of the last stage."""
+        return self.patch_px * 2 ** (len(self.depths) - 1)
+
+    def is_moe_block(self, stage: int, block: int) -> bool:
+        """Whether block `block` of stage `stage` uses the MoE MLP (every moe_every-th block, counting from 1)."""
+        return self.experts > 0 and stage in self.moe_stages and (block + 1) % self.moe_every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MSGFMConfig:
+        """Inverse of to_dict; unknown keys are an error that names them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown msGFM config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**data)
+
+
+MODEL_CONFIGS: Mapping[str, MSGFMConfig] = {
+    # CPU-sized: Swin-T layout at half width, trains in minutes on 64 px chips.
+    "msgfm_tiny": MSGFMConfig(name="msgfm_tiny"),
+    # The paper's Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32.
+    "msgfm_base": MSGFMConfig(
+        name="msgfm_base",
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        drop_path_rate=0.1,
+    ),
+}
+"""Named configs; create_model(name, **overrides) builds from one of these."""
+
+
+def get_config(name: str, **overrides: Any) -> MSGFMConfig:
+    """The registered config `name` with `overrides` applied; errors list the known names and keys."""
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"unknown msGFM model {name!r}; known models are {sorted(MODEL_CONFIGS)}")
+    names = {f.name for f in dataclasses.fields(MSGFMConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown msGFM config keys {unknown}; allowed: {sorted(names)}")
+    return dataclasses.replace(MODEL_CONFIGS[name], **overrides)
+
+
+class SwinMoEBlock(SwinTransformerBlock):
+    """timm's Swin block with its MLP replaced by a sensor-aware MoE; forward(x, sensor_ids) -> (x, aux)."""
+
+    def __init__(self, *, experts: int, n_sensors: int, top_k: int, capacity_factor: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlp = MoEMlp(
+            self.dim,
+            int(self.dim * self.mlp_ratio),
+            experts=experts,
+            n_sensors=n_sensors,
+            top_k=top_k,
+            capacity_factor=capacity_factor,
+        )
+
+    def forward(self, x: torch.Tensor, sensor_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, C) tokens and (B,) sensor ids -> new tokens and the block's balancing loss."""
+        b, h, w, c = x.shape
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        x = x.reshape(b, h * w, c)
+        token_sensor = sensor_ids[:, None].expand(b, h * w)
+        y, aux = self.mlp(self.norm2(x), token_sensor)
+        x = x + self.drop_path2(y)
+        return x.reshape(b, h, w, c), aux
+
+
+@dataclass
+class EncoderOutput:
+    """Per-sensor multi-scale features (B_s, C_i, H_i, W_i), one per stage, and the mean MoE balancing loss."""
+
+    features: dict[str, list[torch.Tensor]]
+    aux_loss: torch.Tensor
+
+
+class MSGFMEncoder(nn.Module):
+    """Band-aware per-sensor patch embeddings + one shared Swin(-MoE) encoder over all sensors' tokens."""
+
+    def __init__(self, config: MSGFMConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.sensors = cfg.sensors
+        self.sensor_index = {s: i for i, s in enumerate(cfg.sensors)}
+        self.patch_embed = nn.ModuleDict({s: BandAwarePatchEmbed(s, cfg.embed_dim, cfg.patch_px) for s in cfg.sensors})
+        self.mask_token = nn.Parameter(torch.zeros(cfg.embed_dim))
+        self.sensor_embed = nn.Parameter(torch.zeros(len(cfg.sensors), cfg.embed_dim))
+        grid = cfg.chip_px // cfg.patch_px
+        dims = cfg.stage_dims
+        n_blocks = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * k / max(n_blocks - 1, 1) for k in range(n_blocks)]
+        self.downsample = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(cfg.depths):
+            res = (grid // 2**i, grid // 2**i)
+            self.downsample.append(PatchMerging(dims[i - 1], dims[i]) if i else nn.Identity())
+            blocks = nn.ModuleList()
+            for j in range(depth):
+                kwargs = dict(
+                    dim=dims[i],
+                    input_resolution=res,
+                    num_heads=cfg.num_heads[i],
+                    window_size=cfg.window_size,
+                    shift_size=0 if j % 2 == 0 else cfg.window_size // 2,
+                    mlp_ratio=cfg.mlp_ratio,
+                    drop_path=rates[sum(cfg.depths[:i]) + j],
+                )
+                if cfg.is_moe_block(i, j):
+                    block = SwinMoEBlock(
+                        experts=cfg.experts,
+                        n_sensors=len(cfg.sensors),
+                        top_k=cfg.moe_top_k,
+                        capacity_factor=cfg.moe_capacity_factor,
+                        **kwargs,
+                    )
+                else:
+                    block = SwinTransformerBlock(**kwargs)
+                blocks.append(block)
+            self.stages.append(blocks)
+        self.norm = nn.LayerNorm(dims[-1])
+        trunc_normal_(self.mask_token, std=0.02)
+        trunc_normal_(self.sensor_embed, std=0.02)
+        self.apply(_init_linear_and_norm)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Channel widths of the stage outputs."""
+        return self.config.stage_dims
+
+    def embed(
+        self, images: Mapping[str, torch.Tensor], bands: Mapping[str, Sequence[str]], token_masks: Mapping | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
+        """Embed, mask and sensor-tag each sensor's chips; concatenate along the batch axis."""
+        tokens, ids, sizes = [], [], []
+        for sensor, image in images.items():
+            if sensor not in self.sensor_index:
+                raise KeyError(f"sensor {sensor!r} is not in this model; it knows {list(self.sensors)}")
+            if sensor not in bands:
+                raise KeyError(f"batch has images for {sensor!r} but no band list for it")
+            if tuple(image.shape[-2:]) != (self.config.chip_px, self.config.chip_px):
+                raise ValueError(
+                    f"sensor {sensor!r}: chips must be {self.config.chip_px}x{self.config.chip_px} px "
+                    f"(model chip_px), got {tuple(image.shape[-2:])}"
+                )
+            x = self.patch_embed[sensor](image, bands[sensor])
+            if token_masks is not None and sensor in token_masks:
+                m = token_masks[sensor].to(x.dtype).unsqueeze(-1)
+                x = x * (1.0 - m) + self.mask_token * m
+            x = x + self.sensor_embed[self.sensor_index[sensor]]
+            tokens.append(x)
+            ids.append(torch.full((x.shape[0],), self.sensor_index[sensor], dtype=torch.long, device=x.device))
+            sizes.append((sensor, x.shape[0]))
+        if not tokens:
+            raise ValueError("batch has no images")
+        return torch.cat(tokens), torch.cat(ids), sizes
+
+    def forward(
+        self,
+        images: Mapping[str, torch.Tensor],
+        bands: Mapping[str, Sequence[str]],
+        token_masks: Mapping[str, torch.Tensor] | None = None,
+    ) -> EncoderOutput:
+        """Encode every sensor's (B_s, C_s, H, W) normalised chips; token_masks: (B_s, H/p, W/p) bool, True=masked."""
+        x, sensor_ids, sizes = self.embed(images, bands, token_masks)
+        per_stage, aux = [], []
+        for i, (down, blocks) in enumerate(zip(self.downsample, self.stages, strict=True)):
+            x = down(x)
+            for block in blocks:
+                if isinstance(block, SwinMoEBlock):
+                    x, block_aux = block(x, sensor_ids)
+                    aux.append(block_aux)
+                else:
+                    x = block(x)
+            out = self.norm(x) if i == len(self.stages) - 1 else x
+            per_stage.append(out.permute(0, 3, 1, 2))
+        names = [s for s, _ in sizes]
+        counts = [n for _, n in sizes]
+        features = {s: [] for s in names}
+        for stage_out in per_stage:
+            for s, part in zip(names, stage_out.split(counts), strict=True):
+                features[s].append(part)
+        aux_loss = torch.stack(aux).mean() if aux else x.new_zeros(())
+        return EncoderOutput(features=features, aux_loss=aux_loss)
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    """SimMIM/timm Swin initialisation: truncated-normal Linear weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(module: nn.Module, active: bool = False) -> int:
+    """Number of parameters; active=True counts only top-k experts per MoE layer (parameters used per token)."""
+    total = sum(p.numel() for p in module.parameters())
+    if not active:
+        return total
+    for moe in (m for m in module.modules() if isinstance(m, MoEMlp)):
+        per_expert = sum(p.numel() for p in moe.experts[0].parameters())
+        total -= per_expert * (moe.experts_n - moe.top_k)
+    return total

@@ -1,0 +1,220 @@
+"""msGFM pretraining model: cross-sensor masked image modeling over a batch that mixes sensors.
+
+Public API (what pretraining and fine-tuning call)
+--------------------------------------------------
+Build::
+
+    from msgfm.models import create_model, create_model_from_params, collate_multisensor
+    model = create_model("msgfm_tiny", chip_px=64, experts=4)      # or create_model_from_params(params.model)
+
+Batch (a plain dict, so DataLoader workers and Ray can move it)::
+
+    batch = {
+        "images":  {"s1": Tensor(B1, C1, H, W), "s2": Tensor(B2, C2, H, W), ...},  # normalised units
+        "bands":   {"s1": ("VV", "VH"), "s2": S2_L2A_BANDS, ...},   # channel names, any subset/order
+        "partner": {"s1": LongTensor(B1), "s2": LongTensor(B2)},   # optional: index of the co-located
+    }                                                              # chip in images[partner_of(s)], -1 = unpaired
+
+Images are `Sensor.normalise`d, every sensor's chips have the same size (config.chip_px), and any
+subset of sensors may be present. `collate_multisensor(samples)` builds this dict from per-chip
+samples ``{"sensor": "s2", "image": (C, H, W), "bands": (...), "pair": <key shared by co-located chips>}``.
+
+Forward::
+
+    out = model(batch, generator=None, masks=None, cross=None)   # -> PretrainOutput
+    out.loss.backward()
+
+`out.losses` keys: ``total`` (= ``recon`` + aux_loss_weight * ``aux``), ``recon`` (mean of the
+reconstruction terms below), ``aux`` (MoE balancing loss, 0 when dense), ``mim/<sensor>`` (masked L1
+of each sensor present, averaged over its masked pixels and bands) and ``cross/<a>-><b>`` (masked L1 of
+sensor b's pixels reconstructed from sensor a's masked input, for the samples drawn for cross-sensor
+reconstruction). `out.pred[s]` is the full reconstruction (B_s, C_s, H, W), `out.mask[s]` the pixel
+mask (B_s, H, W, True = masked), `out.cross_pred["a->b"]` / `out.cross_index["a->b"]` the cross
+reconstructions and the rows of images[a] they came from (their targets are
+images[b][partner[a][rows]]).
+
+Fine-tuning uses `model.encoder(images, bands)` -> `EncoderOutput(features={sensor: [4 maps
+(B, C_i, H/4/2^i, W/4/2^i)]}, aux_loss)` with the heads in msgfm.models.heads.
+
+Distributed training: a batch need not contain every sensor and top-k routing leaves experts idle,
+so wrap with DDP(find_unused_parameters=True) (Ray: prepare_model(parallel_strategy_kwargs=...)).
+
+Objective (DESIGN.md, "The model")
+----------------------------------
+Mask: the chip is cut into mask_patch_px cells and round(mask_ratio * cells) of them, chosen uniformly
+per chip, are masked (SimMIM; 0.6 as GFM). Masked patch tokens are replaced by the mask token before
+the encoder. Each chip is reconstructed by its own sensor's decoder (``mim/<s>``). A paired chip is, with
+probability p_cross, also decoded by its partner's decoder and compared with the partner's pixels
+under the same mask (``cross/<a>-><b>``): the encoder sees the masked input of one sensor and must
+produce the other. The encoder runs once per chip; the cross term costs one extra light decoder pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from msgfm.models.decoders import SensorDecoder
+from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder, get_config
+from msgfm.sensors import PAIRS, partner_of
+
+
+class MultiSensorBatch(TypedDict, total=False):
+    """The batch format of MSGFM.forward (see the module docstring)."""
+
+    images: dict[str, torch.Tensor]
+    bands: dict[str, tuple[str, ...]]
+    partner: dict[str, torch.Tensor]
+
+
+@dataclass
+class PretrainOutput:
+    """Losses and reconstructions of one pretraining step (all pixels in normalised units)."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    pred: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    cross_pred: dict[str, torch.Tensor]
+    cross_index: dict[str, torch.Tensor]
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """Mean |pred - target| over masked pixels (pixel_mask (B, H, W), True = masked) and all channels."""
+    weight = pixel_mask.to(pred.dtype).unsqueeze(1)
+    denom = weight.sum() * pred.shape[1]
+    return ((pred - target).abs() * weight).sum() / denom.clamp(min=1.0)
+
+
+def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, h, w) mask -> (B, h*factor, w*factor) by repeating each cell."""
+    return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+
+
+class MSGFM(nn.Module):
+    """Band-aware per-sensor embeddings, a shared Swin-MoE encoder and per-sensor decoders, trained by MIM."""
+
+    def __init__(self, config: MSGFMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = MSGFMEncoder(config)
+        self.decoders = nn.ModuleDict(
+            {s: SensorDecoder(s, config.stage_dims[-1], config.stride) for s in config.sensors}
+        )
+
+    def generate_masks(
+        self, images: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Random (B_s, G, G) boolean masks on the mask-patch grid, round(mask_ratio * G^2) cells per chip."""
+        cfg = self.config
+        grid = cfg.chip_px // cfg.mask_patch_px
+        n_masked = int(round(cfg.mask_ratio * grid * grid))
+        masks = {}
+        for sensor, image in images.items():
+            b = image.shape[0]
+            scores = torch.rand(b, grid * grid, generator=generator)
+            ranks = scores.argsort(dim=1).argsort(dim=1)
+            masks[sensor] = (ranks < n_masked).reshape(b, grid, grid).to(image.device)
+        return masks
+
+    def draw_cross(
+        self, partner: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """For each paired chip, True with probability p_cross: also reconstruct its partner."""
+        return {
+            s: (idx >= 0) & (torch.rand(idx.shape[0], generator=generator).to(idx.device) < self.config.p_cross)
+            for s, idx in partner.items()
+        }
+
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        generator: torch.Generator | None = None,
+        masks: Mapping[str, torch.Tensor] | None = None,
+        cross: Mapping[str, torch.Tensor] | None = None,
+    ) -> PretrainOutput:
+        """One cross-sensor MIM step; masks (mask-grid bools) and cross (per-chip bools) default to random draws."""
+        cfg = self.config
+        images: Mapping[str, torch.Tensor] = batch["images"]
+        bands: Mapping[str, Sequence[str]] = batch["bands"]
+        partner: Mapping[str, torch.Tensor] = batch.get("partner") or {}
+        masks = dict(masks) if masks is not None else self.generate_masks(images, generator)
+        cross = dict(cross) if cross is not None else self.draw_cross(partner, generator)
+
+        token_masks = {s: upsample_mask(m, cfg.mask_patch_px // cfg.patch_px) for s, m in masks.items()}
+        pixel_masks = {s: upsample_mask(m, cfg.mask_patch_px) for s, m in masks.items()}
+        encoded = self.encoder(images, bands, token_masks)
+
+        losses: dict[str, torch.Tensor] = {}
+        preds: dict[str, torch.Tensor] = {}
+        cross_pred: dict[str, torch.Tensor] = {}
+        cross_index: dict[str, torch.Tensor] = {}
+        for sensor, image in images.items():
+            last = encoded.features[sensor][-1]
+            preds[sensor] = self.decoders[sensor](last, bands[sensor])
+            losses[f"mim/{sensor}"] = masked_l1(preds[sensor], image, pixel_masks[sensor])
+
+            other = partner_of(sensor) if any(sensor in p for p in PAIRS) else None
+            if other is None or other not in images or sensor not in partner or sensor not in cross:
+                continue
+            rows = torch.nonzero(cross[sensor] & (partner[sensor] >= 0)).flatten()
+            if rows.numel() == 0:
+                continue
+            key = f"{sensor}->{other}"
+            cross_pred[key] = self.decoders[other](last.index_select(0, rows), bands[other])
+            cross_index[key] = rows
+            target = images[other].index_select(0, partner[sensor].index_select(0, rows))
+            losses[f"cross/{key}"] = masked_l1(cross_pred[key], target, pixel_masks[sensor].index_select(0, rows))
+
+        recon = torch.stack(list(losses.values())).mean()
+        losses["recon"] = recon
+        losses["aux"] = encoded.aux_loss
+        losses["total"] = recon + cfg.aux_loss_weight * encoded.aux_loss
+        return PretrainOutput(
+            loss=losses["total"],
+            losses=losses,
+            pred=preds,
+            mask=pixel_masks,
+            cross_pred=cross_pred,
+            cross_index=cross_index,
+        )
+
+
+def create_model(name: str = "msgfm_tiny", **overrides: Any) -> MSGFM:
+    """Build a registered msGFM model (msgfm_tiny, msgfm_base) with config overrides, freshly initialised."""
+    return MSGFM(get_config(name, **overrides))
+
+
+def create_model_from_params(model_params: Any) -> MSGFM:
+    """Build the model described by the `model` section of params.yaml (msgfm.config.ModelParams)."""
+    values = model_params.model_dump()
+    name = values.pop("name")
+    return create_model(name, **values)
+
+
+def collate_multisensor(samples: Sequence[Mapping[str, Any]]) -> MultiSensorBatch:
+    """Group per-chip samples by sensor into the MSGFM batch dict and link co-located chips by their "pair" key."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for sample in samples:
+        grouped.setdefault(sample["sensor"], []).append(sample)
+    images, bands, pair_keys = {}, {}, {}
+    for sensor, group in grouped.items():
+        names = {tuple(s["bands"]) for s in group}
+        if len(names) != 1:
+            raise ValueError(f"sensor {sensor!r}: chips in one batch carry different band lists {sorted(names)}")
+        bands[sensor] = names.pop()
+        images[sensor] = torch.stack([torch.as_tensor(np.asarray(s["image"]), dtype=torch.float32) for s in group])
+        pair_keys[sensor] = [s.get("pair") for s in group]
+    partner = {}
+    for sensor, keys in pair_keys.items():
+        if not any(sensor in p for p in PAIRS):
+            continue
+        other = partner_of(sensor)
+        lookup = {k: i for i, k in enumerate(pair_keys.get(other, [])) if k is not None}
+        partner[sensor] = torch.tensor([lookup.get(k, -1) if k is not None else -1 for k in keys], dtype=torch.long)
+    return MultiSensorBatch(images=images, bands=bands, partner=partner)
