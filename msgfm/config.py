@@ -215,79 +215,11 @@ class GatesParams(Section):
     max_read_px: int = Field(2048, ge=64, le=65536, description="raw: rasters are read decimated to this side")
 
 
-class SourceParams(Section):
-    """`msgfm download`: where acquisitions come from (static STAC catalog, STAC API or a folder of GeoTIFFs)."""
-
-    kind: Literal["static", "stac_api", "folder"] = "static"
-    href: str = Field("data/source/catalog.json", description="static: catalog.json path or URL")
-    url: str | None = Field(None, description="stac_api: the API landing page URL")
-    collections: dict[str, str] = Field(
-        default_factory=dict, description="sensor -> collection id (stac_api; static catalogs without msgfm:sensor)"
-    )
-    bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="stac_api: WGS84 search box")
-    datetime: str | None = Field(None, description="stac_api: RFC 3339 instant or interval, e.g. 2024-03-01/2024-10-31")
-    max_items: int = Field(500, ge=1, le=100000, description="stac_api: most items fetched from a search")
-    sign: Literal["none", "planetary_computer"] = Field("none", description="href-signing hook for API assets")
-    path: Path | None = Field(None, description="folder: directory of GeoTIFFs, each with a .json/.yaml sidecar")
-    aoi: str = Field("aoi", pattern=r"^[a-z0-9_]+$", description="AOI name for items without msgfm:aoi")
-    assets: dict[str, list[str]] = Field(
-        default_factory=lambda: {
-            "s1": ["VV", "VH"],
-            "s2": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "cloud_mask"],
-            "rgb": ["image"],
-            "dsm": ["dsm"],
-            "landcover": ["map", "map_fine"],
-        },
-        description="sensor -> asset keys to download (and that the raw gate requires)",
-    )
-
-    @model_validator(mode="after")
-    def _kind_complete(self) -> SourceParams:
-        from msgfm.sensors import SENSORS
-
-        known = {*SENSORS, "landcover"}
-        for key in ("collections", "assets"):
-            unknown = sorted(set(getattr(self, key)) - known)
-            if unknown:
-                raise ValueError(f"source.{key}: unknown sensor(s) {unknown}; known: {sorted(known)}")
-        if self.kind == "stac_api" and (not self.url or not self.collections):
-            raise ValueError("source.kind stac_api needs source.url and source.collections (sensor -> collection id)")
-        if self.kind == "folder" and self.path is None:
-            raise ValueError("source.kind folder needs source.path (a directory of GeoTIFFs with sidecars)")
-        if self.bbox is not None and not (self.bbox[0] <= self.bbox[2] and self.bbox[1] <= self.bbox[3]):
-            raise ValueError(f"source.bbox must be [west, south, east, north], got {self.bbox}")
-        return self
-
-
-class DownloadParams(Section):
-    """`msgfm download`: concurrent, resumable, verified fetching of assets into data/raw."""
-
-    out_dir: Path = Path("data/raw")
-    workers: int = Field(4, ge=1, le=64, description="items fetched at the same time (threads)")
-    retries: int = Field(3, ge=0, le=20, description="extra attempts per asset after a network error")
-    backoff_s: float = Field(0.5, ge=0, le=60, description="first retry delay; doubles on every retry")
-    timeout_s: float = Field(30.0, gt=0, le=3600, description="connect/read timeout of one HTTP request")
-
-
-class GatesParams(Section):
-    """The Great Expectations gates between stages (msgfm/validation)."""
-
-    min_pass_rate: float = Field(0.8, ge=0, le=1, description="a gate fails below this accepted fraction")
-    max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="raw: most nodata pixels in any band asset")
-    max_out_of_range_fraction: float = Field(
-        0.001, ge=0, le=1, description="raw: most valid pixels outside the sensor's physical range"
-    )
-    max_read_px: int = Field(2048, ge=64, le=65536, description="raw: rasters are read decimated to this side")
-
-
 class Params(Section):
     """The whole params.yaml. Stages add their section here as they land."""
 
     seed: int = Field(0, ge=0)
     simulate: SimulateParams
-    source: SourceParams = Field(default_factory=SourceParams)
-    download: DownloadParams = Field(default_factory=DownloadParams)
-    gates: GatesParams = Field(default_factory=GatesParams)
     source: SourceParams = Field(default_factory=SourceParams)
     download: DownloadParams = Field(default_factory=DownloadParams)
     gates: GatesParams = Field(default_factory=GatesParams)
