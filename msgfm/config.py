@@ -213,6 +213,9 @@ class GatesParams(Section):
         0.001, ge=0, le=1, description="raw: most valid pixels outside the sensor's physical range"
     )
     max_read_px: int = Field(2048, ge=64, le=65536, description="raw: rasters are read decimated to this side")
+    max_residual_px: float = Field(0.5, gt=0, le=10, description="coreg: most shift left after correction, px")
+    min_valid_fraction: float = Field(0.5, ge=0, le=1, description="coreg: least valid overlap with the AOI grid")
+    min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")
 
 
 class Params(Section):

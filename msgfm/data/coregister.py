@@ -1,0 +1,619 @@
+"""`msgfm coregister`: every sensor of an AOI onto one grid, with sub-pixel fine alignment.
+
+Per AOI one CRS, the UTM zone of its Sentinel-2 tile. Sentinel-2 (all 12 L2A bands, 20 m and 60 m
+ones resampled) and Sentinel-1 go on the S2 10 m grid; aerial RGB and the DSM go on one fine grid
+in the same CRS at `coregister.fine_gsd_m`. Each raster is warped once with rasterio.
+
+Fine alignment: georeferencing alone leaves S1 and the DSM a few pixels off their references. The
+residual shift is estimated by sub-pixel phase correlation (scikit-image) between features both
+sensors share, gradient magnitudes rather than raw intensities (S2 optical bands vs despeckled S1
+backscatter; RGB luminance vs DSM height), and folded into the destination transform of the
+raster's single warp. Shift convention: (dx, dy) in reference-grid pixels is where the sensor's
+content appears, relative to where it belongs, when warped by its georeference alone (x to the
+right, y down); correcting it moves the content by (-dx, -dy).
+
+Reads the download ledger (`data/raw/acquisitions.parquet`) restricted to the ids the raw gate
+accepted; writes `data/coreg/{aoi}/...` COGs, `data/coreg/rasters.parquet` (one row per raster,
+failures included with their reason) and `data/reports/coregister.json`. Restartable: each raster
+leaves a JSON record beside its COG, and a rerun with the same inputs and params reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.enums import Resampling
+from scipy import ndimage
+from skimage.filters import window
+from skimage.registration import phase_cross_correlation
+from tqdm import tqdm
+
+from msgfm.geo.grids import Grid, bounds_in, intersects, warp_to_grid
+from msgfm.geo.io import atomic_path, atomic_write_json, write_cog
+from msgfm.sensors import S2_L2A_BANDS, get_sensor
+
+if TYPE_CHECKING:
+    from msgfm.config import CoregisterParams
+
+log = logging.getLogger(__name__)
+
+RASTER_COLUMNS = [
+    "id", "item_id", "aoi", "biome", "sensor", "kind", "datetime", "date", "path", "grid", "crs", "transform",
+    "width", "height", "count", "band_names", "nodata", "reference_id", "shift_dx_px", "shift_dy_px",
+    "shift_error", "truth_dx_px", "truth_dy_px", "valid_fraction", "status", "error",
+]  # fmt: skip
+"""Columns of data/coreg/rasters.parquet (see docs/data-layout.md)."""
+
+S10, FINE = "s10", "fine"
+
+
+class CoregisterError(RuntimeError):
+    """The stage cannot run at all (missing ledger or gate table); the message names the file."""
+
+
+@dataclass
+class _Item:
+    """One accepted acquisition from the ledger, with absolute asset paths."""
+
+    id: str
+    sensor: str
+    aoi: str
+    biome: str
+    datetime: pd.Timestamp
+    assets: dict[str, Path]
+
+    @property
+    def date(self) -> str:
+        return self.datetime.strftime("%Y%m%d")
+
+
+# ----------------------------------------------------------------------------------------------
+# features and shift estimation
+
+
+def gradient_feature(bands: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Sum of the per-band standardised gradient magnitudes after Gaussian smoothing, zero off `valid`.
+
+    Gradients (edges) are what two sensors of the same scene share even when their intensities
+    are unrelated (reflectance vs backscatter, colour vs height). Invalid pixels and a margin
+    around them are zeroed so nodata borders and clouds add no edges of their own.
+    """
+    bands = np.asarray(bands, dtype=np.float32)
+    if bands.ndim == 2:
+        bands = bands[None]
+    valid = valid & np.all(np.isfinite(bands), axis=0)
+    feature = np.zeros(bands.shape[1:], dtype=np.float32)
+    if valid.sum() < 16:
+        return feature
+    for band in bands:
+        values = band[valid]
+        filled = np.where(valid, (band - values.mean()) / (values.std() + 1e-6), 0.0).astype(np.float32)
+        smooth = ndimage.gaussian_filter(filled, sigma_px) if sigma_px > 0 else filled
+        magnitude = np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))
+        feature += magnitude / (magnitude[valid].mean() + 1e-6)
+    margin = int(math.ceil(2 * sigma_px)) + 1
+    inner = ndimage.binary_erosion(valid, iterations=margin, border_value=1)
+    if inner.sum() >= 16:
+        feature -= feature[inner].mean()
+    feature[~inner] = 0.0
+    return feature
+
+
+def estimate_shift(
+    reference: np.ndarray, moving: np.ndarray, *, upsample_factor: int = 100, normalization: str | None = None
+) -> tuple[float, float, float]:
+    """Sub-pixel shift (dx, dy) of `moving`'s content relative to `reference`, and the match error.
+
+    A Hann window tapers both features so the image borders do not correlate with each other.
+    """
+    taper = window("hann", reference.shape).astype(np.float32)
+    shift, error, _ = phase_cross_correlation(
+        reference * taper, moving * taper, upsample_factor=upsample_factor, normalization=normalization
+    )
+    return float(-shift[1]), float(-shift[0]), float(error)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> list[_Item]:
+    """Ledger rows with status ok that the raw gate accepted, with asset paths resolved under raw_dir."""
+    for p in (ledger_path, gate_path):
+        if not p.is_file():
+            raise CoregisterError(f"{p}: not found (run `msgfm download` and `msgfm validate_raw` first)")
+    ledger = pd.read_parquet(ledger_path)
+    gate = pd.read_parquet(gate_path)
+    accepted = set(gate.loc[gate["accepted"].astype(bool), "id"].astype(str))
+    ledger = ledger[(ledger["status"] == "ok") & ledger["id"].astype(str).isin(accepted)]
+    items = []
+    for row in ledger.itertuples(index=False):
+        assets = row.assets if isinstance(row.assets, dict) else json.loads(row.assets)
+        items.append(
+            _Item(
+                id=str(row.id),
+                sensor=str(row.sensor),
+                aoi=str(row.aoi),
+                biome=str(getattr(row, "biome", "") or ""),
+                datetime=pd.Timestamp(row.datetime).tz_localize("UTC")
+                if pd.Timestamp(row.datetime).tzinfo is None
+                else pd.Timestamp(row.datetime).tz_convert("UTC"),
+                assets={k: raw_dir / v for k, v in assets.items()},
+            )
+        )
+    return sorted(items, key=lambda i: (i.aoi, i.sensor, i.datetime, i.id))
+
+
+def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float]]:
+    """True misregistration per item id from the simulator's sidecar ({} when there is none)."""
+    if truth_dir is None:
+        return {}
+    path = Path(truth_dir) / f"{aoi}.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    entries = doc.get("shifts", doc) if isinstance(doc, dict) else {}
+    truth = {}
+    for item_id, t in entries.items():
+        if isinstance(t, dict) and "dx_px" in t and "dy_px" in t:
+            truth[item_id] = (float(t["dx_px"]), float(t["dy_px"]))
+    return truth
+
+
+# ----------------------------------------------------------------------------------------------
+# the stage
+
+
+class _AOIContext:
+    """Grids, reference features and settings shared by the rasters of one AOI."""
+
+    def __init__(self, cfg: CoregisterParams, out_dir: Path, aoi: str, biome: str, truth: dict):
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.aoi = aoi
+        self.biome = biome
+        self.truth = truth
+        self.grids: dict[str, Grid] = {}
+        self.ref_sum: dict[str, np.ndarray] = {}
+        self.ref_count: dict[str, np.ndarray] = {}
+        self.ref_ids: dict[str, list[str]] = {S10: [], FINE: []}
+
+    def add_reference(self, grid: str, feature: np.ndarray, valid: np.ndarray, raster_id: str) -> None:
+        """Accumulate a reference feature (S2 for the 10 m grid, RGB for the fine grid)."""
+        if grid not in self.ref_sum:
+            self.ref_sum[grid] = np.zeros_like(feature)
+            self.ref_count[grid] = np.zeros(feature.shape, dtype=np.float32)
+        self.ref_sum[grid] += np.where(valid, feature, 0)
+        self.ref_count[grid] += valid
+        self.ref_ids[grid].append(raster_id)
+
+    def reference(self, grid: str) -> np.ndarray | None:
+        """Mean reference feature over the dates where each pixel was valid."""
+        if grid not in self.ref_sum:
+            return None
+        count = self.ref_count[grid]
+        return np.where(count > 0, self.ref_sum[grid] / np.maximum(count, 1), 0).astype(np.float32)
+
+
+def _params_key(cfg: CoregisterParams, *parts: Any) -> str:
+    """Hash of the params and inputs a raster depends on, to reuse its output on a rerun."""
+    blob = json.dumps([cfg.model_dump(mode="json"), *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_stamp(paths: Iterable[Path]) -> list:
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p), None) for p in paths]
+
+
+def _empty_row(item: _Item, raster_id: str, kind: str, grid: str) -> dict[str, Any]:
+    return {
+        "id": raster_id,
+        "item_id": item.id,
+        "aoi": item.aoi,
+        "biome": item.biome,
+        "sensor": item.sensor,
+        "kind": kind,
+        "datetime": item.datetime,
+        "date": item.datetime.strftime("%Y-%m-%d"),
+        "path": "",
+        "grid": grid,
+        "crs": "",
+        "transform": [],
+        "width": 0,
+        "height": 0,
+        "count": 0,
+        "band_names": [],
+        "nodata": float("nan"),
+        "reference_id": "",
+        "shift_dx_px": float("nan"),
+        "shift_dy_px": float("nan"),
+        "shift_error": float("nan"),
+        "truth_dx_px": float("nan"),
+        "truth_dy_px": float("nan"),
+        "valid_fraction": 0.0,
+        "status": "failed",
+        "error": "",
+    }
+
+
+class Coregistrar:
+    """Co-registers the accepted acquisitions of every AOI; one instance per stage run."""
+
+    def __init__(self, cfg: CoregisterParams, out_dir: Path, truth_dir: Path | None = None):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.truth_dir = truth_dir
+        self.pixels = 0
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _record_path(self, rel: str) -> Path:
+        return self.out_dir / (rel[: -len(".tif")] + ".json")
+
+    def _reuse(self, rel: str, key: str) -> dict[str, Any] | None:
+        """The stored row of a raster written by an earlier run with the same key, if still valid."""
+        record = self._record_path(rel)
+        if not record.is_file() or not (self.out_dir / rel).is_file():
+            return None
+        try:
+            stored = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            return None
+        if stored.get("key") != key:
+            return None
+        row = stored["row"]
+        row["datetime"] = pd.Timestamp(row["datetime"])
+        return row
+
+    def _write(self, rel: str, key: str, array: np.ndarray, grid: Grid, row: dict, nodata: float | None) -> dict:
+        write_cog(
+            self.out_dir / rel,
+            array,
+            crs=grid.crs,
+            transform=grid.transform,
+            nodata=nodata,
+            band_names=row["band_names"],
+            compress=self.cfg.compress,
+        )
+        row.update(
+            path=rel,
+            crs=grid.crs,
+            transform=list(grid.transform)[:6],
+            width=grid.width,
+            height=grid.height,
+            count=int(array.shape[0]),
+            nodata=float("nan") if nodata is None else float(nodata),
+            status="ok",
+        )
+        self.pixels += int(array.size)
+        atomic_write_json(self._record_path(rel), {"key": key, "row": row})
+        return row
+
+    # -- per sensor ---------------------------------------------------------------------------
+
+    def _s2(self, ctx: _AOIContext, item: _Item) -> list[dict]:
+        grid = ctx.grids[S10]
+        rel = f"{item.aoi}/s2_{item.date}.tif"
+        cloud_rel = f"{item.aoi}/s2_{item.date}_cloud.tif"
+        row = _empty_row(item, item.id, "image", S10)
+        row["band_names"] = list(S2_L2A_BANDS)
+        missing = [b for b in S2_L2A_BANDS if b not in item.assets]
+        if missing:
+            row["error"] = f"missing S2 band assets {missing}"
+            return [row]
+        paths = [item.assets[b] for b in S2_L2A_BANDS]
+        has_cloud = "cloud_mask" in item.assets
+        key = _params_key(
+            self.cfg, grid.to_dict(), _file_stamp(paths + ([item.assets["cloud_mask"]] if has_cloud else []))
+        )
+        reused = self._reuse(rel, key)
+        cloud_reused = self._reuse(cloud_rel, key) if has_cloud else None
+        if reused is not None and (cloud_reused is not None or not has_cloud):
+            with rasterio.open(self.out_dir / rel) as src:
+                data = src.read()
+            cloud = None
+            if has_cloud:
+                with rasterio.open(self.out_dir / cloud_rel) as src:
+                    cloud = src.read(1)
+            rows = [reused] + ([cloud_reused] if has_cloud else [])
+        else:
+            resampling = Resampling[self.cfg.s2_resampling]
+            data = np.zeros((len(paths), grid.height, grid.width), dtype=np.uint16)
+            for i, path in enumerate(paths):
+                with rasterio.open(path) as src:
+                    data[i] = warp_to_grid(src, grid, indexes=[1], resampling=resampling, dtype="uint16", nodata=0)[0]
+            valid = np.all(data != 0, axis=0)
+            row["valid_fraction"] = float(valid.mean())
+            if not valid.any():
+                row["error"] = "all nodata on the AOI grid after warping"
+                return [row]
+            rows = [self._write(rel, key, data, grid, row, nodata=0)]
+            cloud = None
+            if has_cloud:
+                with rasterio.open(item.assets["cloud_mask"]) as src:
+                    cloud = warp_to_grid(src, grid, resampling=Resampling.nearest, dtype="uint8", nodata=255)
+                cloud_row = _empty_row(item, f"{item.id}_cloud", "cloud_mask", S10)
+                cloud_row["band_names"] = ["cloud_mask"]
+                cloud_row["valid_fraction"] = float((cloud[0] != 255).mean())
+                rows.append(self._write(cloud_rel, key, cloud, grid, cloud_row, nodata=255))
+                cloud = cloud[0]
+        valid = np.all(data != 0, axis=0)
+        if cloud is not None:
+            valid &= cloud == 0
+        feature_idx = [S2_L2A_BANDS.index(b) for b in self.cfg.s2_feature_bands]
+        feature = gradient_feature(data[feature_idx].astype(np.float32), valid, self.cfg.feature_sigma_px)
+        ctx.add_reference(S10, feature, valid, item.id)
+        return rows
+
+    def _shifted(
+        self, ctx: _AOIContext, item: _Item, grid_name: str, bands: list[str], feature_bands: list[str]
+    ) -> dict:
+        """Estimate the residual shift of an S1 or DSM acquisition against its reference, then warp once."""
+        grid = ctx.grids.get(grid_name)
+        sensor = get_sensor(item.sensor)
+        rel = f"{item.aoi}/{item.sensor}_{item.date}.tif"
+        row = _empty_row(item, item.id, "image", grid_name)
+        row["band_names"] = list(bands)
+        truth = ctx.truth.get(item.id)
+        if truth is not None:
+            row["truth_dx_px"], row["truth_dy_px"] = truth
+        reference = ctx.reference(grid_name)
+        if grid is None or reference is None:
+            ref_sensor = "Sentinel-2" if grid_name == S10 else "RGB"
+            row["error"] = f"no accepted {ref_sensor} acquisition in AOI {item.aoi} to register against"
+            return row
+        missing = [b for b in bands if b not in item.assets]
+        if missing:
+            row["error"] = f"missing band assets {missing}"
+            return row
+        paths = [item.assets[b] for b in bands]
+        with rasterio.open(paths[0]) as src:
+            if src.crs is None:
+                row["error"] = f"{paths[0]}: raster has no CRS"
+                return row
+            if not intersects(bounds_in(src, grid.crs), grid.bounds):
+                row["error"] = f"footprint does not overlap the {grid_name} grid of AOI {item.aoi}"
+                return row
+        row["reference_id"] = "+".join(ctx.ref_ids[grid_name])
+        key = _params_key(self.cfg, grid.to_dict(), _file_stamp(paths), row["reference_id"])
+        reused = self._reuse(rel, key)
+        if reused is not None:
+            return reused
+        is_s1 = item.sensor == "s1"
+        resampling = Resampling[self.cfg.s1_resampling if is_s1 else self.cfg.fine_resampling]
+        nodata = sensor.bands[0].nodata
+        dtype = "float32"
+        out_nodata = float("nan") if nodata is None else float(nodata)
+
+        def warp(path: Path, shift: tuple[float, float]) -> np.ndarray:
+            with rasterio.open(path) as src:
+                return warp_to_grid(src, grid, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata)[0]
+
+        def valid_of(a: np.ndarray) -> np.ndarray:
+            return np.isfinite(a) if nodata is None else (a != nodata) & np.isfinite(a)
+
+        moving = np.stack([warp(item.assets[b], (0.0, 0.0)) for b in feature_bands])
+        moving_valid = np.all([valid_of(m) for m in moving], axis=0)
+        if not moving_valid.any():
+            row["error"] = "all nodata on the AOI grid after warping"
+            return row
+        sigma = self.cfg.s1_speckle_sigma_px if is_s1 else self.cfg.feature_sigma_px
+        feature = gradient_feature(moving, moving_valid, sigma)
+        dx, dy, err = estimate_shift(
+            reference, feature, upsample_factor=self.cfg.upsample_factor, normalization=self.cfg.normalization
+        )
+        row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=err)
+        if math.hypot(dx, dy) > self.cfg.max_shift_px:
+            row["error"] = f"estimated shift ({dx:.2f}, {dy:.2f}) px exceeds coregister.max_shift_px"
+            return row
+        data = np.stack([warp(p, (dx, dy)) for p in paths])
+        valid = np.all([valid_of(b) for b in data], axis=0)
+        row["valid_fraction"] = float(valid.mean())
+        if not valid.any():
+            row["error"] = "all nodata on the AOI grid after correction"
+            return row
+        return self._write(rel, key, data.astype(np.float32), grid, row, nodata=None if nodata is None else nodata)
+
+    def _rgb(self, ctx: _AOIContext, item: _Item) -> dict:
+        rel = f"{item.aoi}/rgb_{item.date}.tif"
+        row = _empty_row(item, item.id, "image", FINE)
+        row["band_names"] = list(get_sensor("rgb").band_names)
+        if "image" not in item.assets:
+            row["error"] = "missing RGB asset 'image'"
+            return row
+        path = item.assets["image"]
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                row["error"] = f"{path}: raster has no CRS"
+                return row
+            if FINE not in ctx.grids:
+                ctx.grids[FINE] = Grid.covering(
+                    ctx.grids[S10].crs, bounds_in(src, ctx.grids[S10].crs), self.cfg.fine_gsd_m
+                )
+            grid = ctx.grids[FINE]
+            key = _params_key(self.cfg, grid.to_dict(), _file_stamp([path]))
+            reused = self._reuse(rel, key)
+            if reused is not None:
+                with rasterio.open(self.out_dir / rel) as out:
+                    data = out.read()
+            else:
+                resampling = Resampling[self.cfg.fine_resampling]
+                data = warp_to_grid(src, grid, indexes=[1, 2, 3], resampling=resampling, dtype="uint8", nodata=0)
+        valid = np.any(data != 0, axis=0)
+        if reused is None:
+            row["valid_fraction"] = float(valid.mean())
+            if not valid.any():
+                row["error"] = "all nodata on the fine grid after warping"
+                return row
+            reused = self._write(rel, key, data, grid, row, nodata=0)
+        luminance = (0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2]).astype(np.float32)
+        ctx.add_reference(FINE, gradient_feature(luminance, valid, self.cfg.feature_sigma_px), valid, item.id)
+        return reused
+
+    def _landcover(self, ctx: _AOIContext, item: _Item) -> list[dict]:
+        rows = []
+        for asset, grid_name, name in (("map", S10, "landcover"), ("map_fine", FINE, "landcover_fine")):
+            row = _empty_row(item, f"{name}_{item.aoi}", "landcover", grid_name)
+            row["band_names"] = ["landcover"]
+            grid = ctx.grids.get(grid_name)
+            if asset not in item.assets or grid is None:
+                if asset in item.assets:
+                    row["error"] = f"no {grid_name} grid in AOI {item.aoi} for the land-cover asset {asset!r}"
+                    rows.append(row)
+                continue
+            rel = f"{item.aoi}/{name}.tif"
+            key = _params_key(self.cfg, grid.to_dict(), _file_stamp([item.assets[asset]]))
+            reused = self._reuse(rel, key)
+            if reused is not None:
+                rows.append(reused)
+                continue
+            with rasterio.open(item.assets[asset]) as src:
+                data = warp_to_grid(src, grid, resampling=Resampling.nearest, dtype="uint8", nodata=0)
+            row["valid_fraction"] = float((data[0] != 0).mean())
+            rows.append(self._write(rel, key, data, grid, row, nodata=0))
+        return rows
+
+    # -- AOI -----------------------------------------------------------------------------------
+
+    def run_aoi(self, aoi: str, items: list[_Item], progress: tqdm | None = None) -> list[dict]:
+        """Co-register every accepted acquisition of one AOI; failures become rows with a reason."""
+        biome = next((i.biome for i in items if i.biome), "")
+        ctx = _AOIContext(self.cfg, self.out_dir, aoi, biome, load_truth(self.truth_dir, aoi))
+        by_sensor: dict[str, list[_Item]] = {}
+        for item in items:
+            by_sensor.setdefault(item.sensor, []).append(item)
+        rows: list[dict] = []
+
+        def guarded(item: _Item, fn, *args) -> None:
+            try:
+                out = fn(ctx, item, *args)
+            except (OSError, rasterio.errors.RasterioError, ValueError) as e:
+                out = _empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
+                out["error"] = f"{type(e).__name__}: {e}"
+                log.warning("%s: %s", item.id, out["error"])
+            for r in out if isinstance(out, list) else [out]:
+                if r["status"] != "ok":
+                    log.warning("%s: quarantined: %s", r["id"], r["error"])
+                rows.append(r)
+            if progress is not None:
+                progress.update(1)
+
+        for item in by_sensor.get("s2", []):
+            if S10 not in ctx.grids:
+                ref_band = item.assets.get("B02") or item.assets.get("B04")
+                if ref_band is None:
+                    continue
+                with rasterio.open(ref_band) as src:
+                    if src.crs is None:
+                        continue
+                    ctx.grids[S10] = Grid.of(src)
+            guarded(item, self._s2)
+        for item in by_sensor.get("rgb", []):
+            if S10 not in ctx.grids:
+                self._grid_from_any(ctx, item)
+            guarded(item, self._rgb)
+        for item in by_sensor.get("s1", []):
+            guarded(item, self._shifted, S10, list(get_sensor("s1").band_names), list(self.cfg.s1_feature_bands))
+        for item in by_sensor.get("dsm", []):
+            guarded(item, self._shifted, FINE, ["dsm"], ["dsm"])
+        for item in by_sensor.get("landcover", []):
+            guarded(item, self._landcover)
+        for sensor, group in by_sensor.items():
+            if sensor not in ("s1", "s2", "rgb", "dsm", "landcover"):
+                for item in group:
+                    row = _empty_row(item, item.id, "image", "")
+                    row["error"] = f"unknown sensor {sensor!r}"
+                    rows.append(row)
+        return rows
+
+    def _grid_from_any(self, ctx: _AOIContext, item: _Item) -> None:
+        """Without Sentinel-2, the AOI CRS is the UTM zone of the first raster (the fine grid still works)."""
+        from msgfm.geo.grids import utm_crs
+
+        path = next(iter(item.assets.values()))
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                return
+            left, bottom, right, top = bounds_in(src, "EPSG:4326")
+            crs = utm_crs((left + right) / 2, (bottom + top) / 2)
+            ctx.grids[S10] = Grid.covering(crs, bounds_in(src, crs), 10.0)
+
+
+def coregister(
+    cfg: CoregisterParams,
+    *,
+    ledger: Path,
+    raw_gate: Path,
+    raw_dir: Path,
+    out_dir: Path,
+    report: Path,
+    truth_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Run the stage: co-register all accepted acquisitions, write rasters.parquet and the report."""
+    start = time.perf_counter()
+    items = load_accepted_items(Path(ledger), Path(raw_gate), Path(raw_dir))
+    if not items:
+        raise CoregisterError(f"{raw_gate}: the raw gate accepted no acquisitions; nothing to co-register")
+    by_aoi: dict[str, list[_Item]] = {}
+    for item in items:
+        by_aoi.setdefault(item.aoi, []).append(item)
+    worker = Coregistrar(cfg, Path(out_dir), truth_dir)
+    rows: list[dict] = []
+    with tqdm(total=len(items), desc="coregister", unit="raster") as progress:
+        for aoi, group in sorted(by_aoi.items()):
+            log.info("AOI %s: %d acquisitions", aoi, len(group))
+            rows.extend(worker.run_aoi(aoi, group, progress))
+    table = pd.DataFrame(rows, columns=RASTER_COLUMNS)
+    table["datetime"] = pd.to_datetime(table["datetime"], utc=True)
+    with atomic_path(Path(out_dir) / "rasters.parquet", suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    seconds = time.perf_counter() - start
+    atomic_write_json(report, shift_report(table, pixels=worker.pixels, seconds=seconds))
+    log.info(
+        "coregister: %d rasters ok, %d failed",
+        int((table["status"] == "ok").sum()),
+        int((table["status"] != "ok").sum()),
+    )
+    return table
+
+
+def shift_report(table: pd.DataFrame, *, pixels: int, seconds: float) -> dict[str, Any]:
+    """Shift errors against the truth (median absolute error in px, per sensor and overall) and counts."""
+    report: dict[str, Any] = {
+        "rasters": int(len(table)),
+        "ok": int((table["status"] == "ok").sum()),
+        "failed": int((table["status"] != "ok").sum()),
+        "pixels_written": int(pixels),
+        "seconds": round(seconds, 3),
+    }
+    scored = table[(table["status"] == "ok") & table["truth_dx_px"].notna() & table["shift_dx_px"].notna()]
+    errors_all = []
+    for sensor in ("s1", "dsm"):
+        s = scored[scored["sensor"] == sensor]
+        if s.empty:
+            continue
+        ex = (s["shift_dx_px"] - s["truth_dx_px"]).abs()
+        ey = (s["shift_dy_px"] - s["truth_dy_px"]).abs()
+        err = np.hypot(ex, ey)
+        errors_all.extend(err.tolist())
+        report[sensor] = {
+            "n": int(len(s)),
+            "median_abs_error_px": round(float(np.median(err)), 4),
+            "max_abs_error_px": round(float(err.max()), 4),
+            "median_abs_error_x_px": round(float(ex.median()), 4),
+            "median_abs_error_y_px": round(float(ey.median()), 4),
+        }
+    report["median_abs_error_px"] = round(float(np.median(errors_all)), 4) if errors_all else None
+    report["scored_rasters"] = len(errors_all)
+    return report
