@@ -1,0 +1,260 @@
+"""The `pipeline` flow: every DVC stage of dvc.yaml as one Prefect task, in DVC's dependency order.
+
+The stage list and its order come from DVC itself (the stage graph of `dvc.repo.Repo.index`, ordered
+the way `dvc repro` orders it), so adding a stage to dvc.yaml adds a task here without editing this
+file. Each task runs `dvc repro --single-item <stage>` in a subprocess and streams its output line by
+line into the Prefect run log, so a run from the UI or a schedule updates dvc.lock exactly as a shell
+`dvc repro` does and skips stages whose dependencies and params did not change.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, Field, field_validator
+
+from msgfm.config import ParamsError, load_params
+
+# Stages that train models: never retried (a failed run is a bug or a resource problem, and a retry
+# would repeat hours of compute); matched on the stage name before any foreach suffix ("finetune@cls").
+TRAINING_STAGES = ("pretrain", "finetune")
+
+OverrideValue = str | int | float | bool
+
+
+class PipelineError(RuntimeError):
+    """dvc.yaml, a stage selection or a params override is unusable; the message says which and why."""
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of one stage exited non-zero; the message holds the exit code and the last log lines."""
+
+
+class RetryPolicy(BaseModel):
+    """Retries with exponential backoff for the stages that read the network; none for the others."""
+
+    io_stages: list[str] = Field(
+        default_factory=lambda: ["download"],
+        description="stages that read the network: retried, and forced by retraining when the source has news",
+    )
+    retries: int = Field(3, ge=0, le=10, description="retries of an I/O stage after its first failure")
+    backoff_s: float = Field(10.0, ge=0, le=3600, description="first retry delay; doubles on each retry")
+
+    @field_validator("io_stages")
+    @classmethod
+    def _no_training_stage(cls, stages: list[str]) -> list[str]:
+        training = [s for s in stages if _stage_base(s) in TRAINING_STAGES]
+        if training:
+            raise ValueError(f"training stages are never retried, remove {training} from io_stages")
+        return stages
+
+
+class StageRun(BaseModel):
+    """What one task did: DVC ran the stage, skipped it (unchanged) or restored it from its run cache."""
+
+    stage: str
+    status: Literal["ran", "skipped", "restored"]
+    seconds: float
+    retries: int
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _stage_base(stage: str) -> str:
+    """The stage name without a foreach/matrix suffix ("finetune@cls" -> "finetune")."""
+    return stage.split("@", 1)[0]
+
+
+def _address(stage, root_dir: str) -> str:
+    """The stage's name as `dvc repro` takes it from the repository root ("pair", "sub/dvc.yaml:stage")."""
+    dvcfile = os.path.relpath(stage.dvcfile.path, root_dir)
+    return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
+
+def plan_stages(repo_dir: str | Path, target: str | None = None, stages: list[str] | None = None) -> list[str]:
+    """Return the DVC stages to run, upstream first, as `dvc repro` would order them.
+
+    With `target`, the stage (or foreach group) and everything upstream of it; with `stages`, exactly
+    those stages in pipeline order; with neither, every pipeline stage of the repository.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import plan_repro
+    from dvc.stage import PipelineStage
+
+    if target and stages:
+        raise PipelineError("give either a target stage or a list of stages, not both")
+    try:
+        with Repo(str(repo_dir)) as repo:
+            graph = repo.index.graph
+            sources = None
+            if target:
+                address = target if ":" in target else f"{os.path.join(repo.root_dir, 'dvc.yaml')}:{target}"
+                sources = repo.stage.collect(address)
+            order = [
+                _address(s, repo.root_dir) for s in plan_repro(graph, sources) if isinstance(s, PipelineStage)
+            ]
+    except DvcException as e:
+        raise PipelineError(f"{Path(repo_dir) / 'dvc.yaml'}: {e}") from None
+    if stages:
+        unknown = sorted(set(stages) - set(order) - {_stage_base(s) for s in order})
+        if unknown:
+            raise PipelineError(f"unknown stage(s) {unknown}; dvc.yaml defines {order}")
+        order = [s for s in order if s in stages or _stage_base(s) in stages]
+    return order
+
+
+def _hydra_value(value: OverrideValue) -> str:
+    """Format a value the way `dvc exp run -S key=value` expects it on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@task(name="apply params overrides")
+def apply_overrides(repo_dir: str, overrides: dict[str, OverrideValue]) -> list[str]:
+    """Write `key=value` overrides into params.yaml with DVC's own `-S` code, then validate the result.
+
+    This is what `dvc exp run -S key=value` does to the workspace before reproducing; an override of
+    an unknown key or one that breaks the params schema restores params.yaml and fails the run.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    params_file = Path(repo_dir) / "params.yaml"
+    original = params_file.read_text()
+    items = [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
+    try:
+        dvc_apply_overrides(params_file, items)
+        load_params(params_file)
+    except (DvcException, ParamsError) as e:
+        params_file.write_text(original)
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise PipelineError(f"{params_file}: params overrides {items} rejected: {e}{cause}") from None
+    get_run_logger().info("params.yaml overridden: %s", ", ".join(items))
+    return items
+
+
+def _stage_env() -> dict[str, str]:
+    """Environment for `dvc repro`: this interpreter's bin dir first, so stage commands find `msgfm`."""
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONUNBUFFERED": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+@task(name="dvc-repro", task_run_name="dvc repro {stage}")
+def run_stage(stage: str, repo_dir: str, force: bool = False) -> StageRun:
+    """Run one stage with `dvc repro --single-item`, streaming its output into the Prefect log."""
+    from prefect.runtime import task_run
+
+    logger = get_run_logger()
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    logger.info("$ dvc repro --single-item %s%s  (in %s)", stage, " --force" if force else "", repo_dir)
+    started = time.monotonic()
+    status: Literal["ran", "skipped", "restored"] = "ran"
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen(
+        cmd, cwd=repo_dir, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            if not line:
+                continue
+            tail.append(line)
+            logger.info(line)
+            if "didn't change, skipping" in line:
+                status = "skipped"
+            elif "is cached - skipping run" in line:
+                status = "restored"
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # cancelled or crashed while streaming: do not leave dvc running
+            proc.terminate()
+            proc.wait(timeout=30)
+    if code != 0:
+        raise StageFailed(f"dvc repro {stage} exited with code {code}; last lines:\n" + "\n".join(tail))
+    return StageRun(
+        stage=stage, status=status, seconds=round(time.monotonic() - started, 3), retries=task_run.run_count - 1
+    )
+
+
+def _summary_markdown(results: list[StageRun], overrides: list[str]) -> str:
+    lines = ["# DVC stages", ""]
+    if overrides:
+        lines += [f"params overrides: `{' '.join(overrides)}`", ""]
+    lines += ["| stage | status | seconds | retries |", "|---|---|---|---|"]
+    lines += [f"| {r.stage} | {r.status} | {r.seconds:.1f} | {r.retries} |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="pipeline", description="Run the DVC stages of dvc.yaml in dependency order, one task each.")
+def pipeline(
+    target: Annotated[str | None, Field(description="run this stage and all upstream of it (default: all)")] = None,
+    stages: Annotated[list[str] | None, Field(description="run exactly these stages, in pipeline order")] = None,
+    overrides: Annotated[
+        dict[str, OverrideValue] | None,
+        Field(description="params.yaml overrides, as `dvc exp run -S key=value`: {'simulate.size_px': 64}"),
+    ] = None,
+    force: Annotated[bool, Field(description="re-run the selected stages even if unchanged (dvc repro -f)")] = False,
+    force_stages: Annotated[list[str] | None, Field(description="re-run only these stages even if unchanged")] = None,
+    retry: Annotated[RetryPolicy, Field(description="retries with backoff for the network stages")] = DEFAULT_RETRY,
+    repo_dir: Annotated[str, Field(description="the msgfm repository (where dvc.yaml is)")] = ".",
+) -> list[StageRun]:
+    """Run the selected DVC stages upstream first; each is skipped by DVC when nothing it depends on changed."""
+    logger = get_run_logger()
+    repo = str(Path(repo_dir).resolve())
+    order = plan_stages(repo, target=target, stages=stages)
+    if not order:
+        raise PipelineError(f"{repo}/dvc.yaml defines no pipeline stages")
+    logger.info("stages in dependency order: %s", " -> ".join(order))
+    applied = apply_overrides(repo, overrides) if overrides else []
+    forced = set(force_stages or [])
+    io = set(retry.io_stages)
+    results = []
+    for stage in order:
+        is_io = stage in io or _stage_base(stage) in io
+        runner = run_stage.with_options(
+            retries=retry.retries if is_io else 0,
+            retry_delay_seconds=exponential_backoff(backoff_factor=retry.backoff_s) if is_io and retry.retries else 0,
+        )
+        results.append(runner(stage, repo, force=force or stage in forced or _stage_base(stage) in forced))
+    if applied:
+        _save_experiment(repo, logger)
+    create_markdown_artifact(
+        markdown=_summary_markdown(results, applied),
+        key="pipeline-stages",
+        description="What each DVC stage did in this run",
+    )
+    return results
+
+
+def _save_experiment(repo: str, logger) -> None:
+    """Record an overridden run as a DVC experiment (what `dvc exp run -S` leaves behind): `dvc exp show`."""
+    name = flow_run.get_name() or f"pipeline-{int(time.time())}"
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "save", "--force", "--name", name],
+        cwd=repo,
+        env=_stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise PipelineError(f"dvc exp save failed (exit {done.returncode}): {output}")
+    logger.info("saved as DVC experiment %r: %s", name, output)
