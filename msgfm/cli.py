@@ -55,6 +55,33 @@ def simulate(
     simulate_world(cfg, seed=p.seed, preview=preview)
 
 
+@app.command()
+def embed(
+    src: Annotated[Path, typer.Argument(help="GeoTIFF of a known sensor (s1, s2, rgb, dsm) in physical units")],
+    out: Annotated[Path, typer.Argument(help="output: .tif (GeoTIFF, one band per feature) or .npz")],
+    model: Annotated[Path, typer.Option(help="pretrained model directory (model.safetensors + config.json)")] = Path(
+        "data/models/pretrain"
+    ),
+    sensor: Annotated[str | None, typer.Option(help="sensor of the file; default: its 'sensor' tag")] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="comma-separated band names of the file; default: its band descriptions")
+    ] = None,
+    stage: Annotated[int, typer.Option(help="encoder stage whose features are written (-1: last, stride 32)")] = -1,
+    batch_size: Annotated[int, typer.Option(min=1, help="chips encoded at once")] = 16,
+) -> None:
+    """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
+    from msgfm.models.embed import EmbedInputError, embed_geotiff
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+    try:
+        path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, stage=stage, batch_size=batch_size)
+    except (EmbedInputError, FileNotFoundError, ValueError, KeyError) as e:
+        typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

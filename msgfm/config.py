@@ -218,6 +218,36 @@ class GatesParams(Section):
     min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")
 
 
+class ModelParams(Section):
+    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs."""
+
+    name: Literal["msgfm_tiny", "msgfm_base"] = Field("msgfm_tiny", description="registered model config")
+    chip_px: int = Field(64, ge=16, le=1024, description="chip side in pixels; must equal pair.chip_px")
+    mask_patch_px: int = Field(8, ge=4, le=512, description="side of a masked cell, pixels (multiple of patch 4)")
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="share of cells masked per chip")
+    p_cross: float = Field(0.5, ge=0, le=1, description="probability a paired chip also reconstructs its partner")
+    experts: int = Field(4, ge=0, le=64, description="experts per MoE MLP; 0 = dense model")
+    moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
+    moe_every: int = Field(2, ge=1, le=8, description="every n-th block of those stages is MoE")
+    moe_top_k: int = Field(1, ge=1, le=8, description="experts per token")
+    moe_capacity_factor: float = Field(1.25, gt=0, le=16, description="expert slots = factor * tokens * k / experts")
+    aux_loss_weight: float = Field(0.01, ge=0, le=10, description="weight of the MoE load-balancing loss")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth, deepest block")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelParams:
+        if self.experts == 1:
+            raise ValueError("model.experts must be 0 (dense) or at least 2")
+        if self.experts and self.moe_top_k > self.experts:
+            raise ValueError(f"model.moe_top_k ({self.moe_top_k}) exceeds model.experts ({self.experts})")
+        if self.mask_patch_px % 4 or self.chip_px % self.mask_patch_px or self.chip_px % 32:
+            raise ValueError(
+                f"model.chip_px ({self.chip_px}) must be a multiple of 32 and of model.mask_patch_px "
+                f"({self.mask_patch_px}), itself a multiple of the 4 px patch"
+            )
+        return self
+
+
 class Params(Section):
     """The whole params.yaml. Stages add their section here as they land."""
 
@@ -229,6 +259,7 @@ class Params(Section):
     retrain: RetrainParams = Field(default_factory=RetrainParams)
     coregister: CoregisterParams = Field(default_factory=CoregisterParams)
     pair: PairParams = Field(default_factory=PairParams)
+    model: ModelParams = Field(default_factory=ModelParams)
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -190,11 +190,11 @@ def create_model(name: str = "msgfm_tiny", **overrides: Any) -> MSGFM:
     return MSGFM(get_config(name, **overrides))
 
 
-def create_model_from_params(model_params: Any) -> MSGFM:
-    """Build the model described by the `model` section of params.yaml (msgfm.config.ModelParams)."""
+def create_model_from_params(model_params: Any, **overrides: Any) -> MSGFM:
+    """Build the model of params.yaml's `model` section (msgfm.config.ModelParams), e.g. sensors=pretrain.sensors."""
     values = model_params.model_dump()
     name = values.pop("name")
-    return create_model(name, **values)
+    return create_model(name, **{**values, **overrides})
 
 
 def collate_multisensor(samples: Sequence[Mapping[str, Any]]) -> MultiSensorBatch:

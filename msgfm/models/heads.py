@@ -1,0 +1,207 @@
+"""Task heads over msGFM encoder features, for fine-tuning on the four downstream tasks.
+
+Every head takes the encoder's per-sensor multi-scale features ``{sensor: [4 maps (B, C_i, h_i, w_i)]}``
+and fuses sensors by averaging the maps of the sensors present (optionally per sample, with
+`present` masks), so a model fine-tuned on S2+S1 still runs when only S2 arrives at test time.
+
+- ClassificationHead: pooled last stage -> LayerNorm -> Linear (scene classification, multi-label logits).
+- SegmentationHead: FPN over the four stages -> per-pixel logits at input resolution (RGB+DSM segmentation).
+- ImageToImageHead: FPN + a full-resolution band-aware stem on the input pixels of several sensors,
+  optionally predicting a residual over one sensor's input (cloud removal over cloudy S2,
+  pan-sharpening over upsampled MS).
+
+`TaskModel(encoder, head)` runs encoder and head: ``model(images, bands, present=None) -> Tensor``
+(``return_aux=True`` also returns the encoder's MoE balancing loss to add while fine-tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msgfm.models.encoder import MSGFMEncoder
+from msgfm.models.patch_embed import band_indices
+from msgfm.sensors import get_sensor
+
+
+def fuse_sensors(
+    features: Mapping[str, Sequence[torch.Tensor]], present: Mapping[str, torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """Average each stage's maps over the sensors present; present[s] (B,) bool excludes a sensor per sample."""
+    if not features:
+        raise ValueError("no sensor features to fuse")
+    n_stages = len(next(iter(features.values())))
+    fused = []
+    for i in range(n_stages):
+        total, weight = 0.0, 0.0
+        for sensor, maps in features.items():
+            w = maps[i].new_ones(maps[i].shape[0])
+            if present is not None and sensor in present:
+                w = present[sensor].to(maps[i].dtype)
+            total = total + maps[i] * w[:, None, None, None]
+            weight = weight + w
+        fused.append(total / torch.as_tensor(weight).clamp(min=1.0)[:, None, None, None])
+    return fused
+
+
+class ClassificationHead(nn.Module):
+    """Pooled linear classifier on the fused last stage; returns logits (B, num_classes)."""
+
+    def __init__(self, dims: Sequence[int], num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dims[-1])
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, features: Mapping[str, Sequence[torch.Tensor]], images=None, bands=None, present=None):
+        """Logits from the average-pooled fused last-stage map."""
+        pooled = fuse_sensors(features, present)[-1].mean(dim=(2, 3))
+        return self.fc(self.drop(self.norm(pooled)))
+
+
+class FPN(nn.Module):
+    """Feature pyramid over the encoder stages -> one map of `channels` at the finest stage's resolution."""
+
+    def __init__(self, dims: Sequence[int], channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(d, channels, 1) for d in dims)
+        self.smooth = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+            for _ in dims
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels * len(dims), channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()
+        )
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Top-down pathway with lateral connections, then concatenate all levels at the finest size."""
+        laterals = [conv(m) for conv, m in zip(self.lateral, maps, strict=True)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:])
+        size = laterals[0].shape[-2:]
+        levels = [
+            F.interpolate(smooth(m), size=size, mode="bilinear", align_corners=False) if i else smooth(m)
+            for i, (smooth, m) in enumerate(zip(self.smooth, laterals, strict=True))
+        ]
+        return self.fuse(torch.cat(levels, dim=1))
+
+
+class SegmentationHead(nn.Module):
+    """FPN segmentation decoder: per-pixel logits (B, num_classes, H, W) at the input resolution."""
+
+    def __init__(self, dims: Sequence[int], num_classes: int, channels: int = 64) -> None:
+        super().__init__()
+        self.fpn = FPN(dims, channels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features, images: Mapping[str, torch.Tensor], bands=None, present=None) -> torch.Tensor:
+        """Fuse sensors, decode, upsample to the chip size."""
+        size = next(iter(images.values())).shape[-2:]
+        logits = self.classifier(self.fpn(fuse_sensors(features, present)))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class BandAwareStem(nn.Module):
+    """3x3 convolution of one sensor's full-resolution pixels, kernels indexed by band name."""
+
+    def __init__(self, sensor: str, channels: int) -> None:
+        super().__init__()
+        self.sensor = sensor
+        self.weight = nn.Parameter(torch.empty(len(get_sensor(sensor).band_names), channels, 3, 3))
+        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+
+    def forward(self, image: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        """(B, C_bands, H, W) -> (B, channels, H, W)."""
+        weight = self.weight.index_select(0, band_indices(self.sensor, bands, self.weight.device)).transpose(0, 1)
+        return F.conv2d(image, weight, padding=1)
+
+
+class ImageToImageHead(nn.Module):
+    """FPN features upsampled to full resolution, joined with a pixel stem over several sensors' inputs.
+
+    Output (B, len(out_bands), H, W) in `out_sensor`'s normalised units. With `residual` set, the head
+    predicts a correction added to that input sensor's bands (which must carry `out_bands`), the
+    usual formulation for cloud removal and pan-sharpening.
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        input_sensors: Sequence[str],
+        out_sensor: str,
+        out_bands: Sequence[str],
+        channels: int = 64,
+        residual: str | None = None,
+    ) -> None:
+        super().__init__()
+        band_indices(out_sensor, out_bands)  # validates the names
+        self.out_bands = tuple(out_bands)
+        self.residual = residual
+        self.fpn = FPN(dims, channels)
+        self.stems = nn.ModuleDict({s: BandAwareStem(s, channels) for s in input_sensors})
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels, 2, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, channels, 2, stride=2),
+            nn.ReLU(),
+        )
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, len(self.out_bands), 1),
+        )
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(
+        self,
+        features,
+        images: Mapping[str, torch.Tensor],
+        bands: Mapping[str, Sequence[str]],
+        present: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Decode fused features at full resolution; add the residual sensor's input if configured."""
+        size = next(iter(images.values())).shape[-2:]
+        deep = F.interpolate(self.up(self.fpn(fuse_sensors(features, present))), size=size, mode="bilinear")
+        stems = {s: self.stems[s](img, bands[s]).relu() for s, img in images.items() if s in self.stems}
+        if not stems:
+            raise ValueError(f"none of the head's input sensors {list(self.stems)} are in the batch")
+        shallow = fuse_sensors({s: [m] for s, m in stems.items()}, present)[0]
+        out = self.out(torch.cat([deep, shallow], dim=1))
+        if self.residual is not None:
+            if self.residual not in images:
+                raise ValueError(f"residual sensor {self.residual!r} missing from the batch")
+            have = list(bands[self.residual])
+            lacking = [b for b in self.out_bands if b not in have]
+            if lacking:
+                raise ValueError(f"residual sensor {self.residual!r} input lacks output bands {lacking}")
+            order = [have.index(b) for b in self.out_bands]
+            out = out + images[self.residual][:, order]
+        return out
+
+
+class TaskModel(nn.Module):
+    """A pretrained (or fresh) msGFM encoder with a task head; runs on whichever sensors are given."""
+
+    def __init__(self, encoder: MSGFMEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(
+        self,
+        images: Mapping[str, torch.Tensor],
+        bands: Mapping[str, Sequence[str]],
+        present: Mapping[str, torch.Tensor] | None = None,
+        return_aux: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images: {sensor: (B, C, H, W)} normalised, same B for all; return_aux adds the MoE balancing loss."""
+        sizes = {img.shape[0] for img in images.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"task batches need the same batch size for every sensor, got {sizes}")
+        encoded = self.encoder(images, bands)
+        out = self.head(encoded.features, images=images, bands=bands, present=present)
+        return (out, encoded.aux_loss) if return_aux else out
