@@ -55,6 +55,63 @@ def simulate(
     simulate_world(cfg, seed=p.seed, preview=preview)
 
 
+@app.command(name="download")
+def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Fetch every new acquisition of the source into data/raw and update the acquisitions ledger."""
+    from msgfm.data.download import download
+    from msgfm.data.sources import SourceError
+
+    p = _load(params)
+    try:
+        summary = download(p.source, p.download)
+    except SourceError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"download: {summary.items} items offered, {summary.fetched} fetched, {summary.skipped} already present, "
+        f"{summary.failed} failed (see {p.download.out_dir / 'acquisitions.parquet'}), {summary.bytes} bytes"
+    )
+
+
+@app.command(name="validate_raw")
+def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Raw gate: check every downloaded acquisition with Great Expectations; quarantine the bad ones."""
+    from msgfm.validation.gates import GateFailed
+    from msgfm.validation.raw import validate_raw
+
+    p = _load(params)
+    try:
+        result = validate_raw(p.download.out_dir, p.source, p.gates)
+        result.raise_if_failed()
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.message)
+
+
+@app.command()
+def pretrain(params: ParamsOption = Path("params.yaml")) -> None:
+    """Cross-sensor MIM pretraining on Ray Train; resumes from the latest checkpoint after a crash."""
+    from msgfm.data.pretrain_data import PretrainDataError
+    from msgfm.training.pretrain import PretrainError, run_pretrain
+
+    p = _load(params)
+    try:
+        metrics = run_pretrain(p)
+    except (PretrainError, PretrainDataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    val = metrics["val"]
+    typer.echo(
+        f"pretrained {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s "
+        f"({metrics['samples_per_s']:.1f} samples/s); validation masked L1 {val['loss']:.4f} "
+        f"vs {val['mean_baseline']:.4f} for predicting the mean"
+    )
+
+
 @app.command()
 def embed(
     src: Annotated[Path, typer.Argument(help="GeoTIFF of a known sensor (s1, s2, rgb, dsm) in physical units")],

@@ -1,0 +1,172 @@
+"""A real HTTP server on 127.0.0.1 for download and STAC API tests, with scripted faults.
+
+It serves files from a folder (with HTTP Range support, as object stores do), a tiny STAC API
+(landing page with the item-search conformance class, `/search` returning a FeatureCollection, GET
+and POST), and, per path, a queue of faults that the next requests get: `404`, `500`, `stall`
+(send headers, then nothing for `stall_s`), `drop:N` (promise the whole file, send N bytes, close),
+`corrupt` (flip a byte). Every request is logged as (method, path, Range header) for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+class LoopbackServer:
+    """Start with `with LoopbackServer(folder) as srv:`; `srv.url` is the base URL."""
+
+    def __init__(self, folder: Path | None = None, *, stall_s: float = 5.0) -> None:
+        self.folder = Path(folder) if folder else None
+        self.stall_s = stall_s
+        self.faults: dict[str, deque[str]] = defaultdict(deque)
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.items: list[dict[str, Any]] = []
+        self.require_query: str | None = None
+        self._release = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def fail(self, path: str, *faults: str) -> None:
+        """Queue faults for the next requests of `path` (e.g. "/a.tif", "500", "drop:100")."""
+        self.faults[path].extend(faults)
+
+    def requests_for(self, path: str) -> list[tuple[str, str, str | None]]:
+        return [r for r in self.requests if r[1] == path]
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                self._dispatch("GET", None)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._dispatch("POST", body)
+
+            def _dispatch(self, method: str, body: dict[str, Any] | None) -> None:
+                parsed = urlparse(self.path)
+                path = parsed.path
+                server.requests.append((method, path, self.headers.get("Range")))
+                fault = server.faults[path].popleft() if server.faults[path] else None
+                if fault in ("404", "500"):
+                    return self._send(int(fault), b"fault", "text/plain")
+                if path == "/api":
+                    return self._json(server._landing())
+                if path == "/api/search":
+                    params = body if body is not None else {k: v[0] for k, v in parse_qs(parsed.query).items()}
+                    return self._json(server._search(params))
+                if server.require_query and server.require_query not in parsed.query:
+                    return self._send(403, b"unsigned", "text/plain")
+                return self._file(path, fault)
+
+            def _json(self, obj: dict[str, Any]) -> None:
+                self._send(200, json.dumps(obj).encode(), "application/json")
+
+            def _send(self, status: int, data: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _file(self, path: str, fault: str | None) -> None:
+                target = (server.folder / path.lstrip("/")).resolve() if server.folder else None
+                if target is None or not target.is_file():
+                    return self._send(404, b"not found", "text/plain")
+                data = target.read_bytes()
+                if fault == "corrupt":
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes="):
+                    start = int(rng[6:].split("-")[0])
+                    if start >= len(data):
+                        return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Type", "image/tiff")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if fault == "stall":
+                    self.wfile.flush()
+                    server._release.wait(server.stall_s)
+                    self.close_connection = True
+                    return
+                if fault and fault.startswith("drop:"):
+                    self.wfile.write(body[: int(fault[5:])])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        return Handler
+
+    def _landing(self) -> dict[str, Any]:
+        return {
+            "type": "Catalog",
+            "stac_version": "1.0.0",
+            "id": "loopback",
+            "description": "tiny STAC API for tests",
+            "conformsTo": [
+                "https://api.stacspec.org/v1.0.0/core",
+                "https://api.stacspec.org/v1.0.0/item-search",
+            ],
+            "links": [
+                {"rel": "self", "href": f"{self.url}/api", "type": "application/json"},
+                {"rel": "root", "href": f"{self.url}/api", "type": "application/json"},
+                {"rel": "search", "href": f"{self.url}/api/search", "type": "application/geo+json", "method": "GET"},
+                {"rel": "search", "href": f"{self.url}/api/search", "type": "application/geo+json", "method": "POST"},
+            ],
+        }
+
+    def _search(self, params: dict[str, Any]) -> dict[str, Any]:
+        collections = params.get("collections") or []
+        if isinstance(collections, str):
+            collections = collections.split(",")
+        bbox = params.get("bbox")
+        if isinstance(bbox, str):
+            bbox = [float(v) for v in bbox.split(",")]
+        features = []
+        for item in self.items:
+            if collections and item.get("collection") not in collections:
+                continue
+            if bbox and item.get("bbox"):
+                w, s, e, n = item["bbox"]
+                if w > bbox[2] or e < bbox[0] or s > bbox[3] or n < bbox[1]:
+                    continue
+            features.append(item)
+        return {"type": "FeatureCollection", "features": features, "links": []}
