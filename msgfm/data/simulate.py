@@ -1,0 +1,487 @@
+"""`msgfm simulate`: the embedded simulated multisensor world, published as a static STAC catalog of COGs.
+
+Layout (docs/data-layout.md): `catalog.json` with collections `sentinel-2-l2a`, `sentinel-1-grd`,
+`aerial-rgb`, `dsm` and `landcover`; each item is `{collection}/{item_id}/{item_id}.json` with its COG
+assets beside it; true misregistrations go to `truth/{aoi}.json`, outside the catalog.
+Every acquisition is drawn from its own seed (seed, aoi, sensor, date), so `--until` only chooses which
+acquisitions are published: a later run adds items and leaves existing files untouched.
+The model itself is in msgfm.data.simworld (ground truth) and msgfm.data.simsensors (sensors).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+from affine import Affine
+from pystac.extensions.eo import EOExtension
+from pystac.extensions.file import FileExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.stac_io import DefaultStacIO
+from rasterio.warp import transform as warp_points
+from rasterio.warp import transform_bounds
+from tqdm import tqdm
+
+from msgfm.config import AOIParams, SimulateParams
+from msgfm.data import simsensors
+from msgfm.data.simworld import CODES, World, rng_for
+from msgfm.geo.io import atomic_path, atomic_write_bytes, sha256_file, write_cog
+from msgfm.sensors import S2_L2A_BANDS, get_sensor
+
+log = logging.getLogger(__name__)
+
+COLLECTIONS = {
+    "s2": ("sentinel-2-l2a", "Simulated Sentinel-2 L2A surface reflectance, 12 bands at native 10/20/60 m"),
+    "s1": ("sentinel-1-grd", "Simulated Sentinel-1 IW GRD backscatter, VV and VH in dB, 10 m"),
+    "rgb": ("aerial-rgb", "Simulated aerial RGB orthophotos, about 1 m, uint8, Web Mercator"),
+    "dsm": ("dsm", "Simulated digital surface models (terrain + buildings + trees), about 1 m, float32"),
+    "landcover": ("landcover", "Simulated ESA WorldCover-style land cover (the label source), 10 m and fine grid"),
+}
+LICENSE = "CC0-1.0"
+DSM_NODATA = float(get_sensor("dsm").bands[0].nodata)
+RGB_CRS = "EPSG:3857"
+TRUTH_CONVENTION = (
+    "dx_px, dy_px: the shift to apply to the item's raster to align it with the reference grid, in reference "
+    "pixels; +x east, +y south. The item declares the nominal reference transform, but its pixel (row r, col c) "
+    "shows the ground at reference pixel (r + dy_px, c + dx_px); e.g. scipy.ndimage.shift(img, (dy_px, dx_px)) "
+    "or skimage phase_cross_correlation(reference, img) -> (dy_px, dx_px) recovers it."
+)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One item to publish: sensor, AOI, date, and for S2 whether it is cloudy."""
+
+    sensor: str
+    aoi: AOIParams
+    date: dt.date
+    cloudy: bool = False
+
+    @property
+    def item_id(self) -> str:
+        if self.sensor == "landcover":  # static: one map per AOI
+            return f"landcover_{self.aoi.name}"
+        return f"{self.sensor}_{self.aoi.name}_{self.date:%Y%m%d}"
+
+
+@dataclass(frozen=True)
+class AOIGrids:
+    """The AOI's UTM CRS, S2 10 m grid and fine grid (absolute UTM metres) and its centre."""
+
+    crs: str
+    centre: tuple[float, float]
+    s2: Affine
+    size: int
+    fine: Affine
+    fine_size: int
+
+    def centres(self, transform: Affine, size: int, dx: float = 0.0, dy: float = 0.0):
+        """Pixel-centre coordinates relative to the AOI centre, of pixel (r + dy, c + dx) of a grid."""
+        c = np.arange(size, dtype=np.float64) + 0.5
+        x = transform.c + transform.a * (c + dx) - self.centre[0]
+        y = transform.f + transform.e * (c + dy) - self.centre[1]
+        return np.meshgrid(x, y)
+
+
+def utm_crs(lon: float, lat: float) -> str:
+    """The UTM zone (WGS84) of a point, as an EPSG code string."""
+    zone = int((lon + 180) // 6) + 1
+    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+
+
+def aoi_grids(cfg: SimulateParams, aoi: AOIParams) -> AOIGrids:
+    """Grids of one AOI: the S2 grid centred on (lon, lat) snapped to 60 m, the fine grid centred inside it."""
+    crs = utm_crs(aoi.lon, aoi.lat)
+    (ex,), (ny,) = warp_points("EPSG:4326", crs, [aoi.lon], [aoi.lat])
+    cx, cy = round(ex / 60) * 60.0, round(ny / 60) * 60.0
+    half = cfg.size_px * 10 / 2
+    fine_half = cfg.fine_size_px * cfg.fine_gsd_m / 2
+    return AOIGrids(
+        crs=crs,
+        centre=(cx, cy),
+        s2=Affine(10, 0, cx - half, 0, -10, cy + half),
+        size=cfg.size_px,
+        fine=Affine(cfg.fine_gsd_m, 0, cx - fine_half, 0, -cfg.fine_gsd_m, cy + fine_half),
+        fine_size=cfg.fine_size_px,
+    )
+
+
+def _spread(start: dt.date, end: dt.date, n: int, phase: float, shift_days: int = 0) -> list[dt.date]:
+    """n dates evenly spread over [start, end], at `phase` (0..1) of each slot."""
+    span = (end - start).days
+    return [min(start + dt.timedelta(days=int(span * (i + phase) / n) + shift_days), end) for i in range(n)]
+
+
+def schedule(cfg: SimulateParams, aoi: AOIParams, seed: int) -> list[Acquisition]:
+    """Every acquisition of an AOI over [start, end], independent of `until`."""
+    n_cloudy = int(round(cfg.cloudy_fraction * cfg.s2_dates))
+    n_base = cfg.s2_dates - n_cloudy
+    base = _spread(cfg.start, cfg.end - dt.timedelta(days=cfg.clear_partner_days), n_base, 0.1)
+    rng = rng_for(seed, aoi.name, "s2-schedule")
+    cloudy_idx = set(rng.choice(n_base, size=n_cloudy, replace=False).tolist()) if n_cloudy else set()
+    acq = []
+    for i, d in enumerate(base):
+        acq.append(Acquisition("s2", aoi, d, cloudy=i in cloudy_idx))
+        if i in cloudy_idx:
+            acq.append(Acquisition("s2", aoi, d + dt.timedelta(days=cfg.clear_partner_days)))
+    if len({a.date for a in acq}) != len(acq):
+        raise ValueError(
+            f"simulate: {cfg.s2_dates} S2 dates with {cfg.clear_partner_days}-day clear partners do not fit between "
+            f"{cfg.start} and {cfg.end}; lower simulate.s2_dates or simulate.clear_partner_days"
+        )
+    acq += [Acquisition("s1", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.s1_dates, 0.3)))]
+    acq += [Acquisition("rgb", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.rgb_dates, 0.6)))]
+    acq += [Acquisition("dsm", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.dsm_dates, 0.6, 3)))]
+    return sorted(acq, key=lambda a: (a.date, a.sensor))
+
+
+def draw_shift(rng: np.random.Generator, max_px: float) -> tuple[float, float]:
+    """A misregistration of norm between 0.1*max_px and max_px in a random direction, rounded to 1/1000 px."""
+    r = rng.uniform(0.1, 1.0) * max_px
+    ang = rng.uniform(0, 2 * np.pi)
+    return round(float(r * np.cos(ang)), 3), round(float(r * np.sin(ang)), 3)
+
+
+# -- rendering one acquisition: returns {asset key: (path, per-asset grid or None)} --------------------------
+
+
+class _AOIContext:
+    """Per-AOI state shared by its acquisitions: world, grids and the static S2-grid fields."""
+
+    def __init__(self, cfg: SimulateParams, aoi: AOIParams, seed: int):
+        self.cfg, self.aoi, self.seed = cfg, aoi, seed
+        self.grids = aoi_grids(cfg, aoi)
+        self.world = World.create(aoi.biome, cfg.size_px * 10 / 2, seed, aoi.name)
+        self._static: dict[str, np.ndarray] | None = None
+
+    @property
+    def static(self) -> dict[str, np.ndarray]:
+        """Class, parcel key and texture at the S2 pixel centres (computed once per AOI)."""
+        if self._static is None:
+            x, y = self.grids.centres(self.grids.s2, self.grids.size)
+            parcel, _ = self.world.parcels(x, y)
+            self._static = {
+                "x": x,
+                "y": y,
+                "cls": self.world.classes(x, y),
+                "parcel": parcel.astype(np.float32),
+                "texture": self.world.texture(x, y),
+            }
+        return self._static
+
+
+def _tags(acq_id: str) -> dict[str, str]:
+    return {"MSGFM_ITEM": acq_id, "MSGFM_SOURCE": "msgfm simulate"}
+
+
+def acquisition_rng(seed: int, acq: Acquisition) -> np.random.Generator:
+    """The generator of one acquisition; its first draws (S1, DSM) are the truth shift."""
+    return rng_for(seed, acq.aoi.name, acq.sensor, acq.date.toordinal())
+
+
+def truth_shift(cfg: SimulateParams, seed: int, acq: Acquisition) -> dict[str, Any] | None:
+    """The true misregistration of an S1 or DSM acquisition (None for the other sensors)."""
+    if acq.sensor not in ("s1", "dsm"):
+        return None
+    limit = cfg.max_s1_shift_px if acq.sensor == "s1" else cfg.max_dsm_shift_px
+    dx, dy = draw_shift(acquisition_rng(seed, acq), limit)
+    ref_asset, gsd = ("map", 10.0) if acq.sensor == "s1" else ("map_fine", cfg.fine_gsd_m)
+    return {"dx_px": dx, "dy_px": dy, "reference": f"landcover_{acq.aoi.name}", "reference_asset": ref_asset,
+            "reference_gsd_m": gsd}  # fmt: skip
+
+
+def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
+    """Write the assets of one acquisition into `folder` (truth shifts are the first draws of its generator)."""
+    rng = acquisition_rng(ctx.seed, acq)
+    g, w, crs = ctx.grids, ctx.world, ctx.grids.crs
+    if acq.sensor == "s2":
+        st = ctx.static
+        refl = simsensors.s2_reflectance(w, st, acq.date, rng)
+        mask = np.zeros(st["cls"].shape, np.uint8)
+        if acq.cloudy:
+            refl, mask = simsensors.add_clouds(refl, st["x"], st["y"], rng, w.half_extent_m)
+        for band, img in zip(S2_L2A_BANDS, refl, strict=True):
+            f = int(get_sensor("s2").band(band).gsd_m // 10)
+            img = img.reshape(g.size // f, f, g.size // f, f).mean(axis=(1, 3)) if f > 1 else img
+            dn = np.clip(np.round(img), 1, 65535).astype(np.uint16)
+            write_cog(folder / f"{band}.tif", dn, crs=crs, transform=g.s2 * Affine.scale(f), nodata=0,
+                      band_names=[band], tags=_tags(acq.item_id))  # fmt: skip
+        write_cog(folder / "cloud_mask.tif", mask, crs=crs, transform=g.s2, band_names=["cloud_mask"],
+                  tags=_tags(acq.item_id))  # fmt: skip
+        return
+    if acq.sensor == "s1":
+        dx, dy = draw_shift(rng, ctx.cfg.max_s1_shift_px)
+        x, y = g.centres(g.s2, g.size, dx, dy)
+        db = simsensors.s1_backscatter(w, x, y, acq.date, rng, ctx.cfg.s1_looks)
+        for band, img in zip(("VV", "VH"), db, strict=True):
+            write_cog(folder / f"{band}.tif", img, crs=crs, transform=g.s2, band_names=[band], tags=_tags(acq.item_id))
+        return
+    if acq.sensor == "dsm":
+        dx, dy = draw_shift(rng, ctx.cfg.max_dsm_shift_px)
+        x, y = g.centres(g.fine, g.fine_size, dx, dy)
+        dsm = simsensors.dsm_heights(w, x, y, rng, DSM_NODATA)
+        write_cog(folder / "dsm.tif", dsm, crs=crs, transform=g.fine, nodata=DSM_NODATA, band_names=["height"],
+                  tags=_tags(acq.item_id))  # fmt: skip
+        return
+    if acq.sensor == "rgb":
+        transform, size, x, y, px = _rgb_grid(ctx)
+        img = simsensors.rgb_image(w, x, y, px, acq.date, rng)
+        write_cog(folder / "image.tif", img, crs=RGB_CRS, transform=transform, band_names=["R", "G", "B"],
+                  tags=_tags(acq.item_id))  # fmt: skip
+        return
+    if acq.sensor == "landcover":
+        x, y = g.centres(g.s2, g.size)
+        write_cog(folder / "map.tif", CODES[w.classes(x, y)], crs=crs, transform=g.s2, nodata=0,
+                  band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
+        x, y = g.centres(g.fine, g.fine_size)
+        write_cog(folder / "map_fine.tif", CODES[w.classes(x, y)], crs=crs, transform=g.fine, nodata=0,
+                  band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
+        return
+    raise ValueError(f"unknown sensor {acq.sensor!r}")
+
+
+def _rgb_grid(ctx: _AOIContext):
+    """The RGB delivery grid in Web Mercator covering the fine area, ground pixel ~fine_gsd_m; and its UTM centres."""
+    g = ctx.grids
+    left, top = g.fine.c, g.fine.f
+    right, bottom = left + g.fine_size * g.fine.a, top + g.fine_size * g.fine.e
+    ml, mb, mr, mt = transform_bounds(g.crs, RGB_CRS, left, bottom, right, top)
+    px = ctx.cfg.fine_gsd_m / np.cos(np.deg2rad(ctx.aoi.lat))  # Mercator scale factor
+    px = round(float(px), 4)
+    ml, mt = np.floor(ml / px) * px, np.ceil(mt / px) * px
+    width, height = int(np.ceil((mr - ml) / px)), int(np.ceil((mt - mb) / px))
+    transform = Affine(px, 0, ml, 0, -px, mt)
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    mx, my = transform.c + cols * px, transform.f - rows * px
+    ex, ny = warp_points(RGB_CRS, g.crs, mx.ravel(), my.ravel())
+    x = np.asarray(ex).reshape(height, width) - g.centre[0]
+    y = np.asarray(ny).reshape(height, width) - g.centre[1]
+    ground_px = ctx.cfg.fine_gsd_m
+    return transform, (height, width), x, y, ground_px
+
+
+# -- STAC --------------------------------------------------------------------------------------------------
+
+
+class _KeepUnchangedStacIO(DefaultStacIO):
+    """Writes STAC JSON atomically, and not at all when the file already holds the same bytes."""
+
+    def write_text_to_href(self, href: str, txt: str) -> None:
+        path = Path(href)
+        data = txt.encode("utf-8")
+        if path.is_file() and path.read_bytes() == data:
+            return
+        atomic_write_bytes(path, data)
+
+
+def _asset_files(sensor: str) -> list[str]:
+    return {
+        "s2": [*S2_L2A_BANDS, "cloud_mask"],
+        "s1": ["VV", "VH"],
+        "rgb": ["image"],
+        "dsm": ["dsm"],
+        "landcover": ["map", "map_fine"],
+    }[sensor]
+
+
+def _make_item(acq: Acquisition, folder: Path) -> pystac.Item:
+    """A STAC item for the files in `folder`, with projection, file (size, checksum) and eo fields."""
+    import rasterio
+
+    keys = _asset_files(acq.sensor)
+    with rasterio.open(folder / f"{keys[0]}.tif") as src:
+        crs, transform, shape, bounds = src.crs, src.transform, src.shape, src.bounds
+    wb = transform_bounds(crs, "EPSG:4326", *bounds)
+    bbox = [round(v, 7) for v in wb]
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[[bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
+                         [bbox[0], bbox[1]]]],
+    }  # fmt: skip
+    when = dt.datetime.combine(acq.date, dt.time(10, 30) if acq.sensor != "s1" else dt.time(17, 20), dt.UTC)
+    item = pystac.Item(
+        id=acq.item_id,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=when,
+        properties={"msgfm:sensor": acq.sensor, "msgfm:aoi": acq.aoi.name, "msgfm:biome": acq.aoi.biome},
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.code, proj.shape, proj.transform = crs.to_string(), list(shape), list(transform)[:6]
+    FileExtension.add_to(item)
+    for key in keys:
+        path = folder / f"{key}.tif"
+        asset = pystac.Asset(href=f"./{key}.tif", media_type=pystac.MediaType.COG, roles=["data"], title=key)
+        item.add_asset(key, asset)
+        with rasterio.open(path) as src:
+            if src.transform != transform:
+                ap = ProjectionExtension.ext(asset)
+                ap.shape, ap.transform = list(src.shape), list(src.transform)[:6]
+        fe = FileExtension.ext(asset)
+        fe.size = path.stat().st_size
+        fe.checksum = "1220" + sha256_file(path)
+    if acq.sensor == "s2":
+        with rasterio.open(folder / "cloud_mask.tif") as src:
+            cloud_cover = round(float((src.read(1) == 1).mean() * 100), 2)
+        EOExtension.ext(item, add_if_missing=True).cloud_cover = cloud_cover
+    return item
+
+
+def _done(folder: Path, sensor: str) -> bool:
+    """All asset files of an item exist (writes are atomic, so an existing file is complete)."""
+    return all((folder / f"{k}.tif").is_file() for k in _asset_files(sensor))
+
+
+def _collection(sensor: str, items: list[pystac.Item]) -> pystac.Collection:
+    cid, description = COLLECTIONS[sensor]
+    bboxes = np.array([i.bbox for i in items])
+    times = [i.datetime for i in items]
+    extent = pystac.Extent(
+        pystac.SpatialExtent([[*bboxes[:, :2].min(0).tolist(), *bboxes[:, 2:].max(0).tolist()]]),
+        pystac.TemporalExtent([[min(times), max(times)]]),
+    )
+    col = pystac.Collection(id=cid, description=description, extent=extent, license=LICENSE, title=cid)
+    col.add_items(items)
+    return col
+
+
+def simulate_world(
+    cfg: SimulateParams,
+    seed: int = 0,
+    preview: Path | None = None,
+    progress: bool = True,
+) -> pystac.Catalog:
+    """Render every acquisition up to `cfg.until` into `cfg.out_dir` and publish the STAC catalog and truth."""
+    out = Path(cfg.out_dir)
+    until = cfg.until or cfg.end
+    plan: list[Acquisition] = []
+    for aoi in cfg.aois:
+        plan.append(Acquisition("landcover", aoi, cfg.start))
+        plan += [a for a in schedule(cfg, aoi, seed) if a.date <= until]
+    contexts: dict[str, _AOIContext] = {}
+    items: dict[str, list[pystac.Item]] = {s: [] for s in COLLECTIONS}
+    truth: dict[str, dict[str, Any]] = {a.name: {} for a in cfg.aois}
+    rendered = 0
+    for acq in tqdm(plan, desc="simulate", unit="item", disable=not progress):
+        folder = out / COLLECTIONS[acq.sensor][0] / acq.item_id
+        if not _done(folder, acq.sensor):  # resumable: existing (atomically written) assets are kept as they are
+            if acq.aoi.name not in contexts:
+                contexts[acq.aoi.name] = _AOIContext(cfg, acq.aoi, seed)
+            render(contexts[acq.aoi.name], acq, folder)
+            rendered += 1
+        items[acq.sensor].append(_make_item(acq, folder))
+        if (shift := truth_shift(cfg, seed, acq)) is not None:
+            truth[acq.aoi.name][acq.item_id] = shift
+    catalog = pystac.Catalog(
+        id="msgfm-simulated-world",
+        description="msgfm's embedded simulated multisensor world (Sentinel-1, Sentinel-2, aerial RGB, DSM, "
+        "land cover); see docs/simulator.md",
+        title="msgfm simulated world",
+    )
+    for sensor, its in items.items():
+        if its:
+            catalog.add_child(_collection(sensor, its))
+    catalog.normalize_hrefs(str(out.resolve()))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=_KeepUnchangedStacIO())
+    io = _KeepUnchangedStacIO()
+    for aoi in cfg.aois:
+        doc = {"aoi": aoi.name, "biome": aoi.biome, "convention": TRUTH_CONVENTION, "shifts": truth[aoi.name]}
+        io.write_text_to_href(str(out / "truth" / f"{aoi.name}.json"), json.dumps(doc, indent=2, sort_keys=True))
+    log.info("simulate: %d items published (%d rendered) in %s", len(plan), rendered, out)
+    if preview is not None:
+        write_preview(out, cfg, preview)
+    return catalog
+
+
+# -- validation and preview --------------------------------------------------------------------------------
+
+
+def validate_catalog(root: Path) -> int:
+    """Validate every catalog, collection and item under `root` against the core STAC JSON schemas.
+
+    pystac ships the core STAC 1.1 schemas; extension schemas (projection, file, eo) are fetched from the
+    network, which the pipeline must not need, so only the core is checked here. Returns the number of
+    objects validated; raises pystac.STACValidationError on the first invalid one.
+    """
+    from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+    validator = JsonSchemaSTACValidator()
+    catalog = pystac.Catalog.from_file(str(Path(root) / "catalog.json"))
+    n = 0
+    for obj in [catalog, *catalog.get_all_collections(), *catalog.get_all_items()]:
+        d = obj.to_dict(include_self_link=False)
+        validator.validate_core(d, pystac.STACObjectType(d["type"] if d["type"] != "Feature" else "Feature"),
+                                d["stac_version"], obj.get_self_href())  # fmt: skip
+        n += 1
+    return n
+
+
+WORLDCOVER_COLOURS = {
+    10: "#006400", 20: "#ffbb22", 30: "#ffff4c", 40: "#f096ff", 50: "#fa0000",
+    60: "#b4b4b4", 70: "#f0f0f0", 80: "#0064c8", 90: "#0096a0",
+}  # fmt: skip
+
+
+def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | None = None) -> Path:
+    """PNG of one AOI's published sensors side by side: S2 true colour, S1 VV, RGB, DSM and land cover."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
+    from msgfm.geo.io import read_raster
+
+    catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
+    aois = [a for a in cfg.aois if a.biome == "coastal_city"] + list(cfg.aois)
+    name = aoi_name or aois[0].name
+    by_sensor: dict[str, pystac.Item] = {}
+    for item in sorted(catalog.get_all_items(), key=lambda i: i.datetime):
+        s = item.properties["msgfm:sensor"]
+        if item.properties["msgfm:aoi"] == name and s not in by_sensor and item.properties.get("eo:cloud_cover", 0) < 5:
+            by_sensor[s] = item
+
+    def asset(sensor: str, key: str) -> np.ndarray:
+        return read_raster(by_sensor[sensor].assets[key].get_absolute_href())[0]
+
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), constrained_layout=True)
+    s2 = np.stack([asset("s2", b)[0] for b in ("B04", "B03", "B02")], -1).astype(np.float32)
+    axes[0].imshow(np.clip((s2 / 2500) ** 0.8, 0, 1))
+    axes[0].set_title(f"Sentinel-2 L2A true colour, 10 m\n{by_sensor['s2'].id}")
+    g = aoi_grids(cfg, next(a for a in cfg.aois if a.name == name))
+    off = (g.fine.c - g.s2.c) / 10
+    size = g.fine_size * g.fine.a / 10
+    axes[0].add_patch(Rectangle((off - 0.5, off - 0.5), size, size, fill=False, ec="w", lw=1.2, ls="--"))
+    axes[1].imshow(asset("s1", "VV")[0], cmap="gray", vmin=-25, vmax=0)
+    axes[1].set_title(f"Sentinel-1 VV (dB, -25..0), 10 m\n{by_sensor['s1'].id}")
+    axes[2].imshow(np.moveaxis(asset("rgb", "image"), 0, -1))
+    axes[2].set_title(f"aerial RGB, ~{cfg.fine_gsd_m:g} m, {RGB_CRS}\n{by_sensor['rgb'].id} (dashed box in S2)")
+    dsm = np.ma.masked_equal(asset("dsm", "dsm")[0], DSM_NODATA)
+    im = axes[3].imshow(dsm, cmap="terrain")
+    fig.colorbar(im, ax=axes[3], shrink=0.8, label="m")
+    axes[3].set_title(f"DSM (white: nodata), ~{cfg.fine_gsd_m:g} m\n{by_sensor['dsm'].id}")
+    lc = read_raster(Path(by_sensor["landcover"].assets["map"].get_absolute_href()))[0][0]
+    codes = sorted(WORLDCOVER_COLOURS)
+    idx = np.searchsorted(codes, lc)
+    axes[4].imshow(idx, cmap=ListedColormap([WORLDCOVER_COLOURS[c] for c in codes]), vmin=0, vmax=len(codes) - 1,
+                   interpolation="nearest")  # fmt: skip
+    axes[4].set_title(f"land cover (WorldCover codes), 10 m\n{by_sensor['landcover'].id}")
+    names = ["tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland"]
+    present = set(np.unique(lc).tolist())
+    axes[4].legend(handles=[Patch(color=WORLDCOVER_COLOURS[c], label=f"{c} {n}") for c, n in zip(codes, names,
+                   strict=True) if c in present], loc="lower right", fontsize=7, framealpha=0.8)  # fmt: skip
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"msgfm simulated world: AOI '{name}'", fontsize=13)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
