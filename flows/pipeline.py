@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -102,9 +102,7 @@ def plan_stages(repo_dir: str | Path, target: str | None = None, stages: list[st
             if target:
                 address = target if ":" in target else f"{os.path.join(repo.root_dir, 'dvc.yaml')}:{target}"
                 sources = repo.stage.collect(address)
-            order = [
-                _address(s, repo.root_dir) for s in plan_repro(graph, sources) if isinstance(s, PipelineStage)
-            ]
+            order = [_address(s, repo.root_dir) for s in plan_repro(graph, sources) if isinstance(s, PipelineStage)]
     except DvcException as e:
         raise PipelineError(f"{Path(repo_dir) / 'dvc.yaml'}: {e}") from None
     if stages:
@@ -205,18 +203,26 @@ def _summary_markdown(results: list[StageRun], overrides: list[str]) -> str:
 
 @flow(name="pipeline", description="Run the DVC stages of dvc.yaml in dependency order, one task each.")
 def pipeline(
-    target: Annotated[str | None, Field(description="run this stage and all upstream of it (default: all)")] = None,
-    stages: Annotated[list[str] | None, Field(description="run exactly these stages, in pipeline order")] = None,
-    overrides: Annotated[
-        dict[str, OverrideValue] | None,
-        Field(description="params.yaml overrides, as `dvc exp run -S key=value`: {'simulate.size_px': 64}"),
-    ] = None,
-    force: Annotated[bool, Field(description="re-run the selected stages even if unchanged (dvc repro -f)")] = False,
-    force_stages: Annotated[list[str] | None, Field(description="re-run only these stages even if unchanged")] = None,
-    retry: Annotated[RetryPolicy, Field(description="retries with backoff for the network stages")] = DEFAULT_RETRY,
-    repo_dir: Annotated[str, Field(description="the msgfm repository (where dvc.yaml is)")] = ".",
+    target: str | None = None,
+    stages: list[str] | None = None,
+    overrides: dict[str, OverrideValue] | None = None,
+    force: bool = False,
+    force_stages: list[str] | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    repo_dir: str = ".",
 ) -> list[StageRun]:
-    """Run the selected DVC stages upstream first; each is skipped by DVC when nothing it depends on changed."""
+    """Run the selected DVC stages upstream first; DVC skips each one whose inputs did not change.
+
+    Args:
+        target: run this stage (or foreach group) and everything upstream of it; empty: every stage.
+        stages: run exactly these stages, in pipeline order (instead of a target).
+        overrides: params.yaml overrides, as `dvc exp run -S key=value`, e.g. {"simulate.size_px": 96};
+            the run is then saved as a DVC experiment named after the flow run.
+        force: re-run the selected stages even if nothing changed (`dvc repro --force`).
+        force_stages: re-run only these stages even if unchanged.
+        retry: retries with exponential backoff for the stages that read the network.
+        repo_dir: the msgfm repository (where dvc.yaml is).
+    """
     logger = get_run_logger()
     repo = str(Path(repo_dir).resolve())
     order = plan_stages(repo, target=target, stages=stages)

@@ -104,13 +104,17 @@ def gate_challenger(repo_dir: str, cfg: RetrainParams) -> str:
 
 @flow(name="retrain-on-new-acquisitions", description="Rerun the pipeline when the source has new acquisitions.")
 def retrain(
-    repo_dir: Annotated[str, Field(description="the msgfm repository (where dvc.yaml is)")] = ".",
-    lock_wait_s: Annotated[
-        float | None, Field(ge=0, description="wait this long for a running retrain (default: params)")
-    ] = None,
-    retry: Annotated[RetryPolicy, Field(description="retries with backoff for the network stages")] = DEFAULT_RETRY,
+    repo_dir: str = ".",
+    lock_wait_s: Annotated[float | None, Field(ge=0)] = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> State:
-    """Poll the source; on new acquisitions rerun the pipeline and gate the new model; else do nothing."""
+    """Poll the source; on new acquisitions rerun the pipeline and gate the new model; else do nothing.
+
+    Args:
+        repo_dir: the msgfm repository (where dvc.yaml is).
+        lock_wait_s: seconds to wait for a running retrain before giving up (empty: params retrain.lock_wait_s).
+        retry: retries with exponential backoff for the stages that read the network.
+    """
     logger = get_run_logger()
     repo = str(Path(repo_dir).resolve())
     cfg = load_params(Path(repo) / "params.yaml").retrain
