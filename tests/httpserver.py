@@ -18,6 +18,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts under test) are expected; no tracebacks on stderr."""
+
+
 class LoopbackServer:
     """Start with `with LoopbackServer(folder) as srv:`; `srv.url` is the base URL."""
 
@@ -29,7 +34,7 @@ class LoopbackServer:
         self.items: list[dict[str, Any]] = []
         self.require_query: str | None = None
         self._release = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

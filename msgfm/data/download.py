@@ -219,6 +219,7 @@ class Fetcher:
 
     def _fetch_http(self, asset: AssetRecord, dest: Path) -> int:
         part = dest.with_name(dest.name + ".part")
+        part.parent.mkdir(parents=True, exist_ok=True)
         attempts = self.cfg.retries + 1
         last = ""
         for attempt in range(attempts):
@@ -245,6 +246,7 @@ class Fetcher:
     def _get(self, asset: AssetRecord, part: Path) -> None:
         """One GET into `part`, resuming with Range when a partial file exists."""
         import requests
+        import urllib3
 
         have = part.stat().st_size if part.is_file() else 0
         if asset.size is not None and have > asset.size:
@@ -267,14 +269,22 @@ class Fetcher:
                     part.unlink()
                     raise _Retryable(f"server resumed at the wrong offset (asked for byte {have}); restarting")
                 mode = "ab" if have and r.status_code == 206 else "wb"
+                announced = int(r.headers.get("Content-Length") or -1)
+                received = 0
                 with open(part, mode) as f:
-                    for block in r.iter_content(_CHUNK):
+                    # read1 hands over whatever arrived, so a dropped connection keeps every received byte
+                    while block := r.raw.read1(_CHUNK, decode_content=True):
                         f.write(block)
-        except requests.Timeout:
+                        received += len(block)
+                if 0 <= received < announced:
+                    raise _Retryable(f"connection closed after {received} of {announced} bytes of {_redact(url)}")
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {_redact(url)}") from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+        except (requests.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError) as e:
             got = part.stat().st_size if part.is_file() else 0
-            raise _Retryable(f"connection lost after {got} bytes of {_redact(url)} ({type(e).__name__})") from None
+            raise _Retryable(
+                f"connection lost with {got} bytes of {_redact(url)} received ({type(e).__name__})"
+            ) from None
 
 
 def _redact(url: str) -> str:
