@@ -92,6 +92,82 @@ def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     typer.echo(result.message)
 
 
+@app.command(name="coregister")
+def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Put every accepted acquisition of an AOI on one grid (S1/S2 10 m, RGB/DSM fine), shift-corrected."""
+    from msgfm.data.coregister import CoregisterError, coregister
+
+    p = _load(params)
+    cfg = p.coregister
+    try:
+        table = coregister(
+            cfg,
+            ledger=p.download.out_dir / "acquisitions.parquet",
+            raw_gate=Path("data/gates/raw.parquet"),
+            raw_dir=p.download.out_dir,
+            out_dir=cfg.out_dir,
+            report=cfg.report,
+            truth_dir=cfg.truth_dir,
+        )
+    except CoregisterError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    ok = int((table["status"] == "ok").sum())
+    typer.echo(f"coregister: {ok}/{len(table)} rasters written to {cfg.out_dir} (report: {cfg.report})")
+
+
+@app.command(name="validate_coreg")
+def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Coreg gate: every raster on its AOI grid, aligned within gates.max_residual_px, with enough overlap."""
+    from msgfm.validation.coreg import validate_coreg
+    from msgfm.validation.gates import GateFailed
+
+    p = _load(params)
+    try:
+        result = validate_coreg(p.coregister.out_dir, p.coregister, p.gates)
+        result.raise_if_failed()
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.message)
+
+
+@app.command(name="pair")
+def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Cut accepted co-registered rasters into chips, pair S1-S2 and RGB-DSM, split by blocks, fill the store."""
+    from msgfm.data.pairing import PairError, pair
+
+    p = _load(params)
+    try:
+        manifest = pair(p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed)
+    except PairError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
+
+
+@app.command(name="validate_pairs")
+def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
+    """Pairs gate: manifest schema, spatially disjoint splits, classes in train, paired share, finite stats."""
+    from msgfm.validation.gates import GateFailed
+    from msgfm.validation.pairs import validate_pairs
+
+    p = _load(params)
+    try:
+        result = validate_pairs(p.pair, p.gates)
+        result.raise_if_failed()
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.message)
+
+
 @app.command()
 def pretrain(params: ParamsOption = Path("params.yaml")) -> None:
     """Cross-sensor MIM pretraining on Ray Train; resumes from the latest checkpoint after a crash."""

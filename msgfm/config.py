@@ -100,7 +100,6 @@ class RetrainParams(Section):
 class CoregisterParams(Section):
     """`msgfm coregister`: every sensor of an AOI on one grid (S1/S2 10 m; RGB/DSM fine), shift-corrected."""
 
-    raw_dir: Path = Field(Path("data/raw"), description="download's assets and acquisitions.parquet ledger")
     out_dir: Path = Field(Path("data/coreg"), description="co-registered COGs and rasters.parquet")
     report: Path = Path("data/reports/coregister.json")
     truth_dir: Path | None = Field(Path("data/source/truth"), description="simulator truth sidecars, to score shifts")
@@ -130,7 +129,6 @@ class CoregisterParams(Section):
 class PairParams(Section):
     """`msgfm pair`: chips per AOI and date, S1-S2 and RGB-DSM pairs, spatial-block splits, the chip store."""
 
-    coreg_dir: Path = Path("data/coreg")
     out_dir: Path = Field(Path("data/chips"), description="the chip store (memory-mapped .npy per sensor)")
     manifest: Path = Path("data/manifest.parquet")
     chip_px: int = Field(64, ge=8, le=1024, description="chip side in pixels, the same for every sensor")

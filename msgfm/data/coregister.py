@@ -56,6 +56,8 @@ RASTER_COLUMNS = [
 """Columns of data/coreg/rasters.parquet (see docs/data-layout.md)."""
 
 S10, FINE = "s10", "fine"
+GRIDS_NAME = "grids.json"
+"""Per AOI, `data/coreg/{aoi}/grids.json` holds the reference grids every raster must lie on."""
 
 
 class CoregisterError(RuntimeError):
@@ -357,14 +359,23 @@ class Coregistrar:
         return rows
 
     def _shifted(
-        self, ctx: _AOIContext, item: _Item, grid_name: str, bands: list[str], feature_bands: list[str]
+        self,
+        ctx: _AOIContext,
+        item: _Item,
+        grid_name: str,
+        bands: list[str],
+        feature_bands: list[str],
+        band_names: list[str],
     ) -> dict:
-        """Estimate the residual shift of an S1 or DSM acquisition against its reference, then warp once."""
+        """Estimate the residual shift of an S1 or DSM acquisition against its reference, then warp once.
+
+        `bands` and `feature_bands` are asset keys; `band_names` name the output bands (registry names).
+        """
         grid = ctx.grids.get(grid_name)
         sensor = get_sensor(item.sensor)
         rel = f"{item.aoi}/{item.sensor}_{item.date}.tif"
         row = _empty_row(item, item.id, "image", grid_name)
-        row["band_names"] = list(bands)
+        row["band_names"] = list(band_names)
         truth = ctx.truth.get(item.id)
         if truth is not None:
             row["truth_dx_px"], row["truth_dy_px"] = truth
@@ -524,11 +535,13 @@ class Coregistrar:
                 self._grid_from_any(ctx, item)
             guarded(item, self._rgb)
         for item in by_sensor.get("s1", []):
-            guarded(item, self._shifted, S10, list(get_sensor("s1").band_names), list(self.cfg.s1_feature_bands))
+            s1_bands = list(get_sensor("s1").band_names)
+            guarded(item, self._shifted, S10, s1_bands, list(self.cfg.s1_feature_bands), s1_bands)
         for item in by_sensor.get("dsm", []):
-            guarded(item, self._shifted, FINE, ["dsm"], ["dsm"])
+            guarded(item, self._shifted, FINE, ["dsm"], ["dsm"], ["height"])
         for item in by_sensor.get("landcover", []):
             guarded(item, self._landcover)
+        atomic_write_json(self.out_dir / aoi / GRIDS_NAME, {name: g.to_dict() for name, g in ctx.grids.items()})
         for sensor, group in by_sensor.items():
             if sensor not in ("s1", "s2", "rgb", "dsm", "landcover"):
                 for item in group:
@@ -617,3 +630,70 @@ def shift_report(table: pd.DataFrame, *, pixels: int, seconds: float) -> dict[st
     report["median_abs_error_px"] = round(float(np.median(errors_all)), 4) if errors_all else None
     report["scored_rasters"] = len(errors_all)
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# after the stage: what the coreg gate re-measures
+
+
+def read_grids(out_dir: Path, aoi: str) -> dict[str, Grid]:
+    """The reference grids of an AOI written by the stage ({} when missing)."""
+    path = Path(out_dir) / aoi / GRIDS_NAME
+    if not path.is_file():
+        return {}
+    return {name: Grid.from_dict(d) for name, d in json.loads(path.read_text()).items()}
+
+
+def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams) -> dict[str, tuple[float, float]]:
+    """Shift left in each corrected S1/DSM output against the reference features rebuilt from the outputs.
+
+    The same estimator as the correction, run on the written files: a correct raster measures about
+    (0, 0); a raster whose correction was wrong or skipped measures its misregistration.
+    """
+    out_dir = Path(out_dir)
+    ok = table[table["status"] == "ok"]
+    residuals: dict[str, tuple[float, float]] = {}
+    for _, group in ok.groupby("aoi"):
+        refs: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
+        counts: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
+        ids = set(group["id"])
+        for r in group[group["sensor"].isin(["s2", "rgb"]) & (group["kind"] == "image")].itertuples():
+            with rasterio.open(out_dir / r.path) as src:
+                data = src.read()
+            if r.sensor == "s2":
+                valid = np.all(data != 0, axis=0)
+                cloud_id = f"{r.id}_cloud"
+                if cloud_id in ids:
+                    with rasterio.open(out_dir / group.loc[group["id"] == cloud_id, "path"].iloc[0]) as src:
+                        valid &= src.read(1) == 0
+                idx = [list(r.band_names).index(b) for b in cfg.s2_feature_bands]
+                feature = gradient_feature(data[idx].astype(np.float32), valid, cfg.feature_sigma_px)
+            else:
+                valid = np.any(data != 0, axis=0)
+                lum = (0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2]).astype(np.float32)
+                feature = gradient_feature(lum, valid, cfg.feature_sigma_px)
+            refs[r.grid].append(np.where(valid, feature, 0))
+            counts[r.grid].append(valid.astype(np.float32))
+        for r in group[group["sensor"].isin(["s1", "dsm"])].itertuples():
+            if not refs[r.grid]:
+                continue
+            reference = np.sum(refs[r.grid], axis=0) / np.maximum(np.sum(counts[r.grid], axis=0), 1)
+            with rasterio.open(out_dir / r.path) as src:
+                data = src.read().astype(np.float32)
+                nodata = src.nodata
+            valid = np.all(np.isfinite(data), axis=0)
+            if nodata is not None and not math.isnan(nodata):
+                valid &= np.all(data != nodata, axis=0)
+            if r.sensor == "s1":
+                idx = [list(r.band_names).index(b) for b in cfg.s1_feature_bands]
+                feature = gradient_feature(data[idx], valid, cfg.s1_speckle_sigma_px)
+            else:
+                feature = gradient_feature(data, valid, cfg.feature_sigma_px)
+            dx, dy, _ = estimate_shift(
+                reference.astype(np.float32),
+                feature,
+                upsample_factor=cfg.upsample_factor,
+                normalization=cfg.normalization,
+            )
+            residuals[r.id] = (dx, dy)
+    return residuals

@@ -1,0 +1,159 @@
+"""The pairs gate (`msgfm validate_pairs`): is the manifest a sound training set?
+
+One row per chip of `data/manifest.parquet`, with what the checks need computed beside it: does
+the chip's footprint intersect a chip of another split (same CRS); are its store index and its
+partner valid; are its statistics finite; which of its classes never occur in train. Dataset-level
+checks fail the whole gate: the manifest schema, unique ids, spatially disjoint splits, every class
+present in train, and the share of S1 and RGB chips with a partner at least
+`gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from msgfm.config import GatesParams, PairParams
+from msgfm.data.chipstore import ChipStore, ChipStoreError
+from msgfm.data.pairing import MANIFEST_COLUMNS, SPLITS
+from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
+
+
+def split_clashes(manifest: pd.DataFrame, chunk: int = 2048) -> np.ndarray:
+    """Per chip, the splits (comma-joined, '' if none) of other-split chips whose footprints intersect it."""
+    clashes = [set() for _ in range(len(manifest))]
+    m = manifest.reset_index(drop=True)
+    for _, group in m.groupby("crs"):
+        idx = group.index.to_numpy()
+        box = group[["minx", "miny", "maxx", "maxy"]].to_numpy(dtype=np.float64)
+        split = group["split"].to_numpy()
+        for start in range(0, len(idx), chunk):
+            a = box[start : start + chunk]
+            # closed intersection: footprints that merely touch clash too
+            hit = (
+                (a[:, None, 0] <= box[None, :, 2])
+                & (box[None, :, 0] <= a[:, None, 2])
+                & (a[:, None, 1] <= box[None, :, 3])
+                & (box[None, :, 1] <= a[:, None, 3])
+                & (split[start : start + chunk, None] != split[None, :])
+            )
+            for i, j in zip(*np.nonzero(hit), strict=True):
+                clashes[idx[start + i]].add(str(split[j]))
+    return np.array([",".join(sorted(c)) for c in clashes], dtype=object)
+
+
+def build_pairs_table(manifest_path: str | Path, chips_dir: str | Path) -> pd.DataFrame:
+    """The manifest with the per-chip columns the pairs suite checks."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: not found (run `msgfm pair` first)")
+    table = pd.read_parquet(manifest_path).reset_index(drop=True)
+    missing = [c for c in ("id", "sensor", "split", "minx", "miny", "maxx", "maxy", "crs") if c not in table.columns]
+    if missing:
+        return table  # the schema check reports it
+    counts: dict[str, int] = {}
+    try:
+        store = ChipStore(chips_dir)
+        counts = {s: store.count(s) for s in store.sensors}
+    except ChipStoreError:
+        pass
+    table["clash_splits"] = split_clashes(table)
+    table["split_disjoint"] = table["clash_splits"] == ""
+    table["in_store"] = [
+        0 <= int(i) < counts.get(s, 0) for s, i in zip(table["sensor"], table["store_index"], strict=True)
+    ]
+    ids = set(table["id"])
+    table["partner_ok"] = [
+        (p is None or (isinstance(p, float) and math.isnan(p))) or (p in ids and int(pi) >= 0)
+        for p, pi in zip(table["partner_id"], table["partner_index"], strict=True)
+    ]
+    stats = table[["mean", "std", "cloud_fraction", "nodata_fraction"]].to_numpy(dtype=np.float64)
+    table["stats_finite"] = np.isfinite(stats).all(axis=1)
+    train_classes = set().union(*[set(x) for x in table.loc[table["split"] == "train", "labels"]] or [set()])
+    table["missing_in_train"] = [",".join(str(c) for c in sorted(set(x) - train_classes)) for x in table["labels"]]
+    table["classes_in_train"] = table["missing_in_train"] == ""
+    pairable = table["sensor"].isin(["s1", "rgb"])
+    table["paired_pairable"] = np.where(pairable, table["paired"].astype(float), np.nan)
+    return table
+
+
+def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
+    """The pairs suite (see the module docstring)."""
+    import great_expectations as gx
+
+    ex = gx.expectations
+    return [
+        Check(
+            "schema",
+            ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=False),
+            "manifest columns differ from " + ", ".join(MANIFEST_COLUMNS),
+            "dataset",
+        ),
+        Check("unique_ids", ex.ExpectColumnValuesToBeUnique(column="id"), "duplicate chip id {id}", "dataset"),
+        Check("split_known", ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "unknown split"),
+        Check(
+            "splits_disjoint",
+            ex.ExpectColumnValuesToBeInSet(column="split_disjoint", value_set=[True]),
+            "{split} chip footprint intersects {clash_splits} chips",
+            "dataset",
+        ),
+        Check(
+            "classes_in_train",
+            ex.ExpectColumnValuesToBeInSet(column="classes_in_train", value_set=[True]),
+            "classes {missing_in_train} of this chip never occur in train",
+            "dataset",
+        ),
+        Check(
+            "paired_fraction",
+            ex.ExpectColumnMeanToBeBetween(column="paired_pairable", min_value=gates.min_paired_fraction, max_value=1),
+            f"share of S1/RGB chips with a partner below gates.min_paired_fraction {gates.min_paired_fraction}",
+            "dataset",
+        ),
+        Check(
+            "in_store",
+            ex.ExpectColumnValuesToBeInSet(column="in_store", value_set=[True]),
+            "store_index outside the store",
+        ),
+        Check(
+            "partner_ok",
+            ex.ExpectColumnValuesToBeInSet(column="partner_ok", value_set=[True]),
+            "partner {partner_id} is not a chip of the manifest",
+        ),
+        Check(
+            "stats_finite",
+            ex.ExpectColumnValuesToBeInSet(column="stats_finite", value_set=[True]),
+            "non-finite chip statistics (mean {mean}, std {std})",
+        ),
+        Check(
+            "nodata_fraction",
+            ex.ExpectColumnValuesToBeBetween(column="nodata_fraction", min_value=0, max_value=pair.max_nodata_fraction),
+            "nodata fraction {nodata_fraction:.3f} > " + f"pair.max_nodata_fraction {pair.max_nodata_fraction}",
+        ),
+        Check(
+            "cloud_fraction",
+            ex.ExpectColumnValuesToBeBetween(column="cloud_fraction", min_value=0, max_value=1),
+            "cloud fraction {cloud_fraction} outside [0, 1]",
+        ),
+    ]
+
+
+def validate_pairs(
+    pair: PairParams,
+    gates: GatesParams,
+    *,
+    gates_dir: str | Path = "data/gates",
+    reports_dir: str | Path = "data/reports/gates",
+) -> GateResult:
+    """Build the pairs table, run the suite, write data/gates/pairs.parquet and the report."""
+    table = build_pairs_table(pair.manifest, pair.out_dir)
+    result = run_gate("pairs", table, pairs_checks(gates, pair), min_pass_rate=gates.min_pass_rate)
+    if "split" in table.columns:
+        result.report["chips_by_split"] = {k: int(v) for k, v in table["split"].value_counts().items()}
+        result.report["chips_by_sensor"] = {k: int(v) for k, v in table["sensor"].value_counts().items()}
+    if "paired_pairable" in table.columns:
+        result.report["paired_fraction"] = round(float(np.nanmean(table["paired_pairable"])), 4)
+    write_gate(result, gates_dir=gates_dir, reports_dir=reports_dir)
+    return result
