@@ -210,7 +210,7 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
             f = int(get_sensor("s2").band(band).gsd_m // 10)
             img = img.reshape(g.size // f, f, g.size // f, f).mean(axis=(1, 3)) if f > 1 else img
             dn = np.clip(np.round(img), 1, 65535).astype(np.uint16)
-            write_cog(folder / f"{band}.tif", dn, crs=crs, transform=g.s2 * Affine.scale(f), nodata=0,
+            write_cog(folder / f"{band}.tif", dn, crs=crs, transform=g.s2 @ Affine.scale(f), nodata=0,
                       band_names=[band], tags=_tags(acq.item_id))  # fmt: skip
         write_cog(folder / "cloud_mask.tif", mask, crs=crs, transform=g.s2, band_names=["cloud_mask"],
                   tags=_tags(acq.item_id))  # fmt: skip
@@ -414,7 +414,7 @@ def validate_catalog(root: Path) -> int:
     validator = JsonSchemaSTACValidator()
     catalog = pystac.Catalog.from_file(str(Path(root) / "catalog.json"))
     n = 0
-    for obj in [catalog, *catalog.get_all_collections(), *catalog.get_all_items()]:
+    for obj in [catalog, *catalog.get_all_collections(), *catalog.get_items(recursive=True)]:
         d = obj.to_dict(include_self_link=False)
         validator.validate_core(d, pystac.STACObjectType(d["type"] if d["type"] != "Feature" else "Feature"),
                                 d["stac_version"], obj.get_self_href())  # fmt: skip
@@ -443,7 +443,7 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
     aois = [a for a in cfg.aois if a.biome == "coastal_city"] + list(cfg.aois)
     name = aoi_name or aois[0].name
     by_sensor: dict[str, pystac.Item] = {}
-    for item in sorted(catalog.get_all_items(), key=lambda i: i.datetime):
+    for item in sorted(catalog.get_items(recursive=True), key=lambda i: i.datetime):
         s = item.properties["msgfm:sensor"]
         if item.properties["msgfm:aoi"] == name and s not in by_sensor and item.properties.get("eo:cloud_cover", 0) < 5:
             by_sensor[s] = item
