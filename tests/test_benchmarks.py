@@ -169,6 +169,9 @@ def test_bigearthnet_two_column_csv_needs_no_s1_metadata(ben_root: Path, tmp_pat
     (root / "test.csv").write_text(f"{patch},{info['s1']}\n")
     ds = BigEarthNet(root, "test")
     assert ds.s1_patch_of(0) == info["s1"] and ds[0]["s1"].shape == (2, 120, 120)
+    (tmp_path / "bigearthnet-test.csv").write_text(f"{patch},{info['s1']}\n")  # TorchGeo's file name
+    (root / "test.csv").unlink()
+    assert BigEarthNet(root, "test", split_file=tmp_path / "bigearthnet-test.csv").s1_patch_of(0) == info["s1"]
 
 
 def test_bigearthnet_missing_split_band_and_corrupt_file_are_clear_errors(ben_root: Path, tmp_path: Path) -> None:

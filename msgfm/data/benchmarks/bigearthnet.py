@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import ClassVar
@@ -231,7 +232,9 @@ class BigEarthNet(BenchmarkDataset):
 
     `s2` is L2A reflectance x 10000 and `s1` backscatter in dB, both float32 in the sensor registry's
     units (normalise with `msgfm.sensors.get_sensor(...).normalise`). 20 m and 60 m bands are resampled
-    to 10 m with `resampling` (bilinear by default, as in the BigEarthNet reference code).
+    to 10 m with `resampling` (bilinear by default, as in the BigEarthNet reference code). The split's
+    patches come from `ROOT/<split>.csv` unless `split_file` names another CSV (e.g. TorchGeo's
+    two-column `bigearthnet-<split>.csv`).
     """
 
     name = "bigearthnet"
@@ -248,6 +251,7 @@ class BigEarthNet(BenchmarkDataset):
         sensors: tuple[str, ...] = ("s2", "s1"),
         num_classes: int = 19,
         resampling: str = "bilinear",
+        split_file: str | Path | None = None,
         transforms: Transform | None = None,
     ) -> None:
         super().__init__(root, split, transforms)
@@ -263,7 +267,7 @@ class BigEarthNet(BenchmarkDataset):
 
         hint = f"expected the BigEarthNet v1.0 layout ({S2_FOLDER}/ and {S1_FOLDER}/ under the root)"
         self.s2_dir = require_dir(self.root / S2_FOLDER, "bigearthnet", hint)
-        rows = read_split_csv(self.root / f"{split}.csv")
+        rows = read_split_csv(Path(split_file) if split_file is not None else self.root / f"{split}.csv")
         self.s2_patches = [s2 for s2, _ in rows]
         self.s1_patches: list[str] | None = None
         if "s1" in self.sensors:
@@ -281,8 +285,10 @@ class BigEarthNet(BenchmarkDataset):
         """
         wanted = set(s2_patches)
         candidates: dict[str, list[Path]] = defaultdict(list)
-        for folder in self.s1_dir.iterdir():
-            candidates[_row_col(folder.name)].append(folder)
+        with os.scandir(self.s1_dir) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    candidates[_row_col(entry.name)].append(Path(entry.path))
         to_open = [folder for key in {_row_col(p) for p in wanted} for folder in candidates.get(key, [])]
         joined: dict[str, str] = {}
         for folder in tqdm(to_open, desc="BigEarthNet: joining S1 to S2", disable=len(to_open) < 1000):
