@@ -323,6 +323,9 @@ def test_spacenet_mul_folder_ratio_and_missing_tile(test_data: Path, tmp_path: P
     with pytest.raises(BenchmarkDataError, match=f"SpaceNet tile {ds.tiles[0]}: MS/PAN pixel size ratio 3.333"):
         ds[0]
     assert SpaceNetPansharpen(root, "all", ratio=4)[0]["ms"].shape == (8, 4, 4)
+    write_cog(mul, data, crs=profile["crs"], transform=Affine(1.2, 0, 500150.0, 0, -1.2, 4000000.0))
+    with pytest.raises(BenchmarkDataError, match=f"SpaceNet tile {ds.tiles[0]}: PAN extent .* does not cover"):
+        ds[0]  # MS shifted 50 m east of its PAN
 
     (root / "MUL" / f"MUL_{ds.tiles[1]}.tif").unlink()
     with pytest.raises(BenchmarkDataError, match=f"SpaceNet tile {ds.tiles[1]}: MS image missing"):

@@ -161,18 +161,42 @@ class SpaceNetPansharpen(BenchmarkDataset):
         if h == 0 or w == 0:
             raise BenchmarkDataError(f"SpaceNet tile {tile}: MS {ms.shape[1:]} px is smaller than the ratio {ratio}")
         target = ms[:, :h, :w]
-        pan_low = np.zeros((1, h, w), dtype=np.float32)
-        reproject(
-            source=pan,
-            destination=pan_low,
-            src_transform=pan_profile["transform"],
-            src_crs=pan_profile["crs"],
-            dst_transform=ms_profile["transform"],
-            dst_crs=ms_profile["crs"],
-            resampling=Resampling.average,
-        )
         return {
-            "pan": torch.from_numpy(pan_low),
+            "pan": torch.from_numpy(self._pan_on_ms_grid(tile, pan, pan_profile, ms_profile, (h, w))),
             "ms": torch.from_numpy(block_average(target, ratio)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
         }
+
+    @staticmethod
+    def _pan_on_ms_grid(
+        tile: str, pan: np.ndarray, pan_profile: dict, ms_profile: dict, shape: tuple[int, int]
+    ) -> np.ndarray:
+        """Average the PAN onto the (cropped) MS grid; the PAN must cover it and both must be georeferenced."""
+        if pan_profile["crs"] is None or ms_profile["crs"] is None:
+            raise BenchmarkDataError(f"SpaceNet tile {tile}: PAN or MS has no CRS, cannot put the PAN on the MS grid")
+        pan_t, ms_t = pan_profile["transform"], ms_profile["transform"]
+        pan_box = (pan_t.c, pan_t.f + pan_t.e * pan.shape[1], pan_t.c + pan_t.a * pan.shape[2], pan_t.f)
+        ms_box = (ms_t.c, ms_t.f + ms_t.e * shape[0], ms_t.c + ms_t.a * shape[1], ms_t.f)
+        slack = abs(pan_t.a) / 2
+        covered = (
+            pan_box[0] <= ms_box[0] + slack
+            and pan_box[1] <= ms_box[1] + slack
+            and pan_box[2] >= ms_box[2] - slack
+            and pan_box[3] >= ms_box[3] - slack
+        )
+        if pan_profile["crs"] == ms_profile["crs"] and not covered:
+            raise BenchmarkDataError(
+                f"SpaceNet tile {tile}: PAN extent {pan_box} does not cover the MS extent {ms_box} (left, bottom, "
+                "right, top)"
+            )
+        pan_low = np.zeros((1, *shape), dtype=np.float32)
+        reproject(
+            source=pan,
+            destination=pan_low,
+            src_transform=pan_t,
+            src_crs=pan_profile["crs"],
+            dst_transform=ms_t,
+            dst_crs=ms_profile["crs"],
+            resampling=Resampling.average,
+        )
+        return pan_low
