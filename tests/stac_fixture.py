@@ -9,6 +9,7 @@ tests then break single items on purpose (`arrays` overrides, edits of the writt
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def make_catalog(
                 nodata=nodata,
             )
             if crs is None:
-                _strip_crs(path)
+                strip_crs(path)
             item.add_asset(
                 key,
                 pystac.Asset(
@@ -130,7 +131,7 @@ def _polygon(bbox: list[float]) -> dict:
     return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
-def _strip_crs(path: Path) -> None:
+def strip_crs(path: Path) -> None:
     """Rewrite a GeoTIFF without any CRS (a 'raster without CRS' fixture)."""
     import rasterio
 
@@ -146,3 +147,44 @@ def _strip_crs(path: Path) -> None:
 def item_json(catalog: Path, iid: str) -> Path:
     """Path of an item's JSON inside a fixture catalog."""
     return next(catalog.parent.rglob(f"{iid}/{iid}.json"))
+
+
+def edit_item(catalog: Path, iid: str, edit: Callable[[dict], None]) -> None:
+    """Apply `edit` to an item's JSON in place."""
+    path = item_json(catalog, iid)
+    item = json.loads(path.read_text())
+    edit(item)
+    path.write_text(json.dumps(item))
+
+
+def rewrite_asset(catalog: Path, iid: str, key: str, data: bytes, *, declare: bool = True) -> None:
+    """Replace an asset's bytes; `declare` updates file:size/checksum, else removes them (publisher gave none)."""
+    path = item_json(catalog, iid).parent / f"{key}.tif"
+    path.write_bytes(data)
+
+    def fix(item: dict) -> None:
+        asset = item["assets"][key]
+        asset.pop("file:size", None)
+        asset.pop("file:checksum", None)
+        if declare:
+            asset["file:size"] = path.stat().st_size
+            asset["file:checksum"] = "1220" + sha256_file(path)
+
+    edit_item(catalog, iid, fix)
+
+
+def add_copy(catalog: Path, iid: str, new_id: str) -> None:
+    """List a second item `new_id` with `iid`'s properties and assets (a duplicated acquisition)."""
+    src = item_json(catalog, iid)
+    item = json.loads(src.read_text())
+    item["id"] = new_id
+    for asset in item["assets"].values():
+        asset["href"] = f"../{iid}/{Path(asset['href']).name}"
+    item["links"] = [link for link in item["links"] if link["rel"] in ("root", "parent", "collection")]
+    dst = src.parent.parent / new_id / f"{new_id}.json"
+    dst.parent.mkdir()
+    dst.write_text(json.dumps(item))
+    coll_path = src.parent.parent / "collection.json"
+    coll = json.loads(coll_path.read_text())
+    coll["links"].append({"rel": "item", "href": f"./{new_id}/{new_id}.json", "type": "application/json"})
+    coll_path.write_text(json.dumps(coll))
