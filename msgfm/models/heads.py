@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msgfm.models.encoder import MSGFMEncoder
-from msgfm.models.patch_embed import band_indices
+from msgfm.models.patch_embed import check_bands
 from msgfm.sensors import get_sensor
 
 
@@ -110,12 +110,16 @@ class BandAwareStem(nn.Module):
     def __init__(self, sensor: str, channels: int) -> None:
         super().__init__()
         self.sensor = sensor
-        self.weight = nn.Parameter(torch.empty(len(get_sensor(sensor).band_names), channels, 3, 3))
-        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        self.weight = nn.ParameterDict(
+            {b: nn.Parameter(torch.empty(channels, 1, 3, 3)) for b in get_sensor(sensor).band_names}
+        )
+        for w in self.weight.values():
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
 
     def forward(self, image: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
         """(B, C_bands, H, W) -> (B, channels, H, W)."""
-        weight = self.weight.index_select(0, band_indices(self.sensor, bands, self.weight.device)).transpose(0, 1)
+        check_bands(self.sensor, bands)
+        weight = torch.cat([self.weight[b] for b in bands], dim=1)
         return F.conv2d(image, weight, padding=1)
 
 
@@ -137,7 +141,7 @@ class ImageToImageHead(nn.Module):
         residual: str | None = None,
     ) -> None:
         super().__init__()
-        band_indices(out_sensor, out_bands)  # validates the names
+        check_bands(out_sensor, out_bands)
         self.out_bands = tuple(out_bands)
         self.residual = residual
         self.fpn = FPN(dims, channels)

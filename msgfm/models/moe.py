@@ -98,7 +98,7 @@ class MoEMlp(nn.Module):
         out = torch.zeros_like(x)
         if outputs:
             weighted = torch.cat(outputs) * gate_of[order].to(x.dtype).unsqueeze(1)
-            out = out.index_add(0, tokens, weighted)
+            out.index_add_(0, tokens, weighted)
         return out.reshape(shape), aux
 
 

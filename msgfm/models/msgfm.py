@@ -150,26 +150,34 @@ class MSGFM(nn.Module):
         pixel_masks = {s: upsample_mask(m, cfg.mask_patch_px) for s, m in masks.items()}
         encoded = self.encoder(images, bands, token_masks)
 
-        losses: dict[str, torch.Tensor] = {}
-        preds: dict[str, torch.Tensor] = {}
-        cross_pred: dict[str, torch.Tensor] = {}
+        # Chips drawn for cross-sensor reconstruction: rows of images[a] whose partner in b is decoded too.
         cross_index: dict[str, torch.Tensor] = {}
-        for sensor, image in images.items():
-            last = encoded.features[sensor][-1]
-            preds[sensor] = self.decoders[sensor](last, bands[sensor])
-            losses[f"mim/{sensor}"] = masked_l1(preds[sensor], image, pixel_masks[sensor])
-
+        for sensor in images:
             other = partner_of(sensor) if any(sensor in p for p in PAIRS) else None
             if other is None or other not in images or sensor not in partner or sensor not in cross:
                 continue
             rows = torch.nonzero(cross[sensor] & (partner[sensor] >= 0)).flatten()
-            if rows.numel() == 0:
-                continue
-            key = f"{sensor}->{other}"
-            cross_pred[key] = self.decoders[other](last.index_select(0, rows), bands[other])
-            cross_index[key] = rows
-            target = images[other].index_select(0, partner[sensor].index_select(0, rows))
-            losses[f"cross/{key}"] = masked_l1(cross_pred[key], target, pixel_masks[sensor].index_select(0, rows))
+            if rows.numel():
+                cross_index[f"{sensor}->{other}"] = rows
+
+        losses: dict[str, torch.Tensor] = {}
+        preds: dict[str, torch.Tensor] = {}
+        cross_pred: dict[str, torch.Tensor] = {}
+        for target, image in images.items():
+            # One decoder pass per sensor over its own chips and the cross chips it reconstructs.
+            keys = [k for k in cross_index if k.endswith(f"->{target}")]
+            parts = [encoded.features[target][-1]]
+            parts += [encoded.features[k.split("->")[0]][-1].index_select(0, cross_index[k]) for k in keys]
+            decoded = self.decoders[target](torch.cat(parts) if keys else parts[0], bands[target])
+            outputs = decoded.split([p.shape[0] for p in parts])
+            preds[target] = outputs[0]
+            losses[f"mim/{target}"] = masked_l1(outputs[0], image, pixel_masks[target])
+            for key, pred in zip(keys, outputs[1:], strict=True):
+                source = key.split("->")[0]
+                rows = cross_index[key]
+                cross_pred[key] = pred
+                target_px = image.index_select(0, partner[source].index_select(0, rows))
+                losses[f"cross/{key}"] = masked_l1(pred, target_px, pixel_masks[source].index_select(0, rows))
 
         recon = torch.stack(list(losses.values())).mean()
         losses["recon"] = recon
