@@ -5,8 +5,9 @@ band-aware patch embedding) reads band names, native resolution, dtype, nodata a
 statistics from here, so a sensor is described once.
 
 Normalisation statistics: Sentinel-2 and Sentinel-1 use the published BigEarthNet v1.0 per-band
-means and standard deviations (L2A reflectance x 10000, S1 backscatter in dB); RGB and DSM use
-values typical of 1 m aerial imagery and lidar surface models.
+means and standard deviations (L2A reflectance x 10000, S1 backscatter in dB); RGB uses values
+typical of 1 m aerial imagery. DSM height is normalised relative to each chip's mean (scale 10 m),
+since its absolute level only says how high the place is.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class Band:
     std: float
     wavelength_nm: float | None = None
     unit: str = ""
+    relative: bool = False
+    """Normalise against the chip's own mean, not `mean`: DSM heights, whose absolute level (tens to
+    thousands of metres) says where a chip is, not what is on it."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,24 @@ class Sensor:
         )
 
     def normalise(self, pixels: np.ndarray, band_names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
-        """(C, H, W) physical values -> zero-mean unit-variance float32 using the registry stats."""
-        mean, std = self.stats(band_names)
-        return ((pixels.astype(np.float32) - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+        """(C, H, W) or (B, C, H, W) physical values -> float32 (x - mean) / std with the registry stats.
+
+        Relative bands (DSM height) subtract each chip's own mean instead of the registry mean.
+        """
+        names = self.band_names if band_names is None else tuple(band_names)
+        mean, std = self.stats(names)
+        x = pixels.astype(np.float32, copy=True)
+        centre = np.broadcast_to(mean[:, None, None], x.shape[-3:]).astype(np.float32)
+        relative = [i for i, n in enumerate(names) if self.band(n).relative]
+        if relative:
+            centre = np.broadcast_to(centre, x.shape).copy()
+            centre[..., relative, :, :] = x[..., relative, :, :].mean(axis=(-2, -1), keepdims=True)
+        x -= centre
+        x /= std[:, None, None]
+        return x
 
     def denormalise(self, pixels: np.ndarray, band_names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
-        """Inverse of `normalise`."""
+        """Inverse of `normalise` (relative bands come back relative to the chip mean, plus the registry mean)."""
         mean, std = self.stats(band_names)
         return (pixels.astype(np.float32) * std[:, None, None] + mean[:, None, None]).astype(np.float32)
 
@@ -129,7 +145,7 @@ RGB = Sensor(
 DSM = Sensor(
     name="dsm",
     title="Digital surface model (height above the ellipsoid, metres, about 1 m)",
-    bands=(Band("height", 1, "float32", -9999.0, 60.0, 40.0, None, "m"),),
+    bands=(Band("height", 1, "float32", -9999.0, 0.0, 10.0, None, "m", relative=True),),
     unit="m",
     valid_range=(-500.0, 9000.0),
     fine_grid=True,

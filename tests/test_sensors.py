@@ -40,3 +40,14 @@ def test_errors_name_the_alternatives() -> None:
     with pytest.raises(KeyError, match="B8A"):
         get_sensor("s2").band("B8")
     assert partner_of("s1") == "s2" and partner_of("dsm") == "rgb"
+
+
+def test_dsm_height_is_normalised_per_chip() -> None:
+    dsm = get_sensor("dsm")
+    rng = np.random.default_rng(3)
+    relief = rng.normal(0, 5, size=(1, 8, 8)).astype(np.float32)
+    low, high = dsm.normalise(relief + 20.0), dsm.normalise(relief + 1500.0)
+    np.testing.assert_allclose(low, high, atol=1e-3)  # the same relief at any altitude looks the same
+    assert abs(float(low.mean())) < 1e-5
+    batch = np.stack([relief + 20.0, relief + 900.0])  # (B, C, H, W) works too, chip by chip
+    np.testing.assert_allclose(dsm.normalise(batch)[1], low, atol=1e-3)

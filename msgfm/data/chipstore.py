@@ -87,7 +87,11 @@ class ChipStoreWriter:
     def write(self, sensor: str, index: int, pixels: np.ndarray, mask: np.ndarray) -> None:
         """Store one chip: (C, H, W) physical values and its (H, W) mask; nodata pixels get the band mean."""
         nodata = mask == MASK_NODATA
-        values = np.where(nodata[None], self.fill[sensor][:, None, None], pixels)
+        fill = self.fill[sensor].astype(np.float64)
+        relative = [i for i, b in enumerate(self.specs[sensor].bands) if get_sensor(sensor).band(b).relative]
+        if relative and (~nodata).any():  # relative bands (DSM): fill with the chip's own valid mean
+            fill[relative] = pixels[relative][:, ~nodata].mean(axis=1)
+        values = np.where(nodata[None], fill[:, None, None], pixels)
         self.pixels[sensor][index] = values.astype(self.specs[sensor].dtype)
         self.masks[sensor][index] = mask
 
@@ -148,7 +152,6 @@ class ChipStore:
             raise ChipStoreError(f"{index_path}: store version {self.index.get('version')}, expected {STORE_VERSION}")
         self.chip_px: int = int(self.index["chip_px"])
         self._arrays: dict[str, np.ndarray] = {}
-        self._stats = {s: get_sensor(s).stats(self.bands(s)) for s in self.sensors}
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -202,13 +205,10 @@ class ChipStore:
 
     def read(self, sensor: str, index: Any, *, normalise: bool = True) -> np.ndarray:
         """Chips as float32, normalised with the registry statistics unless `normalise=False`."""
-        pixels = self.raw(sensor, index).astype(np.float32)
+        pixels = self.raw(sensor, index)
         if normalise:
-            mean, std = self._stats[sensor]
-            shape = (-1, 1, 1)
-            pixels -= mean.reshape(shape)
-            pixels /= std.reshape(shape)
-        return pixels
+            return get_sensor(sensor).normalise(pixels, self.bands(sensor))
+        return pixels.astype(np.float32)
 
     def mask(self, sensor: str, index: Any) -> np.ndarray:
         """uint8 masks: 0 valid, 1 cloud, 2 shadow, 255 nodata."""
