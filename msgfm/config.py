@@ -111,9 +111,10 @@ class CoregisterParams(Section):
     s1_feature_bands: list[Literal["VV", "VH"]] = Field(["VV", "VH"], min_length=1)
     feature_sigma_px: float = Field(1.0, ge=0, le=10, description="Gaussian smoothing before gradients")
     s1_speckle_sigma_px: float = Field(1.5, ge=0, le=10, description="S1 despeckling before gradients")
+    dsm_detrend_sigma_px: float = Field(8.0, ge=0, le=100, description="terrain removed from the DSM before gradients")
     upsample_factor: int = Field(100, ge=1, le=1000, description="phase correlation precision, 1/upsample px")
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
-    max_shift_px: float = Field(20.0, gt=0, description="larger estimated shifts are rejected as failed matches")
+    max_shift_px: float = Field(6.0, gt=0, description="larger estimated shifts are rejected as failed matches")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
 
     @model_validator(mode="after")

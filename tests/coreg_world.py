@@ -140,9 +140,9 @@ class RawWorld:
             db = (10 * np.log10(pixels * speckle)).astype(np.float32)
             if all_nodata:
                 db[:] = np.nan
-            tf = self.s2_transform * Affine.translation(ox, oy)
+            tf = self.s2_transform @ Affine.translation(ox, oy)
             if far_away:
-                tf = Affine.translation(50_000.0, 0) * tf
+                tf = Affine.translation(50_000.0, 0) @ tf
             assets[pol] = _write(d / f"{pol}.tif", db, CRS_UTM, tf, nodata=np.nan if all_nodata else None)
         item_id = self._add("s1", date, assets)
         self.truth[item_id] = {"dx_px": dx, "dy_px": dy, "reference": "s2"}
@@ -166,7 +166,7 @@ class RawWorld:
         w, h = self.fine_size, int(round((top - bottom) / res))
         tf = Affine(res, 0, left, 0, -res, top)
         cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-        mx, my = tf * (cols.ravel(), rows.ravel())
+        mx, my = tf @ (cols.ravel(), rows.ravel())
         ux, uy = transform("EPSG:3857", CRS_UTM, mx, my)
         fc = (np.asarray(ux) - x0) * self.fine_hr - 0.5
         fr = (y0 - np.asarray(uy)) * self.fine_hr - 0.5
@@ -187,7 +187,7 @@ class RawWorld:
             height, [rows * self.fine_hr - 0.5, cols * self.fine_hr - 0.5], order=1, mode="nearest"
         )
         x0, y0 = self.fine_origin
-        tf = Affine(1.0, 0, x0, 0, -1.0, y0) * Affine.translation(ox, oy)
+        tf = Affine(1.0, 0, x0, 0, -1.0, y0) @ Affine.translation(ox, oy)
         item_id = self._add(
             "dsm", date, {"dsm": _write(d / "dsm.tif", out.astype(np.float32), CRS_UTM, tf, nodata=-9999.0)}
         )
@@ -221,7 +221,11 @@ class RawWorld:
         ).to_parquet(gates / "raw.parquet", index=False)
         truth = self.root / "data" / "source" / "truth"
         truth.mkdir(parents=True, exist_ok=True)
-        (truth / f"{self.aoi}.json").write_text(json.dumps(self.truth, indent=2))
+        # the simulator's sidecar format: the correction to apply, i.e. the negated content shift
+        shifts = {
+            i: {"dx_px": -t["dx_px"], "dy_px": -t["dy_px"], "reference": t["reference"]} for i, t in self.truth.items()
+        }
+        (truth / f"{self.aoi}.json").write_text(json.dumps({"aoi": self.aoi, "shifts": shifts}, indent=2))
 
 
 def default_world(root: Path, **kw) -> RawWorld:

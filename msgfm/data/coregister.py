@@ -7,7 +7,8 @@ in the same CRS at `coregister.fine_gsd_m`. Each raster is warped once with rast
 Fine alignment: georeferencing alone leaves S1 and the DSM a few pixels off their references. The
 residual shift is estimated by sub-pixel phase correlation (scikit-image) between features both
 sensors share, gradient magnitudes rather than raw intensities (S2 optical bands vs despeckled S1
-backscatter; RGB luminance vs DSM height), and folded into the destination transform of the
+backscatter; RGB chromaticity, which cast shadows barely change, vs the detrended DSM, whose edges
+are buildings and crowns rather than terrain), and folded into the destination transform of the
 raster's single warp. Shift convention: (dx, dy) in reference-grid pixels is where the sensor's
 content appears, relative to where it belongs, when warped by its georeference alone (x to the
 right, y down); correcting it moves the content by (-dx, -dy).
@@ -112,6 +113,23 @@ def gradient_feature(bands: np.ndarray, valid: np.ndarray, sigma_px: float) -> n
     return feature
 
 
+def rgb_feature(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Edges of the RGB chromaticity (r, g): material boundaries, nearly blind to shadows and shading."""
+    rgb = rgb.astype(np.float32)
+    total = rgb.sum(axis=0) + 1.0
+    return gradient_feature(np.stack([rgb[0] / total, rgb[1] / total]), valid, sigma_px)
+
+
+def dsm_feature(height: np.ndarray, valid: np.ndarray, sigma_px: float, detrend_sigma_px: float) -> np.ndarray:
+    """Edges of the DSM after removing the terrain (a wide Gaussian): building and crown outlines."""
+    height = np.asarray(height, dtype=np.float32).reshape(height.shape[-2:])
+    if not valid.any():
+        return np.zeros(height.shape, np.float32)
+    filled = np.where(valid, height, np.median(height[valid]))
+    objects = filled - ndimage.gaussian_filter(filled, detrend_sigma_px) if detrend_sigma_px > 0 else filled
+    return gradient_feature(objects, valid, sigma_px)
+
+
 def estimate_shift(
     reference: np.ndarray, moving: np.ndarray, *, upsample_factor: int = 100, normalization: str | None = None
 ) -> tuple[float, float, float]:
@@ -158,7 +176,12 @@ def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> li
 
 
 def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float]]:
-    """True misregistration per item id from the simulator's sidecar ({} when there is none)."""
+    """True misregistration per item id from the simulator's sidecar, in this module's convention ({} if none).
+
+    The sidecar (docs/simulator.md) gives the shift to apply to the raster to align it, (dx_px, dy_px):
+    the raster's pixel (r, c) shows the ground of reference pixel (r + dy_px, c + dx_px). So the content
+    of reference pixel p appears at p - (dx_px, dy_px): our shift is its negation.
+    """
     if truth_dir is None:
         return {}
     path = Path(truth_dir) / f"{aoi}.json"
@@ -169,7 +192,7 @@ def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float
     truth = {}
     for item_id, t in entries.items():
         if isinstance(t, dict) and "dx_px" in t and "dy_px" in t:
-            truth[item_id] = (float(t["dx_px"]), float(t["dy_px"]))
+            truth[item_id] = (-float(t["dx_px"]), -float(t["dy_px"]))
     return truth
 
 
@@ -419,8 +442,10 @@ class Coregistrar:
         if not moving_valid.any():
             row["error"] = "all nodata on the AOI grid after warping"
             return row
-        sigma = self.cfg.s1_speckle_sigma_px if is_s1 else self.cfg.feature_sigma_px
-        feature = gradient_feature(moving, moving_valid, sigma)
+        if is_s1:
+            feature = gradient_feature(moving, moving_valid, self.cfg.s1_speckle_sigma_px)
+        else:
+            feature = dsm_feature(moving, moving_valid, self.cfg.feature_sigma_px, self.cfg.dsm_detrend_sigma_px)
         dx, dy, err = estimate_shift(
             reference, feature, upsample_factor=self.cfg.upsample_factor, normalization=self.cfg.normalization
         )
@@ -468,8 +493,7 @@ class Coregistrar:
                 row["error"] = "all nodata on the fine grid after warping"
                 return row
             reused = self._write(rel, key, data, grid, row, nodata=0)
-        luminance = (0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2]).astype(np.float32)
-        ctx.add_reference(FINE, gradient_feature(luminance, valid, self.cfg.feature_sigma_px), valid, item.id)
+        ctx.add_reference(FINE, rgb_feature(data, valid, self.cfg.feature_sigma_px), valid, item.id)
         return reused
 
     def _landcover(self, ctx: _AOIContext, item: _Item) -> list[dict]:
@@ -670,8 +694,7 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
                 feature = gradient_feature(data[idx].astype(np.float32), valid, cfg.feature_sigma_px)
             else:
                 valid = np.any(data != 0, axis=0)
-                lum = (0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2]).astype(np.float32)
-                feature = gradient_feature(lum, valid, cfg.feature_sigma_px)
+                feature = rgb_feature(data, valid, cfg.feature_sigma_px)
             refs[r.grid].append(np.where(valid, feature, 0))
             counts[r.grid].append(valid.astype(np.float32))
         for r in group[group["sensor"].isin(["s1", "dsm"])].itertuples():
@@ -688,7 +711,7 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
                 idx = [list(r.band_names).index(b) for b in cfg.s1_feature_bands]
                 feature = gradient_feature(data[idx], valid, cfg.s1_speckle_sigma_px)
             else:
-                feature = gradient_feature(data, valid, cfg.feature_sigma_px)
+                feature = dsm_feature(data, valid, cfg.feature_sigma_px, cfg.dsm_detrend_sigma_px)
             dx, dy, _ = estimate_shift(
                 reference.astype(np.float32),
                 feature,

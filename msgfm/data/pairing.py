@@ -7,10 +7,12 @@ with the closest DSM within `pair.fine_max_days`; a chip's partner is the partne
 chip at the same position. An S2 (or DSM) chip's partner is the closest-in-time S1 (RGB) chip that
 chose it. Chips without a partner stay in the manifest as unpaired single-sensor samples.
 
-Splits: the AOI CRS is cut into square blocks of `pair.block_m`; blocks of each AOI get train, val
-or test by a seeded shuffle. A chip gets the split of every block its footprint, grown by
-`pair.buffer_m`, overlaps; a chip that would overlap blocks of two splits is dropped, so no two
-chips of different splits ever touch.
+Splits: each AOI is cut into square blocks of `pair.block_m` anchored at its S2 grid corner; blocks
+get train, val or test by a seeded shuffle (`assign_splits`: val/test take their share of all blocks,
+every AOI keeps train blocks, and a block turns train when a land-cover class would otherwise be
+missing from train). A chip gets the split of every block its footprint, grown by `pair.buffer_m`,
+overlaps; a chip that would overlap blocks of two splits is dropped, so no two chips of different
+splits ever touch. The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
 
 Reads only the rasters the coreg gate accepted; writes the chip store (`msgfm.data.chipstore`)
 and `data/manifest.parquet`. Two passes over the rasters: the first reads validity to decide which
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,23 +74,75 @@ class _Raster:
 # splits
 
 
-def block_split(cfg: PairParams, seed: int, aoi: str, blocks: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    """Seeded train/val/test of an AOI's blocks; keeps at least one train block."""
-    ordered = sorted(blocks)
-    rng = np.random.default_rng([seed, zlib.crc32(aoi.encode())])
-    perm = [ordered[i] for i in rng.permutation(len(ordered))]
-    n = len(perm)
-    n_test = int(round(n * cfg.test_fraction))
-    n_val = int(round(n * cfg.val_fraction))
-    while n_test + n_val >= n and (n_test or n_val):
-        if n_val >= n_test and n_val:
-            n_val -= 1
-        else:
-            n_test -= 1
-    split = {}
-    for i, b in enumerate(perm):
-        split[b] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return split
+Position = tuple[str, str, int, int]
+"""A chip position: (aoi, grid, row, col)."""
+
+
+def assign_splits(
+    cfg: PairParams,
+    seed: int,
+    footprints: dict[Position, tuple[float, float, float, float]],
+    origins: dict[str, tuple[float, float]],
+    classes: dict[Position, set[int]],
+) -> dict[Position, tuple[str, str]]:
+    """Split and block id of every chip position that the buffer keeps (see the module docstring).
+
+    Blocks are shuffled with the seed; test and val take their share of all blocks, at most
+    `1 - train share` of any one AOI's blocks (so every AOI keeps train blocks). Then, while a land-cover
+    class occurs in kept chips but in no train chip, the val/test block holding most such chips turns train.
+    """
+    touched: dict[Position, set[tuple[str, int, int]]] = {}
+    home: dict[Position, tuple[str, int, int]] = {}
+    occupied: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for pos, bounds in footprints.items():
+        aoi = pos[0]
+        origin = origins[aoi]
+        touched[pos] = {(aoi, *b) for b in blocks_touched(bounds, cfg.block_m, cfg.buffer_m, origin)}
+        occupied[aoi] |= blocks_touched(bounds, cfg.block_m, 0.0, origin)
+        cx, cy = (bounds[0] + bounds[2]) / 2 - origin[0], (bounds[1] + bounds[3]) / 2 - origin[1]
+        home[pos] = (aoi, math.floor(cx / cfg.block_m), math.floor(cy / cfg.block_m))
+    # only blocks some footprint overlaps get a split: a grown footprint reaching into a block that no
+    # chip overlaps cannot touch any chip there
+    blocks = sorted((aoi, *b) for aoi, bs in occupied.items() for b in bs)
+    rng = np.random.default_rng(seed)
+    order = [blocks[i] for i in rng.permutation(len(blocks))]
+    per_aoi = {aoi: len(bs) for aoi, bs in occupied.items()}
+    train_share = 1 - cfg.val_fraction - cfg.test_fraction
+    limit = {aoi: n - max(1, math.ceil(n * train_share - 1e-9)) for aoi, n in per_aoi.items()}
+    held: dict[str, int] = defaultdict(int)
+    split = {b: "train" for b in blocks}
+    for name, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
+        quota = int(round(len(blocks) * fraction))
+        for b in order:
+            if quota and split[b] == "train" and held[b[0]] < limit[b[0]]:
+                split[b] = name
+                held[b[0]] += 1
+                quota -= 1
+
+    def kept() -> dict[Position, str]:
+        out = {}
+        for pos, bs in touched.items():
+            names = {split[b] for b in bs if b in split}
+            if len(names) == 1:
+                out[pos] = names.pop()
+        return out
+
+    while True:
+        survivors = kept()
+        train = set().union(*(classes.get(p, set()) for p, sp in survivors.items() if sp == "train"))
+        missing = set().union(*(classes.get(p, set()) for p in survivors)) - train
+        if not missing:
+            break
+        score: dict[tuple[str, int, int], int] = defaultdict(int)
+        for p, sp in survivors.items():
+            if sp != "train" and classes.get(p, set()) & missing:
+                score[home[p]] += 1
+        if not score:
+            break
+        flip = max(sorted(score), key=lambda b: score[b])
+        log.info("pair: block %s turns train so classes %s occur in train", flip, sorted(missing))
+        split[flip] = "train"
+    return {pos: (sp, f"{home[pos][1]}_{home[pos][2]}") for pos, sp in kept().items()}
 
 
 def blocks_touched(
@@ -185,8 +238,6 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
 
     # chip positions, blocks and splits
     positions: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    split_of_position: dict[tuple[str, str, int, int], tuple[str, tuple[int, int]]] = {}
-    origin: dict[str, tuple[float, float]] = {}
     for (aoi, grid_name), grid in sorted(grids.items()):
         pos = [
             (r, c)
@@ -194,29 +245,22 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
             for c in range(0, grid.width - size + 1, cfg.stride_px)
         ]
         positions[(aoi, grid_name)] = pos
-    for aoi in sorted({a for a, _ in grids}):
-        touched: dict[tuple[str, int, int], set[tuple[int, int]]] = {}
-        occupied: set[tuple[int, int]] = set()
-        anchor_grid = grids.get((aoi, "s10")) or grids[(aoi, "fine")]
-        origin[aoi] = (anchor_grid.bounds[0], anchor_grid.bounds[1])
-        for (a, grid_name), pos in positions.items():
-            if a != aoi:
-                continue
-            grid = grids[(a, grid_name)]
-            for r, c in pos:
-                bounds = grid.window_bounds(r, c, size)
-                touched[(grid_name, r, c)] = blocks_touched(bounds, cfg.block_m, cfg.buffer_m, origin[aoi])
-                occupied |= blocks_touched(bounds, cfg.block_m, 0.0, origin[aoi])
-        # only blocks some footprint overlaps get a split: a grown footprint reaching into a block no
-        # chip overlaps cannot touch any chip there
-        splits = block_split(cfg, seed, aoi, occupied)
-        for (grid_name, r, c), blocks in touched.items():
-            chip_splits = {splits[b] for b in blocks if b in splits}
-            if len(chip_splits) == 1:
-                b = grids[(aoi, grid_name)].window_bounds(r, c, size)
-                cx, cy = (b[0] + b[2]) / 2 - origin[aoi][0], (b[1] + b[3]) / 2 - origin[aoi][1]
-                block = (math.floor(cx / cfg.block_m), math.floor(cy / cfg.block_m))
-                split_of_position[(aoi, grid_name, r, c)] = (chip_splits.pop(), block)
+    origins = {}
+    footprints: dict[Position, tuple[float, float, float, float]] = {}
+    for (aoi, grid_name), pos in positions.items():
+        anchor = grids.get((aoi, "s10")) or grids[(aoi, "fine")]
+        origins[aoi] = (anchor.bounds[0], anchor.bounds[1])
+        for r, c in pos:
+            footprints[(aoi, grid_name, r, c)] = grids[(aoi, grid_name)].window_bounds(r, c, size)
+    position_classes: dict[Position, set[int]] = {}
+    for (aoi, grid_name), path in labels_by_aoi.items():
+        with rasterio.open(path) as src:
+            lab = src.read(1)
+        for r, c in positions.get((aoi, grid_name), []):
+            position_classes[(aoi, grid_name, r, c)] = {int(v) for v in np.unique(lab[r : r + size, c : c + size])} - {
+                0
+            }
+    split_of_position = assign_splits(cfg, seed, footprints, origins, position_classes)
 
     # pass 1: which chips to keep, with cloud and nodata fractions
     rasters = [
@@ -341,7 +385,7 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
                     "maxx": bounds[2],
                     "maxy": bounds[3],
                     "split": split,
-                    "block": f"{block[0]}_{block[1]}",
+                    "block": block,
                     "store_index": chip["store_index"],
                     "partner_id": _chip_id(partner.row, r, c) if partner else None,
                     "partner_sensor": partner.row["sensor"] if partner else None,

@@ -49,13 +49,13 @@ class Grid:
 
     def window_bounds(self, row: int, col: int, size: int) -> Bounds:
         """Bounds of the `size` x `size` pixel window whose top-left pixel is (row, col)."""
-        left, top = self.transform * (col, row)
-        right, bottom = self.transform * (col + size, row + size)
+        left, top = self.transform @ (col, row)
+        right, bottom = self.transform @ (col + size, row + size)
         return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
 
     def shifted(self, dx_px: float, dy_px: float) -> Affine:
         """Transform whose pixel (c, r) samples where this grid's pixel (c + dx, r + dy) lies."""
-        return self.transform * Affine.translation(dx_px, dy_px)
+        return self.transform @ Affine.translation(dx_px, dy_px)
 
     def matches(self, crs: str | CRS, transform: Affine | tuple, width: int, height: int, tol: float = 1e-6) -> bool:
         """True when another raster lies exactly on this grid (same CRS, transform within `tol` px, shape)."""
