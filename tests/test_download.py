@@ -198,3 +198,30 @@ def test_wrong_checksum_never_lands(world, served, tmp_path):
     assert row["status"] == "failed" and "sha256 checksum mismatch" in row["error"]
     folder = tmp_path / "raw" / "s1" / "s1_tiny_20240316"
     assert sorted(p.name for p in folder.iterdir()) == ["VH.tif"]  # no VV.tif, no VV.tif.part, no item.json
+
+
+# --- the simulated world (msgfm simulate) ----------------------------------------------------------
+
+
+def test_download_of_a_tiny_simulated_world_is_incremental_and_passes_the_raw_gate(tmp_path):
+    from msgfm.config import AOIParams, GatesParams, SimulateParams
+    from msgfm.data.simulate import simulate_world
+    from msgfm.validation.raw import validate_raw
+
+    aoi = AOIParams(name="farmland", biome="temperate_farmland", lon=11.4, lat=48.2)
+    sim = SimulateParams(out_dir=tmp_path / "source", aois=[aoi], size_px=36, fine_size_px=64, s2_dates=2, s1_dates=2)
+    source = SourceParams(href=str(tmp_path / "source" / "catalog.json"))
+    raw = tmp_path / "raw"
+    simulate_world(sim.model_copy(update={"until": dt.date(2024, 4, 30)}), seed=0, progress=False)
+    first = _run(source, raw)
+    before = _files(raw)
+    simulate_world(sim, seed=0, progress=False)  # later acquisitions are published
+    second = _run(source, raw)
+    assert first.failed == second.failed == 0 and first.fetched > 0 and second.fetched > 0
+    assert second.skipped == first.items and second.items == first.items + second.fetched
+    assert {k: v for k, v in _files(raw).items() if k in before} == before
+    ledger = read_ledger(raw)
+    assert set(ledger["sensor"]) == {"s1", "s2", "rgb", "dsm", "landcover"} and (ledger["aoi"] == "farmland").all()
+    gates = GatesParams(min_pass_rate=1.0)
+    result = validate_raw(raw, source, gates, gates_dir=tmp_path / "gates", reports_dir=tmp_path / "reports")
+    assert result.passed and result.report["rows_checked"] == len(ledger), result.report["quarantined"]
