@@ -191,6 +191,12 @@ def test_bigearthnet_missing_split_band_and_corrupt_file_are_clear_errors(ben_ro
     _ben_band_path(root, other, "B11").write_bytes(b"not a tiff")
     with pytest.raises(BenchmarkDataError, match=f"BigEarthNet patch {other}: band B11 unreadable"):
         ds[ds.s2_patches.index(other)]
+    b12 = _ben_band_path(root, other, "B12")
+    b12.write_bytes(b12.read_bytes()[:-200])  # truncated download: the header opens, a strip fails
+    _ben_band_path(root, other, "B11").unlink()
+    shutil.copy(_ben_band_path(ben_root, other, "B11"), _ben_band_path(root, other, "B11"))
+    with pytest.raises(BenchmarkDataError, match=f"BigEarthNet patch {other}: band B12 unreadable .*B12.tif.*failed"):
+        ds[ds.s2_patches.index(other)]
 
     (root / "train.csv").write_text("S2A_MSIL2A_20170613T101031_99_99\n")
     with pytest.raises(BenchmarkDataError, match="no S1 patch .* names 1 S2 patch"):

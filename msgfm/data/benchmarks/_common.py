@@ -27,6 +27,12 @@ class BenchmarkDataError(ValueError):
     """A benchmark file is missing, unreadable or inconsistent; the message names the sample and the file."""
 
 
+def _reason(error: Exception) -> str:
+    """The most specific message of a rasterio error (GDAL's cause when rasterio only says "Read failed")."""
+    cause = error.__cause__ or error.__context__
+    return f"{error} ({cause})" if cause is not None else str(error)
+
+
 def resampling_method(name: str) -> Resampling:
     """rasterio's Resampling member called `name` ("bilinear", "average", ...), or a clear error."""
     try:
@@ -55,7 +61,7 @@ def read_raster_window(
         with rasterio.open(path) as src:
             return src.read(indexes, out_shape=out_shape, resampling=resampling, window=window)
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise BenchmarkDataError(f"{what} unreadable ({path}): {e}") from None
+        raise BenchmarkDataError(f"{what} unreadable ({path}): {_reason(e)}") from None
 
 
 def open_profile(path: Path, what: str) -> dict[str, Any]:
@@ -66,7 +72,7 @@ def open_profile(path: Path, what: str) -> dict[str, Any]:
         with rasterio.open(path) as src:
             return dict(src.profile)
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise BenchmarkDataError(f"{what} unreadable ({path}): {e}") from None
+        raise BenchmarkDataError(f"{what} unreadable ({path}): {_reason(e)}") from None
 
 
 def read_with_profile(path: Path, what: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -77,7 +83,7 @@ def read_with_profile(path: Path, what: str) -> tuple[np.ndarray, dict[str, Any]
         with rasterio.open(path) as src:
             return src.read(), dict(src.profile)
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise BenchmarkDataError(f"{what} unreadable ({path}): {e}") from None
+        raise BenchmarkDataError(f"{what} unreadable ({path}): {_reason(e)}") from None
 
 
 def require_dir(path: Path, dataset: str, hint: str) -> Path:
