@@ -11,10 +11,12 @@ msgfm.data.coregister): the sensor's content appears at (c + dx, r + dy) of the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 from affine import Affine
 from rasterio.warp import transform, transform_bounds
@@ -241,3 +243,51 @@ def default_world(root: Path, **kw) -> RawWorld:
     world.add_dsm("2023-09-01", (1.6, -0.9))
     world.add_landcover()
     return world
+
+
+def pair_params(root: Path, **overrides):
+    """Pair params sized for the synthetic world: 16 px chips, 480 m blocks (2 x 2 per AOI), all splits present."""
+    from msgfm.config import PairParams
+
+    values = dict(
+        out_dir=root / "data/chips", manifest=root / "data/manifest.parquet", chip_px=16, stride_px=16,
+        block_m=480, buffer_m=10, val_fraction=0.25, test_fraction=0.25,
+    )  # fmt: skip
+    values.update(overrides)
+    return PairParams(**values)
+
+
+def build_pipeline(root: Path) -> Path:
+    """default_world -> coregister -> validate_coreg -> pair under `root`, as the DVC stages would; returns root."""
+    from msgfm.config import CoregisterParams, GatesParams
+    from msgfm.data.coregister import coregister
+    from msgfm.data.pairing import pair
+    from msgfm.validation.coreg import validate_coreg
+
+    default_world(root).finish()
+    cfg = CoregisterParams()
+    coregister(
+        cfg, ledger=root / "data/raw/acquisitions.parquet", raw_gate=root / "data/gates/raw.parquet",
+        raw_dir=root / "data/raw", out_dir=root / "data/coreg", report=root / "data/reports/coregister.json",
+        truth_dir=root / "data/source/truth",
+    )  # fmt: skip
+    validate_coreg(
+        root / "data/coreg", cfg, GatesParams(), gates_dir=root / "data/gates", reports_dir=root / "data/reports/gates"
+    ).raise_if_failed()
+    pair(pair_params(root), coreg_dir=root / "data/coreg", coreg_gate=root / "data/gates/coreg.parquet", seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_root(tmp_path_factory) -> Path:
+    """One synthetic world taken through coregister, validate_coreg and pair, shared by the test modules.
+
+    Tests that alter files copy the tree first (`copy_pipeline`).
+    """
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"))
+
+
+def copy_pipeline(root: Path, dest: Path) -> Path:
+    """A private copy of a built pipeline tree, for tests that tamper with its files."""
+    shutil.copytree(root / "data", dest / "data")
+    return dest

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import rasterio
 from affine import Affine
-from coreg_world import CRS_UTM, ORIGIN, RawWorld, default_world
+from coreg_world import CRS_UTM, ORIGIN, RawWorld, pipeline_root  # noqa: F401 (session fixture)
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 from scipy import ndimage
@@ -42,11 +42,9 @@ def run_stage(root: Path, cfg: CoregisterParams | None = None) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    """The default synthetic world, co-registered once for the module."""
-    root = tmp_path_factory.mktemp("coreg")
-    default_world(root).finish()
-    return root, run_stage(root)
+def world(pipeline_root) -> tuple[Path, pd.DataFrame]:  # noqa: F811
+    """The default synthetic world, co-registered once for the session (shared with the pair tests)."""
+    return pipeline_root, pd.read_parquet(pipeline_root / "data/coreg/rasters.parquet")
 
 
 def _textured(shape: tuple[int, int], seed: int = 0) -> np.ndarray:

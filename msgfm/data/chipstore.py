@@ -4,8 +4,9 @@ Layout of `data/chips/` (written by `msgfm pair`, indexed by `data/manifest.parq
 
 - `{sensor}.npy`: (N, C, H, W) pixels in physical units and the sensor's native dtype (S2 uint16
   reflectance x 10000, S1 float32 dB, RGB uint8, DSM float32 metres), bands in registry order
-  (`index.json` lists them). Nodata pixels are filled with the band's registry mean, so the
-  normalised value there is 0 and every value is finite; the mask says where they are.
+  (`index.json` lists them). Nodata pixels are filled with the band's registry mean (relative
+  bands, DSM height: the chip's own valid mean), so the normalised value there is 0 and every
+  value is finite; the mask says where they are.
 - `{sensor}_mask.npy`: (N, H, W) uint8: 0 valid, 1 cloud, 2 cloud shadow (S2 only), 255 nodata.
 - `labels_{grid}.npy`: (L, H, W) uint8 ESA WorldCover codes (0 unknown) per chip position on the
   10 m grid (`s10`) and the fine grid (`fine`); chips of any sensor or date at the same position

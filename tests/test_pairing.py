@@ -1,0 +1,149 @@
+"""pair: chips per AOI and date, S1-S2 / RGB-DSM pairs in time, spatial-block splits, store contents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from coreg_world import pair_params, pipeline_root  # noqa: F401 (session fixture)
+
+from msgfm.data.chipstore import MASK_NODATA, ChipStore
+from msgfm.data.pairing import MANIFEST_COLUMNS, PairError, assign_splits, pair
+from msgfm.sensors import get_sensor
+from msgfm.validation.pairs import split_clashes
+
+
+@pytest.fixture(scope="module")
+def built(pipeline_root):  # noqa: F811
+    root = pipeline_root
+    return root, pd.read_parquet(root / "data/manifest.parquet"), ChipStore(root / "data/chips")
+
+
+def test_manifest_schema_and_counts(built):
+    root, manifest, store = built
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest["id"].is_unique
+    assert set(manifest["sensor"]) == {"s1", "s2", "rgb", "dsm"}
+    for sensor, group in manifest.groupby("sensor"):
+        assert sorted(group["store_index"]) == list(range(store.count(sensor)))
+    assert (manifest["nodata_fraction"] <= 0.5).all()
+    assert np.isfinite(manifest[["mean", "std"]].to_numpy()).all()
+
+
+def test_s1_paired_with_closest_s2_within_max_days(built):
+    _, manifest, _ = built
+    s1 = manifest[manifest["sensor"] == "s1"]
+    partner_date = s1["partner_id"].str.extract(r"_(\d{8})_r")[0]
+    by_date = dict(zip(s1["date"], partner_date, strict=False))
+    assert by_date["2024-05-02"] == "20240501"  # 1 day
+    assert by_date["2024-05-14"] == "20240511"  # 3 days, closer than 05-01 (13 days)
+    late = s1[s1["date"] == "2024-08-01"]
+    assert len(late) and not late["paired"].any() and late["partner_id"].isna().all()  # 42 days > max_days
+    assert (s1.loc[s1["paired"], "partner_days"] <= 10).all()
+    s2 = manifest[(manifest["sensor"] == "s2") & (manifest["date"] == "2024-06-20")]
+    assert not s2["paired"].any()  # nobody chose it: kept as unpaired single-sensor samples
+    rgb = manifest[manifest["sensor"] == "rgb"]
+    assert rgb["paired"].all() and (rgb["partner_sensor"] == "dsm").all()
+
+
+def test_partner_chip_is_same_place_and_index_points_to_it(built):
+    _, manifest, _ = built
+    by_id = manifest.set_index("id")
+    for row in manifest[manifest["paired"]].itertuples():
+        partner = by_id.loc[row.partner_id]
+        assert (partner["row"], partner["col"], partner["grid"]) == (row.row, row.col, row.grid)
+        assert partner["store_index"] == row.partner_index and partner["sensor"] == row.partner_sensor
+
+
+def test_chips_equal_raster_windows(built):
+    root, manifest, store = built
+    size = store.chip_px
+    for sensor in ("s2", "s1", "rgb", "dsm"):
+        row = manifest[manifest["sensor"] == sensor].iloc[3]
+        with rasterio.open(root / "data/coreg" / row["aoi"] / f"{sensor}_{row['date'].replace('-', '')}.tif") as src:
+            window = src.read()[:, row["row"] : row["row"] + size, row["col"] : row["col"] + size]
+        chip = store.raw(sensor, row["store_index"])
+        valid = store.mask(sensor, row["store_index"]) != MASK_NODATA
+        np.testing.assert_array_equal(chip[:, valid], window[:, valid].astype(chip.dtype))
+        # nodata holds the band mean (relative bands such as DSM height: the chip's own valid mean)
+        mean, _ = get_sensor(sensor).stats(store.bands(sensor))
+        for i, band in enumerate(store.bands(sensor)):
+            fill = chip[i][valid].mean() if get_sensor(sensor).band(band).relative else mean[i]
+            np.testing.assert_allclose(chip[i][~valid], np.asarray(fill).astype(chip.dtype), rtol=1e-5)
+        normalised = store.read(sensor, [row["store_index"]])[0]
+        np.testing.assert_allclose(
+            normalised, get_sensor(sensor).normalise(chip, store.bands(sensor)), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_labels_and_cloud_fraction(built):
+    root, manifest, store = built
+    with rasterio.open(root / "data/coreg/farm/landcover.tif") as src:
+        lc = src.read(1)
+    row = manifest[manifest["sensor"] == "s2"].iloc[0]
+    label = store.labels(row["grid"], row["label_index"])
+    np.testing.assert_array_equal(label, lc[row["row"] : row["row"] + 16, row["col"] : row["col"] + 16])
+    assert list(row["labels"]) == sorted(set(np.unique(label).tolist()) - {0})
+    s2 = manifest[manifest["sensor"] == "s2"]
+    assert s2.loc[s2["date"] == "2024-05-11", "cloud_fraction"].max() > 0.2  # the cloudy date
+    assert s2.loc[s2["date"] != "2024-05-11", "cloud_fraction"].max() == 0
+    cloudy = s2.loc[s2["date"] == "2024-05-11"].sort_values("cloud_fraction").iloc[-1]
+    mask = store.mask("s2", cloudy["store_index"])
+    assert np.isin(mask, [1, 2]).mean() == pytest.approx(cloudy["cloud_fraction"])
+
+
+def test_splits_are_spatial_blocks_with_buffer(built):
+    _, manifest, _ = built
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert (split_clashes(manifest) == "").all()
+    # the same place has the same split for every sensor and date
+    assert (manifest.groupby(["aoi", "grid", "row", "col"])["split"].nunique() == 1).all()
+    # footprints of different splits are at least buffer_m apart
+    cfg = pair_params(built[0])
+    boxes = {s: g[["minx", "miny", "maxx", "maxy"]].drop_duplicates().to_numpy() for s, g in manifest.groupby("split")}
+    for a in boxes:
+        for b in boxes:
+            if a < b:
+                gap_x = np.maximum(
+                    boxes[a][:, None, 0] - boxes[b][None, :, 2], boxes[b][None, :, 0] - boxes[a][:, None, 2]
+                )
+                gap_y = np.maximum(
+                    boxes[a][:, None, 1] - boxes[b][None, :, 3], boxes[b][None, :, 1] - boxes[a][:, None, 3]
+                )
+                assert (np.maximum(gap_x, gap_y) >= cfg.buffer_m - 1e-6).all()
+    train = set().union(*manifest.loc[manifest["split"] == "train", "labels"].map(set))
+    assert set().union(*manifest["labels"].map(set)) <= train
+
+
+def test_assign_splits_turns_a_block_train_for_a_missing_class():
+    """A class that only occurs in a held-out block forces that block into train."""
+    cfg = pair_params(Path("."), val_fraction=0.25, test_fraction=0.25, block_m=100, buffer_m=1)
+    footprints = {("a", "s10", r, c): (c * 100.0 + 10, r * 100.0 + 10, c * 100.0 + 90, r * 100.0 + 90)
+                  for r in range(2) for c in range(2)}  # fmt: skip
+    classes = {p: {10} for p in footprints}
+    first = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
+    held_out = next(p for p, (s, _) in first.items() if s != "train")
+    classes[held_out] = {70}
+    second = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
+    assert second[held_out][0] == "train"
+    assert sorted(s for s, _ in first.values()) == ["test", "train", "train", "val"]
+
+
+def test_same_seed_same_manifest(built, tmp_path):
+    root, manifest, _ = built
+    again = pair(
+        pair_params(root, out_dir=tmp_path / "chips", manifest=tmp_path / "m.parquet"),
+        coreg_dir=root / "data/coreg",
+        coreg_gate=root / "data/gates/coreg.parquet",
+        seed=0,
+    )
+    pd.testing.assert_frame_equal(again, manifest, check_dtype=False)
+    assert (tmp_path / "chips" / "s2.npy").read_bytes() == (root / "data/chips/s2.npy").read_bytes()
+
+
+def test_missing_coreg_outputs_name_the_file(tmp_path):
+    with pytest.raises(PairError, match="rasters.parquet: not found"):
+        pair(pair_params(tmp_path), coreg_dir=tmp_path / "coreg", coreg_gate=tmp_path / "coreg.parquet")
