@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from msgfm.config import DownloadParams, GatesParams, SourceParams
 from msgfm.data.download import download, read_ledger
 from msgfm.geo.io import sha256_file
-from msgfm.validation.gates import GateFailed, accepted_ids
+from msgfm.validation.gates import accepted_ids
 from msgfm.validation.raw import asset_layout, build_raw_table, validate_raw
 
 D = dt.date
@@ -142,14 +142,6 @@ def test_report_counts_failures_by_expectation(gated):
 
 def test_low_pass_rate_fails_the_gate_and_the_cli_exits_nonzero(gated, repo_root, monkeypatch):
     root, catalog, _ = gated
-    with pytest.raises(GateFailed, match=r"accepted fraction 0\.278 \(5/18\) is below gates\.min_pass_rate 0\.5"):
-        validate_raw(
-            root / "raw",
-            SourceParams(href=str(catalog)),
-            GatesParams(min_pass_rate=0.5),
-            gates_dir=root / "g2",
-            reports_dir=root / "r2",
-        ).raise_if_failed()
     from msgfm.cli import app
 
     params = yaml.safe_load((repo_root / "params.yaml").read_text())

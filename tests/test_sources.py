@@ -15,7 +15,8 @@ import yaml
 from httpserver import LoopbackServer
 from stac_fixture import ASSETS, BBOX, COLLECTIONS, make_catalog
 
-from msgfm.config import SourceParams
+from msgfm.config import DownloadParams, SourceParams
+from msgfm.data.download import download, read_ledger
 from msgfm.data.sources import SourceError, iter_items, make_signer
 
 ITEMS = [("s2", dt.date(2024, 3, 15)), ("s1", dt.date(2024, 3, 16)), ("dsm", dt.date(2024, 4, 1))]
@@ -121,6 +122,15 @@ def test_folder_with_json_and_yaml_sidecars_gives_the_same_records(world, tmp_pa
     assert "no sidecar stray.json or stray.yaml" in by_id.pop("stray").error
     assert _summary(by_id.values()) == _summary(iter_items(SourceParams(href=str(world))))
     assert by_id["dsm_tiny_20240401"].bbox == pytest.approx(BBOX, abs=0.05)  # read from the GeoTIFF, WGS84
+    raw = tmp_path / "raw"
+    summary = download(
+        SourceParams(kind="folder", path=folder), DownloadParams(out_dir=raw), report_path=None, progress=False
+    )
+    ledger = read_ledger(raw).set_index("id")
+    assert (summary.fetched, summary.failed) == (3, 1) and "no sidecar" in ledger.loc["stray", "error"]
+    assert (raw / "s1" / "s1_tiny_20240316" / "VV.tif").read_bytes() == (
+        folder / "s1_tiny_20240316" / "VV.tif"
+    ).read_bytes()
 
 
 def test_items_of_unmapped_collections_become_failed_records(world, tmp_path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -72,7 +72,6 @@ class ItemRecord:
     """For local sources: the folder all asset files must lie in."""
     collection: str | None = None
     error: str = ""
-    extra_assets: dict[str, AssetRecord] = field(default_factory=dict)
 
 
 def is_url(href: str) -> bool:
@@ -138,7 +137,6 @@ def record_from_item(
     item = json.loads(json.dumps(item))  # a private copy whose hrefs we rewrite
     wanted = set(cfg.assets.get(sensor, [])) if sensor else set()
     assets: dict[str, AssetRecord] = {}
-    extra: dict[str, AssetRecord] = {}
     for key, asset in (item.get("assets") or {}).items():
         href = asset.get("href")
         if not isinstance(href, str) or not href:
@@ -146,13 +144,14 @@ def record_from_item(
         absolute = href if is_url(href) else make_absolute_href(href, base_href)
         asset["href"] = absolute
         size = asset.get("file:size")
-        record = AssetRecord(
+        if key not in wanted:
+            continue
+        assets[key] = AssetRecord(
             key=key,
             href=absolute,
             size=int(size) if isinstance(size, int | float) else None,
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
         )
-        (assets if key in wanted else extra)[key] = record
     bbox = item.get("bbox")
     return ItemRecord(
         id=item_id,
@@ -167,7 +166,6 @@ def record_from_item(
         root=root,
         collection=collection,
         error=error,
-        extra_assets=extra,
     )
 
 

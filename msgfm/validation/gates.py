@@ -175,11 +175,7 @@ def run_gate(
         problems.append(f"dataset-level check {name!r} failed")
     problems.extend(f"check error {e}" for e in errors)
     passed = not problems
-    message = (
-        f"gate {gate}: passed, {n_ok}/{n} accepted"
-        if passed
-        else f"gate {gate} failed: " + "; ".join(problems) + f" (report: {REPORTS_DIR / (gate + '.json')})"
-    )
+    message = f"gate {gate}: passed, {n_ok}/{n} accepted" if passed else f"gate {gate} failed: " + "; ".join(problems)
     quarantined = [
         {"id": i, "reasons": r} for i, r, ok in zip(decisions["id"], reasons, accepted, strict=True) if not ok
     ]
@@ -265,6 +261,8 @@ def write_gate(
     with atomic_path(table_path, suffix=".parquet") as tmp:
         result.decisions.to_parquet(tmp, index=False)
     atomic_write_json(report_path, result.report)
+    if not result.passed and "(report: " not in result.message:
+        result.message += f" (report: {report_path})"
     log.info("%s", result.message)
     return table_path, report_path
 

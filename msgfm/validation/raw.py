@@ -113,9 +113,9 @@ def _short(err: Exception) -> str:
 def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParams) -> pd.DataFrame:
     """One row per ledger item describing its downloaded assets (see module docstring)."""
     raw_dir = Path(raw_dir)
-    ledger = read_ledger(raw_dir)
     if not (raw_dir / "acquisitions.parquet").is_file():
         raise FileNotFoundError(f"{raw_dir / 'acquisitions.parquet'}: no acquisitions ledger (run `msgfm download`)")
+    ledger = read_ledger(raw_dir)
     rows = [_describe_item(rec, raw_dir, source, gates) for rec in ledger.to_dict(orient="records")]
     table = pd.DataFrame(rows)
     _mark_duplicates(table)
