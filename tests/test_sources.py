@@ -63,7 +63,7 @@ def test_static_catalog_by_url_and_missing_catalog(world):
         list(iter_items(SourceParams(href="nowhere/catalog.json")))
 
 
-def test_stac_api_search_maps_collections_to_sensors_and_signs_hrefs(world):
+def test_stac_api_search_maps_collections_to_sensors_and_signs_hrefs(world, tmp_path):
     with LoopbackServer(world.parent) as srv:
         for item in _items(world):
             folder = next(world.parent.rglob(item["id"])).relative_to(world.parent)
@@ -80,6 +80,18 @@ def test_stac_api_search_maps_collections_to_sensors_and_signs_hrefs(world):
         )
         records = list(iter_items(cfg, signer=_test_signer))
         searches = srv.requests_for("/api/search")
+        srv.require_query = "sig=test"  # assets are only served with a signature, as on Planetary Computer
+        srv.fail(
+            "/" + next(world.parent.rglob("s1_tiny_20240316")).relative_to(world.parent).as_posix() + "/VV.tif", "404"
+        )
+        summary = download(
+            cfg, DownloadParams(out_dir=tmp_path / "raw"), report_path=None, progress=False, signer=_test_signer
+        )
+    ledger = read_ledger(tmp_path / "raw").set_index("id")
+    assert (summary.fetched, summary.failed) == (1, 1) and ledger.loc["s2_tiny_20240315", "status"] == "ok"
+    assert (
+        "HTTP 404" in ledger.loc["s1_tiny_20240316", "error"] and "sig=" not in ledger.loc["s1_tiny_20240316", "error"]
+    )
     assert _summary(records) == {
         k: v for k, v in _summary(iter_items(SourceParams(href=str(world)))).items() if "dsm" not in k
     }
