@@ -225,3 +225,25 @@ def test_download_of_a_tiny_simulated_world_is_incremental_and_passes_the_raw_ga
     gates = GatesParams(min_pass_rate=1.0)
     result = validate_raw(raw, source, gates, gates_dir=tmp_path / "gates", reports_dir=tmp_path / "reports")
     assert result.passed and result.report["rows_checked"] == len(ledger), result.report["quarantined"]
+
+
+def test_cli_download_reports_and_names_a_missing_catalog(world, tmp_path, repo_root, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from msgfm.cli import app
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["source"]["href"] = str(world)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke(app, ["download", "--params", "params.yaml"])
+    assert run.exit_code == 0, run.output
+    assert "download: 3 items offered, 3 fetched, 0 already present, 0 failed" in run.output
+    assert read_ledger(tmp_path / "data" / "raw")["status"].eq("ok").all()
+    assert json.loads((tmp_path / "data" / "reports" / "download.json").read_text())["fetched"] == 3
+    params["source"]["href"] = "missing/catalog.json"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = CliRunner().invoke(app, ["download", "--params", "params.yaml"])
+    assert run.exit_code == 1 and "error: missing/catalog.json: STAC catalog not found" in run.output
+    assert "Traceback" not in run.output
