@@ -114,6 +114,16 @@ def test_stac_api_unreachable_is_a_source_error():
         list(iter_items(cfg))
 
 
+def test_static_catalog_given_as_an_api_is_a_clear_error(world):
+    with LoopbackServer(world.parent) as srv:
+        cfg = SourceParams(kind="stac_api", url=f"{srv.url}/catalog.json", collections={"s2": "sentinel-2-l2a"})
+        with (
+            pytest.warns(UserWarning),
+            pytest.raises(SourceError, match="not a searchable STAC API .* use source.kind: static"),
+        ):
+            list(iter_items(cfg))
+
+
 def test_folder_with_json_and_yaml_sidecars_gives_the_same_records(world, tmp_path):
     folder = tmp_path / "folder"
     for item in _items(world):

@@ -245,7 +245,9 @@ def _failed(item_id: str, error: str) -> ItemRecord:
 def _iter_api(cfg: SourceParams, signer: Signer) -> Iterator[ItemRecord]:
     """Search a STAC API with pystac-client and sign each item's hrefs."""
     import pystac_client
-    from pystac_client.exceptions import APIError
+    from pystac_client.errors import ClientTypeError
+    from pystac_client.exceptions import APIError, ParametersError
+    from pystac_client.warnings import DoesNotConformTo
 
     try:
         client = pystac_client.Client.open(cfg.url)
@@ -259,7 +261,11 @@ def _iter_api(cfg: SourceParams, signer: Signer) -> Iterator[ItemRecord]:
         for page in pages:
             for feature in page.get("features", []):
                 yield record_from_item(signer(feature), _self_href(feature, cfg.url), cfg)
-    except (APIError, OSError, ValueError) as e:
+    except DoesNotConformTo as e:
+        raise SourceError(
+            f"{cfg.url}: not a searchable STAC API ({e}); for a static catalog use source.kind: static"
+        ) from None
+    except (APIError, ParametersError, ClientTypeError, NotImplementedError, OSError, ValueError) as e:
         raise SourceError(f"{cfg.url}: STAC API search failed: {e}") from None
 
 
