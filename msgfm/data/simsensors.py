@@ -66,13 +66,14 @@ S1_DB = np.array(
 # Aerial RGB colours (DN) per surface.
 RGB_COLOURS = {
     "ground_tree": (70, 80, 50),
-    "crown_broadleaf": (62, 92, 45),
-    "crown_conifer": (38, 62, 42),
+    "crown_broadleaf": (72, 108, 52),
+    "crown_conifer": (52, 84, 54),
     "shrub_ground": (150, 135, 105),
     "grass_green": (95, 130, 60),
     "grass_dry": (165, 150, 105),
     "crop_green": (80, 128, 50),
     "soil": (140, 115, 90),
+    "straw": (196, 178, 112),
     "sand": (214, 190, 150),
     "rock": (140, 135, 130),
     "road": (95, 95, 100),
@@ -221,9 +222,12 @@ def rgb_image(world: World, x: np.ndarray, y: np.ndarray, px_m: float, date: dt.
     grass = col["grass_dry"] + g * (col["grass_green"] - col["grass_dry"])
     img = np.where((cls == GRASS)[..., None], grass, img)
     crop_soil = col["sand"] * 0.8 if world.biome.bare_kind == "sand" else col["soil"]
-    crop = crop_soil + g * (col["crop_green"] - crop_soil)
+    ripening = (doy - (130 + 110 * parcel)) / (28 + 30 * ((parcel * 7.31) % 1))  # past the parcel's peak
+    background = np.where(((ripening > 0) & (ripening < 1.6))[..., None], col["straw"], crop_soil)
+    crop = background + g * (col["crop_green"] - background)
     ca, sa = np.cos(world.field_angle), np.sin(world.field_angle)
-    rows = 1 + 0.08 * np.sin(2 * np.pi * (-x * sa + y * ca) / 3.0)  # sowing rows, 3 m apart
+    along = np.where(parcel > 0.5, -x * sa + y * ca, x * ca + y * sa)  # rows along or across the strip
+    rows = 1 + 0.07 * np.sin(2 * np.pi * along / (0.75 + 3 * ((parcel * 13.7) % 1)))  # sowing/tramlines
     crop = crop * (0.9 + 0.2 * parcel[..., None]) * rows[..., None]
     crop = np.where((edge < 1.5)[..., None], col["grass_green"] * 0.9, crop)  # grassy field margins
     img = np.where((cls == CROP)[..., None], crop, img)
@@ -243,7 +247,7 @@ def rgb_image(world: World, x: np.ndarray, y: np.ndarray, px_m: float, date: dt.
     # illumination: hillshade of the terrain, then cast shadows of buildings and trees
     sun_az, sun_elev = 150.0, 48.0
     ter = s["terrain"]
-    gy, gx = np.gradient(ter, px_m)
+    gy, gx = np.gradient(ter + s["canopy"], px_m)  # crowns are lit on their sunny side
     az, el = np.deg2rad(sun_az), np.deg2rad(sun_elev)
     normal = np.stack([-gx, gy, np.ones_like(gx)]) / np.sqrt(gx**2 + gy**2 + 1)
     sun = np.array([np.sin(az) * np.cos(el), np.cos(az) * np.cos(el), np.sin(el)])[:, None, None]

@@ -26,6 +26,7 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.stac_io import DefaultStacIO
 from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
@@ -171,7 +172,7 @@ class _AOIContext:
                 "y": y,
                 "cls": self.world.classes(x, y),
                 "parcel": parcel.astype(np.float32),
-                "texture": self.world.texture(x, y),
+                "texture": self.world.texture(x, y) + 0.5 * self.world.pixel_heterogeneity(x, y, 10.0),
             }
         return self._static
 
@@ -257,13 +258,16 @@ def _rgb_grid(ctx: _AOIContext):
     ml, mt = np.floor(ml / px) * px, np.ceil(mt / px) * px
     width, height = int(np.ceil((mr - ml) / px)), int(np.ceil((mt - mb) / px))
     transform = Affine(px, 0, ml, 0, -px, mt)
+    # Mercator -> UTM is affine to well under 1 cm across the <= 1 km fine area: fit it on a 5x5 lattice
+    lc, lr = np.meshgrid(np.linspace(0.5, width - 0.5, 5), np.linspace(0.5, height - 0.5, 5))
+    ex, ny = warp_points(RGB_CRS, g.crs, (transform.c + lc * px).ravel(), (transform.f - lr * px).ravel())
+    design = np.column_stack([np.ones(lc.size), lc.ravel(), lr.ravel()])
+    coef_x = np.linalg.lstsq(design, np.asarray(ex) - g.centre[0], rcond=None)[0]
+    coef_y = np.linalg.lstsq(design, np.asarray(ny) - g.centre[1], rcond=None)[0]
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    mx, my = transform.c + cols * px, transform.f - rows * px
-    ex, ny = warp_points(RGB_CRS, g.crs, mx.ravel(), my.ravel())
-    x = np.asarray(ex).reshape(height, width) - g.centre[0]
-    y = np.asarray(ny).reshape(height, width) - g.centre[1]
-    ground_px = ctx.cfg.fine_gsd_m
-    return transform, (height, width), x, y, ground_px
+    x = coef_x[0] + coef_x[1] * cols + coef_x[2] * rows
+    y = coef_y[0] + coef_y[1] * cols + coef_y[2] * rows
+    return transform, (height, width), x, y, ctx.cfg.fine_gsd_m
 
 
 # -- STAC --------------------------------------------------------------------------------------------------
@@ -368,16 +372,17 @@ def simulate_world(
     items: dict[str, list[pystac.Item]] = {s: [] for s in COLLECTIONS}
     truth: dict[str, dict[str, Any]] = {a.name: {} for a in cfg.aois}
     rendered = 0
-    for acq in tqdm(plan, desc="simulate", unit="item", disable=not progress):
-        folder = out / COLLECTIONS[acq.sensor][0] / acq.item_id
-        if not _done(folder, acq.sensor):  # resumable: existing (atomically written) assets are kept as they are
-            if acq.aoi.name not in contexts:
-                contexts[acq.aoi.name] = _AOIContext(cfg, acq.aoi, seed)
-            render(contexts[acq.aoi.name], acq, folder)
-            rendered += 1
-        items[acq.sensor].append(_make_item(acq, folder))
-        if (shift := truth_shift(cfg, seed, acq)) is not None:
-            truth[acq.aoi.name][acq.item_id] = shift
+    with threadpool_limits(1):  # small matrix products: BLAS threads only contend on a shared machine
+        for acq in tqdm(plan, desc="simulate", unit="item", disable=not progress):
+            folder = out / COLLECTIONS[acq.sensor][0] / acq.item_id
+            if not _done(folder, acq.sensor):  # resumable: existing (atomically written) assets are kept as they are
+                if acq.aoi.name not in contexts:
+                    contexts[acq.aoi.name] = _AOIContext(cfg, acq.aoi, seed)
+                render(contexts[acq.aoi.name], acq, folder)
+                rendered += 1
+            items[acq.sensor].append(_make_item(acq, folder))
+            if (shift := truth_shift(cfg, seed, acq)) is not None:
+                truth[acq.aoi.name][acq.item_id] = shift
     catalog = pystac.Catalog(
         id="msgfm-simulated-world",
         description="msgfm's embedded simulated multisensor world (Sentinel-1, Sentinel-2, aerial RGB, DSM, "

@@ -36,27 +36,20 @@ class Biome:
 
 
 BIOMES: dict[str, Biome] = {
-    "temperate_farmland": Biome((0.17, 0.02, 0.15, 0.52, 0.08, 0.01, 0.0, 0.03, 0.02), 450, 35, False, "soil"),
-    "boreal_forest": Biome((0.60, 0.06, 0.07, 0.03, 0.01, 0.01, 0.0, 0.14, 0.08), 150, 25, True, "soil"),
-    "arid": Biome((0.005, 0.22, 0.08, 0.06, 0.04, 0.585, 0.0, 0.005, 0.005), 600, 60, False, "sand", veg_vigour=0.55),
-    "coastal_city": Biome(
-        (0.08, 0.02, 0.11, 0.04, 0.44, 0.02, 0.0, 0.28, 0.01),
-        40,
-        20,
-        False,
-        "soil",
-        sea=True,
-        building_height_m=(8.0, 40.0),
-    ),
-    "alpine": Biome(
-        (0.36, 0.08, 0.22, 0.02, 0.01, 0.15, 0.11, 0.03, 0.02),
-        2100,
-        650,
-        True,
-        "rock",
-        elev_affinity=(-1.2, 0.0, 0.4, -1.0, -1.0, 1.8, 3.0, -2.0, -1.5),
-    ),
-}
+    # priors:              tree   shrub  grass  crop   built  bare   snow  water  wetland
+    "temperate_farmland": Biome((0.17, 0.02, 0.15, 0.52, 0.08, 0.01, 0.0, 0.03, 0.02),
+                                elev_base_m=450, relief_m=35, conifer=False, bare_kind="soil"),
+    "boreal_forest": Biome((0.60, 0.06, 0.07, 0.03, 0.01, 0.01, 0.0, 0.14, 0.08),
+                           elev_base_m=150, relief_m=25, conifer=True, bare_kind="soil"),
+    "arid": Biome((0.005, 0.22, 0.08, 0.06, 0.04, 0.585, 0.0, 0.005, 0.005),
+                  elev_base_m=600, relief_m=60, conifer=False, bare_kind="sand", veg_vigour=0.55),
+    "coastal_city": Biome((0.08, 0.02, 0.11, 0.04, 0.44, 0.02, 0.0, 0.28, 0.01),
+                          elev_base_m=40, relief_m=20, conifer=False, bare_kind="soil", sea=True,
+                          building_height_m=(8.0, 40.0)),
+    "alpine": Biome((0.36, 0.08, 0.22, 0.02, 0.01, 0.15, 0.11, 0.03, 0.02),
+                    elev_base_m=2100, relief_m=300, conifer=True, bare_kind="rock",
+                    elev_affinity=(-1.2, 0.0, 0.4, -1.0, -1.0, 1.8, 3.0, -2.0, -1.5)),
+}  # fmt: skip
 
 
 def stable_key(*parts: str | int) -> list[int]:
@@ -100,10 +93,39 @@ class FourierNoise:
         return cls(k * np.cos(ang), k * np.sin(ang), rng.uniform(0, 2 * np.pi, n), amp)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = np.zeros(np.shape(x), np.float32)
+        """The field at points (x, y). On a pixel grid (x, y affine in row and column, as every sensor grid
+        here is) the sum of cosines is a complex matrix product of per-row and per-column phasors, so the
+        trigonometry is O(rows + columns); other point sets take the direct sum."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        steps = _affine_steps(x, y)
+        if steps is not None:
+            (x0, y0), (xc, yc), (xr, yr) = steps
+            h, w = x.shape
+            col_phase = (
+                np.outer(self.kx * xc + self.ky * yc, np.arange(w))
+                + (self.kx * x0 + self.ky * y0 + self.phase)[:, None]
+            )
+            row_phase = np.outer(np.arange(h), self.kx * xr + self.ky * yr)
+            return ((np.exp(1j * row_phase) * self.amp) @ np.exp(1j * col_phase)).real.astype(np.float32)
+        out = np.zeros(x.shape, np.float32)
         for kx, ky, ph, a in zip(self.kx, self.ky, self.phase, self.amp, strict=True):
             out += np.float32(a) * np.cos(kx * x + ky * y + ph).astype(np.float32)
         return out
+
+
+def _affine_steps(x: np.ndarray, y: np.ndarray, tol_m: float = 1e-6):
+    """(origin, step per column, step per row) when the 2-D coordinate arrays are affine in (row, col)."""
+    if x.ndim != 2 or min(x.shape) < 2 or x.shape != y.shape:
+        return None
+    steps = []
+    for a in (x, y):
+        c, r = a[0, 1] - a[0, 0], a[1, 0] - a[0, 0]
+        model = a[0, 0] + np.arange(a.shape[1]) * c + np.arange(a.shape[0])[:, None] * r
+        if np.abs(model - a).max() > tol_m:
+            return None
+        steps.append((a[0, 0], c, r))
+    (x0, xc, xr), (y0, yc, yr) = steps
+    return (x0, y0), (xc, yc), (xr, yr)
 
 
 @dataclass
@@ -124,12 +146,12 @@ class World:
         rng = rng_for(seed, aoi, "world")
         w = cls(BIOMES[biome_name], half_extent_m, rng, salt=int(rng.integers(1, 2**47)))
         scale = max(half_extent_m, 300.0)
-        w.terrain = FourierNoise.create(rng, scale * 0.3, scale * 6, n=18, hurst=1.2)
+        w.terrain = FourierNoise.create(rng, scale * 0.5, scale * 8, n=18, hurst=1.2)
         w.terrain_detail = FourierNoise.create(rng, 60, 600, n=10, hurst=1.5)
         w.class_noise = [FourierNoise.create(rng, scale * 0.25, scale * 1.6, n=12, hurst=0.6) for _ in CODES]
         w.edge_noise = FourierNoise.create(rng, 25, 250, n=12)
-        w.texture = FourierNoise.create(rng, 60, 400, n=12)
-        w.fine_texture = FourierNoise.create(rng, 3, 40, n=16)
+        w.texture = FourierNoise.create(rng, 60, 600, n=16, hurst=1.0)
+        w.fine_texture = FourierNoise.create(rng, 2, 30, n=24, hurst=0.5)
         ang = rng.uniform(0, 2 * np.pi)
         w.sea_dir = np.array([np.cos(ang), np.sin(ang)])
         w.street_angle = rng.uniform(0, np.pi / 2)
@@ -147,7 +169,7 @@ class World:
             e = e - 0.012 * (x * self.sea_dir[0] + y * self.sea_dir[1])
         return e.astype(np.float32)
 
-    def _scores(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _scores(self, x: np.ndarray, y: np.ndarray, with_bias: bool = True) -> np.ndarray:
         b = self.biome
         e = self.elevation(x, y)
         e_norm = (e - b.elev_base_m) / max(b.relief_m, 1.0)
@@ -157,24 +179,32 @@ class World:
         if b.sea:
             along = (x * self.sea_dir[0] + y * self.sea_dir[1]) / self.half_extent_m
             s[WATER] += 6.0 * along
-        s += self.bias.astype(np.float32)[:, None, None]
+        if with_bias:
+            s += self.bias.astype(np.float32)[:, None, None]
         s[np.asarray(b.priors) <= 0] = -np.inf
         return s
 
-    def _calibrate(self, n: int = 64, iters: int = 40) -> None:
+    def _calibrate(self, n: int = 64, iters: int = 200) -> None:
         """Fit per-class biases on a coarse grid so that the class shares match the biome priors."""
         c = np.linspace(-self.half_extent_m, self.half_extent_m, n)
         x, y = np.meshgrid(c, c)
-        prior = np.maximum(np.asarray(self.biome.priors, float), 1e-9)
-        self.bias = np.log(prior)
+        scores = self._scores(x, y, with_bias=False)
+        target = np.log(np.maximum(np.asarray(self.biome.priors, float), 1e-6))
+        self.bias = target.copy()
         for _ in range(iters):
-            cls = self._scores(x, y).argmax(0)
+            cls = (scores + self.bias[:, None, None].astype(np.float32)).argmax(0)
             frac = np.bincount(cls.ravel(), minlength=9) / cls.size
-            self.bias = self.bias + 0.6 * (np.log(prior) - np.log(frac + 1e-3))
+            self.bias = np.clip(self.bias + 0.2 * (target - np.log(frac + 1e-3)), -50, 50)
 
     def classes(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Land-cover class index (0..8, CODES order) at each point."""
         return self._scores(x, y).argmax(0).astype(np.uint8)
+
+    def pixel_heterogeneity(self, x: np.ndarray, y: np.ndarray, cell_m: float) -> np.ndarray:
+        """Unit-variance noise constant within `cell_m` cells: sub-pixel mixtures seen by a coarse sensor."""
+        i, j = np.floor(x / cell_m), np.floor(y / cell_m)
+        u = hash_uniform(self.salt + 10, i, j) + hash_uniform(self.salt + 11, i, j) - 1.0
+        return (u * np.sqrt(6.0)).astype(np.float32)
 
     # -- objects -------------------------------------------------------------------------------------
     def parcels(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,19 +248,38 @@ class World:
         }
 
     def crowns(self, x: np.ndarray, y: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tree/bush crowns on a jittered lattice: crown shape in [0,1] and its top height (m)."""
+        """Tree/bush crowns, one candidate per lattice cell placed anywhere in it (checked over the 3x3
+        neighbourhood, so crowns overlap naturally): crown shape in [0,1] and the crown's top height (m)."""
         cell = self.crown_cell_m
-        i, j = np.floor(x / cell), np.floor(y / cell)
-        cx = (i + 0.5 + 0.2 * (hash_uniform(self.salt + 6, i, j) - 0.5)) * cell
-        cy = (j + 0.5 + 0.2 * (hash_uniform(self.salt + 7, i, j) - 0.5)) * cell
-        k = hash_uniform(self.salt + 8, i, j)
-        radius = cell * (0.3 + 0.18 * k)
-        shape = np.clip(1 - ((x - cx) ** 2 + (y - cy) ** 2) / radius**2, 0, 1)
-        density = np.array([0.92, 0.35, 0.03, 0.0, 0.06, 0.01, 0.0, 0.0, 0.08])[cls]
-        present = hash_uniform(self.salt + 9, i, j) < density
-        top = np.where(cls == SHRUB, 1.0 + 2.0 * k, (10 + 14 * k) * (0.7 if self.biome.conifer else 1.0))
-        shape = np.where(present, shape, 0).astype(np.float32)
-        return shape, top.astype(np.float32)
+        i0, j0 = np.floor(x / cell).astype(np.int64), np.floor(y / cell).astype(np.int64)
+        # per-cell draws on the (small) lattice, gathered per pixel
+        ii, jj = np.meshgrid(
+            np.arange(i0.min() - 1, i0.max() + 2), np.arange(j0.min() - 1, j0.max() + 2), indexing="ij"
+        )
+        k_t = hash_uniform(self.salt + 8, ii, jj)
+        cx_t = (ii + hash_uniform(self.salt + 6, ii, jj)) * cell
+        cy_t = (jj + hash_uniform(self.salt + 7, ii, jj)) * cell
+        present_t = hash_uniform(self.salt + 9, ii, jj)
+        density = np.array([0.85, 0.35, 0.03, 0.0, 0.06, 0.01, 0.0, 0.0, 0.08], np.float32)[cls]
+        shrub = cls == SHRUB
+        tree_scale = 0.7 if self.biome.conifer else 1.0
+        best = np.zeros(x.shape, np.float32)
+        best_top = np.zeros(x.shape, np.float32)
+        height = np.zeros(x.shape, np.float32)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                li, lj = i0 + di - ii[0, 0], j0 + dj - jj[0, 0]
+                k = k_t[li, lj]
+                radius = cell * (0.45 + 0.35 * k)
+                shape = np.clip(1 - ((x - cx_t[li, lj]) ** 2 + (y - cy_t[li, lj]) ** 2) / radius**2, 0, 1)
+                shape = np.where(present_t[li, lj] < density, shape, 0).astype(np.float32)
+                top = np.where(shrub, 1.0 + 2.0 * k, (10 + 14 * k) * tree_scale).astype(np.float32)
+                h = top * (shape if self.biome.conifer else np.sqrt(shape))  # cones vs domes
+                take = h > height
+                height = np.where(take, h, height)
+                best = np.where(take, shape, best)
+                best_top = np.where(take, top, best_top)
+        return best, best_top
 
     def surface(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         """Everything the fine sensors see at each point: class, terrain, objects (DSM = terrain+objects)."""
@@ -239,7 +288,7 @@ class World:
         built = cls == BUILT
         crown, top = self.crowns(x, y, cls)
         crown = np.where(built & (urban["road"] | (urban["height"] > 0)), 0, crown)
-        canopy = top * np.sqrt(crown) if self.biome.conifer is False else top * crown
+        canopy = top * crown if self.biome.conifer else top * np.sqrt(crown)
         b_height = np.where(built, urban["height"], 0)
         terrain = self.elevation(x, y)
         return {
