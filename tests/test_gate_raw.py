@@ -165,3 +165,19 @@ def test_table_describes_band_layout_from_the_sensor_registry(gated):
     assert asset_layout("s2", "cloud_mask", ["B02", "cloud_mask"]) is None  # auxiliary asset
     assert asset_layout("s1", "vv", ["vv", "vh"]).dtype == "float32"  # Planetary Computer's lower-case keys
     assert asset_layout("rgb", "image", ["image"]).bands == 3
+
+
+def test_large_rasters_are_checked_on_a_decimated_read(tmp_path):
+    from affine import Affine
+
+    from msgfm.geo.io import write_cog
+    from msgfm.validation.raw import _open_asset
+
+    array = np.full((256, 256), 1500, np.uint16)
+    array[:, :128] = 0  # left half nodata
+    write_cog(tmp_path / "B04.tif", array, crs="EPSG:32632", transform=Affine(10, 0, 6e5, 0, -10, 5.3e6), nodata=0)
+    layout = asset_layout("s2", "B04", ["B04"])
+    full = _open_asset(tmp_path / "B04.tif", layout, max_read_px=4096)
+    small = _open_asset(tmp_path / "B04.tif", layout, max_read_px=64)
+    assert full["valid_pixels"] == 256 * 128 and small["valid_pixels"] == 64 * 32
+    assert full["nodata_fraction"] == small["nodata_fraction"] == 0.5
