@@ -144,11 +144,17 @@ def apply_overrides(repo_dir: str, overrides: dict[str, OverrideValue]) -> list[
     return items
 
 
-def _stage_env() -> dict[str, str]:
-    """Environment for `dvc repro`: this interpreter's bin dir first, so stage commands find `msgfm`."""
+def _stage_env(repo_dir: str) -> dict[str, str]:
+    """Environment for `dvc repro`: stage commands find `msgfm` and import the repository's own code.
+
+    The interpreter's bin dir goes first on PATH; the repository goes first on PYTHONPATH, so a stage
+    runs exactly the source files that dvc.yaml lists as its dependencies (and DVC hashed).
+    """
     bin_dir = str(Path(sys.executable).parent)
+    pythonpath = os.pathsep.join(p for p in (repo_dir, os.environ.get("PYTHONPATH", "")) if p)
     return os.environ | {
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": pythonpath,
         "PYTHONUNBUFFERED": "1",
         "DVC_NO_ANALYTICS": "1",
     }
@@ -166,7 +172,13 @@ def run_stage(stage: str, repo_dir: str, force: bool = False) -> StageRun:
     status: Literal["ran", "skipped", "restored"] = "ran"
     tail: collections.deque[str] = collections.deque(maxlen=30)
     proc = subprocess.Popen(
-        cmd, cwd=repo_dir, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd,
+        cwd=repo_dir,
+        env=_stage_env(repo_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     )
     try:
         assert proc.stdout is not None
@@ -256,7 +268,7 @@ def _save_experiment(repo: str, logger) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "save", "--force", "--name", name],
         cwd=repo,
-        env=_stage_env(),
+        env=_stage_env(repo),
         capture_output=True,
         text=True,
     )

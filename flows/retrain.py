@@ -43,25 +43,35 @@ class Acquisitions(BaseModel):
     first_run: bool
 
 
-@task(name="poll source", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
-def poll_source(repo_dir: str) -> Acquisitions:
+def new_acquisitions(repo_dir: str | Path) -> Acquisitions:
     """List the source's acquisitions and return those missing from the acquisitions ledger."""
     from msgfm.data.download import read_ledger
     from msgfm.data.sources import iter_items
 
-    logger = get_run_logger()
     with contextlib.chdir(repo_dir):  # params paths (source.href, download.out_dir) are relative to the repo
         params = load_params("params.yaml")
         ledger = read_ledger(params.download.out_dir)
         first_run = ledger.empty
         if first_run and params.source.kind == "static" and not _is_published(params):
-            logger.info("the static catalog %s does not exist yet; the pipeline will make it", params.source.href)
             return Acquisitions(offered=0, in_ledger=0, new_ids=[], first_run=True)
         offered = [rec.id for rec in iter_items(params.source)]
     known = set(ledger["id"].astype(str))
     new_ids = sorted(set(offered) - known)
-    logger.info("source offers %d acquisitions, ledger lists %d, new: %d", len(offered), len(known), len(new_ids))
     return Acquisitions(offered=len(offered), in_ledger=len(known), new_ids=new_ids, first_run=first_run)
+
+
+@task(name="poll source", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10))
+def poll_source(repo_dir: str) -> Acquisitions:
+    """The source's acquisitions missing from the ledger (retried: the source may be a remote API)."""
+    news = new_acquisitions(repo_dir)
+    get_run_logger().info(
+        "source offers %d acquisitions, ledger lists %d, new: %d%s",
+        news.offered,
+        news.in_ledger,
+        len(news.new_ids),
+        " (no ledger yet: first run)" if news.first_run else "",
+    )
+    return news
 
 
 def _is_published(params: Params) -> bool:
@@ -96,7 +106,7 @@ def gate_challenger(repo_dir: str, cfg: RetrainParams) -> str:
         challenger,
         model_id=f"{run_name}-{lock_sha[:12]}",
         dvc_lock_sha256=lock_sha,
-        run_id=str(flow_run.get_id()),
+        run_id=flow_run.get_id(),
     )
     create_markdown_artifact(markdown=decision.to_markdown(), key="champion-challenger", description=decision.reason)
     return ("promoted: " if decision.promote else "not promoted: ") + decision.reason

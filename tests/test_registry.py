@@ -1,0 +1,94 @@
+"""The champion/challenger gate on hand-made metrics tables, and the registry file it keeps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from msgfm.registry import RegistryError, compare, load_registry, metric_direction, record_decision
+
+CHAMPION = {
+    "classification": {"mAP_micro": 0.80, "f1": 0.70},
+    "cloud_removal": {"psnr": 30.0, "sam": 5.0},
+    "segmentation": {"mIoU": 0.60},
+}
+
+
+def _with(task: str, metric: str, value: float) -> dict:
+    metrics = json.loads(json.dumps(CHAMPION))
+    metrics[task][metric] = value
+    return metrics
+
+
+def test_directions_resolve_by_name_and_prefix():
+    assert metric_direction("mAP_micro") == "max"
+    assert metric_direction("f1@macro") == "max"
+    assert metric_direction("iou_water") == "max"
+    assert metric_direction("SAM") == "min"
+    assert metric_direction("ergas") == "min"
+    with pytest.raises(RegistryError, match="unknown direction"):
+        metric_direction("wobble")
+
+
+def test_first_model_becomes_champion():
+    decision = compare(None, CHAMPION, tolerance=0.02)
+    assert decision.promote and "no champion yet" in decision.reason
+    assert len(decision.rows) == 5
+
+
+def test_within_tolerance_on_every_metric_is_promoted():
+    # 1% worse PSNR (higher is better) and 1% worse SAM (lower is better): inside a 2% tolerance
+    challenger = _with("cloud_removal", "psnr", 29.7)
+    challenger["cloud_removal"]["sam"] = 5.05
+    decision = compare(CHAMPION, challenger, tolerance=0.02)
+    assert decision.promote, decision.reason
+    row = next(r for r in decision.rows if r.metric == "sam")
+    assert row.relative_change == pytest.approx(-0.01)
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "value"),
+    [("segmentation", "mIoU", 0.58), ("cloud_removal", "sam", 5.2), ("classification", "f1", 0.6)],
+)
+def test_worse_beyond_tolerance_on_one_metric_is_not_promoted(task, metric, value):
+    challenger = _with(task, metric, value)
+    challenger["classification"]["mAP_micro"] = 0.95  # much better elsewhere does not compensate
+    decision = compare(CHAMPION, challenger, tolerance=0.02)
+    assert not decision.promote
+    assert f"{task}.{metric}" in decision.reason
+    assert [r.metric for r in decision.rows if not r.acceptable] == [metric]
+
+
+def test_missing_task_blocks_promotion_and_bad_values_are_errors():
+    challenger = {k: v for k, v in CHAMPION.items() if k != "segmentation"}
+    decision = compare(CHAMPION, challenger, tolerance=0.5)
+    assert not decision.promote and "segmentation.mIoU (missing)" in decision.reason
+    with pytest.raises(RegistryError, match=r"segmentation.mIoU is not a finite number"):
+        compare(CHAMPION, _with("segmentation", "mIoU", float("nan")), tolerance=0.02)
+    with pytest.raises(RegistryError, match="tolerance"):
+        compare(CHAMPION, CHAMPION, tolerance=-0.1)
+
+
+def test_markdown_table_lists_every_metric():
+    decision = compare(CHAMPION, _with("segmentation", "mIoU", 0.3), tolerance=0.02)
+    md = decision.to_markdown()
+    assert "**not promoted**" in md
+    assert "| segmentation | mIoU | higher | 0.6 | 0.3 | -50.00% | no (50.00% worse) |" in md
+    assert md.count("\n| ") == 1 + 5  # header + one row per metric
+
+
+def test_registry_keeps_champion_and_history(tmp_path):
+    path = tmp_path / "models" / "registry.json"
+    assert load_registry(path) == {"champion": None, "history": []}
+    record_decision(path, compare(None, CHAMPION, 0.02), CHAMPION, "m1", "aa" * 32, run_id="r1")
+    worse = _with("segmentation", "mIoU", 0.3)
+    champion_metrics = load_registry(path)["champion"]["metrics"]
+    record_decision(path, compare(champion_metrics, worse, 0.02), worse, "m2", "bb" * 32, run_id="r2")
+    registry = json.loads(path.read_text())
+    assert registry["champion"]["model_id"] == "m1"
+    assert registry["champion"]["dvc_lock_sha256"] == "aa" * 32
+    assert [(h["model_id"], h["promoted"]) for h in registry["history"]] == [("m1", True), ("m2", False)]
+    path.write_text("{not json")
+    with pytest.raises(RegistryError, match="unreadable model registry"):
+        load_registry(path)
