@@ -1,0 +1,292 @@
+"""msGFM model: shapes per sensor and band subset, masked loss, cross-sensor targets, MoE routing, overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from msgfm.config import load_params
+from msgfm.models import (
+    MSGFMConfig,
+    collate_multisensor,
+    count_parameters,
+    create_model,
+    create_model_from_params,
+    get_config,
+    masked_l1,
+)
+from msgfm.models.moe import MoEMlp
+from msgfm.models.msgfm import upsample_mask
+from msgfm.sensors import S2_L2A_BANDS, SENSORS
+
+# A micro msGFM: the real code paths (4 stages, shifted windows, MoE in stages 2-3) at test speed.
+MICRO = dict(chip_px=32, embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 1, 2, 2), window_size=4, experts=2)
+ALL_BANDS = {s: SENSORS[s].band_names for s in SENSORS}
+
+
+def micro_model(**overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("msgfm_tiny", **{**MICRO, **overrides})
+
+
+def smooth_images(b: int, c: int, generator: torch.Generator, px: int = 32) -> torch.Tensor:
+    """Spatially smooth random chips (upsampled noise), like imagery rather than white noise."""
+    return F.interpolate(torch.randn(b, c, px // 4, px // 4, generator=generator), size=px, mode="bilinear")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the CI machine has 2 shared cores and small ops only lose from threading."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return micro_model()
+
+
+SUBSETS = [
+    ("s1", ("VV", "VH")),
+    ("s1", ("VV",)),
+    ("s2", SENSORS["s2"].band_names),
+    ("s2", S2_L2A_BANDS),
+    ("s2", ("B04", "B03", "B02")),
+    ("rgb", ("R", "G", "B")),
+    ("rgb", ("B", "G")),
+    ("dsm", ("height",)),
+]
+
+
+@pytest.mark.parametrize(("sensor", "bands"), SUBSETS, ids=[f"{s}-{len(b)}" for s, b in SUBSETS])
+def test_shapes_for_every_sensor_and_band_subset(model, sensor: str, bands: tuple[str, ...]) -> None:
+    images = {sensor: torch.randn(3, len(bands), 32, 32)}
+    encoded = model.encoder(images, {sensor: bands})
+    feats = encoded.features[sensor]
+    assert [tuple(f.shape) for f in feats] == [(3, 16, 8, 8), (3, 32, 4, 4), (3, 64, 2, 2), (3, 128, 1, 1)]
+    out = model({"images": images, "bands": {sensor: bands}})
+    assert out.pred[sensor].shape == (3, len(bands), 32, 32)
+    assert out.mask[sensor].shape == (3, 32, 32)
+    assert torch.isfinite(out.loss) and set(out.losses) == {f"mim/{sensor}", "recon", "aux", "total"}
+
+
+def test_band_subset_equals_zero_filled_full_input(model) -> None:
+    """Band-aware embedding of a subset = embedding all bands with the missing ones at their mean (0)."""
+    g = torch.Generator().manual_seed(1)
+    subset = torch.randn(2, len(S2_L2A_BANDS), 32, 32, generator=g)
+    full = torch.zeros(2, 13, 32, 32)
+    full[:, [SENSORS["s2"].band_names.index(b) for b in S2_L2A_BANDS]] = subset
+    embed = model.encoder.patch_embed["s2"]
+    torch.testing.assert_close(embed(subset, S2_L2A_BANDS), embed(full, SENSORS["s2"].band_names))
+    # order matters: the same channels under swapped names embed differently
+    assert not torch.allclose(embed(subset[:, :2], ("B01", "B02")), embed(subset[:, :2], ("B02", "B01")))
+
+
+def test_bad_bands_are_clear_errors(model) -> None:
+    with pytest.raises(KeyError, match=r"'s2' has no band\(s\) \['B99'\]"):
+        model.encoder({"s2": torch.zeros(1, 2, 32, 32)}, {"s2": ("B02", "B99")})
+    with pytest.raises(ValueError, match="image has 3 channels but 2 band names"):
+        model.encoder({"s1": torch.zeros(1, 3, 32, 32)}, {"s1": ("VV", "VH")})
+    with pytest.raises(ValueError, match="chips must be 32x32"):
+        model.encoder({"dsm": torch.zeros(1, 1, 64, 64)}, {"dsm": ("height",)})
+
+
+def test_mixed_batch_encodes_each_chip_as_alone(model) -> None:
+    """One encoder pass over concatenated sensors gives each chip the features it gets on its own."""
+    g = torch.Generator().manual_seed(2)
+    images = {s: torch.randn(2, len(b), 32, 32, generator=g) for s, b in ALL_BANDS.items()}
+    model.eval()
+    try:
+        mixed = model.encoder(images, ALL_BANDS).features
+        for sensor in images:
+            alone = model.encoder({sensor: images[sensor]}, ALL_BANDS).features[sensor]
+            for a, b in zip(mixed[sensor], alone, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    finally:
+        model.train()
+
+
+def test_masked_l1_ignores_unmasked_pixels() -> None:
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    mask = torch.rand(2, 16, 16, generator=g) < 0.5
+    loss = masked_l1(pred, target, mask)
+    unmasked = (~mask).unsqueeze(1).expand_as(pred)
+    pred2, target2 = pred.clone(), target.clone()
+    pred2[unmasked] += 5.0
+    target2[unmasked] -= 7.0
+    torch.testing.assert_close(masked_l1(pred2, target2, mask), loss)
+    pred2[~unmasked] += 1.0
+    assert masked_l1(pred2, target2, mask) != loss
+    expected = (pred - target).abs().permute(1, 0, 2, 3)[:, mask].mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_model_never_sees_masked_pixels_and_scores_only_them(model) -> None:
+    """Masked pixels change only the loss target; unmasked ones change the prediction, never the target."""
+    g = torch.Generator().manual_seed(4)
+    images = {"s2": torch.randn(2, 12, 32, 32, generator=g)}
+    batch = {"images": images, "bands": {"s2": S2_L2A_BANDS}}
+    masks = model.generate_masks(images, g)
+    assert masks["s2"].shape == (2, 4, 4) and int(masks["s2"][0].sum()) == round(0.6 * 16)
+    px = upsample_mask(masks["s2"], 8).unsqueeze(1).expand(-1, 12, -1, -1)
+    model.eval()
+    try:
+        base = model(batch, masks=masks)
+        changed = images["s2"].clone()
+        changed[px] += 3.0  # only masked pixels
+        out = model({"images": {"s2": changed}, "bands": batch["bands"]}, masks=masks)
+        torch.testing.assert_close(out.pred["s2"], base.pred["s2"])  # the encoder never saw them
+        assert out.loss != base.loss  # but they are the target
+        # the loss is the masked L1 of the prediction over masked pixels only
+        torch.testing.assert_close(base.losses["mim/s2"], masked_l1(base.pred["s2"], images["s2"], base.mask["s2"]))
+    finally:
+        model.train()
+
+
+def test_cross_sensor_reconstructs_partner_channels(model) -> None:
+    g = torch.Generator().manual_seed(5)
+    images = {"s1": torch.randn(2, 2, 32, 32, generator=g), "s2": torch.randn(2, 12, 32, 32, generator=g)}
+    bands = {"s1": ("VV", "VH"), "s2": S2_L2A_BANDS}
+    partner = {"s1": torch.tensor([1, 0]), "s2": torch.tensor([1, 0])}
+    cross = {"s1": torch.tensor([True, True]), "s2": torch.tensor([False, False])}
+    masks = model.generate_masks(images, g)
+    out = model({"images": images, "bands": bands, "partner": partner}, masks=masks, cross=cross)
+    assert set(out.cross_pred) == {"s1->s2"} and "cross/s2->s1" not in out.losses
+    pred = out.cross_pred["s1->s2"]
+    assert pred.shape == (2, 12, 32, 32)  # the partner's (S2) channels, from S1 input
+    # the target is the partner chip (swapped order), under the source chip's mask
+    expected = masked_l1(pred, images["s2"][[1, 0]], out.mask["s1"])
+    torch.testing.assert_close(out.losses["cross/s1->s2"], expected)
+    assert not torch.isclose(out.losses["cross/s1->s2"], masked_l1(pred, images["s2"], out.mask["s1"]))
+    # the prediction is the S2 decoder applied to the S1 chips' features
+    feats = model.encoder(images, bands, {s: upsample_mask(m, 2) for s, m in masks.items()}).features["s1"][-1]
+    torch.testing.assert_close(pred, model.decoders["s2"](feats, S2_L2A_BANDS), rtol=1e-4, atol=1e-5)
+    # random draws: p_cross = 0 never crosses, 1 always crosses every paired chip
+    assert not micro_model(p_cross=0.0).draw_cross(partner, g)["s1"].any()
+    always = micro_model(p_cross=1.0).draw_cross({"s1": torch.tensor([0, -1, 1])}, g)["s1"]
+    assert always.tolist() == [True, False, True]
+
+
+def test_moe_routes_sensors_to_different_experts_and_balance_loss_falls() -> None:
+    """Toy problem: two sensors with the same inputs but different targets; routing starts collapsed."""
+    torch.manual_seed(0)
+    moe = MoEMlp(8, 32, experts=2, n_sensors=2, top_k=1, capacity_factor=2.0)
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.tensor([2.0, -2.0]))  # every token starts on expert 0
+    maps = torch.randn(2, 8, 8)
+    sensor = torch.arange(2).repeat_interleave(128)
+    opt = torch.optim.Adam(moe.parameters(), lr=1e-2)
+    aux_curve = []
+    for _ in range(200):
+        x = torch.randn(256, 8)
+        y = torch.einsum("nd,nde->ne", x, maps[sensor])
+        out, aux = moe(x, sensor)
+        loss = (out - y).pow(2).mean() + 0.1 * aux
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        aux_curve.append(aux.item())
+    assert aux_curve[0] > 1.8 and aux_curve[-1] < 1.1  # from collapsed (2) towards balanced (1)
+    _, chosen, _ = moe.route(torch.randn(512, 8), torch.arange(2).repeat_interleave(256))
+    share0 = [(chosen[i * 256 : (i + 1) * 256, 0] == 0).float().mean().item() for i in range(2)]
+    majority = [int(s < 0.5) for s in share0]
+    assert majority[0] != majority[1], share0
+    assert all(max(s, 1 - s) > 0.9 for s in share0), share0
+
+
+def test_moe_capacity_drops_overflow_only_in_training() -> None:
+    torch.manual_seed(0)
+    moe = MoEMlp(8, 16, experts=4, n_sensors=1, top_k=1, capacity_factor=0.5)
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+    x, ids = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+    out, _ = moe(x, ids)
+    assert moe.capacity(64) == 8
+    dropped = (out.abs().sum(dim=1) == 0).sum().item()
+    assert dropped >= 64 - 4 * 8  # at most 8 tokens per expert were kept
+    moe.eval()
+    out_eval, _ = moe(x, ids)
+    assert (out_eval.abs().sum(dim=1) > 0).all()
+
+
+def test_dense_config_has_no_experts() -> None:
+    dense = micro_model(experts=0)
+    assert not any(isinstance(m, MoEMlp) for m in dense.modules())
+    out = dense({"images": {"dsm": torch.randn(1, 1, 32, 32)}, "bands": {"dsm": ("height",)}})
+    assert out.losses["aux"] == 0 and out.losses["total"] == out.losses["recon"]
+    moe = micro_model()
+    assert sum(isinstance(m, MoEMlp) for m in moe.modules()) == 2  # 2nd block of stages 2 and 3
+
+
+def test_base_encoder_is_swin_b_sized() -> None:
+    with torch.device("meta"):
+        base = create_model("msgfm_base")
+        dense = create_model("msgfm_base", experts=0)
+    assert base.config.depths == (2, 2, 18, 2) and base.config.num_heads == (4, 8, 16, 32)
+    active = count_parameters(base.encoder, active=True)
+    assert 86.5e6 < count_parameters(dense.encoder) < 89e6
+    assert 86.5e6 < active < 89e6  # parameters a token uses: Swin-B's
+    assert count_parameters(base.encoder) > active + 50e6  # experts add capacity, not per-token compute
+
+
+def test_tiny_model_overfits_one_batch() -> None:
+    model = micro_model(p_cross=1.0)
+    g = torch.Generator().manual_seed(6)
+    images = {s: smooth_images(2, len(b), g) for s, b in ALL_BANDS.items()}
+    batch = {"images": images, "bands": ALL_BANDS, "partner": {s: torch.tensor([1, 0]) for s in SENSORS}}
+    masks = model.generate_masks(images, g)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    first = None
+    for _ in range(40):
+        out = model(batch, masks=masks)
+        first = first or {k: v.item() for k, v in out.losses.items()}
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    last = {k: v.item() for k, v in model(batch, masks=masks).losses.items()}
+    assert len([k for k in last if k.startswith("cross/")]) == 4
+    assert last["recon"] < 0.1 * first["recon"], (first["recon"], last["recon"])
+    for key in (k for k in last if k.startswith(("mim/", "cross/"))):
+        assert last[key] < 0.2 * first[key], key
+
+
+def test_config_validation_names_the_problem() -> None:
+    with pytest.raises(KeyError, match="unknown msGFM model 'msgfm_huge'"):
+        create_model("msgfm_huge")
+    with pytest.raises(ValueError, match="chip_px 48 must be a multiple of"):
+        get_config("msgfm_tiny", chip_px=48)
+    with pytest.raises(ValueError, match="unknown msGFM config keys"):
+        get_config("msgfm_tiny", heads=3)
+    with pytest.raises(ValueError, match="experts 1 must be 0"):
+        MSGFMConfig(experts=1)
+
+
+def test_model_from_params_yaml(repo_root) -> None:
+    params = load_params(repo_root / "params.yaml")
+    cfg = create_model_from_params(params.model.model_copy(update={"name": "msgfm_tiny"}), **MICRO).config
+    assert cfg.mask_ratio == params.model.mask_ratio and cfg.p_cross == params.model.p_cross
+    assert cfg.moe_stages == tuple(params.model.moe_stages) and cfg.chip_px == 32
+
+
+def test_collate_links_partners_by_pair_key() -> None:
+    samples = [
+        {"sensor": "s2", "image": torch.zeros(12, 32, 32), "bands": S2_L2A_BANDS, "pair": "a"},
+        {"sensor": "s1", "image": torch.ones(2, 32, 32), "bands": ("VV", "VH"), "pair": "b"},
+        {"sensor": "s2", "image": torch.ones(12, 32, 32), "bands": S2_L2A_BANDS, "pair": "b"},
+        {"sensor": "dsm", "image": torch.ones(1, 32, 32), "bands": ("height",)},
+    ]
+    batch = collate_multisensor(samples)
+    assert {s: tuple(t.shape) for s, t in batch["images"].items()} == {
+        "s2": (2, 12, 32, 32),
+        "s1": (1, 2, 32, 32),
+        "dsm": (1, 1, 32, 32),
+    }
+    assert batch["partner"]["s1"].tolist() == [1] and batch["partner"]["s2"].tolist() == [-1, 0]
+    assert batch["partner"]["dsm"].tolist() == [-1]
+    samples[2] = {**samples[2], "bands": SENSORS["s2"].band_names, "image": torch.ones(13, 32, 32)}
+    with pytest.raises(ValueError, match="different band lists"):
+        collate_multisensor(samples)
