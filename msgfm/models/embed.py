@@ -129,7 +129,7 @@ def embed_geotiff(
     normalised = sensor_def.normalise(pixels, bands)
     log.info("embedding %s (%s, bands %s) with %s", src_path, sensor, ",".join(bands), model_dir)
     emb, stride = embed_array(model, normalised, sensor, bands, stage=stage, batch_size=batch_size)
-    out_transform = transform * Affine.scale(stride)
+    out_transform = transform @ Affine.scale(stride)
     meta = {"sensor": sensor, "bands": ",".join(bands), "stage": str(stage), "stride_px": str(stride)}
     meta["model"] = str(model_dir)
     if out_path.suffix.lower() == ".npz":
