@@ -447,11 +447,16 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
     catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
     aois = [a for a in cfg.aois if a.biome == "coastal_city"] + list(cfg.aois)
     name = aoi_name or aois[0].name
+    items = [i for i in catalog.get_items(recursive=True) if i.properties["msgfm:aoi"] == name]
     by_sensor: dict[str, pystac.Item] = {}
-    for item in sorted(catalog.get_items(recursive=True), key=lambda i: i.datetime):
-        s = item.properties["msgfm:sensor"]
-        if item.properties["msgfm:aoi"] == name and s not in by_sensor and item.properties.get("eo:cloud_cover", 0) < 5:
-            by_sensor[s] = item
+    for sensor in ("rgb", "dsm", "landcover", "s2", "s1"):  # S2 and S1: the clear scene nearest the RGB date
+        when = by_sensor["rgb"].datetime if "rgb" in by_sensor else None
+        cands = [
+            i for i in items if i.properties["msgfm:sensor"] == sensor and i.properties.get("eo:cloud_cover", 0) < 5
+        ]
+        if not cands:
+            raise ValueError(f"preview: AOI {name!r} has no published {sensor} item yet (see simulate.until)")
+        by_sensor[sensor] = min(cands, key=lambda i: (abs(i.datetime - when) if when else dt.timedelta(0), i.id))
 
     def asset(sensor: str, key: str) -> np.ndarray:
         return read_raster(by_sensor[sensor].assets[key].get_absolute_href())[0]
