@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect reads PREFECT_HOME when it is first imported: point it at a throwaway folder before any test
+# imports prefect, so tests never touch ~/.prefect or a server the developer runs; tests use
+# prefect_test_harness (tests/test_flows.py) for their own temporary server.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="msgfm-prefect-home-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(__file__).resolve().parent / "data"

@@ -1,0 +1,342 @@
+"""Prefect flows over real DVC: the pipeline flow, the retrain flow and its lock, the deployments.
+
+Each test that runs DVC works in a copy of the project in a temporary git repository (dvc.yaml with
+the real `simulate` stage, a tiny params.yaml derived from the project's, the msgfm sources the stage
+depends on), under one temporary Prefect server for the session (prefect_test_harness).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogWorker
+from prefect.testing.utilities import prefect_test_harness
+from prefect.utilities.callables import parameter_schema
+
+from flows.lock import LockBusy, RunLock
+from flows.pipeline import PipelineError, RetryPolicy, pipeline, plan_stages
+from flows.retrain import new_acquisitions, retrain
+from flows.serve import PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT, build_deployments
+from msgfm.config import load_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One temporary Prefect server (own SQLite database) for every flow run of this session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    """Run a command as a shell user would in `cwd`: the venv's bin on PATH, the repository's msgfm imported."""
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+    }
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def _tiny_params() -> dict:
+    """The project's params.yaml with a tiny simulated world (1 AOI, 48 px, 2 dates per sensor)."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["simulate"].update(
+        aois=params["simulate"]["aois"][:1], size_px=48, fine_size_px=64, s2_dates=2, s1_dates=2, rgb_dates=1
+    )
+    params["simulate"]["dsm_dates"] = 1
+    return params
+
+
+def _simulate_only_dvc_yaml() -> dict:
+    """The project's dvc.yaml reduced to its `simulate` stage, exactly as the project defines it."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    return {"stages": {"simulate": stages["simulate"]}}
+
+
+def _make_repo(path: Path, dvc_yaml: dict, params: dict) -> Path:
+    """A git + DVC repository with the msgfm sources, `dvc_yaml` and `params`, everything committed."""
+    path.mkdir(parents=True)
+    shutil.copytree(REPO_ROOT / "msgfm", path / "msgfm", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], path)
+    _run(["git", "config", "user.email", "test@msgfm.invalid"], path)
+    _run(["git", "config", "user.name", "msgfm tests"], path)
+    _run([*DVC, "init", "-q"], path)
+    shutil.copyfile(REPO_ROOT / ".dvc" / "config", path / ".dvc" / "config")
+    _run([*DVC, "config", "core.site_cache_dir", str(path.parent / "dvc-site")], path)
+    _run(["git", "add", "-A"], path)
+    _run(["git", "commit", "-q", "-m", "test repository"], path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def template_repo(tmp_path_factory) -> Path:
+    """The tiny simulate-only repository, made once; tests copy it (the copy keeps its git history)."""
+    return _make_repo(tmp_path_factory.mktemp("template") / "repo", _simulate_only_dvc_yaml(), _tiny_params())
+
+
+@pytest.fixture(scope="session")
+def shell_repo(template_repo, tmp_path_factory) -> Path:
+    """The template after a shell `dvc repro simulate`: the reference dvc.lock, and a simulated world."""
+    repo = tmp_path_factory.mktemp("shell") / "repo"
+    shutil.copytree(template_repo, repo, symlinks=True)
+    _run([*DVC, "repro", "simulate"], repo)
+    return repo
+
+
+@pytest.fixture()
+def sim_repo(template_repo, tmp_path) -> Path:
+    """A fresh copy of the template: nothing reproduced yet."""
+    shutil.copytree(template_repo, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
+
+
+@pytest.fixture()
+def simulated_repo(shell_repo, tmp_path) -> Path:
+    """A copy of the repository whose simulate stage has run (dvc.lock and data/source present)."""
+    shutil.copytree(shell_repo, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
+
+
+def _lock_stage(repo: Path, stage: str) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+
+
+def _flow_run_logs(flow_run_id) -> list[str]:
+    """Every log message the Prefect server holds for a flow run (its task runs included)."""
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+# --- stage discovery ---------------------------------------------------------------------------------
+
+
+def test_plan_follows_the_project_dvc_graph():
+    """Every stage of the project's dvc.yaml is planned, after every stage whose outputs it reads."""
+    from dvc.repo import Repo
+
+    order = plan_stages(REPO_ROOT)
+    assert "simulate" in order
+    with Repo(str(REPO_ROOT)) as repo:
+        graph = repo.index.graph
+        names = {stage: stage.name for stage in graph.nodes}
+        assert sorted(order) == sorted(names.values())
+        for stage, upstream in graph.edges:  # edge: stage depends on upstream
+            assert order.index(names[upstream]) < order.index(names[stage]), (names[upstream], names[stage])
+    assert plan_stages(REPO_ROOT, target="simulate") == ["simulate"]
+    with pytest.raises(PipelineError, match="unknown stage"):
+        plan_stages(REPO_ROOT, stages=["no_such_stage"])
+
+
+# --- the pipeline flow on the real simulate stage -----------------------------------------------------
+
+
+def test_pipeline_flow_matches_shell_dvc_repro_then_skips(sim_repo, shell_repo):
+    state = pipeline(target="simulate", repo_dir=str(sim_repo), return_state=True)
+    assert state.is_completed(), state.message
+    [first] = state.result()
+    assert (first.stage, first.status) == ("simulate", "ran")
+    ours, theirs = _lock_stage(sim_repo, "simulate"), _lock_stage(shell_repo, "simulate")
+    assert ours["outs"] == theirs["outs"]  # same md5, size and file count of data/source
+    assert ours["deps"] == theirs["deps"] and ours["params"] == theirs["params"]
+    assert ours["outs"][0]["nfiles"] > 10
+    assert "Running stage 'simulate'" in "\n".join(_flow_run_logs(state.state_details.flow_run_id))
+
+    catalog = sim_repo / "data" / "source" / "catalog.json"
+    mtime, lock_bytes = catalog.stat().st_mtime_ns, (sim_repo / "dvc.lock").read_bytes()
+    again = pipeline(target="simulate", repo_dir=str(sim_repo), return_state=True)
+    assert [r.status for r in again.result()] == ["skipped"]
+    assert catalog.stat().st_mtime_ns == mtime
+    assert (sim_repo / "dvc.lock").read_bytes() == lock_bytes
+    assert "Stage 'simulate' didn't change, skipping" in _flow_run_logs(again.state_details.flow_run_id)
+
+
+@pytest.mark.slow  # re-simulates and saves a DVC experiment: about 12 s on a loaded 2-core machine
+def test_params_override_reruns_and_is_saved_as_experiment(simulated_repo):
+    sim_repo = simulated_repo
+    before = _lock_stage(sim_repo, "simulate")["outs"][0]["md5"]
+    state = pipeline(target="simulate", overrides={"simulate.s2_dates": 3}, repo_dir=str(sim_repo), return_state=True)
+    assert [r.status for r in state.result()] == ["ran"]
+    assert load_params(sim_repo / "params.yaml").simulate.s2_dates == 3
+    locked = _lock_stage(sim_repo, "simulate")
+    assert locked["params"]["params.yaml"]["simulate"]["s2_dates"] == 3
+    assert locked["outs"][0]["md5"] != before
+    assert len(list((sim_repo / "data/source/sentinel-2-l2a").glob("s2_*"))) == 3
+    with get_client(sync_client=True) as client:
+        run_name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert _run([*DVC, "exp", "list", "--name-only"], sim_repo).split() == [run_name]
+
+
+def test_bad_override_is_rejected_and_params_left_intact(sim_repo):
+    original = (sim_repo / "params.yaml").read_text()
+    for bad in ({"simulate.no_such_key": 1}, {"simulate.size_px": -5}):
+        state = pipeline(target="simulate", overrides=bad, repo_dir=str(sim_repo), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(PipelineError, match="rejected"):
+            state.result()
+        assert (sim_repo / "params.yaml").read_text() == original
+    assert not (sim_repo / "dvc.lock").exists()
+
+
+# --- retries: network stages yes, training stages no --------------------------------------------------
+
+FLAKY = (
+    "python -c \"import pathlib, sys; c = pathlib.Path('{out}.attempts'); "
+    "n = int(c.read_text()) + 1 if c.exists() else 1; c.write_text(str(n)); print('attempt', n); "
+    "sys.exit(1) if n < 2 else pathlib.Path('{out}').write_text('ok')\""
+)
+
+
+@pytest.fixture()
+def flaky_repo(tmp_path) -> Path:
+    """Stand-in stages that fail on their first attempt and succeed on the second."""
+    stages = {
+        "download": {"cmd": FLAKY.format(out="fetched.txt"), "outs": ["fetched.txt"]},
+        "pretrain": {"cmd": FLAKY.format(out="model.txt"), "deps": ["fetched.txt"], "outs": ["model.txt"]},
+    }
+    return _make_repo(tmp_path / "flaky", {"stages": stages}, _tiny_params())
+
+
+def test_io_stage_retried_training_stage_not(flaky_repo):
+    retry = RetryPolicy(io_stages=["download"], retries=2, backoff_s=0)
+    state = pipeline(repo_dir=str(flaky_repo), retry=retry, return_state=True)
+    assert state.is_failed()  # pretrain failed once and was not retried
+    assert (flaky_repo / "fetched.txt").read_text() == "ok"  # download failed once, then its retry succeeded
+    assert not (flaky_repo / "model.txt").exists()
+    lock = yaml.safe_load((flaky_repo / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"download"}
+    with pytest.raises(ValueError, match="never retried"):
+        RetryPolicy(io_stages=["pretrain"])
+
+
+# --- the retrain flow and its lock -------------------------------------------------------------------
+
+
+def test_retrain_with_nothing_new_does_nothing(simulated_repo):
+    from msgfm.data.download import download
+
+    sim_repo = simulated_repo
+    cwd = Path.cwd()
+    os.chdir(sim_repo)
+    try:
+        params = load_params("params.yaml")
+        download(params.source, params.download, report_path=None, progress=False)
+    finally:
+        os.chdir(cwd)
+    assert new_acquisitions(sim_repo).new_ids == []
+    lock_bytes = (sim_repo / "dvc.lock").read_bytes()
+
+    state = retrain(repo_dir=str(sim_repo), return_state=True)
+    assert state.is_completed()
+    assert "no new acquisitions" in state.message
+    assert state.result() == {"ran_pipeline": False, "reason": "nothing new"}
+    assert (sim_repo / "dvc.lock").read_bytes() == lock_bytes
+
+
+def test_two_concurrent_retrains_run_the_pipeline_once(sim_repo):
+    """The first run (no ledger yet: it runs the pipeline) holds the lock; the second exits at once."""
+    lock = RunLock(sim_repo / load_params(sim_repo / "params.yaml").retrain.lock_path)
+    states = {}
+    first = threading.Thread(target=lambda: states.update(first=retrain(repo_dir=str(sim_repo), return_state=True)))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not lock.holder() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    holder = lock.holder()
+    assert holder, "the first retrain never took the lock"
+    second = retrain(repo_dir=str(sim_repo), lock_wait_s=0, return_state=True)
+    first.join(timeout=300)
+
+    assert second.name == "Skipped" and second.is_completed()
+    assert holder["run"] in second.message and "did nothing" in second.message
+    assert second.result()["ran_pipeline"] is False
+    assert states["first"].result()["ran_pipeline"] is True
+    assert states["first"].result()["stages_run"] == ["simulate"]
+    assert "no evaluation stage yet" in states["first"].message
+    assert lock.holder() is None  # released, holder record cleared
+
+
+def test_lock_names_holder_across_processes_and_waits(tmp_path):
+    path = tmp_path / "retrain.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from flows.lock import RunLock; import sys, time; l = RunLock({str(path)!r}, "
+         "run='other-run'); l.acquire(); print('held', flush=True); time.sleep(float(sys.argv[1])); l.release()",
+         "1.5"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockBusy, match=rf"pid {holder.pid} .*run other-run"):
+        RunLock(path).acquire(timeout_s=0)
+    waiting = RunLock(path, run="me")
+    waiting.acquire(timeout_s=30)  # the holder releases after 1.5 s
+    assert waiting.holder()["run"] == "me" and waiting.holder()["pid"] == os.getpid()
+    waiting.release()
+    assert holder.wait(timeout=30) == 0
+
+
+# --- deployments ---------------------------------------------------------------------------------------
+
+
+def test_deployments_schedule_comes_from_params(tmp_path):
+    params = _tiny_params()
+    params["retrain"] = {"cron": "15 4 * * 1", "timezone": "Europe/Berlin"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    by_name = {d.name: d for d in build_deployments(tmp_path / "params.yaml")}
+    assert set(by_name) == {PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT}
+    assert not by_name[PIPELINE_DEPLOYMENT].schedules
+    [schedule] = by_name[RETRAIN_DEPLOYMENT].schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("15 4 * * 1", "Europe/Berlin")
+    assert by_name[RETRAIN_DEPLOYMENT].parameters == {"repo_dir": str(tmp_path)}
+    ui_form = parameter_schema(pipeline).properties  # what to_deployment sends for the UI's Run form
+    assert {"target", "stages", "overrides", "force", "retry"} <= set(ui_form)
+    assert ui_form["overrides"]["description"].startswith("params.yaml overrides")
+
+
+def test_prefect_yaml_matches_params_and_flows():
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == {PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT}
+    cfg = load_params(REPO_ROOT / "params.yaml").retrain
+    [schedule] = by_name[RETRAIN_DEPLOYMENT]["schedules"]
+    assert (schedule["cron"], schedule["timezone"]) == (cfg.cron, cfg.timezone)
+    assert load_flow_from_entrypoint(by_name[PIPELINE_DEPLOYMENT]["entrypoint"]).name == "pipeline"
+    assert load_flow_from_entrypoint(by_name[RETRAIN_DEPLOYMENT]["entrypoint"]).name == RETRAIN_DEPLOYMENT
+
+
+def test_registry_json_written_by_gate_when_metrics_exist(simulated_repo):
+    """With evaluate metrics present the gate records a first champion, then refuses a worse challenger."""
+    from flows.retrain import gate_challenger
+
+    sim_repo = simulated_repo
+    cfg = load_params(sim_repo / "params.yaml").retrain
+    metrics = sim_repo / cfg.metrics_path
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps({"segmentation": {"mIoU": 0.60}, "cloud_removal": {"psnr": 30.0, "sam": 5.0}}))
+    assert gate_challenger(str(sim_repo), cfg).startswith("promoted")
+    metrics.write_text(json.dumps({"segmentation": {"mIoU": 0.50}, "cloud_removal": {"psnr": 31.0, "sam": 4.0}}))
+    assert gate_challenger(str(sim_repo), cfg).startswith("not promoted")
+    registry = json.loads((sim_repo / cfg.registry_path).read_text())
+    assert registry["champion"]["metrics"]["segmentation"]["mIoU"] == 0.60
+    assert [h["promoted"] for h in registry["history"]] == [True, False]
+    lock_sha = registry["champion"]["dvc_lock_sha256"]
+    assert (sim_repo / cfg.registry_path).parent.joinpath("locks", f"{lock_sha}.dvc.lock").is_file()
