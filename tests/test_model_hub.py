@@ -144,4 +144,6 @@ def test_embed_rejects_unknown_sensor_and_band_mismatch(saved, tmp_path) -> None
     assert result.exit_code == 2 and "bands ['VV', 'VH'] are not bands of sensor 's2'" in result.output
     result = runner.invoke(app, base)
     assert result.exit_code == 2 and "no sensor given" in result.output
+    result = runner.invoke(app, [*base, "--sensor", "s1", "--stage", "4"])
+    assert result.exit_code == 2 and "stage 4 out of range" in result.output
     assert not (tmp_path / "o.tif").exists()

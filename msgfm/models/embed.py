@@ -77,6 +77,10 @@ def embed_array(
     if sensor not in cfg.sensors:
         raise EmbedInputError(f"the model was not trained on sensor {sensor!r} (it knows {list(cfg.sensors)})")
     n_stages = len(cfg.depths)
+    if not -n_stages <= stage < n_stages:
+        raise EmbedInputError(
+            f"stage {stage} out of range: the encoder has stages 0..{n_stages - 1} (or -1 for the last)"
+        )
     stage = stage % n_stages
     stride = cfg.patch_px * 2**stage
     chip = cfg.chip_px
