@@ -181,7 +181,7 @@ def s1_backscatter(
     # (ascending pass, right-looking: the radar looks east; slopes rising to the east face it)
     theta_near = rng.uniform(31, 43)
     theta = theta_near + 0.06e-3 * (x - x.min())  # ~15 deg over a 250 km swath
-    slope = (world.elevation(x + 5, y) - world.elevation(x - 5, y)) / 10
+    slope = np.where(cls == WATER, 0.0, (world.elevation(x + 5, y) - world.elevation(x - 5, y)) / 10)  # lakes are flat
     theta_local = theta - np.rad2deg(np.arctan(slope))
     db += (-0.15 * (theta_local - 37.0))[..., None]
     lin = 10 ** (db / 10)
@@ -251,7 +251,7 @@ def rgb_image(world: World, x: np.ndarray, y: np.ndarray, px_m: float, date: dt.
     az, el = np.deg2rad(sun_az), np.deg2rad(sun_elev)
     normal = np.stack([-gx, gy, np.ones_like(gx)]) / np.sqrt(gx**2 + gy**2 + 1)
     sun = np.array([np.sin(az) * np.cos(el), np.cos(az) * np.cos(el), np.sin(el)])[:, None, None]
-    hill = np.clip((normal * sun).sum(0) / np.sin(el), 0.3, 1.3)
+    hill = np.where(cls == WATER, 1.0, np.clip((normal * sun).sum(0) / np.sin(el), 0.3, 1.3))
     shade = _shadow(s["dsm"] - ter, px_m, sun_az, sun_elev)
     img *= (hill * np.where(shade, 0.45, 1.0))[..., None]
     return np.moveaxis(np.clip(np.round(img), 0, 255).astype(np.uint8), -1, 0)
