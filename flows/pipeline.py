@@ -82,27 +82,40 @@ def _address(stage, root_dir: str) -> str:
     return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
 
-def plan_stages(repo_dir: str | Path, target: str | None = None, stages: list[str] | None = None) -> list[str]:
+def plan_stages(
+    repo_dir: str | Path,
+    target: str | None = None,
+    stages: list[str] | None = None,
+    downstream_of: list[str] | None = None,
+) -> list[str]:
     """Return the DVC stages to run, upstream first, as `dvc repro` would order them.
 
     With `target`, the stage (or foreach group) and everything upstream of it; with `stages`, exactly
-    those stages in pipeline order; with neither, every pipeline stage of the repository.
+    those stages in pipeline order; with `downstream_of`, those stages and everything that depends on
+    them (`dvc repro --downstream`); with none, every pipeline stage of the repository.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
     from dvc.repo.reproduce import plan_repro
     from dvc.stage import PipelineStage
 
-    if target and stages:
-        raise PipelineError("give either a target stage or a list of stages, not both")
+    if sum(bool(x) for x in (target, stages, downstream_of)) > 1:
+        raise PipelineError("give one of: a target stage, a list of stages, stages to run downstream of")
     try:
         with Repo(str(repo_dir)) as repo:
             graph = repo.index.graph
-            sources = None
+
+            def collect(name: str) -> list:
+                address = name if ":" in name else f"{os.path.join(repo.root_dir, 'dvc.yaml')}:{name}"
+                return repo.stage.collect(address)
+
             if target:
-                address = target if ":" in target else f"{os.path.join(repo.root_dir, 'dvc.yaml')}:{target}"
-                sources = repo.stage.collect(address)
-            order = [_address(s, repo.root_dir) for s in plan_repro(graph, sources) if isinstance(s, PipelineStage)]
+                planned = plan_repro(graph, collect(target))
+            elif downstream_of:
+                planned = plan_repro(graph, [s for name in downstream_of for s in collect(name)], downstream=True)
+            else:
+                planned = plan_repro(graph)
+            order = [_address(s, repo.root_dir) for s in planned if isinstance(s, PipelineStage)]
     except DvcException as e:
         raise PipelineError(f"{Path(repo_dir) / 'dvc.yaml'}: {e}") from None
     if stages:

@@ -5,9 +5,11 @@
 2. Ask the configured source (msgfm.data.sources, the same listing `msgfm download` uses) for its
    acquisitions and compare them with the ledger `data/raw/acquisitions.parquet`. Nothing new: the run
    finishes Completed with a message and runs no stage.
-3. News (or no ledger yet): run the `pipeline` flow through every stage of dvc.yaml. The network
-   stages are forced, because DVC cannot see that a remote STAC API has new items; download fetches
-   only the items missing from the ledger, and DVC skips every later stage whose inputs did not change.
+3. News: run the `pipeline` flow on the network stages (`retry.io_stages`, i.e. download) and every
+   stage downstream of them. The network stages are forced, because DVC cannot see that a remote STAC
+   API has new items; download fetches only the items missing from the ledger, and DVC skips every later
+   stage whose inputs did not change. Stages upstream of download (the simulator publishing the embedded
+   source) are not run: the source is taken as it is now. No ledger yet: every stage of dvc.yaml runs.
 4. Champion/challenger: if the evaluate stage wrote its test metrics, compare them with the champion's
    in the registry (`msgfm.registry.compare`) and record the decision; the table is a Markdown artifact.
 """
@@ -141,11 +143,17 @@ def retrain(
             message = f"no new acquisitions: the source's {news.offered} items are all in the ledger; nothing to do"
             logger.info(message)
             return Completed(message=message, data={"ran_pipeline": False, "reason": "nothing new"})
-        stages = plan_stages(repo)
-        io_present = [s for s in stages if s in retry.io_stages or s.split("@")[0] in retry.io_stages]
-        why = "first run (no ledger yet)" if news.first_run else f"{len(news.new_ids)} new acquisitions"
-        logger.info("%s: running the pipeline through %s, forcing %s", why, stages[-1], io_present or "nothing")
-        results = pipeline(repo_dir=repo, target=None, force_stages=io_present, retry=retry)
+        every_stage = plan_stages(repo)
+        io_present = [s for s in every_stage if s in retry.io_stages or s.split("@")[0] in retry.io_stages]
+        if news.first_run or not io_present:
+            why = "first run (no ledger yet)" if news.first_run else f"{len(news.new_ids)} new acquisitions"
+            stages = every_stage
+        else:
+            # The source changed, not the stages that publish it: run the network stages and what depends on them.
+            why = f"{len(news.new_ids)} new acquisitions"
+            stages = plan_stages(repo, downstream_of=io_present)
+        logger.info("%s: running %s, forcing %s", why, " -> ".join(stages), io_present or "nothing")
+        results = pipeline(repo_dir=repo, stages=stages, force_stages=io_present, retry=retry)
         promotion = gate_challenger(repo, cfg)
         ran = [r.stage for r in results if r.status != "skipped"]
         message = f"{why}; stages re-run: {', '.join(ran) or 'none'}; {promotion}"

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -340,3 +341,30 @@ def test_registry_json_written_by_gate_when_metrics_exist(simulated_repo):
     assert [h["promoted"] for h in registry["history"]] == [True, False]
     lock_sha = registry["champion"]["dvc_lock_sha256"]
     assert (sim_repo / cfg.registry_path).parent.joinpath("locks", f"{lock_sha}.dvc.lock").is_file()
+
+
+@pytest.mark.slow  # simulate + download twice through Prefect: about 40 s on a loaded 2-core machine
+def test_retrain_downloads_only_the_new_acquisitions(tmp_path):
+    """After the source publishes more (`msgfm simulate --until LATER`), retrain fetches just those."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    params = _tiny_params()
+    params["simulate"]["until"] = "2024-06-01"
+    repo = _make_repo(tmp_path / "repo", {"stages": {k: stages[k] for k in ("simulate", "download")}}, params)
+    assert [r.status for r in pipeline(repo_dir=str(repo))] == ["ran", "ran"]
+    ledger_path = repo / "data" / "raw" / "acquisitions.parquet"
+    first_ids = set(pd.read_parquet(ledger_path)["id"])
+    fetched = {p: p.stat().st_mtime_ns for p in (repo / "data" / "raw").rglob("*.tif")}
+    assert first_ids and fetched
+
+    _run(["msgfm", "simulate", "--until", "2024-10-31"], repo)  # the source publishes later acquisitions
+    news = new_acquisitions(repo)
+    assert news.new_ids and not set(news.new_ids) & first_ids
+
+    state = retrain(repo_dir=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["stages_run"] == ["download"]  # the publisher (simulate) is not re-run
+    ledger = pd.read_parquet(ledger_path)
+    assert set(ledger["id"]) == first_ids | set(news.new_ids)
+    assert (ledger["status"] == "ok").all()
+    assert {p: p.stat().st_mtime_ns for p in fetched} == fetched  # earlier downloads untouched
+    assert new_acquisitions(repo).new_ids == []
