@@ -107,14 +107,14 @@ class CoregisterParams(Section):
     s2_resampling: Literal["bilinear", "cubic", "cubic_spline", "lanczos", "average"] = "bilinear"
     s1_resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos"] = "bilinear"
     fine_resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos"] = "bilinear"
-    s2_feature_bands: list[str] = Field(["B04", "B08", "B11"], min_length=1)
+    s2_feature_bands: list[str] = Field(["B02", "B03", "B04", "B08", "B11", "B12"], min_length=1)
     s1_feature_bands: list[Literal["VV", "VH"]] = Field(["VV", "VH"], min_length=1)
     feature_sigma_px: float = Field(1.0, ge=0, le=10, description="Gaussian smoothing before gradients")
-    s1_speckle_sigma_px: float = Field(1.5, ge=0, le=10, description="S1 despeckling before gradients")
+    s1_speckle_sigma_px: float = Field(1.0, ge=0, le=10, description="S1 despeckling before gradients")
     dsm_detrend_sigma_px: float = Field(8.0, ge=0, le=100, description="terrain removed from the DSM before gradients")
     upsample_factor: int = Field(100, ge=1, le=1000, description="phase correlation precision, 1/upsample px")
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
-    max_shift_px: float = Field(6.0, gt=0, description="larger estimated shifts are rejected as failed matches")
+    max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
 
     @model_validator(mode="after")

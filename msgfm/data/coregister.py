@@ -131,17 +131,50 @@ def dsm_feature(height: np.ndarray, valid: np.ndarray, sigma_px: float, detrend_
 
 
 def estimate_shift(
-    reference: np.ndarray, moving: np.ndarray, *, upsample_factor: int = 100, normalization: str | None = None
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    upsample_factor: int = 100,
+    normalization: str | None = None,
+    max_shift_px: float | None = None,
 ) -> tuple[float, float, float]:
     """Sub-pixel shift (dx, dy) of `moving`'s content relative to `reference`, and the match error.
 
-    A Hann window tapers both features so the image borders do not correlate with each other.
+    scikit-image's phase correlation finds the global correlation peak; a Hann window tapers both
+    features so the image borders do not correlate with each other. When that peak lies beyond
+    `max_shift_px` (a large structure matched to the wrong copy of itself), the peak is searched again
+    only among plausible shifts, then refined to 1/upsample_factor px by an upsampled DFT around it.
     """
     taper = window("hann", reference.shape).astype(np.float32)
-    shift, error, _ = phase_cross_correlation(
-        reference * taper, moving * taper, upsample_factor=upsample_factor, normalization=normalization
-    )
-    return float(-shift[1]), float(-shift[0]), float(error)
+    ref, mov = reference * taper, moving * taper
+    shift, error, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample_factor, normalization=normalization)
+    if max_shift_px is None or math.hypot(shift[0], shift[1]) <= max_shift_px:
+        return float(-shift[1]), float(-shift[0]), float(error)
+    dy, dx = _windowed_peak(ref, mov, max_shift_px, upsample_factor, normalization)
+    return float(-dx), float(-dy), float(error)
+
+
+def _windowed_peak(
+    ref: np.ndarray, mov: np.ndarray, max_shift_px: float, upsample_factor: int, normalization: str | None
+) -> tuple[float, float]:
+    """(dy, dx) of the cross-correlation peak within `max_shift_px`, in scikit-image's sign convention."""
+    product = np.fft.fft2(ref) * np.fft.fft2(mov).conj()
+    if normalization == "phase":
+        product /= np.maximum(np.abs(product), 100 * np.finfo(np.float64).eps)
+    corr = np.fft.ifft2(product).real
+    rows, cols = corr.shape
+    ry = np.fft.fftfreq(rows, 1 / rows)  # signed integer shift of each row index
+    rx = np.fft.fftfreq(cols, 1 / cols)
+    allowed = np.hypot(ry[:, None], rx[None, :]) <= max_shift_px
+    peak = np.unravel_index(np.argmax(np.where(allowed, corr, -np.inf)), corr.shape)
+    y0, x0 = ry[peak[0]], rx[peak[1]]
+    # upsampled DFT of the cross-power spectrum on a fine grid of +-1 px around the integer peak
+    offsets = np.arange(-upsample_factor, upsample_factor + 1) / upsample_factor
+    ey = np.exp(2j * np.pi * np.outer(y0 + offsets, np.fft.fftfreq(rows)))
+    ex = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(cols), x0 + offsets))
+    fine = (ey @ product @ ex).real
+    fy, fx = np.unravel_index(np.argmax(fine), fine.shape)
+    return float(y0 + offsets[fy]), float(x0 + offsets[fx])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,12 +480,13 @@ class Coregistrar:
         else:
             feature = dsm_feature(moving, moving_valid, self.cfg.feature_sigma_px, self.cfg.dsm_detrend_sigma_px)
         dx, dy, err = estimate_shift(
-            reference, feature, upsample_factor=self.cfg.upsample_factor, normalization=self.cfg.normalization
+            reference,
+            feature,
+            upsample_factor=self.cfg.upsample_factor,
+            normalization=self.cfg.normalization,
+            max_shift_px=self.cfg.max_shift_px,
         )
         row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=err)
-        if math.hypot(dx, dy) > self.cfg.max_shift_px:
-            row["error"] = f"estimated shift ({dx:.2f}, {dy:.2f}) px exceeds coregister.max_shift_px"
-            return row
         data = np.stack([warp(p, (dx, dy)) for p in paths])
         valid = np.all([valid_of(b) for b in data], axis=0)
         row["valid_fraction"] = float(valid.mean())
@@ -717,6 +751,7 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
                 feature,
                 upsample_factor=cfg.upsample_factor,
                 normalization=cfg.normalization,
+                max_shift_px=cfg.max_shift_px,
             )
             residuals[r.id] = (dx, dy)
     return residuals

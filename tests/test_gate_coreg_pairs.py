@@ -1,0 +1,160 @@
+"""The coreg and pairs gates (real Great Expectations suites), and the chain on a tiny simulated world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+from coreg_world import CRS_UTM, RawWorld, copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
+from typer.testing import CliRunner
+
+from msgfm.cli import app
+from msgfm.config import CoregisterParams, GatesParams
+from msgfm.data.coregister import coregister, read_grids
+from msgfm.geo.grids import warp_to_grid
+from msgfm.geo.io import write_cog
+from msgfm.validation.coreg import validate_coreg
+from msgfm.validation.gates import GateFailed
+from msgfm.validation.pairs import validate_pairs
+
+
+def _gate_coreg(root: Path, gates: GatesParams | None = None):
+    return validate_coreg(
+        root / "data/coreg",
+        CoregisterParams(),
+        gates or GatesParams(),
+        gates_dir=root / "data/gates",
+        reports_dir=root / "data/reports/gates",
+    )
+
+
+def _gate_pairs(root: Path, gates: GatesParams | None = None):
+    return validate_pairs(
+        pair_params(root),
+        gates or GatesParams(),
+        gates_dir=root / "data/gates",
+        reports_dir=root / "data/reports/gates",
+    )
+
+
+def test_coreg_gate_accepts_the_corrected_world(pipeline_root):  # noqa: F811
+    decisions = pd.read_parquet(pipeline_root / "data/gates/coreg.parquet")
+    assert decisions["accepted"].all() and len(decisions) == 13
+    report = json.loads((pipeline_root / "data/reports/gates/coreg.json").read_text())
+    assert report["success"] and report["residual_px"]["n"] == 4
+    assert report["residual_px"]["max"] < GatesParams().max_residual_px
+
+
+def test_coreg_gate_rejects_off_grid_and_uncorrected_rasters(pipeline_root, tmp_path):  # noqa: F811
+    """A raster moved off the AOI grid, and an S1 written without its correction, are quarantined; the rest pass."""
+    root = copy_pipeline(pipeline_root, tmp_path)
+    off = root / "data/coreg/farm/s1_20240514.tif"
+    with rasterio.open(off) as src:
+        data, transform = src.read(), src.transform
+    write_cog(off, data, crs=CRS_UTM, transform=transform @ Affine.translation(0.5, 0.0))
+    grid = read_grids(root / "data/coreg", "farm")["s10"]
+    with (
+        rasterio.open(root / "data/raw/s1/s1_farm_20240502/VV.tif") as vv,
+        rasterio.open(root / "data/raw/s1/s1_farm_20240502/VH.tif") as vh,
+    ):
+        data = np.concatenate([warp_to_grid(vv, grid, dtype="float32"), warp_to_grid(vh, grid, dtype="float32")])
+    write_cog(root / "data/coreg/farm/s1_20240502.tif", data, crs=grid.crs, transform=grid.transform)
+    result = _gate_coreg(root)
+    decisions = result.decisions.set_index("id")
+    assert "not on the AOI's s10 grid" in decisions.loc["s1_farm_20240514", "reasons"]
+    assert "residual misregistration" in decisions.loc["s1_farm_20240502", "reasons"]
+    assert decisions["accepted"].sum() == 11 and result.passed  # 11/13 >= min_pass_rate 0.8
+    report = json.loads((root / "data/reports/gates/coreg.json").read_text())
+    assert report["failures_by_expectation"]["on_reference_grid"] == 1
+    assert report["failures_by_expectation"]["residual_small"] == 1
+    strict = _gate_coreg(root, GatesParams(min_pass_rate=0.95))
+    with pytest.raises(GateFailed, match="below gates.min_pass_rate"):
+        strict.raise_if_failed()
+
+
+def test_coreg_gate_quarantines_stage_failures_with_their_reason(tmp_path):
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    world.add_s2("2024-05-01")
+    world.add_s1("2024-05-02", (0.5, -0.5))
+    far = world.add_s1("2024-05-03", (0.0, 0.0), far_away=True)
+    world.finish()
+    coregister(
+        CoregisterParams(),
+        ledger=tmp_path / "data/raw/acquisitions.parquet",
+        raw_gate=tmp_path / "data/gates/raw.parquet",
+        raw_dir=tmp_path / "data/raw",
+        out_dir=tmp_path / "data/coreg",
+        report=tmp_path / "data/reports/coregister.json",
+    )
+    decisions = _gate_coreg(tmp_path, GatesParams(min_pass_rate=0.5)).decisions.set_index("id")
+    assert not decisions.loc[far, "accepted"]
+    assert decisions.loc[far, "reasons"].startswith("coregister: footprint does not overlap")
+    assert decisions.drop(index=far)["accepted"].all()
+
+
+def test_pairs_gate_accepts_the_manifest(pipeline_root, tmp_path):  # noqa: F811
+    root = copy_pipeline(pipeline_root, tmp_path)
+    result = _gate_pairs(root)
+    assert result.passed, result.message
+    report = json.loads((root / "data/reports/gates/pairs.json").read_text())
+    assert report["dataset_checks"] == {
+        "schema": True, "unique_ids": True, "splits_disjoint": True, "classes_in_train": True, "paired_fraction": True,
+    }  # fmt: skip
+    assert set(report["chips_by_split"]) == {"train", "val", "test"} and report["paired_fraction"] > 0.3
+
+
+def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(pipeline_root, tmp_path):  # noqa: F811
+    root = copy_pipeline(pipeline_root, tmp_path)
+    path = root / "data/manifest.parquet"
+    manifest = pd.read_parquet(path)
+    train = manifest.index[(manifest["split"] == "train") & (manifest["sensor"] == "s2")]
+    manifest.loc[train[0], "split"] = "test"  # a test chip amid train chips
+    manifest.loc[train[1], "mean"] = np.nan
+    manifest.loc[train[2], "store_index"] = 10_000
+    manifest.to_parquet(path)
+    result = _gate_pairs(root)
+    assert not result.passed and "splits_disjoint" in result.failed_dataset_checks
+    decisions = result.decisions.set_index("id")
+    assert "intersects train chips" in decisions.loc[manifest.loc[train[0], "id"], "reasons"]
+    assert "non-finite chip statistics" in decisions.loc[manifest.loc[train[1], "id"], "reasons"]
+    assert "store_index outside the store" in decisions.loc[manifest.loc[train[2], "id"], "reasons"]
+    few = _gate_pairs(copy_pipeline(pipeline_root, tmp_path / "b"), GatesParams(min_paired_fraction=0.99))
+    assert few.failed_dataset_checks == ["paired_fraction"]
+
+
+def _tiny_world_params(path: Path, repo_root: Path) -> None:
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["simulate"].update(
+        aois=[{"name": "farmland", "biome": "temperate_farmland", "lon": 11.4, "lat": 48.2}],
+        size_px=96, fine_size_px=256, s2_dates=4, s1_dates=4, rgb_dates=1, dsm_dates=1,
+    )  # fmt: skip
+    params["pair"].update(chip_px=32, stride_px=32, block_m=480, max_days=30, val_fraction=0.25, test_fraction=0.25)
+    params["gates"]["min_paired_fraction"] = 0.3
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_simulated_world_end_to_end(tmp_path, repo_root, monkeypatch):
+    """simulate -> download -> validate_raw -> coregister -> validate_coreg -> pair -> validate_pairs via the CLI."""
+    _tiny_world_params(tmp_path / "params.yaml", repo_root)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for command in ("simulate", "download", "validate_raw", "coregister", "validate_coreg", "pair", "validate_pairs"):
+        out = runner.invoke(app, [command, "--params", "params.yaml"])
+        assert out.exit_code == 0, f"{command}: {out.output}"
+    report = json.loads(Path("data/reports/coregister.json").read_text())
+    assert report["scored_rasters"] == 5 and report["median_abs_error_px"] < 0.25  # 4 S1 + 1 DSM vs the truth
+    truth = json.loads(Path("data/source/truth/farmland.json").read_text())["shifts"]
+    rasters = pd.read_parquet("data/coreg/rasters.parquet").set_index("id")
+    for item_id, t in truth.items():  # the sidecar's correction is the negated content shift we estimate
+        assert abs(rasters.loc[item_id, "shift_dx_px"] + t["dx_px"]) < 0.5
+        assert abs(rasters.loc[item_id, "shift_dy_px"] + t["dy_px"]) < 0.5
+    manifest = pd.read_parquet("data/manifest.parquet")
+    assert set(manifest["sensor"]) == {"s1", "s2", "rgb", "dsm"} and manifest["paired"].any()
+    assert json.loads(Path("data/reports/gates/pairs.json").read_text())["success"]
