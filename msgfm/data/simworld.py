@@ -134,29 +134,48 @@ class World:
 
     biome: Biome
     half_extent_m: float
-    rng: np.random.Generator
-    salt: int = 0
-    class_noise: list[FourierNoise] = field(default_factory=list)
+    salt: int  # keys the integer hashes of parcels, streets and crowns
+    terrain: FourierNoise
+    terrain_detail: FourierNoise
+    class_noise: list[FourierNoise]
+    edge_noise: FourierNoise  # roughens class boundaries
+    texture: FourierNoise  # within-class variation seen at 10 m
+    fine_texture: FourierNoise  # grain seen at 1 m
+    sea_dir: np.ndarray  # unit vector towards the sea (coastal biome)
+    street_angle: float
+    field_angle: float
+    crown_cell_m: float
     bias: np.ndarray = field(default_factory=lambda: np.zeros(9))
-    sea_dir: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0]))
 
     @classmethod
     def create(cls, biome_name: str, half_extent_m: float, seed: int, aoi: str) -> World:
         """Draw the world of one AOI and calibrate class biases so class shares follow the biome priors."""
         rng = rng_for(seed, aoi, "world")
-        w = cls(BIOMES[biome_name], half_extent_m, rng, salt=int(rng.integers(1, 2**47)))
+        biome = BIOMES[biome_name]
         scale = max(half_extent_m, 300.0)
-        w.terrain = FourierNoise.create(rng, scale * 0.5, scale * 8, n=18, hurst=1.2)
-        w.terrain_detail = FourierNoise.create(rng, 60, 600, n=10, hurst=1.5)
-        w.class_noise = [FourierNoise.create(rng, scale * 0.25, scale * 1.6, n=12, hurst=0.6) for _ in CODES]
-        w.edge_noise = FourierNoise.create(rng, 25, 250, n=12)
-        w.texture = FourierNoise.create(rng, 60, 600, n=16, hurst=1.0)
-        w.fine_texture = FourierNoise.create(rng, 2, 30, n=24, hurst=0.5)
+        salt = int(rng.integers(1, 2**47))
+        terrain = FourierNoise.create(rng, scale * 0.5, scale * 8, n=18, hurst=1.2)
+        terrain_detail = FourierNoise.create(rng, 60, 600, n=10, hurst=1.5)
+        class_noise = [FourierNoise.create(rng, scale * 0.25, scale * 1.6, n=12, hurst=0.6) for _ in CODES]
+        edge_noise = FourierNoise.create(rng, 25, 250, n=12)
+        texture = FourierNoise.create(rng, 60, 600, n=16, hurst=1.0)
+        fine_texture = FourierNoise.create(rng, 2, 30, n=24, hurst=0.5)
         ang = rng.uniform(0, 2 * np.pi)
-        w.sea_dir = np.array([np.cos(ang), np.sin(ang)])
-        w.street_angle = rng.uniform(0, np.pi / 2)
-        w.field_angle = rng.uniform(-0.5, 0.5)
-        w.crown_cell_m = 4.5 if w.biome.conifer else 6.0
+        w = cls(
+            biome=biome,
+            half_extent_m=half_extent_m,
+            salt=salt,
+            terrain=terrain,
+            terrain_detail=terrain_detail,
+            class_noise=class_noise,
+            edge_noise=edge_noise,
+            texture=texture,
+            fine_texture=fine_texture,
+            sea_dir=np.array([np.cos(ang), np.sin(ang)]),
+            street_angle=float(rng.uniform(0, np.pi / 2)),
+            field_angle=float(rng.uniform(-0.5, 0.5)),
+            crown_cell_m=4.5 if biome.conifer else 6.0,
+        )
         w._calibrate()
         return w
 
