@@ -48,11 +48,15 @@ def simulate(
     ] = None,
 ) -> None:
     """Generate the simulated multisensor world as a static STAC catalog of COGs (data/source)."""
-    from msgfm.data.simulate import simulate_world
+    from msgfm.data.simulate import SimulateError, simulate_world
 
     p = _load(params)
     cfg = p.simulate if until is None else p.simulate.model_copy(update={"until": until.date()})
-    simulate_world(cfg, seed=p.seed, preview=preview)
+    try:
+        simulate_world(cfg, seed=p.seed, preview=preview)
+    except SimulateError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(name="download")

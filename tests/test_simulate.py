@@ -342,5 +342,8 @@ def test_cli_simulate_and_bad_params(tmp_path):
     bad = _params(tmp_path, tmp_path / "bad", size_px=50)
     res = CliRunner().invoke(app, ["simulate", "--params", str(bad)])
     assert res.exit_code == 2 and "size_px" in res.output and "multiple of 6" in res.output
+    crowded = _params(tmp_path, tmp_path / "crowded", s2_dates=40, clear_partner_days=10, cloudy_fraction=0.5)
+    res = CliRunner().invoke(app, ["simulate", "--params", str(crowded)])
+    assert res.exit_code == 2 and "do not fit" in res.output and "Traceback" not in res.output
     with pytest.raises(ParamsError, match="must fit in the AOI"):
         load_params(_params(tmp_path, tmp_path / "bad2", fine_size_px=1000))

@@ -55,6 +55,10 @@ TRUTH_CONVENTION = (
 )
 
 
+class SimulateError(ValueError):
+    """The simulate parameters cannot be honoured (for example the dates do not fit); the message says why."""
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """One item to publish: sensor, AOI, date, and for S2 whether it is cloudy."""
@@ -126,16 +130,18 @@ def schedule(cfg: SimulateParams, aoi: AOIParams, seed: int) -> list[Acquisition
     base = _spread(cfg.start, cfg.end - dt.timedelta(days=cfg.clear_partner_days), n_base, 0.1)
     rng = rng_for(seed, aoi.name, "s2-schedule")
     cloudy_idx = set(rng.choice(n_base, size=n_cloudy, replace=False).tolist()) if n_cloudy else set()
+    gaps = [(b - a).days for a, b in zip(base, base[1:], strict=False)]
+    if n_cloudy and gaps and min(gaps) <= cfg.clear_partner_days:
+        raise SimulateError(
+            f"simulate: {cfg.s2_dates} S2 dates ({n_cloudy} cloudy, each with a clear partner "
+            f"{cfg.clear_partner_days} days later) do not fit between {cfg.start} and {cfg.end}: S2 dates would be "
+            f"{min(gaps)} days apart; lower simulate.s2_dates, simulate.cloudy_fraction or simulate.clear_partner_days"
+        )
     acq = []
     for i, d in enumerate(base):
         acq.append(Acquisition("s2", aoi, d, cloudy=i in cloudy_idx))
         if i in cloudy_idx:
             acq.append(Acquisition("s2", aoi, d + dt.timedelta(days=cfg.clear_partner_days)))
-    if len({a.date for a in acq}) != len(acq):
-        raise ValueError(
-            f"simulate: {cfg.s2_dates} S2 dates with {cfg.clear_partner_days}-day clear partners do not fit between "
-            f"{cfg.start} and {cfg.end}; lower simulate.s2_dates or simulate.clear_partner_days"
-        )
     acq += [Acquisition("s1", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.s1_dates, 0.3)))]
     acq += [Acquisition("rgb", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.rgb_dates, 0.6)))]
     acq += [Acquisition("dsm", aoi, d) for d in sorted(set(_spread(cfg.start, cfg.end, cfg.dsm_dates, 0.6, 3)))]
@@ -455,7 +461,7 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
             i for i in items if i.properties["msgfm:sensor"] == sensor and i.properties.get("eo:cloud_cover", 0) < 5
         ]
         if not cands:
-            raise ValueError(f"preview: AOI {name!r} has no published {sensor} item yet (see simulate.until)")
+            raise SimulateError(f"preview: AOI {name!r} has no published {sensor} item yet (see simulate.until)")
         by_sensor[sensor] = min(cands, key=lambda i: (abs(i.datetime - when) if when else dt.timedelta(0), i.id))
 
     def asset(sensor: str, key: str) -> np.ndarray:
