@@ -136,6 +136,11 @@ def test_catalog_validates_and_every_checksum_matches(world):
     ):
         assert (b01.res, b05.res) == ((60.0, 60.0), (20.0, 20.0))
         assert b01.width * 6 == params.simulate.size_px and b01.nodata == 0
+    size = params.simulate.size_px
+    assert s2.properties["proj:shape"] == [size, size] and s2.properties["proj:transform"][0] == 10.0
+    assert s2.assets["B01"].extra_fields["proj:shape"] == [size // 6, size // 6]
+    assert s2.assets["B05"].extra_fields["proj:transform"][0] == 20.0
+    assert "proj:shape" not in s2.assets["B02"].extra_fields
 
 
 def test_rgb_is_delivered_in_another_crs_than_s2(world):

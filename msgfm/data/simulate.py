@@ -305,7 +305,8 @@ def _make_item(acq: Acquisition, folder: Path) -> pystac.Item:
     import rasterio
 
     keys = _asset_files(acq.sensor)
-    with rasterio.open(folder / f"{keys[0]}.tif") as src:
+    primary = "B02" if acq.sensor == "s2" else keys[0]  # the item-level grid: S2's 10 m grid
+    with rasterio.open(folder / f"{primary}.tif") as src:
         crs, transform, shape, bounds = src.crs, src.transform, src.shape, src.bounds
     wb = transform_bounds(crs, "EPSG:4326", *bounds)
     bbox = [round(v, 7) for v in wb]
