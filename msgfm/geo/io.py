@@ -33,6 +33,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp makes files private; outputs should read like any other file
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
