@@ -28,7 +28,9 @@ ParamsOption = Annotated[Path, typer.Option("--params", help="params file to rea
 
 def _load(params_path: Path) -> Params:
     """Load params or exit with the validation message (no traceback)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    for noisy in ("great_expectations", "ray", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return load_params(params_path)
     except ParamsError as e:
@@ -209,7 +211,7 @@ def embed(
     """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
     from msgfm.models.embed import EmbedInputError, embed_geotiff
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     try:
         path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, stage=stage, batch_size=batch_size)

@@ -112,10 +112,11 @@ class CoregisterParams(Section):
     feature_sigma_px: float = Field(1.0, ge=0, le=10, description="Gaussian smoothing before gradients")
     s1_speckle_sigma_px: float = Field(1.0, ge=0, le=10, description="S1 despeckling before gradients")
     dsm_detrend_sigma_px: float = Field(8.0, ge=0, le=100, description="terrain removed from the DSM before gradients")
-    upsample_factor: int = Field(100, ge=1, le=1000, description="phase correlation precision, 1/upsample px")
+    upsample_factor: int = Field(20, ge=1, le=1000, description="phase correlation precision, 1/upsample px")
+    match_px: int = Field(512, ge=32, le=8192, description="side of the centred window where shifts are matched")
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
     max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
-    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
+    compress: Literal["deflate", "lzw", "zstd", "none"] = "none"
 
     @model_validator(mode="after")
     def _known_bands(self) -> CoregisterParams:
@@ -217,6 +218,58 @@ class GatesParams(Section):
     min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")
 
 
+class RayParams(Section):
+    """Where Ray Train runs: a local instance sized to this machine, or an existing cluster."""
+
+    address: str | None = Field(None, description="join this cluster (host:port or 'auto'); null: RAY_ADDRESS or local")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; null: all of this machine's")
+    include_dashboard: bool = Field(False, description="start the dashboard (bound to 127.0.0.1) with a local instance")
+
+
+class PretrainParams(Section):
+    """`msgfm pretrain`: cross-sensor masked-image-modeling pretraining on Ray Train."""
+
+    chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
+    manifest: Path = Path("data/manifest.parquet")
+    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
+    out_dir: Path = Field(Path("data/models/pretrain"), description="the pretrained model (safetensors + config)")
+    checkpoint_dir: Path = Field(Path("data/checkpoints/pretrain"), description="Ray checkpoints, for resume")
+    metrics: Path = Path("data/metrics/pretrain.json")
+    plots_dir: Path = Field(Path("data/plots/pretrain"), description="loss curve (dvclive) and reconstructions PNG")
+    sensors: list[Literal["s1", "s2", "rgb", "dsm"]] = Field(
+        ["s1", "s2", "rgb", "dsm"], min_length=1, description="sensors to pretrain on; one sensor = the baseline"
+    )
+    sensor_mix: dict[str, float] = Field(
+        {"s1": 1.0, "s2": 1.0, "rgb": 1.0, "dsm": 1.0}, description="relative share of each sensor's chips drawn"
+    )
+    workers: int = Field(2, ge=1, le=1024, description="Ray Train workers (DDP ranks)")
+    gpu: Literal["auto", "never", "always"] = Field("auto", description="auto: use GPUs when the cluster has them")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="torch CPU threads in each worker")
+    steps: int = Field(300, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="chips per worker per step")
+    lr: float = Field(1e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="cosine schedule floor, as a fraction of lr")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.05, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    augment: bool = Field(True, description="random flips and 90-degree rotations, the same for paired chips")
+    checkpoint_every: int = Field(50, ge=1, description="steps between Ray checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
+    log_every: int = Field(10, ge=1, description="steps between progress lines")
+    val_chips: int = Field(64, ge=1, description="validation chips per sensor for the final loss")
+    preview_chips: int = Field(2, ge=1, le=8, description="chips per sensor in the reconstructions PNG")
+
+    @model_validator(mode="after")
+    def _mix_covers_sensors(self) -> PretrainParams:
+        unknown = sorted(set(self.sensor_mix) - {"s1", "s2", "rgb", "dsm"})
+        if unknown:
+            raise ValueError(f"pretrain.sensor_mix has unknown sensors {unknown}; allowed: s1, s2, rgb, dsm")
+        missing = [s for s in self.sensors if self.sensor_mix.get(s, 0) <= 0]
+        if missing:
+            raise ValueError(f"pretrain.sensor_mix must give a positive share to every pretrained sensor; missing {missing}")
+        return self
+
+
 class ModelParams(Section):
     """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs."""
 
@@ -258,6 +311,8 @@ class Params(Section):
     retrain: RetrainParams = Field(default_factory=RetrainParams)
     coregister: CoregisterParams = Field(default_factory=CoregisterParams)
     pair: PairParams = Field(default_factory=PairParams)
+    ray: RayParams = Field(default_factory=RayParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
     model: ModelParams = Field(default_factory=ModelParams)
 
 

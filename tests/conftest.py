@@ -31,3 +31,11 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with a tiny simulated world already run through every data stage (see tiny_world.py)."""
+    from tiny_world import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("tiny-world"), REPO_ROOT)

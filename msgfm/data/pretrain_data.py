@@ -1,0 +1,162 @@
+"""Pretraining batches from the chip store: sensors mixed in set proportions, paired chips together.
+
+A batch is drawn as a series of picks: a sensor chosen by `pretrain.sensor_mix`, then one of its
+accepted chips; a chip with an accepted partner (S1 with S2, RGB with DSM) brings the partner along,
+so the model can reconstruct one sensor from the other. Unpaired chips are single-sensor samples.
+Flips and 90-degree rotations are drawn per pick and applied identically to both chips of a pair.
+Each Ray worker reads its own shard: chip positions are hashed to ranks, so partners stay together.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from msgfm.config import Params
+from msgfm.data.chipstore import ChipStore, ChipStoreError
+from msgfm.models.msgfm import collate_multisensor
+
+
+class PretrainDataError(RuntimeError):
+    """The accepted chips cannot feed pretraining; the message names the file or what is missing."""
+
+
+@dataclass
+class PretrainChips:
+    """The accepted chips of one split (and one worker's shard) that pretraining draws from."""
+
+    store: ChipStore
+    rows: pd.DataFrame
+    sensors: tuple[str, ...]
+    mix: dict[str, float]
+    _by_sensor: dict[str, np.ndarray] = field(init=False)
+    _partner_row: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = self.rows.reset_index(drop=True)
+        self._by_sensor = {s: np.flatnonzero(self.rows["sensor"].to_numpy() == s) for s in self.sensors}
+        self._by_sensor = {s: idx for s, idx in self._by_sensor.items() if len(idx)}
+        position = {chip_id: i for i, chip_id in enumerate(self.rows["id"])}
+        self._partner_row = np.array([position.get(p, -1) for p in self.rows["partner_id"]], dtype=np.int64)
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """Sensors that have at least one chip here."""
+        return tuple(self._by_sensor)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _picks(self, rng: np.random.Generator, batch_size: int) -> list[int]:
+        sensors = list(self._by_sensor)
+        weights = np.array([self.mix[s] for s in sensors], dtype=np.float64)
+        weights /= weights.sum()
+        picks, chips = [], 0
+        while chips < batch_size:
+            sensor = sensors[rng.choice(len(sensors), p=weights)]
+            row = int(rng.choice(self._by_sensor[sensor]))
+            picks.append(row)
+            chips += 1 + (self._partner_row[row] >= 0)
+        return picks
+
+    def _batch(self, picks: list[int], transforms: list[tuple[int, bool]]) -> dict[str, Any]:
+        """Read the picked chips (and their partners) and collate them into the model's batch format."""
+        entries: list[tuple[int, int, bool]] = []  # (row, pick number, comes with a partner)
+        for n, row in enumerate(picks):
+            partner = int(self._partner_row[row])
+            entries.append((row, n, partner >= 0))
+            if partner >= 0:
+                entries.append((partner, n, True))
+        sensors = self.rows["sensor"].to_numpy()
+        store_index = self.rows["store_index"].to_numpy()
+        samples: list[dict[str, Any]] = []
+        for sensor in self._by_sensor:
+            mine = [e for e in entries if sensors[e[0]] == sensor]
+            if not mine:
+                continue
+            pixels = self.store.read(sensor, [int(store_index[e[0]]) for e in mine])
+            bands = self.store.bands(sensor)
+            for (_, pick, paired), image in zip(mine, pixels, strict=True):
+                k, flip = transforms[pick]
+                image = np.rot90(image, k, axes=(1, 2))
+                if flip:
+                    image = image[:, :, ::-1]
+                samples.append(
+                    {
+                        "sensor": sensor,
+                        "image": np.ascontiguousarray(image),
+                        "bands": bands,
+                        "pair": pick if paired else None,
+                    }
+                )
+        return dict(collate_multisensor(samples))
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int, augment: bool = True) -> dict[str, Any]:
+        """A random batch of about `batch_size` chips (a pair may add one over)."""
+        picks = self._picks(rng, batch_size)
+        transforms = [(int(rng.integers(4)), bool(rng.random() < 0.5)) if augment else (0, False) for _ in picks]
+        return self._batch(picks, transforms)
+
+    def fixed_batch(self, n_chips: int) -> dict[str, Any]:
+        """A deterministic batch: up to `n_chips` chips per sensor, paired chips first, with their partners."""
+        picks: list[int] = []
+        taken: set[int] = set()
+        for idx in self._by_sensor.values():
+            order = sorted(idx, key=lambda r: (self._partner_row[r] < 0, self.rows.at[r, "id"]))
+            chosen = [r for r in order if r not in taken][:n_chips]
+            picks.extend(chosen)
+            taken.update(chosen)
+            taken.update(int(self._partner_row[r]) for r in chosen if self._partner_row[r] >= 0)
+        return self._batch(picks, [(0, False)] * len(picks))
+
+    def band_means(self, max_chips: int = 256) -> dict[str, torch.Tensor]:
+        """Per-band mean of the normalised chips of each sensor: what a mean predictor outputs."""
+        means = {}
+        for sensor, idx in self._by_sensor.items():
+            rows = idx[np.linspace(0, len(idx) - 1, min(max_chips, len(idx))).astype(int)]
+            pixels = self.store.read(sensor, self.rows["store_index"].to_numpy()[rows].tolist())
+            means[sensor] = torch.from_numpy(pixels.mean(axis=(0, 2, 3)))
+        return means
+
+
+def _shard_of(rows: pd.DataFrame, world: int) -> np.ndarray:
+    """Rank of each chip: a hash of its position, so chips of one place (and partners) share a worker."""
+    keys = rows["aoi"].astype(str) + "/" + rows["grid"].astype(str) + "/" + rows["row"].astype(str)
+    keys = keys + "/" + rows["col"].astype(str)
+    return np.array([zlib.crc32(k.encode()) % world for k in keys], dtype=np.int64)
+
+
+def load_pretrain_chips(params: Params, split: str, rank: int = 0, world: int = 1) -> PretrainChips:
+    """The accepted chips of `split` for the pretrained sensors, restricted to worker `rank` of `world`."""
+    cfg = params.pretrain
+    for path, stage in ((cfg.manifest, "pair"), (cfg.accepted, "validate_pairs")):
+        if not path.is_file():
+            raise PretrainDataError(f"{path}: not found; run `dvc repro {stage}` first")
+    try:
+        store = ChipStore(cfg.chips_dir)
+    except ChipStoreError as e:
+        raise PretrainDataError(str(e)) from None
+    manifest = pd.read_parquet(cfg.manifest)
+    gate = pd.read_parquet(cfg.accepted)
+    missing = {"id", "accepted"} - set(gate.columns)
+    if missing:
+        raise PretrainDataError(f"{cfg.accepted}: missing columns {sorted(missing)}")
+    accepted = set(gate.loc[gate["accepted"].astype(bool), "id"])
+    rows = manifest[manifest["id"].isin(accepted) & manifest["sensor"].isin(cfg.sensors)]
+    rows = rows[rows["split"] == split]
+    if world > 1:
+        rows = rows[_shard_of(rows, world) == rank]
+    if rows.empty:
+        raise PretrainDataError(
+            f"{cfg.manifest}: no accepted {split!r} chips of sensors {list(cfg.sensors)}"
+            + (f" for worker {rank} of {world}" if world > 1 else "")
+        )
+    absent = [s for s in cfg.sensors if s not in set(rows["sensor"]) and s in store.sensors]
+    if absent and split == "train":
+        raise PretrainDataError(f"{cfg.manifest}: no accepted train chips of sensors {absent} (check the gates)")
+    return PretrainChips(store=store, rows=rows, sensors=tuple(cfg.sensors), mix=dict(cfg.sensor_mix))

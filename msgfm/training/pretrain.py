@@ -1,0 +1,322 @@
+"""`msgfm pretrain`: cross-sensor masked image modeling on Ray Train (DDP), resumable.
+
+The driver connects to Ray (a local instance sized to the machine, or the cluster named by
+`ray.address` / RAY_ADDRESS), runs `train_loop` on `pretrain.workers` ranks and, when training is
+done, turns the last checkpoint into the stage outputs: the model (safetensors + config.json), the
+metrics JSON, the loss curve in dvclive's format and a PNG of reconstructions.
+
+Resume: checkpoints go to `pretrain.checkpoint_dir/<run name>`, where the run name hashes everything
+that shapes the run (params of model and pretraining, the chip manifest). Running the stage again after
+a crash or a kill finds the same run and Ray Train hands the latest checkpoint to every rank. Batches
+and masks are drawn from generators seeded by (seed, rank, step), so a resumed run sees the same data
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msgfm.config import Params
+from msgfm.data.pretrain_data import PretrainChips, load_pretrain_chips
+from msgfm.geo.io import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+class PretrainError(RuntimeError):
+    """Pretraining cannot start or failed; the message says why and what to change."""
+
+
+def run_name(params: Params, manifest_path: Path) -> str:
+    """A name that changes whenever the run would be different, so a resume never mixes two runs."""
+    spec = {
+        "model": params.model.model_dump(mode="json"),
+        "pretrain": params.pretrain.model_dump(
+            mode="json", exclude={"workers", "threads_per_worker", "log_every", "gpu", "preview_chips"}
+        ),
+        "seed": params.seed,
+        "manifest": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return f"pretrain-{digest}"
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup then cosine decay to `min_ratio` of the peak learning rate."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_generators(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Generators for one step of one rank: a pure function of (seed, rank, step), so resume replays exactly."""
+    seq = np.random.SeedSequence([seed, rank, step])
+    torch_gen = torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+    return np.random.default_rng(seq), torch_gen
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Per-worker training function run by Ray Train (also callable in-process with num_workers=0)."""
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import load_file, save_file
+
+    from msgfm.config import Params
+    from msgfm.models import create_model_from_params
+
+    params = Params.model_validate(config["params"])
+    cfg = params.pretrain
+    torch.set_num_threads(cfg.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_cuda = device.type == "cuda"
+
+    chips = load_pretrain_chips(params, split="train", rank=rank, world=world)
+    model = create_model_from_params(params.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts a failed worker group within this run
+    resume_dir = config.get("resume_from")  # set when the stage itself is run again after a crash or kill
+    if checkpoint is not None or resume_dir:
+        with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(resume_dir) as ckpt_dir:
+            model.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
+            optimizer.load_state_dict(torch.load(os.path.join(ckpt_dir, "optimizer.pt"), weights_only=True))
+            state = json.loads(Path(ckpt_dir, "state.json").read_text())
+            start, history = state["step"], state["history"]
+        if rank == 0:
+            print(f"[pretrain] resuming from step {start}/{cfg.steps}", flush=True)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    core = model.module if hasattr(model, "module") else model
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio), last_epoch=start - 1
+    )
+
+    t_start, seen, window = time.perf_counter(), 0, []
+    for step in range(start, cfg.steps):
+        rng, torch_gen = _step_generators(params.seed, rank, step)
+        batch = chips.sample_batch(rng, cfg.batch_size, augment=cfg.augment)
+        batch = _to_device(batch, device)
+        model.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
+            out = model(batch, generator=torch_gen)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        seen += sum(int(x.shape[0]) for x in batch["images"].values())
+        losses = {k: float(v) for k, v in out.losses.items()}
+        window.append(losses)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+            history.append({"step": done, "lr": scheduler.get_last_lr()[0], **mean})
+            window = []
+            if rank == 0:
+                elapsed = time.perf_counter() - t_start
+                rate = seen * world / max(elapsed, 1e-9)
+                eta = (cfg.steps - done) * elapsed / max(1, done - start)
+                parts = " ".join(f"{k}={v:.3f}" for k, v in sorted(mean.items()) if k.startswith(("mim/", "cross/")))
+                print(
+                    f"[pretrain] step {done}/{cfg.steps} loss={mean['total']:.4f} {parts} "
+                    f"{rate:.1f} samples/s ETA {eta:.0f}s",
+                    flush=True,
+                )
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            metrics = {
+                "step": done,
+                "loss": losses["total"],
+                "samples_per_s": seen * world / (time.perf_counter() - t_start),
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_file(
+                        {k: v.contiguous() for k, v in core.state_dict().items()},
+                        os.path.join(tmp, "model.safetensors"),
+                    )
+                    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                    Path(tmp, "state.json").write_text(json.dumps({"step": done, "history": history, **metrics}))
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of `run_dir` with the highest step whose files are all complete, or None."""
+    best: tuple[int, Path] | None = None
+    for state_path in run_dir.glob("checkpoint_*/state.json"):
+        ckpt = state_path.parent
+        try:
+            step = int(json.loads(state_path.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue  # a checkpoint cut off mid-copy: never read as complete
+        if not all((ckpt / f).is_file() and (ckpt / f).stat().st_size for f in ("model.safetensors", "optimizer.pt")):
+            continue
+        if best is None or step > best[0]:
+            best = (step, ckpt)
+    return None if best is None else best[1]
+
+
+def _root_cause(error: BaseException) -> str:
+    """The last 'SomeError: message' line of a (Ray-wrapped) error, else its first line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+    return causes[-1] if causes else (lines[0] if lines else type(error).__name__)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        "images": {s: x.to(device, non_blocking=True) for s, x in batch["images"].items()},
+        "bands": batch["bands"],
+        "partner": {s: x.to(device) for s, x in batch.get("partner", {}).items()},
+    }
+
+
+def _connect_ray(params: Params) -> bool:
+    """Join the configured cluster or start a local instance; True when this call started Ray."""
+    import ray
+
+    cfg, address = params.pretrain, params.ray.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise PretrainError(
+                f"cannot join the Ray cluster at {address!r} (ray.address / RAY_ADDRESS): {e}"
+            ) from None
+        return True
+    cpus = params.ray.num_cpus or os.cpu_count() or 1
+    needed = cfg.workers * cfg.threads_per_worker
+    if cfg.workers > cpus:
+        raise PretrainError(
+            f"pretrain.workers={cfg.workers} needs {cfg.workers} CPUs but the local Ray instance has {cpus}; "
+            "lower pretrain.workers or set ray.address to join a cluster"
+        )
+    if needed > cpus:
+        log.warning("workers x threads_per_worker = %d exceeds the %d CPUs; threads will compete", needed, cpus)
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=params.ray.include_dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+    )
+    return True
+
+
+def _check_cluster(params: Params) -> bool:
+    """Validate workers against the cluster's resources; return whether workers get a GPU each."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+    cfg = params.pretrain
+    use_gpu = cfg.gpu == "always" or (cfg.gpu == "auto" and gpus >= cfg.workers)
+    if cfg.gpu == "always" and gpus < cfg.workers:
+        raise PretrainError(f"pretrain.gpu=always needs {cfg.workers} GPUs; the Ray cluster has {gpus}")
+    if not use_gpu and cfg.workers > cpus:
+        raise PretrainError(f"pretrain.workers={cfg.workers} exceeds the {cpus} CPUs of the Ray cluster")
+    return use_gpu
+
+
+def run_pretrain(params: Params) -> dict[str, Any]:
+    """Run the stage: train on Ray (resuming if a checkpoint of this run exists), then write the outputs."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    name = run_name(params, params.pretrain.manifest)
+    # Ray workers run in their own working directory: hand them absolute paths.
+    cfg = params.pretrain.model_copy(
+        update={k: getattr(params.pretrain, k).resolve() for k in ("chips_dir", "manifest", "accepted")}
+    )
+    params = params.model_copy(update={"pretrain": cfg})
+    load_pretrain_chips(params, split="train", rank=0, world=1)  # fail fast, before Ray starts, on bad inputs
+    storage = cfg.checkpoint_dir.resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    resume = latest_checkpoint(storage / name)
+    resume_from = str(resume) if resume is not None else None
+    if resume_from:
+        log.info("found checkpoint %s of run %s: resuming", resume, name)
+    started = _connect_ray(params)
+    try:
+        use_gpu = _check_cluster(params)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"params": params.model_dump(mode="json"), "resume_from": resume_from},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.threads_per_worker}
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            ),
+        )
+        t0 = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except Exception as e:  # Ray wraps worker errors in its own; surface the worker's error line
+            raise PretrainError(f"pretraining failed: {_root_cause(e)}") from e
+        wall = time.perf_counter() - t0
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    if result.checkpoint is None:
+        raise PretrainError(f"pretraining run {name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt_dir:
+        return write_outputs(params, Path(ckpt_dir), wall_s=wall)
+
+
+def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, Any]:
+    """Model, metrics, loss curve and reconstructions PNG from a final training checkpoint."""
+    from safetensors.torch import load_file
+
+    from msgfm.models import create_model_from_params
+    from msgfm.models.hub import save_pretrained
+    from msgfm.training.pretrain_report import evaluate_reconstruction, plot_reconstructions, write_loss_curve
+
+    cfg = params.pretrain
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    model = create_model_from_params(params.model)
+    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+    model.eval()
+    save_pretrained(model, cfg.out_dir, extra={"pretrain": {"steps": state["step"], "sensors": list(cfg.sensors)}})
+
+    val = load_pretrain_chips(params, split="val", rank=0, world=1)
+    train = load_pretrain_chips(params, split="train", rank=0, world=1)
+    recon = evaluate_reconstruction(model, val, train, n_chips=cfg.val_chips, seed=params.seed)
+    final = state["history"][-1]
+    metrics = {
+        "steps": state["step"],
+        "workers": cfg.workers,
+        "wall_time_s": round(wall_s, 2),
+        "samples_per_s": round(state["samples_per_s"], 2),
+        "train_loss": {k: round(v, 5) for k, v in final.items() if k not in ("step", "lr")},
+        "val": recon,
+    }
+    atomic_write_json(cfg.metrics, metrics)
+    write_loss_curve(state["history"], cfg.plots_dir)
+    with atomic_path(cfg.plots_dir / "reconstructions.png", suffix=".png") as tmp:
+        plot_reconstructions(model, val, n_chips=cfg.preview_chips, seed=params.seed, path=tmp)
+    return metrics
+
+
+__all__ = ["PretrainChips", "PretrainError", "run_pretrain", "train_loop", "lr_factor", "run_name"]

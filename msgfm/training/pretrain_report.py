@@ -1,0 +1,141 @@
+"""What pretraining shows a person: validation reconstruction loss against a mean predictor, the loss
+curve in dvclive's format (a DVC plot), and a PNG of reconstructions for every sensor and cross direction.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from msgfm.data.pretrain_data import PretrainChips  # noqa: E402
+from msgfm.models.msgfm import MSGFM, masked_l1  # noqa: E402
+from msgfm.sensors import get_sensor  # noqa: E402
+
+
+def _fixed_forward(model: MSGFM, batch: dict[str, Any], seed: int):
+    """Forward pass with seeded masks and every paired chip also reconstructing its partner."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = model.generate_masks(batch["images"], gen)
+    cross = {s: idx >= 0 for s, idx in batch.get("partner", {}).items()}
+    with torch.no_grad():
+        return model(batch, masks=masks, cross=cross)
+
+
+def evaluate_reconstruction(
+    model: MSGFM, val: PretrainChips, train: PretrainChips, n_chips: int, seed: int
+) -> dict[str, Any]:
+    """Masked L1 on validation chips per term (mim/<s>, cross/<a>-><b>) next to predicting the train mean."""
+    batch = val.fixed_batch(n_chips)
+    out = _fixed_forward(model.eval(), batch, seed)
+    means = train.band_means()
+    terms: dict[str, dict[str, float]] = {}
+    for key, value in out.losses.items():
+        if not key.startswith(("mim/", "cross/")):
+            continue
+        if key.startswith("mim/"):
+            sensor = key.split("/")[1]
+            target, mask = batch["images"][sensor], out.mask[sensor]
+        else:
+            src, dst = key.split("/")[1].split("->")
+            rows = out.cross_index[f"{src}->{dst}"]
+            target = batch["images"][dst].index_select(0, batch["partner"][src].index_select(0, rows))
+            mask, sensor = out.mask[src].index_select(0, rows), dst
+        baseline = masked_l1(means[sensor].view(1, -1, 1, 1).expand_as(target), target, mask)
+        terms[key] = {
+            "model": round(float(value), 5),
+            "mean_baseline": round(float(baseline), 5),
+            "ratio": round(float(value) / max(float(baseline), 1e-9), 4),
+        }
+    model_mean = float(np.mean([t["model"] for t in terms.values()]))
+    base_mean = float(np.mean([t["mean_baseline"] for t in terms.values()]))
+    return {
+        "terms": terms,
+        "loss": round(model_mean, 5),
+        "mean_baseline": round(base_mean, 5),
+        "ratio_to_baseline": round(model_mean / max(base_mean, 1e-9), 4),
+    }
+
+
+def write_loss_curve(history: list[dict[str, float]], plots_dir: Path) -> None:
+    """Write the training loss history as dvclive step metrics (plots/metrics/*.tsv), replacing old ones."""
+    from dvclive import Live
+
+    live_dir = plots_dir / "live"
+    shutil.rmtree(live_dir, ignore_errors=True)
+    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False) as live:
+        for entry in history:
+            live.step = int(entry["step"])
+            for key, value in entry.items():
+                if key != "step":
+                    live.log_metric(f"train/{key}", float(value))
+            live.next_step()
+
+
+def _display(sensor: str, bands: tuple[str, ...], chip: torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """A normalised (C, H, W) chip as an image a person can read, and its colour map."""
+    s = get_sensor(sensor)
+    x = s.denormalise(chip.numpy(), bands)
+    if sensor == "s2":
+        rgb = np.stack([x[bands.index(b)] for b in ("B04", "B03", "B02")], -1)
+        return np.clip(rgb / 3000.0, 0, 1), None
+    if sensor == "rgb":
+        return np.clip(np.moveaxis(x, 0, -1) / 255.0, 0, 1), None
+    if sensor == "s1":
+        return np.clip((x[0] + 25.0) / 25.0, 0, 1), "gray"
+    lo, hi = np.percentile(x[0], [2, 98])
+    return np.clip((x[0] - lo) / max(hi - lo, 1e-6), 0, 1), "terrain"
+
+
+def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: int, path: Path) -> None:
+    """Grid of input (masked), mask, reconstruction and target per sensor, and input/output per cross direction."""
+    batch = val.fixed_batch(n_chips)
+    out = _fixed_forward(model.eval(), batch, seed)
+    rows: list[tuple[str, list[tuple[np.ndarray, str | None]]]] = []
+    for sensor, images in batch["images"].items():
+        bands = tuple(batch["bands"][sensor])
+        for i in range(min(n_chips, images.shape[0])):
+            mask = out.mask[sensor][i].numpy()
+            target, cmap = _display(sensor, bands, images[i])
+            shown = target.copy()
+            shown[mask] = 0.5
+            recon, _ = _display(sensor, bands, out.pred[sensor][i])
+            rows.append(
+                (f"{sensor} #{i}", [(shown, cmap), (mask.astype(float), "gray"), (recon, cmap), (target, cmap)])
+            )
+    for key, pred in out.cross_pred.items():
+        src, dst = key.split("->")
+        rows_idx = out.cross_index[key]
+        for j in range(min(n_chips, pred.shape[0])):
+            i = int(rows_idx[j])
+            mask = out.mask[src][i].numpy()
+            src_img, src_cmap = _display(src, tuple(batch["bands"][src]), batch["images"][src][i])
+            src_img = src_img.copy()
+            src_img[mask] = 0.5
+            partner = int(batch["partner"][src][i])
+            target, cmap = _display(dst, tuple(batch["bands"][dst]), batch["images"][dst][partner])
+            recon, _ = _display(dst, tuple(batch["bands"][dst]), pred[j])
+            rows.append(
+                (f"{key} #{j}", [(src_img, src_cmap), (mask.astype(float), "gray"), (recon, cmap), (target, cmap)])
+            )
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2 * len(rows)), squeeze=False)
+    for r, (label, panels) in enumerate(rows):
+        for c, (img, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(["input (masked)", "mask", "reconstruction", "target"][c], fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("msGFM pretraining: validation reconstructions (cross rows: partner sensor's pixels)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, format="png")
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""Pretraining on a real local Ray cluster: learning, outputs, resume after a kill, joining a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tiny_world import working_directory
+
+from msgfm.config import ParamsError, load_params
+from msgfm.data.pretrain_data import load_pretrain_chips
+from msgfm.models.hub import load_pretrained
+from msgfm.training.pretrain import PretrainError, lr_factor, run_pretrain
+
+MSGFM = str(Path(sys.executable).with_name("msgfm"))
+
+
+def _project(tiny_world: Path, dest: Path, **pretrain: object) -> Path:
+    """A copy of the tiny world's project (data included) with pretrain params overridden."""
+    shutil.copytree(tiny_world, dest, ignore=shutil.ignore_patterns("checkpoints", "models", "metrics", "plots"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["pretrain"].update(pretrain)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    factors = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_batches_mix_sensors_and_keep_pairs_aligned(tiny_world: Path) -> None:
+    with working_directory(tiny_world):
+        params = load_params("params.yaml")
+        chips = load_pretrain_chips(params, "train")
+        batch = chips.sample_batch(np.random.default_rng(0), 32, augment=True)
+        again = chips.sample_batch(np.random.default_rng(0), 32, augment=True)
+    assert set(batch["images"]) == {"s1", "s2", "rgb", "dsm"}
+    assert sum(x.shape[0] for x in batch["images"].values()) in (32, 33)
+    for sensor, x in batch["images"].items():
+        assert x.shape[1:] == (len(batch["bands"][sensor]), 32, 32) and torch.isfinite(x).all()
+        assert torch.equal(x, again["images"][sensor])  # same seed, same batch (resume replays exactly)
+    # every S1 chip in this world has an accepted S2 partner, and the partner index points at it
+    s1_partner = batch["partner"]["s1"]
+    assert (s1_partner >= 0).all() and int(s1_partner.max()) < batch["images"]["s2"].shape[0]
+
+
+def test_single_sensor_pretraining_has_no_partners(tiny_world: Path) -> None:
+    with working_directory(tiny_world):
+        params = load_params("params.yaml")
+        params = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"sensors": ["s2"]})})
+        batch = load_pretrain_chips(params, "train").sample_batch(np.random.default_rng(1), 8)
+    assert set(batch["images"]) == {"s2"}
+    assert all((p < 0).all() for p in batch["partner"].values())
+
+
+def test_pretrain_on_local_ray_learns_and_writes_outputs(tiny_world: Path, tmp_path: Path) -> None:
+    project = _project(tiny_world, tmp_path / "p", steps=40, checkpoint_every=20, log_every=5, lr=0.002)
+    with working_directory(project):
+        params = load_params("params.yaml")
+        metrics = run_pretrain(params)
+    assert metrics["steps"] == 40 and metrics["workers"] == 2
+    saved = json.loads((project / "data/metrics/pretrain.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    # the loss falls: the last logged window against the first
+    curve = pd.read_csv(project / "data/plots/pretrain/live/plots/metrics/train/total.tsv", sep="\t")
+    assert list(curve["step"]) == list(range(5, 41, 5))
+    assert curve["total"].iloc[-1] < 0.8 * curve["total"].iloc[0]
+    assert {"mim/s1", "mim/s2", "mim/rgb", "mim/dsm"} <= set(metrics["val"]["terms"])
+    assert any(k.startswith("cross/") for k in metrics["val"]["terms"])
+    # the model is loadable without code and reproduces the trained weights
+    model = load_pretrained(project / "data/models/pretrain")
+    assert model.config.chip_px == 32
+    png = project / "data/plots/pretrain/reconstructions.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_bad_worker_counts_are_clear_errors(tiny_world: Path, tmp_path: Path) -> None:
+    project = _project(tiny_world, tmp_path / "p", workers=0)
+    with pytest.raises(ParamsError, match="pretrain.workers"):
+        load_params(project / "params.yaml")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"]["workers"] = (os.cpu_count() or 1) + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with working_directory(project), pytest.raises(PretrainError, match="pretrain.workers=.*CPUs"):
+        run_pretrain(load_params("params.yaml"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pretrain_joins_a_cluster_and_resumes_after_kill(tiny_world: Path, tmp_path: Path) -> None:
+    """`ray start --head` by the test; msgfm pretrain joins it via ray.address, is killed mid-run, resumes."""
+    port = _free_port()
+    project = _project(tiny_world, tmp_path / "p", steps=24, checkpoint_every=4, log_every=4)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ray"]["address"] = f"127.0.0.1:{port}"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ray = str(Path(sys.executable).with_name("ray"))
+    token = tmp_path / "ray_auth_token"  # the cluster's own token: Ray 2.60 authenticates every client
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(
+        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env, timeout=180,
+    )  # fmt: skip
+    try:
+        ckpt_root = project / "data/checkpoints/pretrain"
+        first = subprocess.Popen(
+            [MSGFM, "pretrain"], cwd=project, env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not list(ckpt_root.glob("*/checkpoint_*/state.json")) and first.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.5)
+        assert first.poll() is None, f"pretrain ended before it could be killed:\n{first.communicate()[0]}"
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        killed_at = max(json.loads(p.read_text())["step"] for p in ckpt_root.glob("*/checkpoint_*/state.json"))
+        assert 0 < killed_at < 24
+        second = subprocess.run([MSGFM, "pretrain"], cwd=project, env=env, capture_output=True, text=True, timeout=400)
+        out = second.stdout + second.stderr
+        assert second.returncode == 0, out
+        assert "resuming from step" in out
+        resumed_from = int(out.split("resuming from step ")[1].split("/")[0])
+        assert resumed_from >= killed_at
+        metrics = json.loads((project / "data/metrics/pretrain.json").read_text())
+        assert metrics["steps"] == 24
+        load_pretrained(project / "data/models/pretrain")
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
