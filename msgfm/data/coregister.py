@@ -21,6 +21,7 @@ leaves a JSON record beside its COG, and a rerun with the same inputs and params
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
 from scipy import ndimage
-from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from tqdm import tqdm
 
 from msgfm.geo.grids import Grid, bounds_in, intersects, warp_to_grid
-from msgfm.geo.io import atomic_path, atomic_write_json, write_cog
+from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 
 if TYPE_CHECKING:
@@ -102,8 +103,10 @@ def gradient_feature(bands: np.ndarray, valid: np.ndarray, sigma_px: float) -> n
     for band in bands:
         values = band[valid]
         filled = np.where(valid, (band - values.mean()) / (values.std() + 1e-6), 0.0).astype(np.float32)
-        smooth = ndimage.gaussian_filter(filled, sigma_px) if sigma_px > 0 else filled
-        magnitude = np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))
+        if sigma_px > 0:  # derivative-of-Gaussian filters: smoothing and gradient in one separable pass per axis
+            magnitude = ndimage.gaussian_gradient_magnitude(filled, sigma_px)
+        else:
+            magnitude = np.hypot(ndimage.sobel(filled, axis=0), ndimage.sobel(filled, axis=1))
         feature += magnitude / (magnitude[valid].mean() + 1e-6)
     margin = int(math.ceil(2 * sigma_px)) + 1
     inner = ndimage.binary_erosion(valid, iterations=margin, border_value=1)
@@ -145,7 +148,7 @@ def estimate_shift(
     `max_shift_px` (a large structure matched to the wrong copy of itself), the peak is searched again
     only among plausible shifts, then refined to 1/upsample_factor px by an upsampled DFT around it.
     """
-    taper = window("hann", reference.shape).astype(np.float32)
+    taper = np.outer(np.hanning(reference.shape[0]), np.hanning(reference.shape[1])).astype(np.float32)
     ref, mov = reference * taper, moving * taper
     shift, error, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample_factor, normalization=normalization)
     if max_shift_px is None or math.hypot(shift[0], shift[1]) <= max_shift_px:
@@ -175,6 +178,38 @@ def _windowed_peak(
     fine = (ey @ product @ ex).real
     fy, fx = np.unravel_index(np.argmax(fine), fine.shape)
     return float(y0 + offsets[fy]), float(x0 + offsets[fx])
+
+
+def match_window(grid: Grid, size_px: int) -> tuple[tuple[slice, slice], Grid]:
+    """The centred square of side `size_px` (at most the grid) where shifts are matched, and its sub-grid.
+
+    Matching a window rather than the whole grid bounds the cost of features, correlation and the
+    estimation warp whatever the raster size; the shift of a raster is the same everywhere in it.
+    """
+    h, w = min(size_px, grid.height), min(size_px, grid.width)
+    r0, c0 = (grid.height - h) // 2, (grid.width - w) // 2
+    sub = Grid(grid.crs, grid.transform @ Affine.translation(c0, r0), w, h)
+    return (slice(r0, r0 + h), slice(c0, c0 + w)), sub
+
+
+def write_tiled_tiff(
+    path: Path, array: np.ndarray, grid: Grid, *, nodata: float | None, band_names: list[str], compress: str
+) -> None:
+    """Write (C, H, W) on `grid` as a tiled GeoTIFF, atomically.
+
+    An intermediate for the pair stage, read whole: a plain tiled GeoTIFF written in one pass, without
+    the COG's in-memory copy and overviews (which cost more than the warp itself on large grids).
+    """
+    profile = {
+        "driver": "GTiff", "count": array.shape[0], "height": grid.height, "width": grid.width,
+        "dtype": array.dtype.name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "band",
+    }  # fmt: skip
+    if compress != "none":
+        profile.update(compress=compress, predictor=2 if array.dtype.kind in "iu" else 3)
+    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(array)
+        dst.descriptions = tuple(band_names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,14 +370,8 @@ class Coregistrar:
         return row
 
     def _write(self, rel: str, key: str, array: np.ndarray, grid: Grid, row: dict, nodata: float | None) -> dict:
-        write_cog(
-            self.out_dir / rel,
-            array,
-            crs=grid.crs,
-            transform=grid.transform,
-            nodata=nodata,
-            band_names=row["band_names"],
-            compress=self.cfg.compress,
+        write_tiled_tiff(
+            self.out_dir / rel, array, grid, nodata=nodata, band_names=row["band_names"], compress=self.cfg.compress
         )
         row.update(
             path=rel,
@@ -410,8 +439,11 @@ class Coregistrar:
         if cloud is not None:
             valid &= cloud == 0
         feature_idx = [S2_L2A_BANDS.index(b) for b in self.cfg.s2_feature_bands]
-        feature = gradient_feature(data[feature_idx].astype(np.float32), valid, self.cfg.feature_sigma_px)
-        ctx.add_reference(S10, feature, valid, item.id)
+        win, _ = match_window(grid, self.cfg.match_px)
+        feature = gradient_feature(
+            data[feature_idx][:, win[0], win[1]].astype(np.float32), valid[win], self.cfg.feature_sigma_px
+        )
+        ctx.add_reference(S10, feature, valid[win], item.id)
         return rows
 
     def _shifted(
@@ -463,37 +495,48 @@ class Coregistrar:
         dtype = "float32"
         out_nodata = float("nan") if nodata is None else float(nodata)
 
-        def warp(path: Path, shift: tuple[float, float]) -> np.ndarray:
-            with rasterio.open(path) as src:
-                return warp_to_grid(src, grid, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata)[0]
+        sources: dict[Path, tuple[Any, np.ndarray]] = {}
+
+        _, match_grid = match_window(grid, self.cfg.match_px)
+
+        def warp(path: Path, shift: tuple[float, float], onto: Grid = grid) -> np.ndarray:
+            """Warp one band file; each file is opened and read once for the estimation and the final warp."""
+            if path not in sources:
+                src = stack.enter_context(rasterio.open(path))
+                sources[path] = (src, src.read([1]))
+            src, pixels = sources[path]
+            return warp_to_grid(
+                src, onto, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata, source=pixels
+            )[0]
 
         def valid_of(a: np.ndarray) -> np.ndarray:
             return np.isfinite(a) if nodata is None else (a != nodata) & np.isfinite(a)
 
-        moving = np.stack([warp(item.assets[b], (0.0, 0.0)) for b in feature_bands])
-        moving_valid = np.all([valid_of(m) for m in moving], axis=0)
-        if not moving_valid.any():
-            row["error"] = "all nodata on the AOI grid after warping"
-            return row
-        if is_s1:
-            feature = gradient_feature(moving, moving_valid, self.cfg.s1_speckle_sigma_px)
-        else:
-            feature = dsm_feature(moving, moving_valid, self.cfg.feature_sigma_px, self.cfg.dsm_detrend_sigma_px)
-        dx, dy, err = estimate_shift(
-            reference,
-            feature,
-            upsample_factor=self.cfg.upsample_factor,
-            normalization=self.cfg.normalization,
-            max_shift_px=self.cfg.max_shift_px,
-        )
-        row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=err)
-        data = np.stack([warp(p, (dx, dy)) for p in paths])
-        valid = np.all([valid_of(b) for b in data], axis=0)
-        row["valid_fraction"] = float(valid.mean())
-        if not valid.any():
-            row["error"] = "all nodata on the AOI grid after correction"
-            return row
-        return self._write(rel, key, data.astype(np.float32), grid, row, nodata=None if nodata is None else nodata)
+        with contextlib.ExitStack() as stack:
+            moving = np.stack([warp(item.assets[b], (0.0, 0.0), match_grid) for b in feature_bands])
+            moving_valid = np.all([valid_of(m) for m in moving], axis=0)
+            if not moving_valid.any():
+                row["error"] = "all nodata on the AOI grid after warping"
+                return row
+            if is_s1:
+                feature = gradient_feature(moving, moving_valid, self.cfg.s1_speckle_sigma_px)
+            else:
+                feature = dsm_feature(moving, moving_valid, self.cfg.feature_sigma_px, self.cfg.dsm_detrend_sigma_px)
+            dx, dy, err = estimate_shift(
+                reference,
+                feature,
+                upsample_factor=self.cfg.upsample_factor,
+                normalization=self.cfg.normalization,
+                max_shift_px=self.cfg.max_shift_px,
+            )
+            row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=err)
+            data = np.stack([warp(p, (dx, dy)) for p in paths])
+            valid = np.all([valid_of(b) for b in data], axis=0)
+            row["valid_fraction"] = float(valid.mean())
+            if not valid.any():
+                row["error"] = "all nodata on the AOI grid after correction"
+                return row
+            return self._write(rel, key, data.astype(np.float32), grid, row, nodata=None if nodata is None else nodata)
 
     def _rgb(self, ctx: _AOIContext, item: _Item) -> dict:
         rel = f"{item.aoi}/rgb_{item.date}.tif"
@@ -527,7 +570,10 @@ class Coregistrar:
                 row["error"] = "all nodata on the fine grid after warping"
                 return row
             reused = self._write(rel, key, data, grid, row, nodata=0)
-        ctx.add_reference(FINE, rgb_feature(data, valid, self.cfg.feature_sigma_px), valid, item.id)
+        win, _ = match_window(grid, self.cfg.match_px)
+        ctx.add_reference(
+            FINE, rgb_feature(data[:, win[0], win[1]], valid[win], self.cfg.feature_sigma_px), valid[win], item.id
+        )
         return reused
 
     def _landcover(self, ctx: _AOIContext, item: _Item) -> list[dict]:
@@ -715,15 +761,21 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
         refs: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
         counts: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
         ids = set(group["id"])
+
+        def window_of(r) -> tuple[slice, slice]:
+            grid = Grid(r.crs, Affine(*list(r.transform)[:6]), int(r.width), int(r.height))
+            return match_window(grid, cfg.match_px)[0]
+
         for r in group[group["sensor"].isin(["s2", "rgb"]) & (group["kind"] == "image")].itertuples():
+            win = window_of(r)
             with rasterio.open(out_dir / r.path) as src:
-                data = src.read()
+                data = src.read()[:, win[0], win[1]]
             if r.sensor == "s2":
                 valid = np.all(data != 0, axis=0)
                 cloud_id = f"{r.id}_cloud"
                 if cloud_id in ids:
                     with rasterio.open(out_dir / group.loc[group["id"] == cloud_id, "path"].iloc[0]) as src:
-                        valid &= src.read(1) == 0
+                        valid &= src.read(1)[win] == 0
                 idx = [list(r.band_names).index(b) for b in cfg.s2_feature_bands]
                 feature = gradient_feature(data[idx].astype(np.float32), valid, cfg.feature_sigma_px)
             else:
@@ -735,8 +787,9 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
             if not refs[r.grid]:
                 continue
             reference = np.sum(refs[r.grid], axis=0) / np.maximum(np.sum(counts[r.grid], axis=0), 1)
+            win = window_of(r)
             with rasterio.open(out_dir / r.path) as src:
-                data = src.read().astype(np.float32)
+                data = src.read()[:, win[0], win[1]].astype(np.float32)
                 nodata = src.nodata
             valid = np.all(np.isfinite(data), axis=0)
             if nodata is not None and not math.isnan(nodata):

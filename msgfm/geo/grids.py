@@ -127,6 +127,7 @@ def warp_to_grid(
     shift_px: tuple[float, float] = (0.0, 0.0),
     dtype: str | None = None,
     nodata: float | None = None,
+    source: np.ndarray | None = None,
 ) -> np.ndarray:
     """Reproject bands of `src` onto `grid` in one warp; returns (C, H, W).
 
@@ -134,18 +135,19 @@ def warp_to_grid(
     (c + dx, r + dy) when warped by georeference alone); it is folded into the destination
     transform so the output pixel (c, r) holds the content that belongs there.
     Pixels outside the source or at its nodata get `nodata` (NaN for floats, 0 for integers).
+    `source`, the bands already read from `src`, saves reading them again when a raster is warped twice.
     """
     indexes = indexes or list(range(1, src.count + 1))
     dtype = dtype or src.dtypes[indexes[0] - 1]
     nodata = default_nodata(dtype) if nodata is None else nodata
     dst_transform = grid.shifted(*shift_px)
     if shift_px == (0.0, 0.0) and grid.matches(crs_string(src.crs), src.transform, src.width, src.height):
-        source = src.read(indexes)
+        source = src.read(indexes) if source is None else source
         data = source.astype(dtype, copy=False)
         if src.nodata is not None and not math.isnan(src.nodata):
             data = np.where(source == src.nodata, np.array(nodata, dtype=dtype), data)
         return data
-    source = src.read(indexes)
+    source = src.read(indexes) if source is None else source
     out = np.full((len(indexes), grid.height, grid.width), nodata, dtype=dtype)
     reproject(
         source,
