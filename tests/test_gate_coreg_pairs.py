@@ -139,7 +139,6 @@ def _tiny_world_params(path: Path, repo_root: Path) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.slow
 def test_simulated_world_end_to_end(tmp_path, repo_root, monkeypatch):
     """simulate -> download -> validate_raw -> coregister -> validate_coreg -> pair -> validate_pairs via the CLI."""
     _tiny_world_params(tmp_path / "params.yaml", repo_root)
