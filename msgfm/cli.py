@@ -148,7 +148,9 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
     p = _load(params)
     try:
-        manifest = pair(p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed)
+        manifest = pair(
+            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed
+        )
     except PairError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
