@@ -177,12 +177,19 @@ def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
-def pretrain(params: ParamsOption = Path("params.yaml")) -> None:
+def pretrain(
+    params: ParamsOption = Path("params.yaml"),
+    single_sensor: Annotated[
+        bool, typer.Option("--single-sensor", help="the baseline: pretrain on pretrain.single_sensor alone")
+    ] = False,
+) -> None:
     """Cross-sensor MIM pretraining on Ray Train; resumes from the latest checkpoint after a crash."""
     from msgfm.data.pretrain_data import PretrainDataError
-    from msgfm.training.pretrain import PretrainError, run_pretrain
+    from msgfm.training.pretrain import PretrainError, run_pretrain, single_sensor_params
 
     p = _load(params)
+    if single_sensor:
+        p = single_sensor_params(p)
     try:
         metrics = run_pretrain(p)
     except (PretrainError, PretrainDataError) as e:

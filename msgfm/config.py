@@ -258,6 +258,9 @@ class PretrainParams(Section):
     log_every: int = Field(10, ge=1, description="steps between progress lines")
     val_chips: int = Field(64, ge=1, description="validation chips per sensor for the final loss")
     preview_chips: int = Field(2, ge=1, le=8, description="chips per sensor in the reconstructions PNG")
+    single_sensor: Literal["s1", "s2", "rgb", "dsm"] = Field(
+        "s2", description="sensor of the single-sensor baseline (`msgfm pretrain --single-sensor`)"
+    )
 
     @model_validator(mode="after")
     def _mix_covers_sensors(self) -> PretrainParams:
@@ -266,7 +269,9 @@ class PretrainParams(Section):
             raise ValueError(f"pretrain.sensor_mix has unknown sensors {unknown}; allowed: s1, s2, rgb, dsm")
         missing = [s for s in self.sensors if self.sensor_mix.get(s, 0) <= 0]
         if missing:
-            raise ValueError(f"pretrain.sensor_mix must give a positive share to every pretrained sensor; missing {missing}")
+            raise ValueError(
+                f"pretrain.sensor_mix must give a positive share to every pretrained sensor; missing {missing}"
+            )
         return self
 
 
@@ -300,6 +305,67 @@ class ModelParams(Section):
         return self
 
 
+Variant = Literal["pretrained", "scratch", "single_sensor"]
+
+
+class FinetuneParams(Section):
+    """`msgfm finetune --task T`: Optuna-tuned fine-tuning of msGFM (and the baselines) on one downstream task."""
+
+    chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
+    manifest: Path = Path("data/manifest.parquet")
+    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
+    out_dir: Path = Field(Path("data/models"), description="per task: optuna.db and one folder per variant")
+    metrics_dir: Path = Field(Path("data/metrics/finetune"), description="per task: best trial of each variant")
+    pretrained_model: Path = Field(Path("data/models/pretrain"), description="the msGFM pretrained model")
+    single_sensor_model: Path = Field(Path("data/models/pretrain_s2"), description="single-sensor pretrained model")
+    variants: list[Variant] = Field(
+        ["pretrained", "scratch", "single_sensor"], min_length=1, description="encoders fine-tuned per task"
+    )
+    label_fraction: float = Field(0.1, gt=0, le=1, description="share of training labels used (label budget)")
+    trials: int = Field(3, ge=1, le=10000, description="Optuna trials per task and variant")
+    epochs: int = Field(4, ge=1, le=1000, description="epochs per trial (the pruner sees the val metric each)")
+    min_steps_per_epoch: int = Field(4, ge=1, description="an epoch is at least this many steps (tiny budgets)")
+    batch_sizes: list[int] = Field([8, 16], min_length=1, description="batch sizes Optuna chooses from")
+    lr_range: tuple[float, float] = Field((1e-4, 3e-3), description="log-uniform learning-rate range")
+    weight_decay_range: tuple[float, float] = Field((1e-4, 0.1), description="log-uniform weight-decay range")
+    layer_decay_range: tuple[float, float] = Field((0.5, 1.0), description="layer-wise lr decay range")
+    freeze_choices: list[bool] = Field([True, False], min_length=1, description="frozen encoder or full fine-tuning")
+    pruner_warmup_epochs: int = Field(1, ge=0, description="MedianPruner: epochs before a trial may be pruned")
+    max_cloud_fraction: float = Field(0.01, ge=0, le=1, description="an S2 chip with at most this much cloud is clear")
+    clear_within_days: int = Field(15, ge=1, description="cloud removal: the clear target is at most this many days later")
+    holdout_aois: list[str] = Field(["alps"], description="AOIs never fine-tuned on (held-out biome test)")
+    train_until: dt.date | None = Field(None, description="chips after this date are held out (later-date test)")
+    eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> FinetuneParams:
+        for key in ("lr_range", "weight_decay_range", "layer_decay_range"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"finetune.{key} must be [low, high] with 0 < low <= high, got {[low, high]}")
+        if self.layer_decay_range[1] > 1:
+            raise ValueError("finetune.layer_decay_range must stay within (0, 1]")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"finetune.batch_sizes must be positive, got {self.batch_sizes}")
+        return self
+
+
+class EvaluateParams(Section):
+    """`msgfm evaluate`: test metrics of every variant, modality ablations, generalisation, plots and report."""
+
+    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v}}")
+    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v}}}")
+    ablations: Path = Field(Path("data/metrics/ablations.json"), description="{task: {condition: {metric: v}}}")
+    generalisation: Path = Field(Path("data/metrics/generalisation.json"), description="held-out AOI and dates")
+    plots_dir: Path = Field(Path("data/plots/evaluate"), description="PNG figures and DVC plot tables")
+    report: Path = Field(Path("data/reports/report.md"), description="the Markdown report")
+    noise_std: float = Field(1.0, ge=0, description="ablation: Gaussian noise std added to a sensor (normalised units)")
+    shift_px: int = Field(4, ge=1, le=64, description="ablation: misregistration of a sensor, pixels")
+    cloud_cover: float = Field(0.4, gt=0, le=1, description="ablation: share of an optical chip covered by cloud")
+    examples: int = Field(3, ge=1, le=16, description="chips in the example PNGs")
+
+
 class Params(Section):
     """The whole params.yaml. Stages add their section here as they land."""
 
@@ -314,6 +380,8 @@ class Params(Section):
     ray: RayParams = Field(default_factory=RayParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     model: ModelParams = Field(default_factory=ModelParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

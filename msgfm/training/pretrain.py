@@ -54,6 +54,27 @@ def run_name(params: Params, manifest_path: Path) -> str:
     return f"pretrain-{digest}"
 
 
+def single_sensor_params(params: Params) -> Params:
+    """Params of the single-sensor baseline: only `pretrain.single_sensor`, outputs suffixed with its name."""
+    cfg = params.pretrain
+    sensor = cfg.single_sensor
+
+    def suffixed(path: Path) -> Path:
+        return path.with_name(f"{path.stem}_{sensor}{path.suffix}")
+
+    baseline = cfg.model_copy(
+        update={
+            "sensors": [sensor],
+            "sensor_mix": {sensor: 1.0},
+            "out_dir": suffixed(cfg.out_dir),
+            "checkpoint_dir": suffixed(cfg.checkpoint_dir),
+            "metrics": suffixed(cfg.metrics),
+            "plots_dir": suffixed(cfg.plots_dir),
+        }
+    )
+    return params.model_copy(update={"pretrain": baseline})
+
+
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
     """Linear warmup then cosine decay to `min_ratio` of the peak learning rate."""
     if warmup and step < warmup:
@@ -120,7 +141,7 @@ def train_loop(config: dict[str, Any]) -> None:
         optimizer.step()
         scheduler.step()
         seen += sum(int(x.shape[0]) for x in batch["images"].values())
-        losses = {k: float(v) for k, v in out.losses.items()}
+        losses = {k: float(v.detach()) for k, v in out.losses.items()}
         window.append(losses)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -319,4 +340,12 @@ def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, An
     return metrics
 
 
-__all__ = ["PretrainChips", "PretrainError", "run_pretrain", "train_loop", "lr_factor", "run_name"]
+__all__ = [
+    "PretrainChips",
+    "PretrainError",
+    "run_pretrain",
+    "single_sensor_params",
+    "train_loop",
+    "lr_factor",
+    "run_name",
+]
