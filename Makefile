@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup pipeline test test-all lint format bench lock clean
+.PHONY: setup pipeline test test-slow test-all lint format bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ pipeline: setup
 ## Lint, then the test suite (without the tests marked slow).
 test: setup lint
 	$(BIN)/pytest -m "not slow"
+
+## Only the tests marked slow (kill-and-resume, cluster joining, whole-pipeline runs).
+test-slow: setup
+	$(BIN)/pytest -m slow
 
 ## Every test, slow ones included.
 test-all: setup lint

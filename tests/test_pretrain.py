@@ -107,6 +107,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_pretrain_joins_a_cluster_and_resumes_after_kill(tiny_world: Path, tmp_path: Path) -> None:
     """`ray start --head` by the test; msgfm pretrain joins it via ray.address, is killed mid-run, resumes."""
     port = _free_port()
