@@ -1,0 +1,178 @@
+"""Fault injection: each data stage killed with SIGKILL mid-run, then run again, ends as an uninterrupted run.
+
+Every stage runs as a real `msgfm <stage>` subprocess in a copy of the tiny simulated world
+(tests/tiny_world.py) cut back to the stage's inputs. The kill comes as soon as the stage's first
+output file exists (the whole process group, as `kill -9` of a pipeline run would). Checked after the
+kill: every file under a final name is complete (byte-identical to the uninterrupted run's file;
+temporary files are hidden `.name.*.part` / `.partial` names) and no ledger lists a temporary file.
+Checked after the rerun: the data files hash exactly as after one uninterrupted run.
+Network faults (404, 5xx, stalls, dropped connections resumed with Range, wrong checksums) are in
+tests/test_download.py; pretraining's kill-and-resume is in tests/test_pretrain.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from msgfm.geo.io import sha256_file
+
+MSGFM = str(Path(sys.executable).with_name("msgfm"))
+RUN_KEYS = {"seconds", "pixels_written", "fetched", "skipped", "bytes"}  # what this run did, not what it produced
+
+
+@dataclass(frozen=True)
+class StageCase:
+    """One stage: its outputs (removed before the run), the glob of its first output, and params tweaks."""
+
+    stage: str
+    outputs: tuple[str, ...]
+    first_output: str
+    params: dict = field(default_factory=dict)
+    reports: tuple[str, ...] = ()
+
+
+CASES = [
+    # one worker: items are fetched one after another, so the kill lands between items
+    StageCase(
+        "download",
+        ("data/raw", "data/reports/download.json"),
+        "data/raw/*/*/*.tif",
+        {"download": {"workers": 1}},
+        reports=("data/reports/download.json",),
+    ),
+    StageCase(
+        "coregister",
+        ("data/coreg", "data/reports/coregister.json"),
+        "data/coreg/*/*.tif",
+        reports=("data/reports/coregister.json",),
+    ),
+    # a fine stride makes the chip-writing pass long enough to be killed inside it
+    StageCase("pair", ("data/chips", "data/manifest.parquet"), "data/.chips.partial/*.npy", {"pair": {"stride_px": 4}}),
+]
+
+
+def is_temporary(rel: str) -> bool:
+    """Names the stages use while writing: atomic_path's `.name.XXXX.part`, download's `.part`, `.chips.partial`."""
+    return any(part.startswith(".") or part.endswith((".part", ".partial")) for part in Path(rel).parts)
+
+
+def snapshot(root: Path, outputs: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every file under the stage's outputs, by path relative to `root`."""
+    files: dict[str, str] = {}
+    for out in outputs:
+        path = root / out
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        files.update({p.relative_to(root).as_posix(): sha256_file(p) for p in found})
+    # the chip store is built in a hidden sibling folder of data/chips
+    for hidden in root.glob("data/.*"):
+        for p in [hidden] if hidden.is_file() else hidden.rglob("*"):
+            if p.is_file():
+                files[p.relative_to(root).as_posix()] = sha256_file(p)
+    return files
+
+
+def prepare(world: Path, dest: Path, case: StageCase) -> Path:
+    """Copy the tiny world (mtimes kept) without the stage's outputs, with the case's params tweaks."""
+    shutil.copytree(world, dest)
+    for out in case.outputs:
+        path = dest / out
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in case.params.items():
+        params[section].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def run_to_end(root: Path, stage: str) -> None:
+    result = subprocess.run([MSGFM, stage, "--params", "params.yaml"], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"msgfm {stage} failed in {root}:\n{result.stdout}\n{result.stderr}"
+
+
+def kill_after_first_output(root: Path, stage: str, first_output: str) -> None:
+    """Start the stage, SIGKILL its process group once `first_output` matches a file; fail if it ended first."""
+    proc = subprocess.Popen(
+        [MSGFM, stage, "--params", "params.yaml"],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300  # a safeguard against a hung stage, not a speed assertion
+        while proc.poll() is None and not final_files(root, first_output) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, f"msgfm {stage} exited ({proc.returncode}) before it could be killed mid-run"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def final_files(root: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern`, temporary names included only when the pattern asks for them."""
+    wants_temporary = is_temporary(pattern)
+    return [p for p in root.glob(pattern) if wants_temporary or not is_temporary(p.relative_to(root).as_posix())]
+
+
+def ledger_paths(root: Path) -> list[str]:
+    """Every file path the stage ledgers/manifests written so far point at (relative to their folders)."""
+    paths: list[str] = []
+    ledger = root / "data/raw/acquisitions.parquet"
+    if ledger.is_file():
+        table = pd.read_parquet(ledger)
+        paths += [p for a in table["assets"] for p in json.loads(a).values()] + table["item_path"].tolist()
+    rasters = root / "data/coreg/rasters.parquet"
+    if rasters.is_file():
+        paths += pd.read_parquet(rasters)["path"].dropna().tolist()
+    index = root / "data/chips/index.json"
+    if index.is_file():
+        paths += [a["file"] for a in json.loads(index.read_text())["arrays"].values()]
+    return paths
+
+
+def report_without_timing(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in RUN_KEYS}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stage for c in CASES])
+def test_stage_killed_mid_run_resumes_to_the_uninterrupted_result(case: StageCase, tiny_world: Path, tmp_path):
+    reference = prepare(tiny_world, tmp_path / "reference", case)
+    run_to_end(reference, case.stage)
+    expected = snapshot(reference, case.outputs)
+    assert expected and not [f for f in expected if is_temporary(f)], "an uninterrupted run left temporary files"
+
+    root = prepare(tiny_world, tmp_path / "killed", case)
+    kill_after_first_output(root, case.stage, case.first_output)
+    after_kill = snapshot(root, case.outputs)
+    complete = {f: h for f, h in after_kill.items() if not is_temporary(f)}
+    if not is_temporary(case.first_output):
+        assert complete, f"the kill left no output of {case.stage} at all"
+    # nothing under a final name is partial: each such file is byte-identical to the uninterrupted run's
+    differing = sorted(f for f, h in complete.items() if expected.get(f) != h and f not in case.reports)
+    assert not differing, f"{case.stage}: files under final names differ after the kill: {differing}"
+    assert not [p for p in ledger_paths(root) if is_temporary(p)], "a ledger lists a temporary file"
+
+    run_to_end(root, case.stage)
+    resumed = snapshot(root, case.outputs)
+    final = {f: h for f, h in resumed.items() if not is_temporary(f) and f not in case.reports}
+    assert final == {f: h for f, h in expected.items() if f not in case.reports}
+    for report in case.reports:
+        assert report_without_timing(root / report) == report_without_timing(reference / report)
+    # a file the kill caught inside atomic_path stays behind under its hidden temporary name; it is never
+    # listed or read, but it is not cleaned up either (reported to the lead: stale temporaries)
+    leftovers = sorted(f for f in resumed if is_temporary(f))
+    assert not [p for p in ledger_paths(root) if is_temporary(p)]
+    print(f"{case.stage}: killed mid-run, resumed; {len(final)} files as uninterrupted; stale temporaries {leftovers}")
