@@ -231,6 +231,71 @@ def embed(
 
 
 @app.command()
+def finetune(
+    params: ParamsOption = Path("params.yaml"),
+    task: Annotated[
+        str | None, typer.Option(help="classification, cloud_removal, pansharpening or segmentation")
+    ] = None,
+    variant: Annotated[
+        list[str] | None, typer.Option(help="pretrained, scratch, single_sensor (repeatable; default: params)")
+    ] = None,
+    benchmark: Annotated[
+        str | None, typer.Option(help="fine-tune on a real benchmark instead (bigearthnet, sen12ms_cr, vaihingen)")
+    ] = None,
+    root: Annotated[Path | None, typer.Option(help="the benchmark's local folder (with --benchmark)")] = None,
+) -> None:
+    """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
+    from msgfm.data.benchmarks import BenchmarkDataError
+    from msgfm.training.finetune import VARIANTS, FinetuneError, run_benchmark_finetune, run_finetune
+    from msgfm.training.tasks import TASKS, TaskDataError
+
+    p = _load(params)
+    bad = [v for v in variant or [] if v not in VARIANTS]
+    if bad:
+        typer.echo(f"error: unknown variant(s) {bad}; variants are {list(VARIANTS)}", err=True)
+        raise typer.Exit(2)
+    try:
+        if benchmark is not None:
+            if root is None:
+                typer.echo("error: --benchmark needs --root (the dataset's local folder)", err=True)
+                raise typer.Exit(2)
+            summary = run_benchmark_finetune(p, benchmark, root, variant or None)
+        else:
+            if task not in TASKS:
+                typer.echo(f"error: --task must be one of {list(TASKS)}, got {task!r}", err=True)
+                raise typer.Exit(2)
+            summary = run_finetune(p, task, variant or None)
+    except (FinetuneError, TaskDataError, BenchmarkDataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for name, result in summary.items():
+        if isinstance(result, dict) and "value" in result:
+            typer.echo(
+                f"{summary['task']}/{name}: best trial {result['trial']} val {result['metric']} {result['value']:.4f} "
+                f"({result['trials_finished']} trials, {result['trials_pruned']} pruned, {result['wall_time_s']:.0f} s)"
+            )
+        elif isinstance(result, dict) and "missing" in result:
+            typer.echo(f"{summary['task']}/{name}: skipped: {result['missing']}")
+
+
+@app.command()
+def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+    """Test metrics, baselines, modality ablations, generalisation, plots and the report (data/reports/report.md)."""
+    from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
+    from msgfm.training.tasks import TaskDataError
+
+    p = _load(params)
+    try:
+        metrics = run_evaluate(p)
+    except (EvaluateError, TaskDataError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for task, values in metrics.items():
+        typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
+    typer.echo(f"report: {p.evaluate.report}")
+
+
+@app.command()
 def serve(params: ParamsOption = Path("params.yaml")) -> None:
     """Serve the Prefect deployments `pipeline` (on demand) and `retrain-on-new-acquisitions` (cron from params)."""
     _load(params)
