@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +37,22 @@ def _load(params_path: Path) -> Params:
     except ParamsError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _run_gate(run: Callable[[], Any]) -> None:
+    """Run a gate and report it: exit 1 when it fails (its message says why), 2 when an input is missing."""
+    from msgfm.validation.gates import GateFailed
+
+    try:
+        result = run()
+        result.raise_if_failed()
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.message)
 
 
 @app.command()
@@ -82,20 +99,10 @@ def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command(name="validate_raw")
 def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Raw gate: check every downloaded acquisition with Great Expectations; quarantine the bad ones."""
-    from msgfm.validation.gates import GateFailed
     from msgfm.validation.raw import validate_raw
 
     p = _load(params)
-    try:
-        result = validate_raw(p.download.out_dir, p.source, p.gates)
-        result.raise_if_failed()
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except GateFailed as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.message)
+    _run_gate(lambda: validate_raw(p.download.out_dir, p.source, p.gates))
 
 
 @app.command(name="coregister")
@@ -126,19 +133,9 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Coreg gate: every raster on its AOI grid, aligned within gates.max_residual_px, with enough overlap."""
     from msgfm.validation.coreg import validate_coreg
-    from msgfm.validation.gates import GateFailed
 
     p = _load(params)
-    try:
-        result = validate_coreg(p.coregister.out_dir, p.coregister, p.gates)
-        result.raise_if_failed()
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except GateFailed as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.message)
+    _run_gate(lambda: validate_coreg(p.coregister.out_dir, p.coregister, p.gates))
 
 
 @app.command(name="pair")
@@ -160,20 +157,10 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command(name="validate_pairs")
 def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Pairs gate: manifest schema, spatially disjoint splits, classes in train, paired share, finite stats."""
-    from msgfm.validation.gates import GateFailed
     from msgfm.validation.pairs import validate_pairs
 
     p = _load(params)
-    try:
-        result = validate_pairs(p.pair, p.gates)
-        result.raise_if_failed()
-    except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except GateFailed as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.message)
+    _run_gate(lambda: validate_pairs(p.pair, p.gates))
 
 
 @app.command()
