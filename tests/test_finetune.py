@@ -1,0 +1,270 @@
+"""Fine-tuning and evaluation on the tiny world: tasks, label budget, Optuna resume, missing modality, outputs.
+
+The encoder here is a freshly initialised msGFM saved with save_pretrained (no MIM pretraining): these
+tests check the fine-tuning and evaluation machinery, not whether pretraining helps, so they skip the
+~30 s Ray start a real pretraining run costs. tests/test_pretrain.py covers real pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tiny_world import working_directory
+from typer.testing import CliRunner
+
+from msgfm.cli import app
+from msgfm.config import load_params
+from msgfm.evaluation.evaluate import CLOUD_VALUE, add_cloud, drop_sensor, misregister, render_report
+from msgfm.models import create_model_from_params
+from msgfm.models.hub import save_pretrained
+from msgfm.sensors import get_sensor
+from msgfm.training.finetune import (
+    BEST_FILE,
+    build_task_model,
+    finished_trials,
+    load_encoder,
+    open_study,
+    predict,
+    tune_variant,
+)
+from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.training.tasks import (
+    IGNORE_INDEX,
+    PAN_BANDS,
+    TASKS,
+    accepted_chips,
+    build_task_data,
+    get_task,
+    label_budget,
+    wald_pansharpening_input,
+)
+
+FAST = {
+    "label_fraction": 1.0,
+    "trials": 1,
+    "epochs": 1,
+    "min_steps_per_epoch": 1,
+    "batch_sizes": [8],
+    "holdout_aois": [],
+    "train_until": None,
+    "threads": 1,
+    "variants": ["pretrained", "scratch", "single_sensor"],
+}
+
+
+@pytest.fixture(scope="module")
+def project(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny world with fast finetune params and an untrained msGFM saved as the pretrained model."""
+    dest = tmp_path_factory.mktemp("finetune") / "p"
+    shutil.copytree(tiny_world, dest, ignore=shutil.ignore_patterns("checkpoints", "models", "metrics", "plots"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["finetune"] = FAST
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with working_directory(dest):
+        p = load_params("params.yaml")
+        torch.manual_seed(0)
+        save_pretrained(create_model_from_params(p.model), p.finetune.pretrained_model)
+    return dest
+
+
+def test_label_budget_is_exact_seeded_and_without_replacement() -> None:
+    picks = label_budget(100, 0.1, seed=3)
+    assert len(picks) == 10 and len(set(picks.tolist())) == 10 and list(picks) == sorted(picks)
+    assert np.array_equal(picks, label_budget(100, 0.1, seed=3))
+    assert not np.array_equal(picks, label_budget(100, 0.1, seed=4))
+    assert len(label_budget(7, 0.1, seed=0)) == 1  # never an empty training set
+    assert np.array_equal(label_budget(5, 1.0, seed=0), np.arange(5))
+    with pytest.raises(ValueError, match="label fraction"):
+        label_budget(10, 0.0, seed=0)
+
+
+def test_wald_input_of_a_flat_image_is_the_image() -> None:
+    """A flat image has no detail to lose: degraded, upsampled and sharpened it comes back unchanged."""
+    flat = torch.full((1, 4, 32, 32), 0.2)
+    assert torch.allclose(wald_pansharpening_input(flat), flat, atol=1e-6)
+    ramp = torch.linspace(0, 1, 32).repeat(1, 4, 32, 1)
+    ramp = ramp + torch.sin(torch.arange(32.0))[None, None, :, None]  # detail below the 4 px block scale
+    fused = wald_pansharpening_input(ramp)
+    ms_up = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(ramp, 4), size=(32, 32), mode="bicubic")
+    assert (fused - ramp).abs().mean() < (ms_up - ramp).abs().mean()  # PAN detail brings it closer
+
+
+def test_tasks_are_built_from_the_accepted_chips(project: Path) -> None:
+    with working_directory(project):
+        params = load_params("params.yaml")
+        store, rows = accepted_chips(params)
+        datas = {t: build_task_data(params, t, loaded=(store, rows)) for t in TASKS}
+    cls = datas["classification"]
+    train = cls.splits["train"]
+    assert train.images["s2"].shape[1:] == (12, 32, 32) and train.images["s1"].shape[1:] == (2, 32, 32)
+    by_id = rows.set_index("id")
+    for i, chip in enumerate(train.ids):  # the multi-hot target is the manifest's class list
+        expected = {int(c) for c in by_id.at[chip, "labels"]} & set(cls.class_codes)
+        assert {cls.class_codes[k] for k in np.flatnonzero(train.target[i].numpy())} == expected
+        assert by_id.at[chip, "cloud_fraction"] <= params.finetune.max_cloud_fraction
+    assert bool(train.present["s1"].all()) == (by_id.loc[train.ids, "partner_sensor"] == "s1").all()
+    cr = datas["cloud_removal"].splits["train"]
+    for chip in cr.ids:  # cloudy input, and its target is clear and later at the same place
+        assert by_id.at[chip, "cloud_fraction"] > params.finetune.max_cloud_fraction
+    cloudy = rows[rows["id"].isin(cr.ids)]
+    assert len(cloudy) == len(cr) and cr.target.shape == cr.images["s2"].shape
+    ps = datas["pansharpening"].splits["train"]
+    assert ps.bands["s2"] == PAN_BANDS and ps.target.shape[1] == 4
+    seg = datas["segmentation"]
+    target = seg.splits["train"].target
+    assert target.dtype == torch.int64 and set(target.unique().tolist()) <= set(range(seg.num_classes)) | {IGNORE_INDEX}
+    assert seg.splits["train"].bands == {"rgb": ("R", "G", "B"), "dsm": ("height",)}
+
+
+def test_holdout_aois_and_later_dates_stay_out_of_training(project: Path) -> None:
+    with working_directory(project):
+        params = load_params("params.yaml")
+        params.finetune.holdout_aois = ["harbour"]
+        params.finetune.train_until = pd.Timestamp("2024-07-12").date()
+        data = build_task_data(params, "classification")
+        store, rows = accepted_chips(params)
+    day = rows.set_index("id")["day"]
+    aoi = rows.set_index("id")["aoi"]
+    for name in ("train", "val", "test"):
+        ids = data.splits[name].ids if name in data.splits else []
+        assert all(aoi[i] != "harbour" and str(day[i]) <= "2024-07-12" for i in ids)
+    assert data.splits["holdout_aoi"].ids and all(aoi[i] == "harbour" for i in data.splits["holdout_aoi"].ids)
+    assert data.splits["later"].ids and all(str(day[i]) > "2024-07-12" for i in data.splits["later"].ids)
+
+
+def test_corruptions_change_exactly_what_they_say(project: Path) -> None:
+    with working_directory(project):
+        split = build_task_data(load_params("params.yaml"), "segmentation").splits["test"]
+    dropped = drop_sensor(split, "dsm")
+    assert not dropped.present["dsm"].any() and (dropped.images["dsm"] == 0).all()
+    assert torch.equal(dropped.images["rgb"], split.images["rgb"]) and split.present["dsm"].any()
+    shifted = misregister(split, "rgb", 3)
+    assert torch.equal(shifted.images["rgb"][..., 3:, 3:], split.images["rgb"][..., :-3, :-3])
+    clouded = add_cloud(split, "rgb", 0.25, seed=0)
+    cloud = get_sensor("rgb").normalise(np.full((3, 1, 1), CLOUD_VALUE["rgb"], np.float32), ("R", "G", "B"))
+    covered = (clouded.images["rgb"] == torch.from_numpy(cloud)).all(dim=1).sum(dim=(1, 2))
+    assert (covered >= 16 * 16).all()  # a 16 x 16 square of a 32 px chip: 25 %
+
+
+def test_missing_modality_runs_on_the_sensors_present(project: Path) -> None:
+    with working_directory(project):
+        params = load_params("params.yaml")
+        data = build_task_data(params, "classification")
+        model = build_task_model(get_task("classification"), load_encoder(params, "pretrained", 0), data.num_classes)
+    test = data.splits["test"]
+    both = predict(model, test, 8)
+    only_s2 = predict(model, drop_sensor(test, "s1"), 8)
+    assert both.shape == only_s2.shape == (len(test), data.num_classes) and torch.isfinite(only_s2).all()
+    assert not torch.allclose(both, only_s2)  # the S1 features really left the average
+    images, present, _ = drop_sensor(test, "s1").batch(torch.arange(len(test)))
+    assert set(images) == {"s2"}  # a sensor absent from every sample is not fed to the encoder at all
+
+
+def test_optuna_study_resumes_after_an_interruption(project: Path) -> None:
+    """A kill leaves a RUNNING trial and maybe a checkpoint of an unfinished trial; the rerun fixes both."""
+    from optuna.trial import TrialState
+
+    with working_directory(project):
+        params = load_params("params.yaml")
+        data = build_task_data(params, "pansharpening")
+        first = tune_variant(params, data, "pretrained")
+        assert first["trials_finished"] == 1
+        study = open_study(params, "pansharpening", "pretrained")
+        study.ask()  # what a process killed mid-trial leaves behind
+        best_path = project / params.finetune.out_dir / "pansharpening" / "pretrained" / BEST_FILE
+        record = json.loads(best_path.read_text())
+        best_path.write_text(json.dumps({**record, "trial": 99}))  # a checkpoint of a trial that never finished
+        params.finetune.trials = 3
+        second = tune_variant(params, data, "pretrained")
+        study = open_study(params, "pansharpening", "pretrained")
+    assert second["trials_finished"] == finished_trials(study) == 3
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 1 and states[0] == TrialState.COMPLETE
+    saved = json.loads(best_path.read_text())
+    assert saved["trial"] == study.best_trial.number and saved["metric"] == "PSNR"
+    assert (best_path.parent / "model.safetensors").is_file()
+
+
+def _cli(project: Path, *args: str) -> tuple[int, str]:
+    with working_directory(project):
+        result = CliRunner().invoke(app, [*args, "--params", "params.yaml"])
+    return result.exit_code, result.output
+
+
+def test_bad_inputs_are_clear_errors(project: Path) -> None:
+    code, out = _cli(project, "finetune", "--task", "regression")
+    assert code == 2 and "--task must be one of" in out
+    code, out = _cli(project, "finetune", "--benchmark", "bigearthnet")
+    assert code == 2 and "--root" in out
+    code, out = _cli(project, "finetune", "--benchmark", "nope", "--root", str(project))
+    assert code == 1 and "unknown benchmark 'nope'" in out
+
+
+def test_benchmark_finetune_on_real_bigearthnet_samples(project: Path, test_data: Path) -> None:
+    """The real BigEarthNet v1.0 sample patches (tests/data/bigearthnet-v1) through `msgfm finetune --benchmark`."""
+    code, out = _cli(
+        project, "finetune", "--benchmark", "bigearthnet", "--root", str(test_data / "bigearthnet-v1"), "--variant",
+        "pretrained",
+    )  # fmt: skip
+    assert code == 0, out
+    summary = json.loads((project / "data/models/benchmarks/bigearthnet/classification.json").read_text())
+    assert summary["pretrained"]["metric"] == "mAP_micro" and 0 <= summary["pretrained"]["value"] <= 1
+    code, out = _cli(project, "finetune", "--benchmark", "spacenet_pansharpen", "--root", str(test_data / "spacenet"))
+    assert code == 1 and "not sensors of the registry" in out
+
+
+def test_report_states_the_claims_from_the_numbers() -> None:
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    baselines = {
+        "pretrained": {"classification": {"mAP_micro": 0.8}, "cloud_removal": {"MAE": 0.05}},
+        "scratch": {"classification": {"mAP_micro": 0.6}, "cloud_removal": {"MAE": 0.04}},
+        "single_sensor": {t: {"missing": "no model"} for t in TASKS},
+    }
+    text = render_report(params, baselines, {}, {}, {})
+    assert "Pretraining helps at 10% labels (pretrained beats scratch): HELD on 1 of 2 tasks" in text
+    assert "classification: held: 0.8000 vs 0.6000" in text and "cloud_removal: did not hold" in text
+    assert "Cross-sensor pretraining beats single-sensor pretraining: NOT TESTED" in text
+
+
+def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
+    for task in TASKS:
+        code, out = _cli(project, "finetune", "--task", task, "--variant", "pretrained", "--variant", "scratch")
+        assert code == 0, out
+        summary = json.loads((project / f"data/metrics/finetune/{task}.json").read_text())
+        assert summary["pretrained"]["metric"] == PRIMARY_METRIC[task] and summary["scratch"]["trials_finished"] == 1
+    code, out = _cli(project, "evaluate")
+    assert code == 0, out
+    metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
+    assert set(metrics) == set(TASKS)
+    for task, values in metrics.items():  # the retrain gate's shape: {task: {metric: value}}
+        assert PRIMARY_METRIC[task] in values and set(values) <= set(METRIC_DIRECTIONS)
+        assert all(math.isfinite(v) for v in values.values())
+    baselines = json.loads((project / "data/metrics/baselines.json").read_text())
+    assert baselines["pretrained"] == metrics and set(baselines["scratch"]) == set(TASKS)
+    assert all("missing" in v for v in baselines["single_sensor"].values())
+    ablations = json.loads((project / "data/metrics/ablations.json").read_text())
+    assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])
+    assert ablations["classification"]["clean"] == metrics["classification"]
+    assert "n/a" in ablations["pansharpening"]["drop_s2"] and "drop_dsm" in ablations["segmentation"]
+    generalisation = json.loads((project / "data/metrics/generalisation.json").read_text())
+    assert generalisation["segmentation"]["test"] == metrics["segmentation"]
+    assert "n/a" in generalisation["segmentation"]["holdout_aoi"]  # no held-out AOI in this params
+    plots = project / "data/plots/evaluate"
+    for name in ("confusion.png", "iou_per_class.png", "cloud_removal_examples.png", "pansharpening_examples.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(pd.read_csv(plots / "confusion.csv").columns) == {"actual", "predicted"}
+    assert len(pd.read_csv(plots / "optuna_segmentation.csv")) == 2  # one trial of each of two variants
+    report = (project / "data/reports/report.md").read_text()
+    for task in TASKS:  # the verdict printed for each task follows the numbers
+        metric = PRIMARY_METRIC[task]
+        a, b = baselines["pretrained"][task][metric], baselines["scratch"][task][metric]
+        held = (a > b) if METRIC_DIRECTIONS[metric] == "max" else (a < b)
+        assert f"  - {task}: {'held' if held else 'did not hold'}: {a:.4f} vs {b:.4f}" in report
