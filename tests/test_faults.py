@@ -176,3 +176,26 @@ def test_stage_killed_mid_run_resumes_to_the_uninterrupted_result(case: StageCas
     leftovers = sorted(f for f in resumed if is_temporary(f))
     assert not [p for p in ledger_paths(root) if is_temporary(p)]
     print(f"{case.stage}: killed mid-run, resumed; {len(final)} files as uninterrupted; stale temporaries {leftovers}")
+
+
+def test_pair_killed_while_replacing_a_store_leaves_the_previous_one_whole(tiny_world: Path, tmp_path):
+    """A rerun of pair with new params, killed while building the new store: the old store and manifest stay."""
+    case = StageCase("pair", (), "data/.chips.partial/*.npy", {"pair": {"stride_px": 4}})
+    outputs = ("data/chips", "data/manifest.parquet")
+    previous = snapshot(tiny_world, outputs)
+    reference = prepare(tiny_world, tmp_path / "reference", case)
+    run_to_end(reference, "pair")
+    expected = snapshot(reference, outputs)
+    assert set(expected) == set(previous) and expected != previous  # the new params give a different store
+
+    root = prepare(tiny_world, tmp_path / "killed", case)
+    kill_after_first_output(root, "pair", case.first_output)
+    after_kill = {f: h for f, h in snapshot(root, outputs).items() if not is_temporary(f)}
+    assert after_kill == previous  # store and manifest: the previous run's, whole and consistent
+    from msgfm.data.chipstore import ChipStore
+
+    store, manifest = ChipStore(root / "data/chips"), pd.read_parquet(root / "data/manifest.parquet")
+    assert {s: store.count(s) for s in store.sensors} == manifest["sensor"].value_counts().to_dict()
+
+    run_to_end(root, "pair")
+    assert {f: h for f, h in snapshot(root, outputs).items() if not is_temporary(f)} == expected
