@@ -79,8 +79,14 @@ def write_loss_curve(history: list[dict[str, float]], plots_dir: Path) -> None:
             live.next_step()
 
 
-def _display(sensor: str, bands: tuple[str, ...], chip: torch.Tensor) -> tuple[np.ndarray, str | None]:
-    """A normalised (C, H, W) chip as an image a person can read, and its colour map."""
+def _display(
+    sensor: str, bands: tuple[str, ...], chip: torch.Tensor, like: torch.Tensor | None = None
+) -> tuple[np.ndarray, str | None]:
+    """A normalised (C, H, W) chip as an image a person can read, and its colour map.
+
+    DSM heights are stretched between the 2nd and 98th percentile of `like` (the target), so a
+    reconstruction is shown on the same scale as what it should match.
+    """
     s = get_sensor(sensor)
     x = s.denormalise(chip.numpy(), bands)
     if sensor == "s2":
@@ -90,7 +96,8 @@ def _display(sensor: str, bands: tuple[str, ...], chip: torch.Tensor) -> tuple[n
         return np.clip(np.moveaxis(x, 0, -1) / 255.0, 0, 1), None
     if sensor == "s1":
         return np.clip((x[0] + 25.0) / 25.0, 0, 1), "gray"
-    lo, hi = np.percentile(x[0], [2, 98])
+    ref = x if like is None else s.denormalise(like.numpy(), bands)
+    lo, hi = np.percentile(ref[0], [2, 98])
     return np.clip((x[0] - lo) / max(hi - lo, 1e-6), 0, 1), "terrain"
 
 
@@ -106,7 +113,7 @@ def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: i
             target, cmap = _display(sensor, bands, images[i])
             shown = target.copy()
             shown[mask] = 0.5
-            recon, _ = _display(sensor, bands, out.pred[sensor][i])
+            recon, _ = _display(sensor, bands, out.pred[sensor][i], like=images[i])
             rows.append(
                 (f"{sensor} #{i}", [(shown, cmap), (mask.astype(float), "gray"), (recon, cmap), (target, cmap)])
             )
@@ -121,7 +128,7 @@ def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: i
             src_img[mask] = 0.5
             partner = int(batch["partner"][src][i])
             target, cmap = _display(dst, tuple(batch["bands"][dst]), batch["images"][dst][partner])
-            recon, _ = _display(dst, tuple(batch["bands"][dst]), pred[j])
+            recon, _ = _display(dst, tuple(batch["bands"][dst]), pred[j], like=batch["images"][dst][partner])
             rows.append(
                 (f"{key} #{j}", [(src_img, src_cmap), (mask.astype(float), "gray"), (recon, cmap), (target, cmap)])
             )
@@ -135,7 +142,9 @@ def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: i
             if r == 0:
                 ax.set_title(["input (masked)", "mask", "reconstruction", "target"][c], fontsize=9)
         axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.suptitle("msGFM pretraining: validation reconstructions (cross rows: partner sensor's pixels)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(
+        "msGFM pretraining: validation reconstructions\n(a->b rows: b's pixels from a's masked input)", fontsize=10
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
