@@ -332,7 +332,9 @@ class FinetuneParams(Section):
     freeze_choices: list[bool] = Field([True, False], min_length=1, description="frozen encoder or full fine-tuning")
     pruner_warmup_epochs: int = Field(1, ge=0, description="MedianPruner: epochs before a trial may be pruned")
     max_cloud_fraction: float = Field(0.01, ge=0, le=1, description="an S2 chip with at most this much cloud is clear")
-    clear_within_days: int = Field(15, ge=1, description="cloud removal: the clear target is at most this many days later")
+    clear_within_days: int = Field(
+        15, ge=1, description="cloud removal: the clear target is at most this many days later"
+    )
     holdout_aois: list[str] = Field(["alps"], description="AOIs never fine-tuned on (held-out biome test)")
     train_until: dt.date | None = Field(None, description="chips after this date are held out (later-date test)")
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
