@@ -184,6 +184,19 @@ def evaluate_split(model: TaskModel, data: TaskData, split: TaskSplit, batch_siz
     return metrics.compute()
 
 
+def encode_split(model: TaskModel, split: TaskSplit, batch_size: int) -> dict[str, list[torch.Tensor]]:
+    """Encoder features (eval mode, no gradients) of every chip of `split`, per sensor and stage."""
+    model.encoder.eval()
+    parts: dict[str, list[list[torch.Tensor]]] = {sensor: [] for sensor in split.images}
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            index = slice(start, min(start + batch_size, len(split)))
+            images = {sensor: x[index] for sensor, x in split.images.items()}
+            for sensor, levels in model.encoder(images, split.bands).features.items():
+                parts[sensor].append(levels)
+    return {sensor: [torch.cat(level) for level in zip(*chunks, strict=True)] for sensor, chunks in parts.items()}
+
+
 def train_model(
     model: TaskModel,
     data: TaskData,
@@ -214,6 +227,7 @@ def train_model(
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     best_value, best_state, history = math.nan, {}, []
     order, cursor, step = torch.empty(0, dtype=torch.long), 0, 0
+    cached = encode_split(model, train, eval_batch_size) if hp.freeze else None
     for epoch in range(epochs):
         model.train()
         if hp.freeze:
@@ -228,7 +242,11 @@ def train_model(
             for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = lr * factor
             images, present, target = train.batch(index)
-            out, aux = model(images, train.bands, present=present, return_aux=True)
+            if cached is not None:  # frozen encoder: its features of the training chips never change
+                features = {sensor: [level[index] for level in cached[sensor]] for sensor in images}
+                out, aux = model.head(features, images=images, bands=train.bands, present=present), None
+            else:
+                out, aux = model(images, train.bands, present=present, return_aux=True)
             loss = spec.loss(out, target)
             if not hp.freeze:
                 loss = loss + aux_weight * aux
@@ -397,6 +415,8 @@ def run_finetune(params: Params, task: str, variants: list[str] | None = None) -
     torch.set_num_threads(cfg.threads)
     get_task(task)
     data = build_task_data(params, task)
+    if "val" not in data.splits:
+        raise FinetuneError(f"{cfg.manifest}: no {task} validation chips outside the held-out AOIs and dates")
     summary: dict[str, Any] = {"task": task, "label_fraction": cfg.label_fraction, "notes": data.notes}
     for variant in variants or cfg.variants:
         missing = variant_missing(params, variant)
