@@ -249,6 +249,7 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
         assert all(math.isfinite(v) for v in values.values())
     baselines = json.loads((project / "data/metrics/baselines.json").read_text())
     assert baselines["pretrained"] == metrics and set(baselines["scratch"]) == set(TASKS)
+    assert baselines["input"]["pansharpening"]["PSNR"] > 0 and "missing" in baselines["input"]["segmentation"]
     assert all("missing" in v for v in baselines["single_sensor"].values())
     ablations = json.loads((project / "data/metrics/ablations.json").read_text())
     assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])
