@@ -389,7 +389,10 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     if remaining > 0:
         log.info("%s/%s: %d trial(s) to run (study %s)", task, variant, remaining, study.study_name)
         study.optimize(objective, n_trials=remaining, gc_after_trial=True)
-    best_trial = study.best_trial
+    try:
+        best_trial = study.best_trial
+    except ValueError:
+        raise FinetuneError(f"{task}/{variant}: no trial of study {study.study_name} completed") from None
     saved = json.loads((out / BEST_FILE).read_text()) if (out / BEST_FILE).is_file() else None
     if saved is None or saved.get("trial") != best_trial.number or saved.get("study") != study.study_name:
         log.info("%s/%s: retraining best trial %d to save its checkpoint", task, variant, best_trial.number)
