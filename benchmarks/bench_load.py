@@ -3,16 +3,18 @@
 The default world of params.yaml is scaled by area (`--scale`, default 10): every AOI side (10 m and
 fine grid) grows by sqrt(scale), so the pixel and chip counts grow by about `scale`. Each stage runs
 as `msgfm <stage>` in a project folder; the process tree (the stage, and for pretrain the Ray GCS,
-raylet and train workers it starts) is polled with psutil and its summed resident memory's peak is
-recorded. Prints one JSON object per stage as it finishes and a summary at the end, and writes the
-summary to `--out`. Not part of the test suite (it takes many minutes).
+raylet and train workers it starts) is polled with psutil every 0.2 s; the peaks of its summed resident
+memory and of its anonymous memory (resident minus file-backed and shared pages) are recorded.
+Prints one JSON object per stage as it finishes and a summary at the end, and writes the summary to
+`--out`. Not part of the test suite (it takes many minutes).
 
 Streaming check: `pair` preallocates the chip store as memory-mapped .npy files and fills it chip by
-chip, and pretraining gathers only each batch from the memmaps, so neither stage's peak RSS should
-approach the size of the chip store (`rss_over_store` well below 1, and far below `scale` x the
+chip, and pretraining gathers only each batch from the memmaps, so neither stage's anonymous memory
+should approach the size of the chip store (`anon_over_store` well below 1, and far below `scale` x the
 default world's figure).
 
     .venv/bin/python benchmarks/bench_load.py [--project DIR] [--scale 10] [--steps 20] [--out load.json]
+    .venv/bin/python benchmarks/bench_load.py --project DIR --stages pair pretrain   # again on a built DIR
 """
 
 from __future__ import annotations
@@ -47,12 +49,19 @@ def scaled_params(scale: float, steps: int) -> dict:
     return params
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """Summed (resident, anonymous) bytes of a process tree; anonymous = resident minus file-backed pages.
+
+    Memory-mapped chip arrays count in resident memory while their pages are cached, but the kernel can
+    drop them at any time: the anonymous part (heap, tensors) is what must fit in the machine.
+    """
+    rss = anon = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += p.memory_info().rss
-    return total
+            info = p.memory_info()
+            rss += info.rss
+            anon += info.rss - getattr(info, "shared", 0)
+    return rss, anon
 
 
 def run_stage(root: Path, stage: str) -> dict:
@@ -62,14 +71,15 @@ def run_stage(root: Path, stage: str) -> dict:
     proc = subprocess.Popen([str(Path(sys.executable).with_name("msgfm")), stage, "--params", "params.yaml"], cwd=root,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_anon = 0
     stop = threading.Event()
 
     def poll() -> None:
-        nonlocal peak
+        nonlocal peak, peak_anon
         while not stop.is_set():
             try:
-                peak = max(peak, _tree_rss(ps))
+                rss, anon = _tree_rss(ps)
+                peak, peak_anon = max(peak, rss), max(peak_anon, anon)
             except psutil.NoSuchProcess:
                 return
             stop.wait(0.2)
@@ -82,7 +92,12 @@ def run_stage(root: Path, stage: str) -> dict:
     log.close()
     if rc != 0:
         raise SystemExit(f"msgfm {stage} failed (exit {rc}); see {root / f'{stage}.log'}")
-    return {"stage": stage, "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20)}
+    return {
+        "stage": stage,
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": round(peak / 2**20),
+        "peak_anon_mb": round(peak_anon / 2**20),
+    }
 
 
 def _size(path: Path) -> int:
@@ -94,6 +109,7 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=None, help="project folder (default: a temporary one)")
     parser.add_argument("--scale", type=float, default=10.0, help="world area relative to params.yaml's")
     parser.add_argument("--steps", type=int, default=20, help="pretraining steps")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run, in order")
     parser.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
     args = parser.parse_args()
     root = args.project or Path(tempfile.mkdtemp(prefix="msgfm-load-"))
@@ -101,7 +117,7 @@ def main() -> None:
     params = scaled_params(args.scale, args.steps)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     results = []
-    for stage in STAGES:
+    for stage in args.stages:
         result = run_stage(root, stage)
         results.append(result)
         print(json.dumps(result), flush=True)
