@@ -9,6 +9,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc runs the stages' `msgfm ...` commands through the shell: the venv's commands must be on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup pipeline test test-slow test-all lint format bench lock clean
 
