@@ -59,7 +59,7 @@ CASES = [
         reports=("data/reports/coregister.json",),
     ),
     # a fine stride makes the chip-writing pass long enough to be killed inside it
-    StageCase("pair", ("data/chips", "data/manifest.parquet"), "data/.chips.partial/*.npy", {"pair": {"stride_px": 4}}),
+    StageCase("pair", ("data/chips", "data/manifest.parquet"), "data/.chips.partial/*.npy", {"pair": {"stride_px": 8}}),
 ]
 
 
@@ -178,9 +178,10 @@ def test_stage_killed_mid_run_resumes_to_the_uninterrupted_result(case: StageCas
     print(f"{case.stage}: killed mid-run, resumed; {len(final)} files as uninterrupted; stale temporaries {leftovers}")
 
 
+@pytest.mark.slow
 def test_pair_killed_while_replacing_a_store_leaves_the_previous_one_whole(tiny_world: Path, tmp_path):
     """A rerun of pair with new params, killed while building the new store: the old store and manifest stay."""
-    case = StageCase("pair", (), "data/.chips.partial/*.npy", {"pair": {"stride_px": 4}})
+    case = StageCase("pair", (), "data/.chips.partial/*.npy", {"pair": {"stride_px": 8}})
     outputs = ("data/chips", "data/manifest.parquet")
     previous = snapshot(tiny_world, outputs)
     reference = prepare(tiny_world, tmp_path / "reference", case)
