@@ -420,6 +420,9 @@ def run_finetune(params: Params, task: str, variants: list[str] | None = None) -
     data = build_task_data(params, task)
     if "val" not in data.splits:
         raise FinetuneError(f"{cfg.manifest}: no {task} validation chips outside the held-out AOIs and dates")
+    if len(data.splits["val"]) > cfg.max_val_chips:  # scored every epoch of every trial: keep it cheap
+        picks = np.random.default_rng(params.seed).choice(len(data.splits["val"]), cfg.max_val_chips, replace=False)
+        data.splits["val"] = data.splits["val"].subset(np.sort(picks))
     summary: dict[str, Any] = {"task": task, "label_fraction": cfg.label_fraction, "notes": data.notes}
     for variant in variants or cfg.variants:
         missing = variant_missing(params, variant)
