@@ -9,12 +9,14 @@ to paired chips. The test prints a table of cases and outcomes.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from tiny_world import run_stage
 
 from msgfm.geo.io import sha256_file
@@ -50,6 +52,14 @@ CASES = {
 }
 
 
+def _corpus_module(test_data: Path):
+    """tests/data/make_bad_corpus.py, imported from its file (tests/data is not a package)."""
+    spec = importlib.util.spec_from_file_location("make_bad_corpus", test_data / "make_bad_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory, test_data) -> Path:
     """A project folder with the corpus as its source, run through every data stage."""
@@ -57,7 +67,8 @@ def corpus_run(tmp_path_factory, test_data) -> Path:
     corpus = test_data / "bad"
     shutil.copytree(corpus / "source", root / "data" / "source")
     shutil.copyfile(corpus / "outside.tif", root / "data" / "outside.tif")
-    shutil.copyfile(corpus / "params.yaml", root / "params.yaml")
+    # today's params (the schema evolves) with the corpus's overrides; params.yaml in the corpus records its generation
+    (root / "params.yaml").write_text(yaml.safe_dump(_corpus_module(test_data).corpus_params(), sort_keys=False))
     for stage in ("download", "validate_raw", "coregister", "validate_coreg", "pair", "validate_pairs"):
         run_stage(root, stage)
     return root
