@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,9 +28,31 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read instead of params.yaml")]
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Logs to whatever sys.stderr is at the time of the record (test runners swap it and close the old one)."""
+
+    @property
+    def stream(self):  # noqa: ANN201 - the base class's attribute, read on every record
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001 - set once by the base class; ignored
+        pass
+
+
+def _setup_logging() -> None:
+    """INFO logs of our stages on stderr once per process; library chatter only from WARNING."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def _load(params_path: Path) -> Params:
     """Load params or exit with the validation message (no traceback)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    _setup_logging()
     for noisy in ("great_expectations", "ray", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -207,7 +230,7 @@ def embed(
     """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
     from msgfm.models.embed import EmbedInputError, embed_geotiff
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    _setup_logging()
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     try:
         path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, stage=stage, batch_size=batch_size)

@@ -7,6 +7,7 @@ place, so a killed stage never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -28,7 +29,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".part", dir=path.parent)
+    suffix = suffix or ".part"
+    # a temporary file of this target left by a killed run (SIGKILL skips the cleanup below)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
