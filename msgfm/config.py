@@ -117,6 +117,7 @@ class CoregisterParams(Section):
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
     max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "none"
+    reference_dates: int = Field(3, ge=1, description="the S2 (RGB) reference averages this many clearest dates")
 
     @model_validator(mode="after")
     def _known_bands(self) -> CoregisterParams:

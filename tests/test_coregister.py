@@ -191,6 +191,21 @@ def test_bad_inputs_quarantined_and_good_ones_go_through(tmp_path):
     assert not (tmp_path / "data/coreg/farm/s1_20240503.tif").exists()
 
 
+def test_reference_built_from_the_clearest_dates(tmp_path):
+    """With reference_dates=2 the cloudy S2 date is left out of the S1 reference; the shift is still recovered."""
+    world = RawWorld(tmp_path, size=64, fine_size=48)
+    clear_early = world.add_s2("2024-05-01")
+    world.add_s2("2024-05-11", cloud=True)
+    clear_late = world.add_s2("2024-06-20")
+    s1 = world.add_s1("2024-05-14", (-1.2, 0.6))
+    world.finish()
+    table = run_stage(tmp_path, CoregisterParams(reference_dates=2)).set_index("id")
+    assert (table["status"] == "ok").all(), table.loc[table["status"] != "ok", "error"]
+    row = table.loc[s1]
+    assert row["reference_id"] == f"{clear_early}+{clear_late}"  # the clearest two, in date order
+    assert np.hypot(row["shift_dx_px"] - row["truth_dx_px"], row["shift_dy_px"] - row["truth_dy_px"]) < 0.25
+
+
 def test_missing_inputs_name_the_file(tmp_path):
     with pytest.raises(CoregisterError, match="acquisitions.parquet: not found"):
         load_accepted_items(tmp_path / "acquisitions.parquet", tmp_path / "raw.parquet", tmp_path)

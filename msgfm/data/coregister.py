@@ -9,7 +9,9 @@ residual shift is estimated by sub-pixel phase correlation (scikit-image) betwee
 sensors share, gradient magnitudes rather than raw intensities (S2 optical bands vs despeckled S1
 backscatter; RGB chromaticity, which cast shadows barely change, vs the detrended DSM, whose edges
 are buildings and crowns rather than terrain), and folded into the destination transform of the
-raster's single warp. Shift convention: (dx, dy) in reference-grid pixels is where the sensor's
+raster's single warp. The reference feature is the mean over the `reference_dates` clearest S2 (RGB)
+acquisitions of the AOI (largest cloud-free share of the match window), so its cost does not grow
+with the length of the time series. Shift convention: (dx, dy) in reference-grid pixels is where the sensor's
 content appears, relative to where it belongs, when warped by its georeference alone (x to the
 right, y down); correcting it moves the content by (-dx, -dy).
 
@@ -27,7 +29,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -269,6 +271,40 @@ def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float
 # the stage
 
 
+@dataclass
+class _Candidate:
+    """A reference acquisition's pixels in the match window, kept until the clearest ones are chosen."""
+
+    raster_id: str
+    order: int
+    """Position of the acquisition in the AOI's item order, which fixes the order features are summed in."""
+    sensor: str
+    bands: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def rank(self) -> tuple[float, int]:
+        """Sort key: clearest first (largest valid share of the window), then the earlier acquisition."""
+        return -float(self.valid.mean()), self.order
+
+
+def keep_clearest(candidates: list[_Candidate], new: _Candidate | None, n: int) -> list[_Candidate]:
+    """The `n` clearest of `candidates` and `new`: a reference built from them skips mostly clouded dates."""
+    if new is None:
+        return candidates
+    return sorted([*candidates, new], key=lambda c: c.rank)[:n]
+
+
+def mean_reference(features: list[np.ndarray], valids: list[np.ndarray]) -> np.ndarray:
+    """Mean of reference features over the acquisitions where each pixel was valid (0 where none was)."""
+    total = np.zeros_like(features[0])
+    count = np.zeros(features[0].shape, dtype=np.float32)
+    for feature, valid in zip(features, valids, strict=True):
+        total += np.where(valid, feature, 0)
+        count += valid
+    return np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
+
+
 class _AOIContext:
     """Grids, reference features and settings shared by the rasters of one AOI."""
 
@@ -279,25 +315,17 @@ class _AOIContext:
         self.biome = biome
         self.truth = truth
         self.grids: dict[str, Grid] = {}
-        self.ref_sum: dict[str, np.ndarray] = {}
-        self.ref_count: dict[str, np.ndarray] = {}
+        self.references: dict[str, np.ndarray] = {}
         self.ref_ids: dict[str, list[str]] = {S10: [], FINE: []}
 
-    def add_reference(self, grid: str, feature: np.ndarray, valid: np.ndarray, raster_id: str) -> None:
-        """Accumulate a reference feature (S2 for the 10 m grid, RGB for the fine grid)."""
-        if grid not in self.ref_sum:
-            self.ref_sum[grid] = np.zeros_like(feature)
-            self.ref_count[grid] = np.zeros(feature.shape, dtype=np.float32)
-        self.ref_sum[grid] += np.where(valid, feature, 0)
-        self.ref_count[grid] += valid
-        self.ref_ids[grid].append(raster_id)
+    def set_reference(self, grid: str, chosen: list[_Candidate], features: list[np.ndarray]) -> None:
+        """The reference of a grid (S2 for the 10 m grid, RGB for the fine grid) from the chosen acquisitions."""
+        self.references[grid] = mean_reference(features, [c.valid for c in chosen])
+        self.ref_ids[grid] = [c.raster_id for c in chosen]
 
     def reference(self, grid: str) -> np.ndarray | None:
-        """Mean reference feature over the dates where each pixel was valid."""
-        if grid not in self.ref_sum:
-            return None
-        count = self.ref_count[grid]
-        return np.where(count > 0, self.ref_sum[grid] / np.maximum(count, 1), 0).astype(np.float32)
+        """The mean reference feature of a grid, None before any reference acquisition was co-registered."""
+        return self.references.get(grid)
 
 
 def _params_key(cfg: CoregisterParams, *parts: Any) -> str:
@@ -307,7 +335,16 @@ def _params_key(cfg: CoregisterParams, *parts: Any) -> str:
 
 
 def _file_stamp(paths: Iterable[Path]) -> list:
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (str(p), None) for p in paths]
+    """(path, size, mtime) of each input, (path, None) when missing: a changed input invalidates the reuse."""
+    stamps = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            stamps.append((str(p), None))
+        else:
+            stamps.append((str(p), st.st_size, st.st_mtime_ns))
+    return stamps
 
 
 def _empty_row(item: _Item, raster_id: str, kind: str, grid: str) -> dict[str, Any]:
@@ -390,7 +427,8 @@ class Coregistrar:
 
     # -- per sensor ---------------------------------------------------------------------------
 
-    def _s2(self, ctx: _AOIContext, item: _Item) -> list[dict]:
+    def _s2(self, ctx: _AOIContext, item: _Item, order: int) -> tuple[list[dict], _Candidate | None]:
+        """All 12 bands (and the cloud mask) on the 10 m grid; the feature bands' window as a reference candidate."""
         grid = ctx.grids[S10]
         rel = f"{item.aoi}/s2_{item.date}.tif"
         cloud_rel = f"{item.aoi}/s2_{item.date}_cloud.tif"
@@ -399,7 +437,7 @@ class Coregistrar:
         missing = [b for b in S2_L2A_BANDS if b not in item.assets]
         if missing:
             row["error"] = f"missing S2 band assets {missing}"
-            return [row]
+            return [row], None
         paths = [item.assets[b] for b in S2_L2A_BANDS]
         has_cloud = "cloud_mask" in item.assets
         key = _params_key(
@@ -425,7 +463,7 @@ class Coregistrar:
             row["valid_fraction"] = float(valid.mean())
             if not valid.any():
                 row["error"] = "all nodata on the AOI grid after warping"
-                return [row]
+                return [row], None
             rows = [self._write(rel, key, data, grid, row, nodata=0)]
             cloud = None
             if has_cloud:
@@ -441,11 +479,14 @@ class Coregistrar:
             valid &= cloud == 0
         feature_idx = [S2_L2A_BANDS.index(b) for b in self.cfg.s2_feature_bands]
         win, _ = match_window(grid, self.cfg.match_px)
-        feature = gradient_feature(
-            data[feature_idx][:, win[0], win[1]].astype(np.float32), valid[win], self.cfg.feature_sigma_px
-        )
-        ctx.add_reference(S10, feature, valid[win], item.id)
-        return rows
+        # copies of the window only: a candidate must not keep the whole raster alive
+        return rows, _Candidate(item.id, order, "s2", data[feature_idx, win[0], win[1]], valid[win].copy())
+
+    def _reference_feature(self, candidate: _Candidate) -> np.ndarray:
+        """Gradient feature of a chosen reference acquisition (S2 feature bands, or RGB chromaticity)."""
+        if candidate.sensor == "rgb":
+            return rgb_feature(candidate.bands, candidate.valid, self.cfg.feature_sigma_px)
+        return gradient_feature(candidate.bands.astype(np.float32), candidate.valid, self.cfg.feature_sigma_px)
 
     def _shifted(
         self,
@@ -478,42 +519,42 @@ class Coregistrar:
             row["error"] = f"missing band assets {missing}"
             return row
         paths = [item.assets[b] for b in bands]
-        with rasterio.open(paths[0]) as src:
-            if src.crs is None:
-                row["error"] = f"{paths[0]}: raster has no CRS"
-                return row
-            if not intersects(bounds_in(src, grid.crs), grid.bounds):
-                row["error"] = f"footprint does not overlap the {grid_name} grid of AOI {item.aoi}"
-                return row
         row["reference_id"] = "+".join(ctx.ref_ids[grid_name])
         key = _params_key(self.cfg, grid.to_dict(), _file_stamp(paths), row["reference_id"])
-        reused = self._reuse(rel, key)
-        if reused is not None:
-            return reused
         is_s1 = item.sensor == "s1"
         resampling = Resampling[self.cfg.s1_resampling if is_s1 else self.cfg.fine_resampling]
         nodata = sensor.bands[0].nodata
         dtype = "float32"
         out_nodata = float("nan") if nodata is None else float(nodata)
 
-        sources: dict[Path, tuple[Any, np.ndarray]] = {}
+        pixels: dict[Path, np.ndarray] = {}
 
         _, match_grid = match_window(grid, self.cfg.match_px)
 
         def warp(path: Path, shift: tuple[float, float], onto: Grid = grid) -> np.ndarray:
-            """Warp one band file; each file is opened and read once for the estimation and the final warp."""
-            if path not in sources:
-                src = stack.enter_context(rasterio.open(path))
-                sources[path] = (src, src.read([1]))
-            src, pixels = sources[path]
+            """Warp one band file; each file is opened and read once for the checks, the estimation and the warp."""
+            src = sources[path]
+            if path not in pixels:
+                pixels[path] = src.read([1])
             return warp_to_grid(
-                src, onto, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata, source=pixels
+                src, onto, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata, source=pixels[path]
             )[0]
 
         def valid_of(a: np.ndarray) -> np.ndarray:
             return np.isfinite(a) if nodata is None else (a != nodata) & np.isfinite(a)
 
         with contextlib.ExitStack() as stack:
+            sources = {path: stack.enter_context(rasterio.open(path)) for path in paths}
+            first = sources[paths[0]]
+            if first.crs is None:
+                row["error"] = f"{paths[0]}: raster has no CRS"
+                return row
+            if not intersects(bounds_in(first, grid.crs), grid.bounds):
+                row["error"] = f"footprint does not overlap the {grid_name} grid of AOI {item.aoi}"
+                return row
+            reused = self._reuse(rel, key)
+            if reused is not None:
+                return reused
             moving = np.stack([warp(item.assets[b], (0.0, 0.0), match_grid) for b in feature_bands])
             moving_valid = np.all([valid_of(m) for m in moving], axis=0)
             if not moving_valid.any():
@@ -539,23 +580,20 @@ class Coregistrar:
                 return row
             return self._write(rel, key, data.astype(np.float32), grid, row, nodata=None if nodata is None else nodata)
 
-    def _rgb(self, ctx: _AOIContext, item: _Item) -> dict:
+    def _rgb(self, ctx: _AOIContext, item: _Item, order: int) -> tuple[dict, _Candidate | None]:
+        """RGB on the fine grid; its match window as a reference candidate for the DSM."""
         rel = f"{item.aoi}/rgb_{item.date}.tif"
         row = _empty_row(item, item.id, "image", FINE)
         row["band_names"] = list(get_sensor("rgb").band_names)
         if "image" not in item.assets:
             row["error"] = "missing RGB asset 'image'"
-            return row
+            return row, None
         path = item.assets["image"]
         with rasterio.open(path) as src:
             if src.crs is None:
                 row["error"] = f"{path}: raster has no CRS"
-                return row
-            if FINE not in ctx.grids:
-                ctx.grids[FINE] = Grid.covering(
-                    ctx.grids[S10].crs, bounds_in(src, ctx.grids[S10].crs), self.cfg.fine_gsd_m
-                )
-            grid = ctx.grids[FINE]
+                return row, None
+            grid = ctx.grids[FINE]  # set by run_aoi from the first RGB with a CRS, so this one has a grid
             key = _params_key(self.cfg, grid.to_dict(), _file_stamp([path]))
             reused = self._reuse(rel, key)
             if reused is not None:
@@ -569,13 +607,10 @@ class Coregistrar:
             row["valid_fraction"] = float(valid.mean())
             if not valid.any():
                 row["error"] = "all nodata on the fine grid after warping"
-                return row
+                return row, None
             reused = self._write(rel, key, data, grid, row, nodata=0)
         win, _ = match_window(grid, self.cfg.match_px)
-        ctx.add_reference(
-            FINE, rgb_feature(data[:, win[0], win[1]], valid[win], self.cfg.feature_sigma_px), valid[win], item.id
-        )
-        return reused
+        return reused, _Candidate(item.id, order, "rgb", data[:, win[0], win[1]].copy(), valid[win].copy())
 
     def _landcover(self, ctx: _AOIContext, item: _Item) -> list[dict]:
         rows = []
@@ -602,29 +637,44 @@ class Coregistrar:
 
     # -- AOI -----------------------------------------------------------------------------------
 
+    def _guarded(self, ctx: _AOIContext, item: _Item, fn: Callable, *args: Any) -> tuple[list[dict], Any]:
+        """Run one raster's work; a failure becomes a row with its reason. Returns (rows, extra)."""
+        try:
+            out = fn(ctx, item, *args)
+        except (OSError, rasterio.errors.RasterioError, ValueError) as e:
+            out = _empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
+            out["error"] = f"{type(e).__name__}: {e}"
+            log.warning("%s: %s", item.id, out["error"])
+        out, extra = out if isinstance(out, tuple) else (out, None)
+        rows = out if isinstance(out, list) else [out]
+        for r in rows:
+            if r["status"] != "ok":
+                log.warning("%s: quarantined: %s", r["id"], r["error"])
+        return rows, extra
+
     def run_aoi(self, aoi: str, items: list[_Item], progress: tqdm | None = None) -> list[dict]:
-        """Co-register every accepted acquisition of one AOI; failures become rows with a reason."""
+        """Co-register every accepted acquisition of one AOI; failures become rows with a reason.
+
+        Two phases: S2, RGB and land cover (they need only the grids), then S1 and DSM (they need the
+        references, built from the clearest S2 and RGB acquisitions of the first phase).
+        """
         biome = next((i.biome for i in items if i.biome), "")
         ctx = _AOIContext(self.cfg, self.out_dir, aoi, biome, load_truth(self.truth_dir, aoi))
         by_sensor: dict[str, list[_Item]] = {}
         for item in items:
             by_sensor.setdefault(item.sensor, []).append(item)
-        rows: list[dict] = []
 
-        def guarded(item: _Item, fn, *args) -> None:
-            try:
-                out = fn(ctx, item, *args)
-            except (OSError, rasterio.errors.RasterioError, ValueError) as e:
-                out = _empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
-                out["error"] = f"{type(e).__name__}: {e}"
-                log.warning("%s: %s", item.id, out["error"])
-            for r in out if isinstance(out, list) else [out]:
-                if r["status"] != "ok":
-                    log.warning("%s: quarantined: %s", r["id"], r["error"])
-                rows.append(r)
-            if progress is not None:
-                progress.update(1)
+        def run_all(groups: dict[str, list[tuple]]) -> dict[str, list[tuple[list[dict], Any]]]:
+            """Run each group's tasks (item, method, *args) in order; their results by group."""
+            results: dict[str, list] = {name: [] for name in groups}
+            for name, tasks in groups.items():
+                for task in tasks:
+                    results[name].append(self._guarded(ctx, *task))
+                    if progress is not None:
+                        progress.update(1)
+            return results
 
+        s2_items = []
         for item in by_sensor.get("s2", []):
             if S10 not in ctx.grids:
                 ref_band = item.assets.get("B02") or item.assets.get("B04")
@@ -634,18 +684,39 @@ class Coregistrar:
                     if src.crs is None:
                         continue
                     ctx.grids[S10] = Grid.of(src)
-            guarded(item, self._s2)
+            s2_items.append(item)
         for item in by_sensor.get("rgb", []):
             if S10 not in ctx.grids:
                 self._grid_from_any(ctx, item)
-            guarded(item, self._rgb)
-        for item in by_sensor.get("s1", []):
-            s1_bands = list(get_sensor("s1").band_names)
-            guarded(item, self._shifted, S10, s1_bands, list(self.cfg.s1_feature_bands), s1_bands)
-        for item in by_sensor.get("dsm", []):
-            guarded(item, self._shifted, FINE, ["dsm"], ["dsm"], ["height"])
-        for item in by_sensor.get("landcover", []):
-            guarded(item, self._landcover)
+            if FINE not in ctx.grids:
+                self._fine_grid(ctx, item)
+        s1_bands = list(get_sensor("s1").band_names)
+        done = run_all(
+            {
+                "rgb": [(item, self._rgb, i) for i, item in enumerate(by_sensor.get("rgb", []))],
+                "landcover": [(item, self._landcover) for item in by_sensor.get("landcover", [])],
+                "s2": [(item, self._s2, i) for i, item in enumerate(s2_items)],
+            }
+        )
+        for grid_name, sensor in ((S10, "s2"), (FINE, "rgb")):
+            chosen: list[_Candidate] = []
+            for _, candidate in done[sensor]:
+                chosen = keep_clearest(chosen, candidate, self.cfg.reference_dates)
+            if chosen:
+                chosen.sort(key=lambda c: c.order)
+                ctx.set_reference(grid_name, chosen, [self._reference_feature(c) for c in chosen])
+        s1_feature_bands = list(self.cfg.s1_feature_bands)
+        done |= run_all(
+            {
+                "dsm": [(item, self._shifted, FINE, ["dsm"], ["dsm"], ["height"]) for item in by_sensor.get("dsm", [])],
+                "s1": [
+                    (item, self._shifted, S10, s1_bands, s1_feature_bands, s1_bands) for item in by_sensor.get("s1", [])
+                ],
+            }
+        )
+        # the table lists rasters as the sequential stage did: S2, RGB, S1, DSM, land cover
+        order = ("s2", "rgb", "s1", "dsm", "landcover")
+        rows = [r for sensor in order for item_rows, _ in done[sensor] for r in item_rows]
         atomic_write_json(self.out_dir / aoi / GRIDS_NAME, {name: g.to_dict() for name, g in ctx.grids.items()})
         for sensor, group in by_sensor.items():
             if sensor not in ("s1", "s2", "rgb", "dsm", "landcover"):
@@ -654,6 +725,19 @@ class Coregistrar:
                     row["error"] = f"unknown sensor {sensor!r}"
                     rows.append(row)
         return rows
+
+    def _fine_grid(self, ctx: _AOIContext, item: _Item) -> None:
+        """The fine grid covers the first RGB acquisition with a CRS, at `fine_gsd_m` in the AOI CRS."""
+        path = item.assets.get("image")
+        if path is None or S10 not in ctx.grids:
+            return
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is not None:
+                    crs = ctx.grids[S10].crs
+                    ctx.grids[FINE] = Grid.covering(crs, bounds_in(src, crs), self.cfg.fine_gsd_m)
+        except (OSError, rasterio.errors.RasterioError):
+            return  # the acquisition's own task reports it
 
     def _grid_from_any(self, ctx: _AOIContext, item: _Item) -> None:
         """Without Sentinel-2, the AOI CRS is the UTM zone of the first raster (the fine grid still works)."""
@@ -758,22 +842,25 @@ def read_grids(out_dir: Path, aoi: str) -> dict[str, Grid]:
 def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams) -> dict[str, tuple[float, float]]:
     """Shift left in each corrected S1/DSM output against the reference features rebuilt from the outputs.
 
-    The same estimator as the correction, run on the written files: a correct raster measures about
-    (0, 0); a raster whose correction was wrong or skipped measures its misregistration.
+    The same estimator as the correction, run on the written files against the same reference acquisitions
+    (the raster's `reference_id`): a correct raster measures about (0, 0); a raster whose correction was
+    wrong or skipped measures its misregistration.
     """
     out_dir = Path(out_dir)
     ok = table[table["status"] == "ok"]
     residuals: dict[str, tuple[float, float]] = {}
     for _, group in ok.groupby("aoi"):
-        refs: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
-        counts: dict[str, list[np.ndarray]] = {S10: [], FINE: []}
+        features: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # reference id -> (feature, valid)
         ids = set(group["id"])
+        shifted = group[group["sensor"].isin(["s1", "dsm"])]
+        wanted = {i for ref in shifted["reference_id"] for i in str(ref).split("+") if i}
 
         def window_of(r) -> tuple[slice, slice]:
             grid = Grid(r.crs, Affine(*list(r.transform)[:6]), int(r.width), int(r.height))
             return match_window(grid, cfg.match_px)[0]
 
-        for r in group[group["sensor"].isin(["s2", "rgb"]) & (group["kind"] == "image")].itertuples():
+        references = group[group["sensor"].isin(["s2", "rgb"]) & (group["kind"] == "image") & group["id"].isin(wanted)]
+        for r in references.itertuples():
             win = window_of(r)
             with rasterio.open(out_dir / r.path) as src:
                 data = src.read()[:, win[0], win[1]]
@@ -788,12 +875,12 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
             else:
                 valid = np.any(data != 0, axis=0)
                 feature = rgb_feature(data, valid, cfg.feature_sigma_px)
-            refs[r.grid].append(np.where(valid, feature, 0))
-            counts[r.grid].append(valid.astype(np.float32))
-        for r in group[group["sensor"].isin(["s1", "dsm"])].itertuples():
-            if not refs[r.grid]:
+            features[r.id] = (feature, valid)
+        for r in shifted.itertuples():
+            chosen = [features[i] for i in str(r.reference_id).split("+") if i in features]
+            if not chosen:
                 continue
-            reference = np.sum(refs[r.grid], axis=0) / np.maximum(np.sum(counts[r.grid], axis=0), 1)
+            reference = mean_reference([f for f, _ in chosen], [v for _, v in chosen])
             win = window_of(r)
             with rasterio.open(out_dir / r.path) as src:
                 data = src.read()[:, win[0], win[1]].astype(np.float32)
@@ -807,7 +894,7 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
             else:
                 feature = dsm_feature(data, valid, cfg.feature_sigma_px, cfg.dsm_detrend_sigma_px)
             dx, dy, _ = estimate_shift(
-                reference.astype(np.float32),
+                reference,
                 feature,
                 upsample_factor=cfg.upsample_factor,
                 normalization=cfg.normalization,
