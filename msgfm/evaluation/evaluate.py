@@ -54,6 +54,10 @@ CLOUD_VALUE = {"s2": 5000.0, "rgb": 235.0}
 """Physical value a synthetic cloud sets on an optical sensor's bands (S2: reflectance 0.5; RGB: near white)."""
 
 
+TIE_TOLERANCE = 0.001
+"""Relative difference below which two variants tie: a claim needs a difference larger than this."""
+
+
 class EvaluateError(RuntimeError):
     """Evaluation cannot run (no fine-tuned msGFM checkpoint); the message names the file."""
 
@@ -279,8 +283,10 @@ def claim(task: str, a: dict[str, Any], b: dict[str, Any]) -> tuple[bool | None,
     metric = PRIMARY_METRIC[task]
     if metric not in a or metric not in b:
         return None, "missing"
-    held = is_better(metric, a[metric], b[metric]) and a[metric] != b[metric]
-    return held, f"{a[metric]:.4f} vs {b[metric]:.4f} ({metric}, {METRIC_DIRECTIONS[metric]} is better)"
+    text = f"{a[metric]:.4f} vs {b[metric]:.4f} ({metric}, {METRIC_DIRECTIONS[metric]} is better)"
+    if abs(a[metric] - b[metric]) <= TIE_TOLERANCE * abs(b[metric]):
+        return False, f"{text}; a tie (within {TIE_TOLERANCE:.1%})"
+    return is_better(metric, a[metric], b[metric]), text
 
 
 def render_report(
