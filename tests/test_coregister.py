@@ -23,6 +23,7 @@ from msgfm.data.coregister import (
     gradient_feature,
     load_accepted_items,
     read_grids,
+    warp_files,
 )
 from msgfm.geo.grids import Grid, utm_crs, warp_to_grid
 from msgfm.sensors import S2_L2A_BANDS
@@ -76,6 +77,54 @@ def test_warp_folds_shift_into_destination_transform(tmp_path):
         plain = warp_to_grid(src, grid, resampling=Resampling.bilinear)[0]
         shifted = warp_to_grid(src, grid, resampling=Resampling.bilinear, shift_px=(2.0, -3.0))[0]
     np.testing.assert_allclose(shifted[5:50, 5:50], plain[2:47, 7:52], atol=1e-5)
+
+
+def _band_file(path: Path, pixels: np.ndarray, gsd: float, nodata: float | None = 0) -> Path:
+    """A single-band UTM GeoTIFF at `gsd` metres with its top-left at ORIGIN."""
+    tf = Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1])
+    with rasterio.open(
+        path, "w", driver="GTiff", count=1, width=pixels.shape[1], height=pixels.shape[0], dtype=pixels.dtype.name,
+        crs=CRS_UTM, transform=tf, nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(pixels[None])
+    return path
+
+
+def test_bands_sharing_a_georeference_warp_together_as_if_alone(tmp_path):
+    """Two 20 m bands and a 60 m band in one call (grouped by georeference) equal three separate warps, exactly."""
+    rng = np.random.default_rng(4)
+    paths = [
+        _band_file(tmp_path / "a20.tif", rng.integers(1, 5000, (30, 30), dtype=np.uint16), 20.0),
+        _band_file(tmp_path / "b60.tif", rng.integers(1, 5000, (10, 10), dtype=np.uint16), 60.0),
+        _band_file(tmp_path / "c20.tif", rng.integers(1, 5000, (30, 30), dtype=np.uint16), 20.0),
+    ]
+    grid = Grid(CRS_UTM, Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]), 60, 60)
+    options = dict(resampling=Resampling.bilinear, shift_px=(0.3, -0.6), dtype="uint16", nodata=0)
+    with rasterio.open(paths[0]) as a, rasterio.open(paths[1]) as b, rasterio.open(paths[2]) as c:
+        together = warp_files([a, b, c], [a.read([1]), b.read([1]), c.read([1])], grid, **options)
+        alone = np.concatenate([warp_to_grid(src, grid, **options) for src in (a, b, c)])
+    assert together.shape == (3, 60, 60) and together.dtype == np.uint16
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_warp_honours_nodata_and_skips_the_mask_when_no_pixel_is_nodata(tmp_path):
+    """Nodata pixels stay nodata; without any, the unmasked warp matches GDAL's masked one to 1 DN."""
+    rng = np.random.default_rng(5)
+    clean = rng.integers(100, 5000, (20, 20), dtype=np.uint16)
+    holed = clean.copy()
+    holed[5:10, 5:10] = 0
+    grid = Grid(CRS_UTM, Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]), 120, 120)
+    for name, pixels in (("clean", clean), ("holed", holed)):
+        with rasterio.open(_band_file(tmp_path / f"{name}.tif", pixels, 60.0)) as src:
+            out = warp_to_grid(src, grid, resampling=Resampling.bilinear, dtype="uint16", nodata=0)[0]
+            masked = np.zeros((120, 120), np.uint16)
+            reproject(
+                src.read(1), masked, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
+                dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=0, resampling=Resampling.bilinear,
+            )  # fmt: skip
+        assert np.abs(out.astype(int) - masked.astype(int)).max() <= 1, name
+        assert ((out == 0) == (masked == 0)).all(), name
+    assert (out[33:57, 33:57] == 0).all() and (out[:25] > 0).all()  # the hole (60 m pixels 5-9) stays nodata
 
 
 def test_phase_correlation_recovers_subpixel_shift_of_gradients():

@@ -39,6 +39,7 @@ import pandas as pd
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 from threadpoolctl import threadpool_limits
@@ -193,6 +194,26 @@ def match_window(grid: Grid, size_px: int) -> tuple[tuple[slice, slice], Grid]:
     r0, c0 = (grid.height - h) // 2, (grid.width - w) // 2
     sub = Grid(grid.crs, grid.transform @ Affine.translation(c0, r0), w, h)
     return (slice(r0, r0 + h), slice(c0, c0 + w)), sub
+
+
+def warp_files(sources: list[DatasetReader], pixels: list[np.ndarray], grid: Grid, **warp: Any) -> np.ndarray:
+    """Warp single-band files onto `grid` (N, H, W); the files sharing a georeference go in one warp call.
+
+    The bands of one acquisition at one resolution (S2's six 20 m bands, S1's VV and VH) share their
+    georeference, so GDAL computes their pixel mapping once; the pixels equal those of one warp per file.
+    `pixels` are the files' bands already read, (1, h, w) each; `warp` are `warp_to_grid`'s options.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, src in enumerate(sources):
+        nodata = None if src.nodata is None else ("nan" if math.isnan(src.nodata) else src.nodata)
+        key = (src.crs, tuple(src.transform)[:6], src.width, src.height, src.dtypes[0], nodata)
+        groups.setdefault(key, []).append(i)
+    out: list[np.ndarray | None] = [None] * len(sources)
+    for members in groups.values():
+        stacked = np.concatenate([pixels[i] for i in members])
+        for i, band in zip(members, warp_to_grid(sources[members[0]], grid, source=stacked, **warp), strict=True):
+            out[i] = band
+    return np.stack(out)
 
 
 def write_tiled_tiff(
@@ -455,10 +476,10 @@ class Coregistrar:
             rows = [reused] + ([cloud_reused] if has_cloud else [])
         else:
             resampling = Resampling[self.cfg.s2_resampling]
-            data = np.zeros((len(paths), grid.height, grid.width), dtype=np.uint16)
-            for i, path in enumerate(paths):
-                with rasterio.open(path) as src:
-                    data[i] = warp_to_grid(src, grid, indexes=[1], resampling=resampling, dtype="uint16", nodata=0)[0]
+            with contextlib.ExitStack() as stack:
+                sources = [stack.enter_context(rasterio.open(path)) for path in paths]
+                pixels = [src.read([1]) for src in sources]
+                data = warp_files(sources, pixels, grid, resampling=resampling, dtype="uint16", nodata=0)
             valid = np.all(data != 0, axis=0)
             row["valid_fraction"] = float(valid.mean())
             if not valid.any():
@@ -531,14 +552,20 @@ class Coregistrar:
 
         _, match_grid = match_window(grid, self.cfg.match_px)
 
-        def warp(path: Path, shift: tuple[float, float], onto: Grid = grid) -> np.ndarray:
-            """Warp one band file; each file is opened and read once for the checks, the estimation and the warp."""
-            src = sources[path]
-            if path not in pixels:
-                pixels[path] = src.read([1])
-            return warp_to_grid(
-                src, onto, resampling=resampling, shift_px=shift, dtype=dtype, nodata=out_nodata, source=pixels[path]
-            )[0]
+        def warp(band_paths: list[Path], shift: tuple[float, float], onto: Grid = grid) -> np.ndarray:
+            """Warp band files; each is opened and read once for the checks, the estimation and the final warp."""
+            for path in band_paths:
+                if path not in pixels:
+                    pixels[path] = sources[path].read([1])
+            return warp_files(
+                [sources[p] for p in band_paths],
+                [pixels[p] for p in band_paths],
+                onto,
+                resampling=resampling,
+                shift_px=shift,
+                dtype=dtype,
+                nodata=out_nodata,
+            )
 
         def valid_of(a: np.ndarray) -> np.ndarray:
             return np.isfinite(a) if nodata is None else (a != nodata) & np.isfinite(a)
@@ -555,7 +582,7 @@ class Coregistrar:
             reused = self._reuse(rel, key)
             if reused is not None:
                 return reused
-            moving = np.stack([warp(item.assets[b], (0.0, 0.0), match_grid) for b in feature_bands])
+            moving = warp([item.assets[b] for b in feature_bands], (0.0, 0.0), match_grid)
             moving_valid = np.all([valid_of(m) for m in moving], axis=0)
             if not moving_valid.any():
                 row["error"] = "all nodata on the AOI grid after warping"
@@ -572,7 +599,7 @@ class Coregistrar:
                 max_shift_px=self.cfg.max_shift_px,
             )
             row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=err)
-            data = np.stack([warp(p, (dx, dy)) for p in paths])
+            data = warp(paths, (dx, dy))
             valid = np.all([valid_of(b) for b in data], axis=0)
             row["valid_fraction"] = float(valid.mean())
             if not valid.any():
