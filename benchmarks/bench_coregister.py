@@ -3,11 +3,12 @@
 A simulated world (one AOI of params.yaml's simulate section unless --aois says more, at 384 px on the
 10 m grid and 1024 px on the fine grid so per-file overheads do not dominate) is simulated and
 downloaded into a temporary folder. The stage then runs on it as the pipeline runs it (features,
-phase correlation, the estimation warp of S1/DSM, COG writing). The reference reads every input file the
-stage read and reprojects it with rasterio.warp.reproject onto the grid the stage wrote it to, with the same
-resampling, into memory; nothing else. Throughput is output pixels (bands x rows x cols) per second.
-Reference and stage alternate (--repeats times) so machine load hits both alike; the best run of each
-counts, and CPU time (process_time) ratios are printed beside wall time because the machine is shared.
+phase correlation, the estimation warp of S1/DSM, writing the tiled GeoTIFFs and their JSON records).
+The reference reads every input file the stage read and reprojects it with rasterio.warp.reproject onto
+the grid the stage wrote it to, with the same resampling, into memory; nothing else. Throughput is
+output pixels (bands x rows x cols) per second. Reference and stage alternate (--repeats times) so
+machine load hits both alike; the best run of each counts, and CPU time (process_time) ratios are
+printed beside wall time because the machine is shared (with the 1-minute load average before and after).
 Prints one JSON object; target: stage throughput >= 0.7x the reference.
 
     .venv/bin/python benchmarks/bench_coregister.py [--aois 1] [--repeats 2]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -107,6 +109,7 @@ def main() -> None:
         )
         stage, ref = [], []
         jobs = None
+        load_before = os.getloadavg()[0]
         for _ in range(args.repeats):
             shutil.rmtree(root / "data/coreg", ignore_errors=True)
             t0, c0 = time.perf_counter(), time.process_time()
@@ -139,6 +142,7 @@ def main() -> None:
             "ratio_wall": round(ratio, 3),
             "ratio_cpu": round((s_px / s_cpu) / (r_px / r_cpu), 3),
             "median_abs_shift_error_px": report["median_abs_error_px"],
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "target_ratio": TARGET_RATIO,
             "pass": ratio >= TARGET_RATIO,
         }
