@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -120,7 +121,7 @@ def train_loop(config: dict[str, Any]) -> None:
             state = json.loads(Path(ckpt_dir, "state.json").read_text())
             start, history = state["step"], state["history"]
         if rank == 0:
-            print(f"[pretrain] resuming from step {start}/{cfg.steps}", flush=True)
+            print(f"[pretrain] resuming from step {start}/{cfg.steps}", file=sys.stderr, flush=True)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     core = model.module if hasattr(model, "module") else model
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -156,6 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 print(
                     f"[pretrain] step {done}/{cfg.steps} loss={mean['total']:.4f} {parts} "
                     f"{rate:.1f} samples/s ETA {eta:.0f}s",
+                    file=sys.stderr,
                     flush=True,
                 )
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
