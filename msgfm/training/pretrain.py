@@ -122,7 +122,14 @@ def train_loop(config: dict[str, Any]) -> None:
             start, history = state["step"], state["history"]
         if rank == 0:
             print(f"[pretrain] resuming from step {start}/{cfg.steps}", file=sys.stderr, flush=True)
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    model = ray.train.torch.prepare_model(
+        model,
+        parallel_strategy_kwargs={
+            "find_unused_parameters": True,
+            "gradient_as_bucket_view": True,
+            "bucket_cap_mb": 100,
+        },
+    )
     core = model.module if hasattr(model, "module") else model
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio), last_epoch=start - 1
