@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from msgfm.geo.io import atomic_write_json
 from msgfm.sensors import get_sensor
@@ -215,3 +216,21 @@ class ChipStore:
     def labels(self, grid: str, index: Any) -> np.ndarray:
         """uint8 WorldCover label chips of a grid ("s10" or "fine") by the manifest's `label_index`."""
         return self._take(self.array(f"labels_{grid}"), index)
+
+
+def open_accepted(chips_dir: str | Path, manifest: str | Path, accepted: str | Path) -> tuple[ChipStore, pd.DataFrame]:
+    """The chip store and the manifest rows of the chips the pairs gate accepted (what training may read).
+
+    A missing input is a ChipStoreError naming the file and the stage that makes it.
+    """
+    manifest, accepted = Path(manifest), Path(accepted)
+    for path, stage in ((manifest, "pair"), (accepted, "validate_pairs")):
+        if not path.is_file():
+            raise ChipStoreError(f"{path}: not found; run `dvc repro {stage}` first")
+    store = ChipStore(chips_dir)
+    gate = pd.read_parquet(accepted)
+    if not {"id", "accepted"} <= set(gate.columns):
+        raise ChipStoreError(f"{accepted}: needs columns id and accepted")
+    ids = set(gate.loc[gate["accepted"].astype(bool), "id"])
+    rows = pd.read_parquet(manifest)
+    return store, rows[rows["id"].isin(ids)].reset_index(drop=True)

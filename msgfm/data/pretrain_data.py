@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from msgfm.config import Params
-from msgfm.data.chipstore import ChipStore, ChipStoreError
+from msgfm.data.chipstore import ChipStore, ChipStoreError, open_accepted
 from msgfm.models.msgfm import collate_multisensor
 
 
@@ -134,20 +134,11 @@ def _shard_of(rows: pd.DataFrame, world: int) -> np.ndarray:
 def load_pretrain_chips(params: Params, split: str, rank: int = 0, world: int = 1) -> PretrainChips:
     """The accepted chips of `split` for the pretrained sensors, restricted to worker `rank` of `world`."""
     cfg = params.pretrain
-    for path, stage in ((cfg.manifest, "pair"), (cfg.accepted, "validate_pairs")):
-        if not path.is_file():
-            raise PretrainDataError(f"{path}: not found; run `dvc repro {stage}` first")
     try:
-        store = ChipStore(cfg.chips_dir)
+        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, cfg.accepted)
     except ChipStoreError as e:
         raise PretrainDataError(str(e)) from None
-    manifest = pd.read_parquet(cfg.manifest)
-    gate = pd.read_parquet(cfg.accepted)
-    missing = {"id", "accepted"} - set(gate.columns)
-    if missing:
-        raise PretrainDataError(f"{cfg.accepted}: missing columns {sorted(missing)}")
-    accepted = set(gate.loc[gate["accepted"].astype(bool), "id"])
-    rows = manifest[manifest["id"].isin(accepted) & manifest["sensor"].isin(cfg.sensors)]
+    rows = rows[rows["sensor"].isin(cfg.sensors)]
     rows = rows[rows["split"] == split]
     if world > 1:
         rows = rows[_shard_of(rows, world) == rank]

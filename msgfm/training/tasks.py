@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from msgfm.data.chipstore import ChipStore, ChipStoreError
+from msgfm.data.chipstore import ChipStore, ChipStoreError, open_accepted
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.training.metrics import (
     TaskMetrics,
@@ -184,19 +184,10 @@ def label_budget(n: int, fraction: float, seed: int) -> np.ndarray:
 def accepted_chips(params: Params) -> tuple[ChipStore, pd.DataFrame]:
     """The chip store and the manifest rows of the chips validate_pairs accepted."""
     cfg = params.finetune
-    for path, stage in ((cfg.manifest, "pair"), (cfg.accepted, "validate_pairs")):
-        if not path.is_file():
-            raise TaskDataError(f"{path}: not found; run `dvc repro {stage}` first")
     try:
-        store = ChipStore(cfg.chips_dir)
+        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, cfg.accepted)
     except ChipStoreError as e:
         raise TaskDataError(str(e)) from None
-    manifest = pd.read_parquet(cfg.manifest)
-    gate = pd.read_parquet(cfg.accepted)
-    if not {"id", "accepted"} <= set(gate.columns):
-        raise TaskDataError(f"{cfg.accepted}: needs columns id and accepted")
-    accepted = set(gate.loc[gate["accepted"].astype(bool), "id"])
-    rows = manifest[manifest["id"].isin(accepted)].copy()
     rows["day"] = pd.to_datetime(rows["date"]).dt.date
     return store, rows.reset_index(drop=True)
 
