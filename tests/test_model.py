@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
 from msgfm.config import load_params
 from msgfm.models import (
@@ -20,8 +21,6 @@ from msgfm.models.moe import MoEMlp
 from msgfm.models.msgfm import upsample_mask
 from msgfm.sensors import S2_L2A_BANDS, SENSORS
 
-# A micro msGFM: the real code paths (4 stages, shifted windows, MoE in stages 2-3) at test speed.
-MICRO = dict(chip_px=32, embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 1, 2, 2), window_size=4, experts=2)
 ALL_BANDS = {s: SENSORS[s].band_names for s in SENSORS}
 
 
@@ -33,15 +32,6 @@ def micro_model(**overrides) -> torch.nn.Module:
 def smooth_images(b: int, c: int, generator: torch.Generator, px: int = 32) -> torch.Tensor:
     """Spatially smooth random chips (upsampled noise), like imagery rather than white noise."""
     return F.interpolate(torch.randn(b, c, px // 4, px // 4, generator=generator), size=px, mode="bilinear")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CI machine has 2 shared cores and small ops only lose from threading."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

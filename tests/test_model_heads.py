@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
 from msgfm.models import create_model
 from msgfm.models.heads import (
@@ -15,16 +16,7 @@ from msgfm.models.heads import (
 )
 from msgfm.sensors import S2_L2A_BANDS
 
-MICRO = dict(chip_px=32, embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 1, 2, 2), window_size=4, experts=2)
 BANDS = {"s1": ("VV", "VH"), "s2": S2_L2A_BANDS}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from msgfm.cli import app
@@ -17,16 +18,7 @@ from msgfm.models import create_model
 from msgfm.models.hub import load_pretrained, save_pretrained
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 
-MICRO = dict(chip_px=32, embed_dim=16, num_heads=(1, 2, 4, 8), depths=(1, 1, 2, 2), window_size=4, experts=2)
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5300000.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
