@@ -63,13 +63,14 @@ def _load(params_path: Path) -> Params:
 
 
 def _run_gate(run: Callable[[], Any]) -> None:
-    """Run a gate and report it: exit 1 when it fails (its message says why), 2 when an input is missing."""
+    """Run a gate and report it: exit 1 when it fails (its message says why), 2 when an input is missing or stale."""
+    from msgfm.data.chipstore import ChipStoreError
     from msgfm.validation.gates import GateFailed
 
     try:
         result = run()
         result.raise_if_failed()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ChipStoreError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except GateFailed as e:

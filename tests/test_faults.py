@@ -6,6 +6,8 @@ output file exists (the whole process group, as `kill -9` of a pipeline run woul
 kill: every file under a final name is complete (byte-identical to the uninterrupted run's file;
 temporary files are hidden `.name.*.part` / `.partial` names) and no ledger lists a temporary file.
 Checked after the rerun: the data files hash exactly as after one uninterrupted run.
+Where a kill must land between two renames microseconds apart (pair's store, then its manifest), the
+stage kills itself at a named point (`msgfm.faults.kill_point`, set by MSGFM_KILL_AT).
 Network faults (404, 5xx, stalls, dropped connections resumed with Range, wrong checksums) are in
 tests/test_download.py; pretraining's kill-and-resume is in tests/test_pretrain.py.
 """
@@ -26,6 +28,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from msgfm.data.chipstore import ChipStoreError, open_accepted
+from msgfm.faults import KILL_AT_ENV
 from msgfm.geo.io import sha256_file
 
 MSGFM = str(Path(sys.executable).with_name("msgfm"))
@@ -200,3 +204,39 @@ def test_pair_killed_while_replacing_a_store_leaves_the_previous_one_whole(tiny_
 
     run_to_end(root, "pair")
     assert {f: h for f, h in snapshot(root, outputs).items() if not is_temporary(f)} == expected
+
+
+def test_pair_killed_between_store_and_manifest_is_refused_then_rerun(tiny_world: Path, tmp_path):
+    """Killed after the new store is in place but before its manifest is: readers refuse the pair, a rerun fixes it."""
+    case = StageCase("pair", (), "", {"pair": {"stride_px": 16}})  # new params: a store unlike the previous one
+    outputs = ("data/chips", "data/manifest.parquet")
+    previous = snapshot(tiny_world, outputs)
+    reference = prepare(tiny_world, tmp_path / "reference", case)
+    run_to_end(reference, "pair")
+    expected = snapshot(reference, outputs)
+    assert expected["data/manifest.parquet"] != previous["data/manifest.parquet"]
+
+    root = prepare(tiny_world, tmp_path / "killed", case)
+    env = {**os.environ, KILL_AT_ENV: "pair:store_committed"}
+    killed = subprocess.run([MSGFM, "pair", "--params", "params.yaml"], cwd=root, env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    after_kill = {f: h for f, h in snapshot(root, outputs).items() if not is_temporary(f)}
+    new_store = {f: h for f, h in expected.items() if f.startswith("data/chips/")}
+    assert {f: h for f, h in after_kill.items() if f.startswith("data/chips/")} == new_store
+    assert after_kill["data/manifest.parquet"] == previous["data/manifest.parquet"]  # the kill came in between
+
+    message = "data/manifest.parquet does not match data/chips/index.json: re-run `dvc repro pair`"
+    with pytest.raises(ChipStoreError) as refused:
+        open_accepted(root / "data/chips", root / "data/manifest.parquet", root / "data/gates/pairs.parquet")
+    assert str(refused.value).replace(f"{root}/", "") == message
+    gate = subprocess.run(
+        [MSGFM, "validate_pairs", "--params", "params.yaml"], cwd=root, capture_output=True, text=True
+    )
+    assert gate.returncode == 2 and message in gate.stderr
+
+    run_to_end(root, "pair")
+    resumed = snapshot(root, outputs)
+    assert {f: h for f, h in resumed.items() if not is_temporary(f)} == expected
+    assert not [f for f in resumed if is_temporary(f)], "the rerun left the killed run's temporary files"
+    store, rows = open_accepted(root / "data/chips", root / "data/manifest.parquet", root / "data/gates/pairs.parquet")
+    assert len(rows) > 0 and store.chip_px == 32

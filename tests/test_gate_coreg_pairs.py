@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from msgfm.cli import app
 from msgfm.config import CoregisterParams, GatesParams
+from msgfm.data.chipstore import MANIFEST_HASH_KEY
 from msgfm.data.coregister import coregister, read_grids
 from msgfm.geo.grids import warp_to_grid
-from msgfm.geo.io import write_cog
+from msgfm.geo.io import sha256_file, write_cog
 from msgfm.validation.coreg import validate_coreg
 from msgfm.validation.gates import GateFailed
 from msgfm.validation.pairs import validate_pairs
@@ -118,6 +119,8 @@ def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(pipeline_root, 
     manifest.loc[train[1], "mean"] = np.nan
     manifest.loc[train[2], "store_index"] = 10_000
     manifest.to_parquet(path)
+    index = json.loads((root / "data/chips/index.json").read_text())  # as if pair had written this manifest
+    (root / "data/chips/index.json").write_text(json.dumps({**index, MANIFEST_HASH_KEY: sha256_file(path)}))
     result = _gate_pairs(root)
     assert not result.passed and "splits_disjoint" in result.failed_dataset_checks
     decisions = result.decisions.set_index("id")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from coreg_world import pair_params, pipeline_root  # noqa: F401 (session fixture)
+from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 
-from msgfm.data.chipstore import MASK_NODATA, ChipStore
+from msgfm.data.chipstore import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
 from msgfm.data.pairing import MANIFEST_COLUMNS, PairError, assign_splits, pair
+from msgfm.geo.io import sha256_file
 from msgfm.sensors import get_sensor
-from msgfm.validation.pairs import split_clashes
+from msgfm.validation.pairs import build_pairs_table, split_clashes
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +149,29 @@ def test_same_seed_same_manifest(built, tmp_path):
 def test_missing_coreg_outputs_name_the_file(tmp_path):
     with pytest.raises(PairError, match="rasters.parquet: not found"):
         pair(pair_params(tmp_path), coreg_dir=tmp_path / "coreg", coreg_gate=tmp_path / "coreg.parquet")
+
+
+def test_a_manifest_not_written_with_the_store_is_a_clear_error(built, tmp_path):
+    """The store's index.json records its manifest's hash; a reader refuses any other manifest beside it."""
+    root = copy_pipeline(built[0], tmp_path)
+    manifest_path, chips = root / "data/manifest.parquet", root / "data/chips"
+    accepted = root / "data/gates/pairs.parquet"
+    index = json.loads((chips / "index.json").read_text())
+    assert index[MANIFEST_HASH_KEY] == sha256_file(manifest_path)
+    manifest = pd.read_parquet(manifest_path)
+    pd.DataFrame({"id": manifest["id"], "accepted": True}).to_parquet(accepted)
+    assert len(open_accepted(chips, manifest_path, accepted)[1]) == len(manifest)  # the pair pair wrote opens
+
+    original = manifest_path.read_bytes()
+    manifest.iloc[::-1].to_parquet(manifest_path, index=False)  # the same chips, but not the file pair wrote
+    message = r"data/manifest.parquet does not match \S*data/chips/index.json: re-run `dvc repro pair`"
+    with pytest.raises(ChipStoreError, match=message):
+        open_accepted(chips, manifest_path, accepted)
+    with pytest.raises(ChipStoreError, match=message):
+        build_pairs_table(manifest_path, chips)
+
+    manifest_path.write_bytes(original)  # the right manifest, but a store that recorded none
+    del index[MANIFEST_HASH_KEY]
+    (chips / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ChipStoreError, match=message):
+        open_accepted(chips, manifest_path, accepted)

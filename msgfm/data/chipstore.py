@@ -11,7 +11,10 @@ Layout of `data/chips/` (written by `msgfm pair`, indexed by `data/manifest.parq
 - `labels_{grid}.npy`: (L, H, W) uint8 ESA WorldCover codes (0 unknown) per chip position on the
   10 m grid (`s10`) and the fine grid (`fine`); chips of any sensor or date at the same position
   share a label chip (manifest column `label_index`).
-- `index.json`: chip size, units, and per array its file, shape, dtype and band names.
+- `index.json`: chip size, units, per array its file, shape, dtype and band names, and the SHA-256
+  of the `data/manifest.parquet` written with the store (`manifest_sha256`): `pair` swaps the store
+  in just before the manifest, and readers (`open_accepted`, the pairs gate) refuse a manifest whose
+  hash differs, so a kill between the two writes is never read as a consistent pair.
 
 Memory-mapped .npy was chosen over zarr because a chip read is then one contiguous slice of a
 file the page cache keeps hot, with no decompression (benchmarks/bench_chipstore.py measures it).
@@ -31,11 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msgfm.geo.io import atomic_write_json
+from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.sensors import get_sensor
 
 STORE_VERSION = 1
 MASK_VALID, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
+MANIFEST_HASH_KEY = "manifest_sha256"
+"""index.json key holding the SHA-256 of the manifest written with the store."""
 
 
 class ChipStoreError(OSError):
@@ -218,16 +223,30 @@ class ChipStore:
         return self._take(self.array(f"labels_{grid}"), index)
 
 
+def check_manifest(store: ChipStore, manifest: str | Path) -> None:
+    """Raise ChipStoreError naming both files unless `manifest` is the one `pair` wrote with `store`.
+
+    They disagree after a kill between pair's two writes, or when either was replaced on its own;
+    store indices would then point at the wrong chips.
+    """
+    manifest = Path(manifest)
+    recorded = store.index.get(MANIFEST_HASH_KEY)
+    if recorded is None or sha256_file(manifest) != recorded:
+        raise ChipStoreError(f"{manifest} does not match {store.root / 'index.json'}: re-run `dvc repro pair`")
+
+
 def open_accepted(chips_dir: str | Path, manifest: str | Path, accepted: str | Path) -> tuple[ChipStore, pd.DataFrame]:
     """The chip store and the manifest rows of the chips the pairs gate accepted (what training may read).
 
-    A missing input is a ChipStoreError naming the file and the stage that makes it.
+    A missing input is a ChipStoreError naming the file and the stage that makes it; so is a manifest
+    that is not the one written with the store (`check_manifest`).
     """
     manifest, accepted = Path(manifest), Path(accepted)
     for path, stage in ((manifest, "pair"), (accepted, "validate_pairs")):
         if not path.is_file():
             raise ChipStoreError(f"{path}: not found; run `dvc repro {stage}` first")
     store = ChipStore(chips_dir)
+    check_manifest(store, manifest)
     gate = pd.read_parquet(accepted)
     if not {"id", "accepted"} <= set(gate.columns):
         raise ChipStoreError(f"{accepted}: needs columns id and accepted")

@@ -15,7 +15,8 @@ overlaps; a chip that would overlap blocks of two splits is dropped, so no two c
 splits ever touch. The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
 
 Reads only the rasters the coreg gate accepted; writes the chip store (`msgfm.data.chipstore`)
-and `data/manifest.parquet`. Two passes over the rasters: the first reads validity to decide which
+and `data/manifest.parquet`, whose SHA-256 the store's `index.json` records so readers can tell the
+two belong together. Two passes over the rasters: the first reads validity to decide which
 chips to keep (so the store can be preallocated), the second streams chips into the memmaps.
 """
 
@@ -33,9 +34,10 @@ import pandas as pd
 import rasterio
 from tqdm import tqdm
 
-from msgfm.data.chipstore import MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
+from msgfm.data.chipstore import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
+from msgfm.faults import kill_point
 from msgfm.geo.grids import Grid
-from msgfm.geo.io import atomic_path
+from msgfm.geo.io import atomic_path, sha256_file
 from msgfm.sensors import get_sensor
 
 if TYPE_CHECKING:
@@ -401,9 +403,13 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
                 }
             )
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-    writer.commit({"manifest": str(cfg.manifest), "chips": len(manifest)})
+    # the store's index.json records the manifest's hash and is swapped in first, the manifest right after:
+    # a kill between the two renames leaves a store whose hash the old manifest does not match, which
+    # every reader (chipstore.check_manifest) refuses until pair runs again
     with atomic_path(cfg.manifest, suffix=".parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
+        writer.commit({"manifest": str(cfg.manifest), "chips": len(manifest), MANIFEST_HASH_KEY: sha256_file(tmp)})
+        kill_point("pair:store_committed")
     log.info(
         "pair: %d chips (%s), %d paired; splits %s",
         len(manifest),

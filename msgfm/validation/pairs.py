@@ -5,7 +5,8 @@ the chip's footprint intersect a chip of another split (same CRS); are its store
 partner valid; are its statistics finite; which of its classes never occur in train. Dataset-level
 checks fail the whole gate: the manifest schema, unique ids, spatially disjoint splits, every class
 present in train, and the share of S1 and RGB chips with a partner at least
-`gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips.
+`gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips. A manifest
+that is not the one written with the chip store (`chipstore.check_manifest`) is an error, not a verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from msgfm.config import GatesParams, PairParams
-from msgfm.data.chipstore import ChipStore, ChipStoreError
+from msgfm.data.chipstore import ChipStore, ChipStoreError, check_manifest
 from msgfm.data.pairing import MANIFEST_COLUMNS, SPLITS
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 
@@ -57,9 +58,11 @@ def build_pairs_table(manifest_path: str | Path, chips_dir: str | Path) -> pd.Da
     counts: dict[str, int] = {}
     try:
         store = ChipStore(chips_dir)
-        counts = {s: store.count(s) for s in store.sensors}
     except ChipStoreError:
-        pass
+        pass  # no store: every chip fails in_store
+    else:
+        check_manifest(store, manifest_path)  # a store from another pair run: a clear error, not a gate verdict
+        counts = {s: store.count(s) for s in store.sensors}
     table["clash_splits"] = split_clashes(table)
     table["split_disjoint"] = table["clash_splits"] == ""
     table["in_store"] = [
