@@ -9,15 +9,20 @@ Checked after the rerun: the data files hash exactly as after one uninterrupted 
 Where a kill must land between two renames microseconds apart (pair's store, then its manifest), the
 stage kills itself at a named point (`msgfm.faults.kill_point`, set by MSGFM_KILL_AT).
 Network faults (404, 5xx, stalls, dropped connections resumed with Range, wrong checksums) are in
-tests/test_download.py; pretraining's kill-and-resume is in tests/test_pretrain.py.
+tests/test_download.py; pretraining's kill-and-resume is in tests/test_pretrain.py. Fine-tuning is
+killed mid-study, during a trial after one has finished; the rerun resumes the Optuna study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +33,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from msgfm.config import load_params
 from msgfm.data.chipstore import ChipStoreError, open_accepted
 from msgfm.faults import KILL_AT_ENV
 from msgfm.geo.io import sha256_file
@@ -240,3 +246,114 @@ def test_pair_killed_between_store_and_manifest_is_refused_then_rerun(tiny_world
     assert not [f for f in resumed if is_temporary(f)], "the rerun left the killed run's temporary files"
     store, rows = open_accepted(root / "data/chips", root / "data/manifest.parquet", root / "data/gates/pairs.parquet")
     assert len(rows) > 0 and store.chip_px == 32
+
+
+FINETUNE = {  # three trials of two epochs on the tiny world; no pruning, so every trial runs to its end
+    "label_fraction": 1.0,
+    "trials": 3,
+    "epochs": 2,
+    "min_steps_per_epoch": 4,
+    "pruner_warmup_epochs": 2,
+    "batch_sizes": [8],
+    "holdout_aois": [],
+    "train_until": None,
+    "threads": 1,
+    "variants": ["pretrained"],
+}
+
+
+def trial_states(db: Path) -> list[str]:
+    """States of the study's trials in trial order, read from Optuna's SQLite file (empty until it exists)."""
+    if not db.is_file():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return [state for (state,) in con.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # the table is not created yet, or the writer holds the lock
+        return []
+
+
+@pytest.mark.slow
+def test_finetune_killed_mid_study_resumes_the_study_and_saves_its_best_trial(tiny_world: Path, tmp_path, caplog):
+    """kill -9 during a trial after one finished; the rerun keeps the finished trials and saves the best one."""
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+    from tiny_world import working_directory
+
+    from msgfm.evaluation.evaluate import load_finetuned
+    from msgfm.models import create_model_from_params
+    from msgfm.models.hub import save_pretrained, save_weights
+    from msgfm.training.finetune import BEST_FILE, WEIGHTS_FILE, open_study, run_finetune
+
+    root = tmp_path / "p"
+    shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns("checkpoints", "models", "metrics", "plots"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(FINETUNE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with working_directory(root):
+        p = load_params("params.yaml")
+        torch.manual_seed(0)
+        save_pretrained(create_model_from_params(p.model), p.finetune.pretrained_model)  # stands in for pretraining
+    task, out = "classification", root / "data/models/classification"
+    command = [MSGFM, "finetune", "--task", task, "--params", "params.yaml"]
+
+    proc = subprocess.Popen(
+        command, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300  # a safeguard against a hung stage, not a speed assertion
+        states: list[str] = []
+        while proc.poll() is None and time.monotonic() < deadline:
+            states = trial_states(out / "optuna.db")
+            if "COMPLETE" in states and states[-1] == "RUNNING":
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"msgfm finetune exited ({proc.returncode}) before a later trial began"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    states = trial_states(out / "optuna.db")
+    killed = len(states) - 1
+    assert states[-1] == "RUNNING" and states.count("COMPLETE") == killed >= 1, states
+    assert not (root / "data/metrics/finetune/classification.json").exists()
+
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with working_directory(root):
+        study = open_study(load_params("params.yaml"), task, "pretrained")
+    trials = study.get_trials(deepcopy=False)
+    assert trials[killed].state == TrialState.FAIL  # the trial the kill interrupted
+    assert all(t.state == TrialState.COMPLETE for t in trials[:killed])  # kept, not rerun
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == FINETUNE["trials"] == len(trials) - 1
+    summary = json.loads((root / "data/metrics/finetune/classification.json").read_text())
+    assert summary["pretrained"]["trials_finished"] == FINETUNE["trials"]
+
+    best = json.loads((out / "pretrained" / BEST_FILE).read_text())
+    assert best["trial"] == study.best_trial.number and best["study"] == study.study_name
+    assert best["params"] == study.best_trial.params
+    assert math.isclose(best["value"], study.best_value, rel_tol=1e-4)
+    assert best["sha256"] == sha256_file(out / "pretrained" / WEIGHTS_FILE)
+    with working_directory(root):
+        loaded = load_finetuned(load_params("params.yaml"), task, "pretrained")
+    assert not isinstance(loaded, str), loaded
+    leftovers = [f.relative_to(root).as_posix() for f in (root / "data").rglob("*") if is_temporary(f.name)]
+    assert not leftovers, f"temporary files left after the rerun: {leftovers}"
+
+    # what a kill between _save_best's two writes leaves: a later trial's weights beside best.json
+    model, _ = loaded
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.01)
+    save_weights(model, out / "pretrained" / WEIGHTS_FILE)
+    with working_directory(root):
+        refused = load_finetuned(load_params("params.yaml"), task, "pretrained")
+    assert isinstance(refused, str) and "model.safetensors does not match" in refused
+    with working_directory(root), caplog.at_level(logging.INFO, logger="msgfm.training.finetune"):
+        run_finetune(load_params("params.yaml"), task)  # what the rerun does, in this process
+    assert f"retraining best trial {best['trial']}" in caplog.text
+    again = json.loads((out / "pretrained" / BEST_FILE).read_text())
+    assert again["trial"] == best["trial"] and again["sha256"] == sha256_file(out / "pretrained" / WEIGHTS_FILE)
+    assert math.isclose(again["value"], study.best_value, rel_tol=1e-4)
+    assert len(optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{out / 'optuna.db'}").trials) == 4

@@ -38,6 +38,7 @@ from msgfm.training.finetune import (  # noqa: E402
     BEST_FILE,
     VARIANTS,
     WEIGHTS_FILE,
+    checkpoint_mismatch,
     evaluate_split,
     predict,
     rebuild_task_model,
@@ -69,6 +70,9 @@ def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, 
     folder = params.finetune.out_dir / task / variant
     if not (folder / BEST_FILE).is_file():
         return f"{folder / BEST_FILE}: no fine-tuned checkpoint (run `msgfm finetune --task {task}`)"
+    mismatch = checkpoint_mismatch(folder)
+    if mismatch:
+        return f"{mismatch}: re-run `msgfm finetune --task {task}`"
     best = json.loads((folder / BEST_FILE).read_text())
     model = rebuild_task_model(best)
     load_weights(model, folder / WEIGHTS_FILE)

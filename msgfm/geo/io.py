@@ -30,9 +30,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or ".part"
-    # a temporary file of this target left by a killed run (SIGKILL skips the cleanup below)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -42,6 +40,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path, suffix: str | None = None) -> None:
+    """Remove `atomic_path`'s temporary files of `path` left by a killed run (SIGKILL skips its cleanup)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix or '.part')}"):
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -10,7 +10,8 @@ variant and a fingerprint of the params that shape a trial, so a killed run resu
 (trials left running are marked failed and the study continues to `trials` finished trials) and
 changed params start a fresh study. The best trial's weights (safetensors), hyperparameters and metric
 go to `data/models/<task>/<variant>/`; when the saved checkpoint is not the study's best trial (a
-kill between saving and finishing), the best trial is retrained with its parameters and seed.
+kill between saving and finishing) or its weights are not the ones best.json records (a kill between
+the two files), the best trial is retrained with its parameters and seed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from msgfm.geo.io import atomic_write_json
+from msgfm.faults import kill_point
+from msgfm.geo.io import atomic_write_json, remove_stale_temporaries, sha256_file
 from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder
 from msgfm.models.heads import ClassificationHead, ImageToImageHead, SegmentationHead, TaskModel
 from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
@@ -317,13 +319,27 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def _save_best(out: Path, model: TaskModel, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
-    """Write the checkpoint (safetensors) and then its record, both atomically."""
+    """Write the checkpoint (safetensors) and then its record with the weights' SHA-256, both atomically."""
     from msgfm.models.hub import save_weights
 
     model.load_state_dict(state)
     out.mkdir(parents=True, exist_ok=True)
     record["sha256"] = save_weights(model, out / WEIGHTS_FILE)
+    kill_point("finetune:weights_saved")
     atomic_write_json(out / BEST_FILE, record)
+
+
+def checkpoint_mismatch(out: Path) -> str | None:
+    """Why `out`'s model.safetensors is not the checkpoint its best.json records (missing, or another trial's), or None.
+
+    A kill between the two writes of `_save_best` leaves a new trial's weights beside the previous best.json.
+    """
+    best, weights = out / BEST_FILE, out / WEIGHTS_FILE
+    if not best.is_file() or not weights.is_file():
+        return f"{out}: no fine-tuned checkpoint ({BEST_FILE} and {WEIGHTS_FILE})"
+    if json.loads(best.read_text()).get("sha256") != sha256_file(weights):
+        return f"{weights} does not match {best} (sha256)"
+    return None
 
 
 def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]:
@@ -336,6 +352,9 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     metric = PRIMARY_METRIC[task]
     out = cfg.out_dir / task / variant
     study = open_study(params, task, variant)
+    # a kill inside _save_best leaves a temporary file that this run may never write over
+    remove_stale_temporaries(out / WEIGHTS_FILE, ".safetensors")
+    remove_stale_temporaries(out / BEST_FILE)
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning("%s/%s: trial %d was left running by a killed run; marking it failed", task, variant, stale.number)
         study.tell(stale.number, state=TrialState.FAIL)
@@ -393,7 +412,7 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
         best_trial = study.best_trial
     except ValueError:
         raise FinetuneError(f"{task}/{variant}: no trial of study {study.study_name} completed") from None
-    saved = json.loads((out / BEST_FILE).read_text()) if (out / BEST_FILE).is_file() else None
+    saved = None if checkpoint_mismatch(out) else json.loads((out / BEST_FILE).read_text())
     if saved is None or saved.get("trial") != best_trial.number or saved.get("study") != study.study_name:
         log.info("%s/%s: retraining best trial %d to save its checkpoint", task, variant, best_trial.number)
         hp = Hyper(**{k: best_trial.params[k] for k in Hyper.__dataclass_fields__})
