@@ -39,10 +39,18 @@ CASES = {
         "download",
         r"^B02: size \d+ bytes, item says file:size 1000000000000000$",
     ),
-    "wrong CRS": ("s1_farmland_20240410", "coreg gate", r"^coregister: footprint does not overlap the s10 grid"),
-    "NaN": ("s1_farmland_20240415", "raw gate", r"^\d+ NaN/inf pixels$"),
-    "absurd values": ("s1_farmland_20240420", "raw gate", r"of pixels outside the sensor range \[-50, 20\].*max 90"),
-    "wrong band count": ("rgb_farmland_20240726", "raw gate", r"^2 bands, the sensor needs 3$"),
+    "wrong CRS": (
+        "s1_farmland_20240410",
+        "raw gate",
+        r"VV \(\S*s1_farmland_20240410/VV\.tif\) is in EPSG:32633, but the item's proj:code says EPSG:32632",
+    ),
+    "NaN": ("s1_farmland_20240415", "raw gate", r"^\d+ NaN/inf pixels in VV$"),
+    "absurd values": (
+        "s1_farmland_20240420",
+        "raw gate",
+        r"of pixels in VV outside the sensor range \[-50, 20\].*max 90",
+    ),
+    "wrong band count": ("rgb_farmland_20240726", "raw gate", r"^2 bands, the sensor needs 3: image has 2 of 3$"),
     "href outside data": ("s1_farmland_20240425", "download", r"^VV: href .*outside\.tif points outside the catalog"),
     "mismatched pair dates": (
         "s1_farmland_20230101",

@@ -1,8 +1,10 @@
 """The raw gate (`msgfm validate_raw`): is every downloaded acquisition usable by co-registration?
 
 The table has one row per ledger item (data/raw/acquisitions.parquet), built by opening every
-asset with rasterio: readable or why not, CRS, band count and dtype, nodata fraction, NaN/inf
-pixels, pixels outside the sensor's physical range. Expected layouts come from msgfm.sensors:
+asset with rasterio: readable or why not, CRS (and whether it is the one the item declares in
+`proj:code`, `proj:epsg` or `proj:wkt2`, an asset's own field before the item's), band count and
+dtype, nodata fraction, NaN/inf pixels, pixels outside the sensor's physical range. A reason about
+an asset names it. Expected layouts come from msgfm.sensors:
 an asset named after one of the sensor's bands holds that band (S2 `B04`, S1 `VV`); a sensor whose
 bands are not split into assets holds all of them in each data asset (RGB `image`, DSM `dsm`);
 other assets of a band-split sensor are auxiliary (S2 `cloud_mask`) and are only checked for being
@@ -29,6 +31,8 @@ from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 log = logging.getLogger(__name__)
 
 LANDCOVER_CODES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+CRS_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2")
+"""STAC projection fields declaring a CRS, in the order they are read."""
 
 
 @dataclass(frozen=True)
@@ -128,16 +132,19 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
     sensor = rec.get("sensor") or ""
     keys = list(source.assets.get(sensor, []))
     assets = json.loads(rec.get("assets") or "{}")
+    item = _item_json(rec, raw_dir)
     row: dict[str, Any] = {
         "id": rec["id"],
         "sensor": sensor,
         "aoi": rec.get("aoi") or "",
-        "datetime": _item_datetime(rec, raw_dir),
+        "datetime": _item_datetime(rec, item),
         "download_error": "" if rec.get("status") == "ok" else (rec.get("error") or "download failed"),
         "missing_assets": ", ".join(k for k in keys if k not in assets) if rec.get("status") == "ok" else "",
         "unreadable": "",
         "no_crs": "",
+        "crs_mismatch": "",
         "band_count": None,
+        "band_detail": "",
         "expected_band_count": None,
         "dtypes": None,
         "expected_dtypes": None,
@@ -145,7 +152,9 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
         "nodata_fraction": None,
         "nodata_asset": "",
         "nonfinite_pixels": None,
+        "nonfinite_assets": "",
         "out_of_range_fraction": None,
+        "out_of_range_assets": "",
         "value_min": None,
         "value_max": None,
         "valid_min": None,
@@ -154,7 +163,8 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
     }
     if rec.get("status") != "ok":
         return row
-    unreadable, no_crs, dtype_detail = [], [], []
+    unreadable, no_crs, crs_mismatch, dtype_detail = [], [], [], []
+    band_detail, nonfinite_assets, out_of_range_assets = [], [], []
     count = expected = nonfinite = valid = 0
     out_of_range = 0.0
     dtypes, expected_dtypes = set(), set()
@@ -169,11 +179,21 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
             continue
         if not info["crs"]:
             no_crs.append(key)
+        else:
+            mismatch = _crs_mismatch(info["crs"], item, key)
+            if mismatch:
+                crs_mismatch.append(f"{key} ({rel}) {mismatch}")
         if layout is None:
             continue
         band_assets += 1
         count += info["count"]
         expected += layout.bands
+        if info["count"] < layout.bands:
+            band_detail.append(f"{key} has {info['count']} of {layout.bands}")
+        if info["nonfinite"]:
+            nonfinite_assets.append(key)
+        if info["out_of_range"]:
+            out_of_range_assets.append(key)
         dtypes.add(info["dtype"])
         expected_dtypes.add(layout.dtype)
         if info["dtype"] != layout.dtype:
@@ -188,7 +208,11 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
         row["valid_min"], row["valid_max"] = layout.valid_range
     row["unreadable"] = "; ".join(unreadable)
     row["no_crs"] = ", ".join(no_crs)
+    row["crs_mismatch"] = "; ".join(crs_mismatch)
     row["dtype_detail"] = ", ".join(dtype_detail)
+    row["band_detail"] = ", ".join(band_detail)
+    row["nonfinite_assets"] = ", ".join(nonfinite_assets)
+    row["out_of_range_assets"] = ", ".join(out_of_range_assets)
     if band_assets:
         row.update(
             band_count=count,
@@ -205,16 +229,46 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
     return row
 
 
-def _item_datetime(rec: dict[str, Any], raw_dir: Path) -> str | None:
-    """The datetime as published (from item.json), so unparseable text reaches the gate as it was."""
+def _item_json(rec: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
+    """The stored STAC item of a ledger row ({} when it is absent or unreadable)."""
     item_path = rec.get("item_path")
     if item_path and (raw_dir / item_path).is_file():
         try:
-            props = json.loads((raw_dir / item_path).read_text()).get("properties", {})
-            value = props.get("datetime") or props.get("start_datetime")
-            return str(value) if value else None
-        except (json.JSONDecodeError, OSError):
+            item = json.loads((raw_dir / item_path).read_text())
+            return item if isinstance(item, dict) else {}
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
+    return {}
+
+
+def _crs_mismatch(file_crs: str, item: dict[str, Any], key: str) -> str:
+    """How the file's CRS differs from the one the item declares for asset `key` ("" if it does not or none is)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    asset = (item.get("assets") or {}).get(key) or {}
+    props = item.get("properties") or {}
+    for where, fields in (("asset", asset), ("item", props)):
+        field = next((f for f in CRS_FIELDS if fields.get(f) not in (None, "")), None)
+        if field is None:
+            continue
+        value = fields[field]
+        declared = f"EPSG:{value}" if field == "proj:epsg" else str(value)
+        try:
+            if CRS.from_user_input(declared) == CRS.from_user_input(file_crs):
+                return ""
+        except CRSError:
+            return f"is in {file_crs}, but the {where}'s {field} {value!r} is not a CRS"
+        return f"is in {file_crs}, but the {where}'s {field} says {declared}"
+    return ""
+
+
+def _item_datetime(rec: dict[str, Any], item: dict[str, Any]) -> str | None:
+    """The datetime as published (from item.json), so unparseable text reaches the gate as it was."""
+    if item:
+        props = item.get("properties") or {}
+        value = props.get("datetime") or props.get("start_datetime")
+        return str(value) if value else None
     ts = rec.get("datetime")
     return None if ts is None or pd.isna(ts) else pd.Timestamp(ts).isoformat()
 
@@ -253,11 +307,16 @@ def raw_checks(gates: GatesParams) -> list[Check]:
         Check("readable", e.ExpectColumnValuesToBeInSet(column="unreadable", value_set=[""]), "{unreadable}"),
         Check("crs_present", e.ExpectColumnValuesToBeInSet(column="no_crs", value_set=[""]), "no CRS: {no_crs}"),
         Check(
+            "crs_matches_item",
+            e.ExpectColumnValuesToBeInSet(column="crs_mismatch", value_set=[""]),
+            "{crs_mismatch}",
+        ),
+        Check(
             "band_count",
             e.ExpectColumnPairValuesAToBeGreaterThanB(
                 column_A="band_count", column_B="expected_band_count", or_equal=True, **pair
             ),
-            "{band_count} bands, the sensor needs {expected_band_count}",
+            "{band_count} bands, the sensor needs {expected_band_count}: {band_detail}",
         ),
         Check(
             "dtype",
@@ -273,15 +332,15 @@ def raw_checks(gates: GatesParams) -> list[Check]:
         Check(
             "finite",
             e.ExpectColumnValuesToBeBetween(column="nonfinite_pixels", min_value=0, max_value=0),
-            "{nonfinite_pixels} NaN/inf pixels",
+            "{nonfinite_pixels} NaN/inf pixels in {nonfinite_assets}",
         ),
         Check(
             "value_range",
             e.ExpectColumnValuesToBeBetween(
                 column="out_of_range_fraction", min_value=0, max_value=gates.max_out_of_range_fraction
             ),
-            "{out_of_range_fraction:.2%} of pixels outside the sensor range [{valid_min:g}, {valid_max:g}] "
-            "(min {value_min:g}, max {value_max:g})",
+            "{out_of_range_fraction:.2%} of pixels in {out_of_range_assets} outside the sensor range "
+            "[{valid_min:g}, {valid_max:g}] (min {value_min:g}, max {value_max:g})",
         ),
         Check("datetime_present", e.ExpectColumnValuesToNotBeNull(column="datetime"), "no datetime"),
         Check(
