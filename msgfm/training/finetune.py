@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from msgfm.faults import kill_point
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries, sha256_file
 from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder
 from msgfm.models.heads import ClassificationHead, ImageToImageHead, SegmentationHead, TaskModel
@@ -325,7 +324,6 @@ def _save_best(out: Path, model: TaskModel, state: dict[str, torch.Tensor], reco
     model.load_state_dict(state)
     out.mkdir(parents=True, exist_ok=True)
     record["sha256"] = save_weights(model, out / WEIGHTS_FILE)
-    kill_point("finetune:weights_saved")
     atomic_write_json(out / BEST_FILE, record)
 
 
