@@ -10,6 +10,8 @@
    API has new items; download fetches only the items missing from the ledger, and DVC skips every later
    stage whose inputs did not change. Stages upstream of download (the simulator publishing the embedded
    source) are not run: the source is taken as it is now. No ledger yet: every stage of dvc.yaml runs.
+   Params overrides (flow parameter `overrides`, as `dvc exp run -S`) are applied to params.yaml first, so
+   a challenger can be trained with other params; the run is then saved as a DVC experiment.
 4. Champion/challenger: if the evaluate stage wrote its test metrics, compare them with the champion's
    in the registry (`msgfm.registry.compare`) and record the decision; the table is a Markdown artifact.
 """
@@ -30,7 +32,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 
 from flows.lock import LockBusy, RunLock
-from flows.pipeline import DEFAULT_RETRY, RetryPolicy, pipeline, plan_stages
+from flows.pipeline import DEFAULT_RETRY, OverrideValue, RetryPolicy, pipeline, plan_stages
 from msgfm.config import Params, RetrainParams, load_params
 from msgfm.geo.io import sha256_file
 from msgfm.registry import compare, load_registry, record_decision
@@ -117,6 +119,7 @@ def gate_challenger(repo_dir: str, cfg: RetrainParams) -> str:
 @flow(name="retrain-on-new-acquisitions", description="Rerun the pipeline when the source has new acquisitions.")
 def retrain(
     repo_dir: str = ".",
+    overrides: dict[str, OverrideValue] | None = None,
     lock_wait_s: Annotated[float | None, Field(ge=0)] = None,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> State:
@@ -124,6 +127,8 @@ def retrain(
 
     Args:
         repo_dir: the msgfm repository (where dvc.yaml is).
+        overrides: params.yaml overrides for the challenger, as `dvc exp run -S key=value`, e.g.
+            {"finetune.trials": 5}; applied only when there is something new, and left in params.yaml.
         lock_wait_s: seconds to wait for a running retrain before giving up (empty: params retrain.lock_wait_s).
         retry: retries with exponential backoff for the stages that read the network.
     """
@@ -153,7 +158,7 @@ def retrain(
             why = f"{len(news.new_ids)} new acquisitions"
             stages = plan_stages(repo, downstream_of=io_present)
         logger.info("%s: running %s, forcing %s", why, " -> ".join(stages), io_present or "nothing")
-        results = pipeline(repo_dir=repo, stages=stages, force_stages=io_present, retry=retry)
+        results = pipeline(repo_dir=repo, stages=stages, overrides=overrides, force_stages=io_present, retry=retry)
         promotion = gate_challenger(repo, cfg)
         ran = [r.stage for r in results if r.status != "skipped"]
         message = f"{why}; stages re-run: {', '.join(ran) or 'none'}; {promotion}"

@@ -24,12 +24,14 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogWorker
 from prefect.testing.utilities import prefect_test_harness
 from prefect.utilities.callables import parameter_schema
+from tiny_world import whole_pipeline_params
 
 from flows.lock import LockBusy, RunLock
 from flows.pipeline import PipelineError, RetryPolicy, pipeline, plan_stages
 from flows.retrain import new_acquisitions, retrain
 from flows.serve import PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT, build_deployments
 from msgfm.config import load_params
+from msgfm.geo.io import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DVC = [sys.executable, "-m", "dvc"]
@@ -368,3 +370,111 @@ def test_retrain_downloads_only_the_new_acquisitions(tmp_path):
     assert (ledger["status"] == "ok").all()
     assert {p: p.stat().st_mtime_ns for p in fetched} == fetched  # earlier downloads untouched
     assert new_acquisitions(repo).new_ids == []
+
+
+# --- the whole retrain path: download through evaluate, then the champion/challenger gate ----------------
+
+EARLY, LATER = "2024-08-01", "2024-10-31"  # the tiny world's last acquisitions (S1, Sep 4) come in between
+
+
+@pytest.fixture(scope="module")
+def champion_repo(tmp_path_factory) -> Path:
+    """The project's whole dvc.yaml after a first retrain (no ledger: every stage ran, its model is champion);
+    then the source publishes the acquisitions up to LATER, which nothing has downloaded yet."""
+    dvc_yaml = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    repo = _make_repo(tmp_path_factory.mktemp("champion") / "repo", dvc_yaml, whole_pipeline_params(REPO_ROOT, EARLY))
+    state = retrain(repo_dir=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["stages_run"] == plan_stages(repo)  # first run: every stage of dvc.yaml
+    registry = json.loads((repo / "data/models/registry.json").read_text())
+    assert [h["promoted"] for h in registry["history"]] == [True]
+    assert "no champion yet" in registry["history"][0]["reason"]
+    _run(["msgfm", "simulate", "--until", LATER], repo)
+    return repo
+
+
+@pytest.fixture()
+def news_repo(champion_repo, tmp_path) -> Path:
+    """A copy of the champion repository (without Ray's checkpoints, which no later stage reads)."""
+    dest = tmp_path / "repo"
+    shutil.copytree(champion_repo, dest, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
+    return dest
+
+
+def _registry(repo: Path) -> dict:
+    return json.loads((repo / "data/models/registry.json").read_text())
+
+
+def _assert_decision_follows_the_table(entry: dict, champion: dict, challenger: dict, tolerance: float) -> None:
+    """The history entry compares every champion metric with the challenger's, and decides by the table alone."""
+    rows = {(r["task"], r["metric"]): r for r in entry["comparison"]}
+    assert {(t, m) for t, table in champion.items() for m in table} <= set(rows)
+    for (task, metric), row in rows.items():
+        assert row["champion"] == champion.get(task, {}).get(metric)
+        assert row["challenger"] == challenger[task][metric]
+        if row["champion"] is not None:
+            assert row["acceptable"] == (row["relative_change"] >= -tolerance)
+    assert entry["promoted"] == all(r["acceptable"] for r in rows.values())
+    assert entry["metrics"] == challenger
+
+
+@pytest.mark.slow  # three whole-pipeline runs (Ray start, 4 fine-tunings): about 20 min on a loaded 2-core machine
+def test_retrain_runs_download_through_evaluate_and_records_the_decision(champion_repo, news_repo):
+    repo = news_repo
+    before = _registry(repo)
+    ledger_path = repo / "data/raw/acquisitions.parquet"
+    first_ids = set(pd.read_parquet(ledger_path)["id"])
+    fetched = {p: p.stat().st_mtime_ns for p in (repo / "data/raw").rglob("*.tif")}
+    news = new_acquisitions(repo)
+    assert news.new_ids and not set(news.new_ids) & first_ids
+
+    state = retrain(repo_dir=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["new_ids"] == news.new_ids
+    assert result["stages_run"] == plan_stages(repo, downstream_of=["download"])  # download ... evaluate
+    assert result["stages_run"][-1] == "evaluate" and "simulate" not in result["stages_run"]
+
+    ledger = pd.read_parquet(ledger_path)  # only the new items were downloaded, the earlier ones left alone
+    assert set(ledger["id"]) == first_ids | set(news.new_ids) and (ledger["status"] == "ok").all()
+    report = json.loads((repo / "data/reports/download.json").read_text())
+    assert (report["items"], report["fetched"], report["skipped"]) == (len(ledger), len(news.new_ids), len(first_ids))
+    assert {p: p.stat().st_mtime_ns for p in fetched} == fetched
+
+    registry = _registry(repo)
+    cfg = load_params(repo / "params.yaml").retrain
+    assert registry["history"][0] == before["history"][0]
+    [entry] = registry["history"][1:]
+    evaluated = json.loads((repo / cfg.metrics_path).read_text())
+    _assert_decision_follows_the_table(entry, before["champion"]["metrics"], evaluated, cfg.tolerance)
+    assert entry["dvc_lock_sha256"] == sha256_file(repo / "dvc.lock") != before["champion"]["dvc_lock_sha256"]
+    assert (repo / "data/models/locks" / f"{entry['dvc_lock_sha256']}.dvc.lock").read_bytes() == (
+        repo / "dvc.lock"
+    ).read_bytes()
+    assert registry["champion"]["model_id"] == (entry if entry["promoted"] else before["champion"])["model_id"]
+    assert ("promoted: " if entry["promoted"] else "not promoted: ") + entry["reason"] in state.message
+
+
+@pytest.mark.slow  # shares champion_repo with the test above; one more whole-pipeline run
+def test_worse_challenger_is_not_promoted(champion_repo, news_repo):
+    """A challenger fine-tuned with a learning rate of 1e-9 (heads left as initialised) stays a challenger."""
+    repo = news_repo
+    before = _registry(repo)
+    state = retrain(repo_dir=str(repo), overrides={"finetune.lr_range": "[1e-9,1e-9]"}, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["stages_run"][-1] == "evaluate"
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune@segmentation"]
+    assert locked["params"]["params.yaml"]["finetune"]["lr_range"] == [1e-9, 1e-9]  # the challenger used them
+
+    registry = _registry(repo)
+    cfg = load_params(repo / "params.yaml").retrain
+    assert registry["champion"] == before["champion"]
+    assert registry["history"][:-1] == before["history"]
+    entry = registry["history"][-1]
+    assert entry["promoted"] is False
+    evaluated = json.loads((repo / cfg.metrics_path).read_text())
+    _assert_decision_follows_the_table(entry, before["champion"]["metrics"], evaluated, cfg.tolerance)
+    worse = [f"{r['task']}.{r['metric']}" for r in entry["comparison"] if not r["acceptable"]]
+    assert worse and entry["reason"].startswith("worse than the champion beyond tolerance on")
+    assert all(name in entry["reason"] for name in worse)
+    assert "not promoted: " + entry["reason"] in state.message

@@ -38,6 +38,25 @@ def tiny_params(repo_root: Path) -> dict:
     return params
 
 
+def whole_pipeline_params(repo_root: Path, until: str | None = None) -> dict:
+    """tiny_params for every stage of dvc.yaml in minutes: 2 pretraining steps, one short trial per task.
+
+    Used by the whole-retrain tests (tests/test_flows.py) and scripts/screenshot_prefect_ui.sh.
+    """
+    params = tiny_params(repo_root)
+    params["simulate"]["until"] = until
+    params["pretrain"].update(
+        steps=2, workers=1, batch_size=8, warmup_steps=1, checkpoint_every=2, log_every=1, val_chips=4, preview_chips=1
+    )
+    params["ray"]["num_cpus"] = 1
+    params["finetune"].update(
+        variants=["pretrained"], label_fraction=1.0, trials=1, epochs=2, min_steps_per_epoch=4, batch_sizes=[8],
+        lr_range=[0.002, 0.002], holdout_aois=[], train_until=None, threads=1, max_val_chips=8,
+    )  # fmt: skip
+    params["evaluate"]["examples"] = 1
+    return params
+
+
 @contextlib.contextmanager
 def working_directory(path: Path) -> Iterator[None]:
     """Run the block with `path` as the current directory (the stages use repo-relative paths)."""
