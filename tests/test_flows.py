@@ -464,7 +464,9 @@ def test_worse_challenger_is_not_promoted(champion_repo, news_repo):
     assert state.is_completed(), state.message
     assert state.result()["stages_run"][-1] == "evaluate"
     locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune@segmentation"]
-    assert locked["params"]["params.yaml"]["finetune"]["lr_range"] == [1e-9, 1e-9]  # the challenger used them
+    # the challenger used them (DVC writes "1e-09", which PyYAML's YAML 1.1 reads as a string; pydantic as a float)
+    assert [float(v) for v in locked["params"]["params.yaml"]["finetune"]["lr_range"]] == [1e-9, 1e-9]
+    assert load_params(repo / "params.yaml").finetune.lr_range == (1e-9, 1e-9)
 
     registry = _registry(repo)
     cfg = load_params(repo / "params.yaml").retrain
