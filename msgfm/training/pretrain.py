@@ -121,7 +121,7 @@ def train_loop(config: dict[str, Any]) -> None:
             state = json.loads(Path(ckpt_dir, "state.json").read_text())
             start, history = state["step"], state["history"]
         if rank == 0:
-            print(f"[pretrain] resuming from step {start}/{cfg.steps}", file=sys.stderr, flush=True)
+            _progress(f"[pretrain] resuming from step {start}/{cfg.steps}")
     model = ray.train.torch.prepare_model(
         model,
         parallel_strategy_kwargs={
@@ -161,11 +161,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 rate = seen * world / max(elapsed, 1e-9)
                 eta = (cfg.steps - done) * elapsed / max(1, done - start)
                 parts = " ".join(f"{k}={v:.3f}" for k, v in sorted(mean.items()) if k.startswith(("mim/", "cross/")))
-                print(
+                _progress(
                     f"[pretrain] step {done}/{cfg.steps} loss={mean['total']:.4f} {parts} "
-                    f"{rate:.1f} samples/s ETA {eta:.0f}s",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{rate:.1f} samples/s ETA {eta:.0f}s"
                 )
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             metrics = {
@@ -209,12 +207,28 @@ def _root_cause(error: BaseException) -> str:
     return causes[-1] if causes else (lines[0] if lines else type(error).__name__)
 
 
+def _progress(line: str) -> None:
+    """One progress line on stderr; not `print`, which Ray Train also copies into its logger (doubling it)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _quiet_ray_workers() -> None:
+    """Ray worker setup hook: silence the placement-group cleaner, which without the dashboard cannot reach
+    Ray's state API and warns about it every second of the run."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         "images": {s: x.to(device, non_blocking=True) for s, x in batch["images"].items()},
         "bands": batch["bands"],
         "partner": {s: x.to(device) for s, x in batch.get("partner", {}).items()},
     }
+
+
+RUNTIME_ENV = {"worker_process_setup_hook": _quiet_ray_workers}
+"""Runtime environment of the Ray job pretraining starts or joins."""
 
 
 def _connect_ray(params: Params) -> bool:
@@ -226,7 +240,7 @@ def _connect_ray(params: Params) -> bool:
         return False
     if address:
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise PretrainError(
                 f"cannot join the Ray cluster at {address!r} (ray.address / RAY_ADDRESS): {e}"
@@ -246,6 +260,7 @@ def _connect_ray(params: Params) -> bool:
         include_dashboard=params.ray.include_dashboard,
         dashboard_host="127.0.0.1",
         log_to_driver=True,
+        runtime_env=RUNTIME_ENV,
     )
     return True
 
