@@ -140,7 +140,9 @@ class PairParams(Section):
     fine_max_days: float = Field(3650, ge=0, description="largest RGB-DSM time gap for a pair, days")
     max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="chips with more nodata are dropped")
     block_m: float = Field(960.0, gt=0, description="side of the square spatial blocks that get one split, metres")
-    buffer_m: float = Field(10.0, gt=0, description="chips closer than this to a block of another split are dropped")
+    buffer_m: float = Field(
+        0.0, ge=0, description="chips closer than this to a block of another split are dropped (0: may touch)"
+    )
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
 

@@ -12,7 +12,7 @@ import rasterio
 from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 
 from msgfm.data.chipstore import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
-from msgfm.data.pairing import MANIFEST_COLUMNS, PairError, assign_splits, pair
+from msgfm.data.pairing import MANIFEST_COLUMNS, PairError, assign_splits, blocks_touched, pair
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import get_sensor
 from msgfm.validation.pairs import build_pairs_table, split_clashes
@@ -175,3 +175,12 @@ def test_a_manifest_not_written_with_the_store_is_a_clear_error(built, tmp_path)
     (chips / "index.json").write_text(json.dumps(index))
     with pytest.raises(ChipStoreError, match=message):
         open_accepted(chips, manifest_path, accepted)
+
+
+def test_a_chip_on_a_block_line_touches_only_its_own_block():
+    # a 640 m chip from 320 to 960 m ends on the line of the 960 m lattice: with no buffer it belongs to
+    # block 0 alone; any buffer reaches the neighbour; one metre over the line overlaps it.
+    assert blocks_touched((320.0, 0.0, 960.0, 640.0), 960.0, 0.0) == {(0, 0)}
+    assert blocks_touched((320.0, 0.0, 960.0, 640.0), 960.0, 1.0) == {(0, -1), (1, -1), (0, 0), (1, 0)}
+    assert blocks_touched((960.0, 0.0, 1600.0, 640.0), 960.0, 0.0) == {(1, 0)}
+    assert blocks_touched((321.0, 0.0, 961.0, 640.0), 960.0, 0.0) == {(0, 0), (1, 0)}

@@ -150,7 +150,10 @@ def assign_splits(
 def blocks_touched(
     bounds: tuple[float, float, float, float], block_m: float, buffer_m: float, origin: tuple[float, float] = (0, 0)
 ) -> set[tuple[int, int]]:
-    """Blocks (of a lattice anchored at `origin`) whose interior the footprint grown by `buffer_m` overlaps."""
+    """Blocks (of a lattice anchored at `origin`) whose interior the footprint grown by `buffer_m` overlaps.
+
+    A footprint that only touches a block's edge (buffer 0, chip edge on the block line) does not overlap it.
+    """
     left, bottom, right, top = (
         bounds[0] - origin[0],
         bounds[1] - origin[1],
@@ -158,9 +161,9 @@ def blocks_touched(
         bounds[3] - origin[1],
     )
     eps = 1e-6 * block_m
-    x0 = math.floor((left - buffer_m) / block_m)
+    x0 = math.floor((left - buffer_m) / block_m + eps)
     x1 = math.ceil((right + buffer_m) / block_m - eps) - 1
-    y0 = math.floor((bottom - buffer_m) / block_m)
+    y0 = math.floor((bottom - buffer_m) / block_m + eps)
     y1 = math.ceil((top + buffer_m) / block_m - eps) - 1
     return {(bx, by) for bx in range(x0, x1 + 1) for by in range(y0, y1 + 1)}
 
