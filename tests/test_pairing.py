@@ -184,3 +184,18 @@ def test_a_chip_on_a_block_line_touches_only_its_own_block():
     assert blocks_touched((320.0, 0.0, 960.0, 640.0), 960.0, 1.0) == {(0, -1), (1, -1), (0, 0), (1, 0)}
     assert blocks_touched((960.0, 0.0, 1600.0, 640.0), 960.0, 0.0) == {(1, 0)}
     assert blocks_touched((321.0, 0.0, 961.0, 640.0), 960.0, 0.0) == {(0, 0), (1, 0)}
+
+
+def test_split_clashes_are_shared_area_not_a_shared_edge():
+    manifest = pd.DataFrame(
+        {
+            "crs": ["EPSG:32632"] * 3,
+            "minx": [0.0, 640.0, 639.0],
+            "miny": [0.0, 0.0, 0.0],
+            "maxx": [640.0, 1280.0, 1279.0],
+            "maxy": [640.0, 640.0, 640.0],
+            "split": ["train", "test", "val"],
+        }
+    )
+    # train and test share the edge x = 640 only; val reaches one metre into train and overlaps test
+    assert split_clashes(manifest).tolist() == ["val", "val", "test,train"]

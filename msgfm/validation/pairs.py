@@ -24,7 +24,7 @@ from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 
 
 def split_clashes(manifest: pd.DataFrame, chunk: int = 2048) -> np.ndarray:
-    """Per chip, the splits (comma-joined, '' if none) of other-split chips whose footprints intersect it."""
+    """Per chip, the splits (comma-joined, '' if none) of other-split chips whose footprints overlap it."""
     clashes = [set() for _ in range(len(manifest))]
     m = manifest.reset_index(drop=True)
     for _, group in m.groupby("crs"):
@@ -33,12 +33,13 @@ def split_clashes(manifest: pd.DataFrame, chunk: int = 2048) -> np.ndarray:
         split = group["split"].to_numpy()
         for start in range(0, len(idx), chunk):
             a = box[start : start + chunk]
-            # closed intersection: footprints that merely touch clash too
+            # footprints that share area clash; footprints that only touch along an edge (pair.buffer_m 0) do not
+            eps = 1e-6 * (a[:, None, 2] - a[:, None, 0])
             hit = (
-                (a[:, None, 0] <= box[None, :, 2])
-                & (box[None, :, 0] <= a[:, None, 2])
-                & (a[:, None, 1] <= box[None, :, 3])
-                & (box[None, :, 1] <= a[:, None, 3])
+                (a[:, None, 0] < box[None, :, 2] - eps)
+                & (box[None, :, 0] < a[:, None, 2] - eps)
+                & (a[:, None, 1] < box[None, :, 3] - eps)
+                & (box[None, :, 1] < a[:, None, 3] - eps)
                 & (split[start : start + chunk, None] != split[None, :])
             )
             for i, j in zip(*np.nonzero(hit), strict=True):
