@@ -418,7 +418,7 @@ def _assert_decision_follows_the_table(entry: dict, champion: dict, challenger: 
     assert entry["metrics"] == challenger
 
 
-@pytest.mark.slow  # three whole-pipeline runs (Ray start, 4 fine-tunings): about 20 min on a loaded 2-core machine
+@pytest.mark.slow  # the fixture runs all 14 stages (5-10 min on a loaded 2-core machine), the test 4.5-5.5 min more
 def test_retrain_runs_download_through_evaluate_and_records_the_decision(champion_repo, news_repo):
     repo = news_repo
     before = _registry(repo)
