@@ -311,6 +311,9 @@ def test_deployments_schedule_comes_from_params(tmp_path):
     ui_form = parameter_schema(pipeline).properties  # what to_deployment sends for the UI's Run form
     assert {"target", "stages", "overrides", "force", "retry"} <= set(ui_form)
     assert ui_form["overrides"]["description"].startswith("params.yaml overrides")
+    retrain_form = parameter_schema(retrain).properties
+    assert {"overrides", "lock_wait_s", "retry"} <= set(retrain_form)
+    assert retrain_form["overrides"]["description"].startswith("params.yaml overrides for the challenger")
 
 
 def test_prefect_yaml_matches_params_and_flows():
