@@ -428,6 +428,8 @@ def run_evaluate(params: Params) -> dict[str, Any]:
             for name, condition in ablation_conditions(params, data, test).items():
                 if isinstance(condition, str):
                     ablations[task][name] = {"n/a": condition}
+                elif condition is test:  # "clean": the test metrics just computed
+                    ablations[task][name] = scalars(metrics)
                 else:
                     ablations[task][name] = scalars(evaluate_split(model, data, condition, 32))
             generalisation[task] = {"test": scalars(metrics)}

@@ -16,6 +16,7 @@ the two files), the best trial is retrained with its parameters and seed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -357,8 +358,11 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
         log.warning("%s/%s: trial %d was left running by a killed run; marking it failed", task, variant, stale.number)
         study.tell(stale.number, state=TrialState.FAIL)
 
+    # a pretrained encoder is read once per variant and copied for every trial (scratch draws its own init)
+    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
+
     def fit(hp: Hyper, seed: int, trial: optuna.Trial | None) -> tuple[TaskModel, float, dict, list]:
-        encoder = load_encoder(params, variant, seed)
+        encoder = copy.deepcopy(pretrained) if pretrained is not None else load_encoder(params, variant, seed)
         torch.manual_seed(seed)  # the head starts the same for every variant
         model = build_task_model(data.spec, encoder, data.num_classes)
 
