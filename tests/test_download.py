@@ -11,7 +11,7 @@ import pandas as pd
 import pystac
 import pytest
 from httpserver import LoopbackServer
-from stac_fixture import item_json, make_catalog
+from stac_fixture import edit_item, item_json, make_catalog
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.data.download import LEDGER_COLUMNS, download, read_ledger, safe_name
@@ -55,6 +55,33 @@ def test_layout_ledger_and_item_json(world, tmp_path):
     assert len(list((raw / "s2" / "s2_tiny_20240315").glob("*.tif"))) == 13
     report = json.loads((tmp_path / "reports" / "download.json").read_text())
     assert report["fetched"] == 3 and report["bytes"] == sum(p.stat().st_size for p in raw.rglob("*.tif"))
+
+
+def test_an_item_the_publisher_changed_is_fetched_again(world, tmp_path):
+    cat = tmp_path / "source"
+    shutil.copytree(world.parent, cat)
+    raw = tmp_path / "raw"
+    assert _run(SourceParams(href=str(cat / "catalog.json")), raw).fetched == 3
+    before = _files(raw)
+
+    # the publisher re-renders VV of one item (new bytes, new file:checksum and size); the rest is unchanged
+    vv = item_json(cat / "catalog.json", "s1_tiny_20240316").parent / "VV.tif"
+    vv.write_bytes((vv.parent / "VH.tif").read_bytes())
+
+    def declare(item: dict) -> None:
+        item["assets"]["VV"]["file:checksum"] = "1220" + sha256_file(vv)
+        item["assets"]["VV"]["file:size"] = vv.stat().st_size
+
+    edit_item(cat / "catalog.json", "s1_tiny_20240316", declare)
+    second = _run(SourceParams(href=str(cat / "catalog.json")), raw)
+    assert (second.skipped, second.fetched, second.failed) == (2, 1, 0)
+    after = _files(raw)
+    assert after["s1/s1_tiny_20240316/VV.tif"][0] == sha256_file(vv)
+    assert after["s1/s1_tiny_20240316/VH.tif"] == before["s1/s1_tiny_20240316/VH.tif"]  # verified, not rewritten
+    assert {k: v for k, v in after.items() if not k.startswith("s1/")} == {
+        k: v for k, v in before.items() if not k.startswith("s1/")
+    }
+    assert _run(SourceParams(href=str(cat / "catalog.json")), raw).fetched == 0
 
 
 def test_second_run_is_incremental_and_retries_failures(world, tmp_path):

@@ -26,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,24 +112,26 @@ def run_to_end(root: Path, stage: str) -> None:
     assert result.returncode == 0, f"msgfm {stage} failed in {root}:\n{result.stdout}\n{result.stderr}"
 
 
-def kill_after_first_output(root: Path, stage: str, first_output: str) -> None:
-    """Start the stage, SIGKILL its process group once `first_output` matches a file; fail if it ended first."""
+def kill_when(command: list[str], root: Path, ready: Callable[[], bool], poll_s: float, what: str) -> None:
+    """Start `command` in `root`, SIGKILL its process group once `ready()`; fail if it ended first."""
     proc = subprocess.Popen(
-        [MSGFM, stage, "--params", "params.yaml"],
-        cwd=root,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 300  # a safeguard against a hung stage, not a speed assertion
-        while proc.poll() is None and not final_files(root, first_output) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert proc.poll() is None, f"msgfm {stage} exited ({proc.returncode}) before it could be killed mid-run"
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        assert proc.poll() is None, f"{' '.join(command[1:])} exited ({proc.returncode}) before {what}"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def kill_after_first_output(root: Path, stage: str, first_output: str) -> None:
+    """Start the stage, SIGKILL its process group once `first_output` matches a file; fail if it ended first."""
+    command = [MSGFM, stage, "--params", "params.yaml"]
+    kill_when(command, root, lambda: bool(final_files(root, first_output)), 0.002, "it could be killed mid-run")
 
 
 def final_files(root: Path, pattern: str) -> list[Path]:
@@ -298,22 +301,11 @@ def test_finetune_killed_mid_study_resumes_the_study_and_saves_its_best_trial(ti
     task, out = "classification", root / "data/models/classification"
     command = [MSGFM, "finetune", "--task", task, "--params", "params.yaml"]
 
-    proc = subprocess.Popen(
-        command, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 300  # a safeguard against a hung stage, not a speed assertion
-        states: list[str] = []
-        while proc.poll() is None and time.monotonic() < deadline:
-            states = trial_states(out / "optuna.db")
-            if "COMPLETE" in states and states[-1] == "RUNNING":
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"msgfm finetune exited ({proc.returncode}) before a later trial began"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    def later_trial_running() -> bool:
+        states = trial_states(out / "optuna.db")
+        return "COMPLETE" in states and states[-1] == "RUNNING"
+
+    kill_when(command, root, later_trial_running, 0.02, "a later trial began")
     states = trial_states(out / "optuna.db")
     killed = len(states) - 1
     assert states[-1] == "RUNNING" and states.count("COMPLETE") == killed >= 1, states

@@ -10,8 +10,10 @@ one row per item with its status.
   HTTP Range request, on this attempt or on the next run.
 - Verified: `file:size` and `file:checksum` (multihash) are checked before the atomic rename into
   place; a file that does not match is deleted, so nothing corrupt lands under its final name.
-- Incremental: items whose ledger row is `ok` and whose files are all present are not touched
-  (their bytes stay identical); failed items are tried again on every run.
+- Incremental: items whose ledger row is `ok`, whose files are all present and whose declared assets
+  (`file:checksum`, `file:size`, the item's `updated` time: `item_fingerprint`) are unchanged are not
+  touched (their bytes stay identical); failed items are tried again on every run, and an item the
+  publisher changed (a re-rendered simulated world, a reprocessed scene) is fetched again.
 - Untrusting: asset hrefs are never used as paths. Output names come from sanitised sensor, item
   id and asset key and must resolve inside `out_dir`; a local href must lie inside the catalog's
   folder, and a remote catalog may not point at local files. Such assets fail the item with a
@@ -43,7 +45,20 @@ from msgfm.geo.io import atomic_path, atomic_write_json
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "acquisitions.parquet"
-LEDGER_COLUMNS = ["id", "sensor", "aoi", "biome", "datetime", "bbox", "crs", "assets", "item_path", "status", "error"]
+LEDGER_COLUMNS = [
+    "id",
+    "sensor",
+    "aoi",
+    "biome",
+    "datetime",
+    "bbox",
+    "crs",
+    "assets",
+    "item_path",
+    "status",
+    "error",
+    "fingerprint",
+]
 _NO_RETRY_STATUS = {400, 401, 403, 404, 405, 410, 451}
 _CHUNK = 1 << 16
 
@@ -134,7 +149,16 @@ def _ledger_row(rec: ItemRecord, assets: dict[str, str], item_path: str, error: 
         "item_path": item_path,
         "status": "failed" if error else "ok",
         "error": error,
+        "fingerprint": item_fingerprint(rec),
     }
+
+
+def item_fingerprint(rec: ItemRecord) -> str:
+    """16 hex digits over what the source declares of the item's wanted assets and its `updated` time."""
+    declared = {key: [asset.checksum, asset.size] for key, asset in sorted(rec.assets.items())}
+    updated = (rec.item.get("properties") or {}).get("updated")
+    blob = json.dumps({"assets": declared, "updated": updated}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _complete(row: dict[str, Any], out_dir: Path) -> bool:
@@ -357,7 +381,7 @@ def download(
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
-    duplicates = 0
+    duplicates = changed = 0
     for rec in iter_items(source, signer=signer):
         if rec.id in seen:
             duplicates += 1
@@ -369,10 +393,18 @@ def download(
             rec.error = f"item id {rec.id!r} maps to the same folder as {folders[folder]!r} after sanitising"
         folders.setdefault(folder, rec.id)
         if rec.id in ledger and _complete(ledger[rec.id], out_dir):
-            continue
+            if ledger[rec.id].get("fingerprint") == item_fingerprint(rec):
+                continue
+            changed += 1
         todo.append(rec)
     skipped = len(seen) - len(todo)
-    log.info("download: %d items offered, %d already in the ledger, %d to fetch", len(seen), skipped, len(todo))
+    log.info(
+        "download: %d items offered, %d already in the ledger, %d to fetch (%d changed since fetched)",
+        len(seen),
+        skipped,
+        len(todo),
+        changed,
+    )
 
     fetcher = Fetcher(cfg)
     total_bytes = 0
