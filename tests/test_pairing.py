@@ -134,6 +134,22 @@ def test_assign_splits_turns_a_block_train_for_a_missing_class():
     assert sorted(s for s, _ in first.values()) == ["test", "train", "train", "val"]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_assign_splits_gives_the_fine_grid_its_share_of_val_and_test(seed):
+    """The fine grid covers 8 of 100 blocks: val and test still take 2 of those 8, whatever the seed."""
+    cfg = pair_params(Path("."), val_fraction=0.25, test_fraction=0.25, block_m=100, buffer_m=0)
+    footprints = {("a", "s10", r, c): (c * 100.0, r * 100.0, c * 100.0 + 100, r * 100.0 + 100)
+                  for r in range(10) for c in range(10)}  # fmt: skip
+    fine = {("a", "fine", r, c): (c * 50.0, r * 50.0, c * 50.0 + 50, r * 50.0 + 50)
+            for r in range(4) for c in range(8)}  # fmt: skip
+    splits = assign_splits(cfg, seed, {**footprints, **fine}, {"a": (0.0, 0.0)}, {})
+    fine_blocks = {block: split for (aoi, grid, *_), (split, block) in splits.items() if grid == "fine"}
+    assert len(fine_blocks) == 8
+    assert sorted(fine_blocks.values()).count("val") == 2 and sorted(fine_blocks.values()).count("test") == 2
+    coarse = [split for (_, grid, *_), (split, _) in splits.items() if grid == "s10"]
+    assert coarse.count("val") == coarse.count("test") == 25  # 2 fine-grid blocks + 23 of the other 92 each
+
+
 def test_same_seed_same_manifest(built, tmp_path):
     root, manifest, _ = built
     again = pair(

@@ -8,11 +8,12 @@ chip at the same position. An S2 (or DSM) chip's partner is the closest-in-time 
 chose it. Chips without a partner stay in the manifest as unpaired single-sensor samples.
 
 Splits: each AOI is cut into square blocks of `pair.block_m` anchored at its S2 grid corner; blocks
-get train, val or test by a seeded shuffle (`assign_splits`: val/test take their share of all blocks,
+get train, val or test by a seeded shuffle (`assign_splits`: val/test take their share of the blocks
+holding fine-grid chips and of those holding S2-grid chips only,
 every AOI keeps train blocks, and a block turns train when a land-cover class would otherwise be
 missing from train). A chip gets the split of every block its footprint, grown by `pair.buffer_m`,
 overlaps; a chip that would overlap blocks of two splits is dropped, so no two chips of different
-splits ever touch. The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
+splits ever share a pixel. The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
 
 Reads only the rasters the coreg gate accepted; writes the chip store (`msgfm.data.chipstore`)
 and `data/manifest.parquet`, whose SHA-256 the store's `index.json` records so readers can tell the
@@ -89,7 +90,8 @@ def assign_splits(
 ) -> dict[Position, tuple[str, str]]:
     """Split and block id of every chip position that the buffer keeps (see the module docstring).
 
-    Blocks are shuffled with the seed; test and val take their share of all blocks, at most
+    Blocks are shuffled with the seed and grouped by the grids whose chips they hold (blocks with fine-grid
+    chips and blocks with S2-grid chips only); test and val take their share of each group, at most
     `1 - train share` of any one AOI's blocks (so every AOI keeps train blocks). Then, while a land-cover
     class occurs in kept chips but in no train chip, the val/test block holding most such chips turns train.
     """
@@ -113,13 +115,22 @@ def assign_splits(
     limit = {aoi: n - max(1, math.ceil(n * train_share - 1e-9)) for aoi, n in per_aoi.items()}
     held: dict[str, int] = defaultdict(int)
     split = {b: "train" for b in blocks}
+    # strata: blocks with chips of the same grids (the fine grid covers a sub-area of the AOI), so that
+    # each grid's tasks get their share of val and test blocks
+    grids: dict[tuple[str, int, int], set[str]] = defaultdict(set)
+    for pos, bounds in footprints.items():
+        for b in blocks_touched(bounds, cfg.block_m, 0.0, origins[pos[0]]):
+            grids[(pos[0], *b)].add(pos[1])
+    strata = sorted({tuple(sorted(grids[b])) for b in blocks})
     for name, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
-        quota = int(round(len(blocks) * fraction))
-        for b in order:
-            if quota and split[b] == "train" and held[b[0]] < limit[b[0]]:
-                split[b] = name
-                held[b[0]] += 1
-                quota -= 1
+        for stratum in strata:
+            members = [b for b in order if tuple(sorted(grids[b])) == stratum]
+            quota = int(round(len(members) * fraction))
+            for b in members:
+                if quota and split[b] == "train" and held[b[0]] < limit[b[0]]:
+                    split[b] = name
+                    held[b[0]] += 1
+                    quota -= 1
 
     def kept() -> dict[Position, str]:
         out = {}
