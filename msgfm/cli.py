@@ -6,10 +6,11 @@ implementation in the library. Heavy imports happen inside the commands so `--he
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,16 +51,23 @@ def _setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def _stage_errors(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """Report a stage's own errors (their messages name the file and the problem) as `error: ...`, exit `code`."""
+    try:
+        yield
+    except errors as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code) from None
+
+
 def _load(params_path: Path) -> Params:
     """Load params or exit with the validation message (no traceback)."""
     _setup_logging()
     for noisy in ("great_expectations", "ray", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
+    with _stage_errors(ParamsError, code=2):
         return load_params(params_path)
-    except ParamsError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _run_gate(run: Callable[[], Any]) -> None:
@@ -67,15 +75,9 @@ def _run_gate(run: Callable[[], Any]) -> None:
     from msgfm.data.chipstore import ChipStoreError
     from msgfm.validation.gates import GateFailed
 
-    try:
+    with _stage_errors(FileNotFoundError, ChipStoreError, code=2), _stage_errors(GateFailed):
         result = run()
         result.raise_if_failed()
-    except (FileNotFoundError, ChipStoreError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except GateFailed as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(result.message)
 
 
@@ -95,11 +97,8 @@ def simulate(
 
     p = _load(params)
     cfg = p.simulate if until is None else p.simulate.model_copy(update={"until": until.date()})
-    try:
+    with _stage_errors(SimulateError, code=2):
         simulate_world(cfg, seed=p.seed, preview=preview)
-    except SimulateError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command(name="download")
@@ -109,11 +108,8 @@ def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.data.sources import SourceError
 
     p = _load(params)
-    try:
+    with _stage_errors(SourceError):
         summary = download(p.source, p.download)
-    except SourceError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(
         f"download: {summary.items} items offered, {summary.fetched} fetched, {summary.skipped} already present, "
         f"{summary.failed} failed (see {p.download.out_dir / 'acquisitions.parquet'}), {summary.bytes} bytes"
@@ -136,7 +132,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
     p = _load(params)
     cfg = p.coregister
-    try:
+    with _stage_errors(CoregisterError, code=2):
         table = coregister(
             cfg,
             ledger=p.download.out_dir / "acquisitions.parquet",
@@ -146,9 +142,6 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
             report=cfg.report,
             truth_dir=cfg.truth_dir,
         )
-    except CoregisterError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     ok = int((table["status"] == "ok").sum())
     typer.echo(f"coregister: {ok}/{len(table)} rasters written to {cfg.out_dir} (report: {cfg.report})")
 
@@ -168,13 +161,10 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.data.pairing import PairError, pair
 
     p = _load(params)
-    try:
+    with _stage_errors(PairError, code=2):
         manifest = pair(
             p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed
         )
-    except PairError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
 
 
@@ -201,11 +191,8 @@ def pretrain(
     p = _load(params)
     if single_sensor:
         p = single_sensor_params(p)
-    try:
+    with _stage_errors(PretrainError, PretrainDataError):
         metrics = run_pretrain(p)
-    except (PretrainError, PretrainDataError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     val = metrics["val"]
     typer.echo(
         f"pretrained {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s "
@@ -265,7 +252,7 @@ def finetune(
     if bad:
         typer.echo(f"error: unknown variant(s) {bad}; variants are {list(VARIANTS)}", err=True)
         raise typer.Exit(2)
-    try:
+    with _stage_errors(FinetuneError, TaskDataError, BenchmarkDataError):
         if benchmark is not None:
             if root is None:
                 typer.echo("error: --benchmark needs --root (the dataset's local folder)", err=True)
@@ -276,9 +263,6 @@ def finetune(
                 typer.echo(f"error: --task must be one of {list(TASKS)}, got {task!r}", err=True)
                 raise typer.Exit(2)
             summary = run_finetune(p, task, variant or None)
-    except (FinetuneError, TaskDataError, BenchmarkDataError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     for name, result in summary.items():
         if isinstance(result, dict) and "value" in result:
             typer.echo(
@@ -296,11 +280,8 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.training.tasks import TaskDataError
 
     p = _load(params)
-    try:
+    with _stage_errors(EvaluateError, TaskDataError):
         metrics = run_evaluate(p)
-    except (EvaluateError, TaskDataError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     for task, values in metrics.items():
         typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
     typer.echo(f"report: {p.evaluate.report}")
