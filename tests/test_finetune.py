@@ -7,6 +7,7 @@ tests check the fine-tuning and evaluation machinery, not whether pretraining he
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import shutil
@@ -44,6 +45,7 @@ from msgfm.training.tasks import (
     build_task_data,
     get_task,
     label_budget,
+    nearest_in_time,
     wald_pansharpening_input,
 )
 
@@ -97,6 +99,20 @@ def test_wald_input_of_a_flat_image_is_the_image() -> None:
     assert (fused - ramp).abs().mean() < (ms_up - ramp).abs().mean()  # PAN detail brings it closer
 
 
+def test_nearest_s1_is_closest_in_time_within_max_days_and_absent_beyond() -> None:
+    place = {"aoi": "a", "grid": "s10", "row": 0, "col": 0}
+    rows = pd.DataFrame(
+        [
+            {**place, "sensor": "s1", "day": dt.date(2024, 3, 1), "store_index": 7},
+            {**place, "sensor": "s1", "day": dt.date(2024, 3, 9), "store_index": 8},
+            {**place, "col": 32, "sensor": "s1", "day": dt.date(2024, 3, 10), "store_index": 9},
+        ]
+    )
+    anchors = pd.DataFrame([{**place, "day": dt.date(2024, 3, 8)}, {**place, "day": dt.date(2024, 6, 1)}])
+    assert nearest_in_time(rows, anchors, "s1", 10).tolist() == [8, -1]  # the other place's S1 never counts
+    assert nearest_in_time(rows, anchors.iloc[1:], "s1", 10).tolist() == [-1]  # no match at all
+
+
 def test_tasks_are_built_from_the_accepted_chips(project: Path) -> None:
     with working_directory(project):
         params = load_params("params.yaml")
@@ -116,6 +132,20 @@ def test_tasks_are_built_from_the_accepted_chips(project: Path) -> None:
         assert by_id.at[chip, "cloud_fraction"] > params.finetune.max_cloud_fraction
     cloudy = rows[rows["id"].isin(cr.ids)]
     assert len(cloudy) == len(cr) and cr.target.shape == cr.images["s2"].shape
+    # S1 is the chip at the same place closest in time to the cloudy date (within pair.max_days), as in
+    # SEN12MS-CR, not the S1 that pairing gave to the clear date after it
+    s1 = rows[rows["sensor"] == "s1"]
+    for i, chip in enumerate(cr.ids):
+        here = s1[(s1["aoi"] == by_id.at[chip, "aoi"]) & (s1["row"] == by_id.at[chip, "row"])]
+        here = here[here["col"] == by_id.at[chip, "col"]]
+        days = (pd.to_datetime(here["day"]) - pd.Timestamp(by_id.at[chip, "day"])).dt.days.abs()
+        near = here[days <= params.pair.max_days]
+        assert bool(cr.present["s1"][i]) == (not near.empty)
+        if not near.empty:
+            closest = near.iloc[int(np.argmin(days[days <= params.pair.max_days].to_numpy()))]
+            expected = store.read("s1", [int(closest["store_index"])])[0]
+            assert torch.equal(cr.images["s1"][i], torch.from_numpy(expected))
+    assert cr.present["s1"].any()
     ps = datas["pansharpening"].splits["train"]
     assert ps.bands["s2"] == PAN_BANDS and ps.target.shape[1] == 4
     seg = datas["segmentation"]

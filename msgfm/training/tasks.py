@@ -5,7 +5,8 @@ chips of the manifest into `TaskSplit`s (train, val, test, and the generalisatio
 
 - classification (BigEarthNet-like, multi-label): a clear S2 chip and its paired S1 chip (absent for
   S2 chips without a partner: a missing modality) -> the WorldCover classes present in the chip.
-- cloud_removal (SEN12MS-CR-like): a cloudy S2 chip (cloud_fraction > 0) and its paired S1 chip ->
+- cloud_removal (SEN12MS-CR-like): a cloudy S2 chip (cloud_fraction > 0) and the S1 chip at the same place
+  closest in time to it (at most `pair.max_days` apart; absent otherwise) ->
   the clear S2 chip at the same position acquired next (the simulator gives every cloudy date a
   clear date `simulate.clear_partner_days` later); metrics on reflectance 0..1 (all 12 L2A bands).
 - pansharpening, Wald's protocol built from S2: the 10 m bands B02, B03, B04, B08 of a clear chip
@@ -226,8 +227,25 @@ def _classification(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame,
     return TaskSplit(images, bands, present, target, list(anchors["id"]))
 
 
-def _cloud_removal(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame) -> TaskSplit:
-    images, bands, present = _read_with_partner(store, anchors, "s2", "s1", _partner_rows(rows, anchors, "s1"))
+def nearest_in_time(rows: pd.DataFrame, anchors: pd.DataFrame, sensor: str, max_days: int) -> np.ndarray:
+    """Store index of the `sensor` chip at each anchor's place closest in time (at most `max_days`), -1 if none."""
+    key = ["aoi", "grid", "row", "col"]
+    other = rows.loc[rows["sensor"] == sensor, [*key, "day", "store_index"]]
+    joined = anchors[[*key, "day"]].reset_index(drop=True).reset_index(names="anchor")
+    joined = joined.merge(other, on=key, suffixes=("", "_other"))
+    joined["gap"] = (pd.to_datetime(joined["day_other"]) - pd.to_datetime(joined["day"])).dt.days.abs()
+    joined = joined[joined["gap"] <= max_days].sort_values(["anchor", "gap", "day_other"])
+    joined = joined.drop_duplicates("anchor")
+    out = np.full(len(anchors), -1, dtype=np.int64)
+    out[joined["anchor"].to_numpy(dtype=np.int64)] = joined["store_index"].to_numpy(dtype=np.int64)
+    return out
+
+
+def _cloud_removal(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, max_days: int) -> TaskSplit:
+    # the S1 chip closest in time to the cloudy acquisition, as SEN12MS-CR pairs them: pairing gives S1 to
+    # the S2 date it is closest to, which is often the clear one that follows a cloudy date
+    s1 = nearest_in_time(rows, anchors, "s1", max_days)
+    images, bands, present = _read_with_partner(store, anchors, "s2", "s1", s1)
     target = torch.from_numpy(store.read("s2", anchors["clear_index"].tolist()))
     return TaskSplit(images, bands, present, target, list(anchors["id"]))
 
@@ -327,7 +345,7 @@ def build_task_data(
     if task == "classification":
         build = lambda a: _classification(store, rows, a, codes)  # noqa: E731
     elif task == "cloud_removal":
-        build = lambda a: _cloud_removal(store, rows, a)  # noqa: E731
+        build = lambda a: _cloud_removal(store, rows, a, params.pair.max_days)  # noqa: E731
     elif task == "pansharpening":
         build = lambda a: _pansharpening(store, a)  # noqa: E731
     else:
