@@ -287,7 +287,7 @@ def test_finetune_killed_mid_study_resumes_the_study_and_saves_its_best_trial(ti
     from msgfm.evaluation.evaluate import load_finetuned
     from msgfm.models import create_model_from_params
     from msgfm.models.hub import save_pretrained, save_weights
-    from msgfm.training.finetune import BEST_FILE, WEIGHTS_FILE, open_study, run_finetune
+    from msgfm.training.finetune import BEST_FILE, WEIGHTS_FILE, finetune_task_data, open_study, run_finetune
 
     root = tmp_path / "p"
     shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns("checkpoints", "models", "metrics", "plots"))
@@ -314,7 +314,8 @@ def test_finetune_killed_mid_study_resumes_the_study_and_saves_its_best_trial(ti
     result = subprocess.run(command, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     with working_directory(root):
-        study = open_study(load_params("params.yaml"), task, "pretrained")
+        p = load_params("params.yaml")
+        study = open_study(p, finetune_task_data(p, task), "pretrained")
     trials = study.get_trials(deepcopy=False)
     assert trials[killed].state == TrialState.FAIL  # the trial the kill interrupted
     assert all(t.state == TrialState.COMPLETE for t in trials[:killed])  # kept, not rerun

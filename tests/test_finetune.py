@@ -34,6 +34,7 @@ from msgfm.training.finetune import (
     load_encoder,
     open_study,
     predict,
+    study_fingerprint,
     tune_variant,
 )
 from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
@@ -207,14 +208,19 @@ def test_optuna_study_resumes_after_an_interruption(project: Path) -> None:
         data = build_task_data(params, "pansharpening")
         first = tune_variant(params, data, "pretrained")
         assert first["trials_finished"] == 1
-        study = open_study(params, "pansharpening", "pretrained")
+        study = open_study(params, data, "pretrained")
         study.ask()  # what a process killed mid-trial leaves behind
         best_path = project / params.finetune.out_dir / "pansharpening" / "pretrained" / BEST_FILE
         record = json.loads(best_path.read_text())
         best_path.write_text(json.dumps({**record, "trial": 99}))  # a checkpoint of a trial that never finished
         params.finetune.trials = 3
         second = tune_variant(params, data, "pretrained")
-        study = open_study(params, "pansharpening", "pretrained")
+        study = open_study(params, data, "pretrained")
+        # the same inputs resume this study; changed chips (or code that builds them otherwise) start a new one
+        again = build_task_data(params, "pansharpening")
+        assert study_fingerprint(params, again, "pretrained") == study_fingerprint(params, data, "pretrained")
+        again.splits["train"].images["s2"][0, 0, 0, 0] += 1.0
+        assert study_fingerprint(params, again, "pretrained") != study_fingerprint(params, data, "pretrained")
     assert second["trials_finished"] == finished_trials(study) == 3
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states.count(TrialState.FAIL) == 1 and states[0] == TrialState.COMPLETE

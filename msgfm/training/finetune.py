@@ -6,9 +6,10 @@ fine-tuning and batch size over `finetune.trials` trials of `finetune.epochs` ep
 budget (`finetune.label_fraction` of the training chips, drawn once with the seed, the same for every
 variant). Every epoch reports the validation primary metric (msgfm.training.metrics.PRIMARY_METRIC) to a
 MedianPruner. The studies live in `data/models/<task>/optuna.db` (SQLite, `load_if_exists`), named by
-variant and a fingerprint of the params that shape a trial, so a killed run resumes where it stopped
-(trials left running are marked failed and the study continues to `trials` finished trials) and
-changed params start a fresh study. The best trial's weights (safetensors), hyperparameters and metric
+variant and a fingerprint of what shapes a trial (params, the training and validation tensors, the
+pretrained weights), so a killed run resumes where it stopped (trials left running are marked failed
+and the study continues to `trials` finished trials) and changed params, chips or pretraining start a
+fresh study. The best trial's weights (safetensors), hyperparameters and metric
 go to `data/models/<task>/<variant>/`; when the saved checkpoint is not the study's best trial (a
 kill between saving and finishing) or its weights are not the ones best.json records (a kill between
 the two files), the best trial is retrained with its parameters and seed.
@@ -286,23 +287,48 @@ def suggest(trial: optuna.Trial, params: Params) -> Hyper:
     )
 
 
-def study_fingerprint(params: Params, task: str) -> str:
-    """8 hex digits over everything that shapes a trial, so changed params start a fresh study."""
+def data_digest(data: TaskData) -> str:
+    """SHA-256 over the tensors a trial trains and validates on: new chips, or code that builds them otherwise."""
+    digest = hashlib.sha256()
+    for name in ("train", "val"):
+        split = data.splits[name]
+        for sensor in sorted(split.images):
+            digest.update(split.images[sensor].numpy().tobytes())
+            digest.update(split.present[sensor].numpy().tobytes())
+        digest.update(split.target.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
+    """8 hex digits over everything that shapes a trial (params, data, the variant's pretrained weights), so
+    that a rerun after a kill resumes the study and a rerun on changed inputs starts a fresh one."""
     cfg = params.finetune.model_dump(mode="json", exclude={"trials", "variants", "threads", "eval_batch_size"})
-    blob = json.dumps({"task": task, "seed": params.seed, "finetune": cfg, "model": params.model.model_dump()})
+    path = model_dir(params, variant)
+    weights = json.loads((path / "config.json").read_text()).get("weights_sha256") if path is not None else None
+    blob = json.dumps(
+        {
+            "task": data.spec.name,
+            "seed": params.seed,
+            "finetune": cfg,
+            "model": params.model.model_dump(),
+            "data": data_digest(data),
+            "weights": weights,
+        }
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def open_study(params: Params, task: str, variant: str) -> optuna.Study:
+def open_study(params: Params, data: TaskData, variant: str) -> optuna.Study:
     """The task's study for `variant` in data/models/<task>/optuna.db, created or resumed."""
     import optuna
 
+    task = data.spec.name
     metric = PRIMARY_METRIC[task]
     out = params.finetune.out_dir / task
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=f"{variant}-{study_fingerprint(params, task)}",
+        study_name=f"{variant}-{study_fingerprint(params, data, variant)}",
         storage=f"sqlite:///{(out / 'optuna.db').resolve()}",
         load_if_exists=True,
         direction="maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
@@ -350,7 +376,7 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     task = data.spec.name
     metric = PRIMARY_METRIC[task]
     out = cfg.out_dir / task / variant
-    study = open_study(params, task, variant)
+    study = open_study(params, data, variant)
     # a kill inside _save_best leaves a temporary file that this run may never write over
     remove_stale_temporaries(out / WEIGHTS_FILE, ".safetensors")
     remove_stale_temporaries(out / BEST_FILE)
@@ -433,10 +459,9 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     }
 
 
-def run_finetune(params: Params, task: str, variants: list[str] | None = None) -> dict[str, Any]:
-    """Tune every variant on `task`; write data/metrics/finetune/<task>.json and return it."""
+def finetune_task_data(params: Params, task: str) -> TaskData:
+    """The task's data as fine-tuning uses it: at most `finetune.max_val_chips` validation chips (seeded)."""
     cfg = params.finetune
-    torch.set_num_threads(cfg.threads)
     get_task(task)
     data = build_task_data(params, task)
     if "val" not in data.splits:
@@ -444,6 +469,14 @@ def run_finetune(params: Params, task: str, variants: list[str] | None = None) -
     if len(data.splits["val"]) > cfg.max_val_chips:  # scored every epoch of every trial: keep it cheap
         picks = np.random.default_rng(params.seed).choice(len(data.splits["val"]), cfg.max_val_chips, replace=False)
         data.splits["val"] = data.splits["val"].subset(np.sort(picks))
+    return data
+
+
+def run_finetune(params: Params, task: str, variants: list[str] | None = None) -> dict[str, Any]:
+    """Tune every variant on `task`; write data/metrics/finetune/<task>.json and return it."""
+    cfg = params.finetune
+    torch.set_num_threads(cfg.threads)
+    data = finetune_task_data(params, task)
     summary: dict[str, Any] = {"task": task, "label_fraction": cfg.label_fraction, "notes": data.notes}
     for variant in variants or cfg.variants:
         missing = variant_missing(params, variant)
