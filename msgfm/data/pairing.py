@@ -121,10 +121,10 @@ def assign_splits(
     for pos, bounds in footprints.items():
         for b in blocks_touched(bounds, cfg.block_m, 0.0, origins[pos[0]]):
             grids[(pos[0], *b)].add(pos[1])
-    strata = sorted({tuple(sorted(grids[b])) for b in blocks})
+    stratum = {b: tuple(sorted(grids[b])) for b in blocks}
     for name, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
-        for stratum in strata:
-            members = [b for b in order if tuple(sorted(grids[b])) == stratum]
+        for key in sorted(set(stratum.values())):
+            members = [b for b in order if stratum[b] == key]
             quota = int(round(len(members) * fraction))
             for b in members:
                 if quota and split[b] == "train" and held[b[0]] < limit[b[0]]:

@@ -303,8 +303,10 @@ def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
     """8 hex digits over everything that shapes a trial (params, data, the variant's pretrained weights), so
     that a rerun after a kill resumes the study and a rerun on changed inputs starts a fresh one."""
     cfg = params.finetune.model_dump(mode="json", exclude={"trials", "variants", "threads", "eval_batch_size"})
+    from msgfm.models.hub import read_config
+
     path = model_dir(params, variant)
-    weights = json.loads((path / "config.json").read_text()).get("weights_sha256") if path is not None else None
+    weights = read_config(path).get("weights_sha256") if path is not None else None
     blob = json.dumps(
         {
             "task": data.spec.name,
