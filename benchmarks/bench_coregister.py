@@ -34,7 +34,7 @@ from rasterio.warp import reproject
 from msgfm.config import GatesParams, load_params
 from msgfm.data.coregister import coregister, read_grids
 from msgfm.data.download import download
-from msgfm.data.simulate import simulate_world
+from msgfm.sim.simulate import simulate_world
 from msgfm.validation.raw import validate_raw
 
 TARGET_RATIO = 0.7

@@ -22,7 +22,7 @@ import rasterio
 from affine import Affine
 
 from msgfm.config import load_params
-from msgfm.data.simulate import simulate_world
+from msgfm.sim.simulate import simulate_world
 from msgfm.geo.io import write_cog
 
 TARGET_SECONDS = 60.0

@@ -93,7 +93,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Generate the simulated multisensor world as a static STAC catalog of COGs (data/source)."""
-    from msgfm.data.simulate import SimulateError, simulate_world
+    from msgfm.sim.simulate import SimulateError, simulate_world
 
     p = _load(params)
     cfg = p.simulate if until is None else p.simulate.model_copy(update={"until": until.date()})

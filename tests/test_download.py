@@ -232,7 +232,7 @@ def test_wrong_checksum_never_lands(world, served, tmp_path):
 
 def test_download_of_a_tiny_simulated_world_is_incremental_and_passes_the_raw_gate(tmp_path):
     from msgfm.config import AOIParams, GatesParams, SimulateParams
-    from msgfm.data.simulate import simulate_world
+    from msgfm.sim.simulate import simulate_world
     from msgfm.validation.raw import validate_raw
 
     aoi = AOIParams(name="farmland", biome="temperate_farmland", lon=11.4, lat=48.2)

@@ -18,7 +18,7 @@ from skimage.registration import phase_cross_correlation
 from typer.testing import CliRunner
 
 from msgfm.config import ParamsError, load_params
-from msgfm.data.simulate import (
+from msgfm.sim.simulate import (
     COLLECTIONS,
     DSM_NODATA,
     Acquisition,

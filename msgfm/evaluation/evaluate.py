@@ -171,7 +171,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def class_names(codes: tuple[int, ...] | list[int]) -> list[str]:
     """WorldCover class names of the codes."""
-    from msgfm.data.simworld import CLASS_NAMES, CODES
+    from msgfm.sim.world import CLASS_NAMES, CODES
 
     names = dict(zip(CODES.tolist(), CLASS_NAMES, strict=True))
     return [names.get(int(c), str(c)) for c in codes]

@@ -5,7 +5,7 @@ Layout (docs/data-layout.md): `catalog.json` with collections `sentinel-2-l2a`, 
 assets beside it; true misregistrations go to `truth/{aoi}.json`, outside the catalog.
 Every acquisition is drawn from its own seed (seed, aoi, sensor, date), so `--until` only chooses which
 acquisitions are published: a later run adds items and leaves existing files untouched.
-The model itself is in msgfm.data.simworld (ground truth) and msgfm.data.simsensors (sensors).
+The model itself is in msgfm.sim.world (ground truth) and msgfm.sim.observe (sensors).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
-from msgfm.data import simsensors
-from msgfm.data.simworld import CODES, World, rng_for
+from msgfm.sim import observe
+from msgfm.sim.world import CODES, World, rng_for
 from msgfm.geo.io import atomic_path, atomic_write_bytes, sha256_file, write_cog
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 
@@ -209,10 +209,10 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
     g, w, crs = ctx.grids, ctx.world, ctx.grids.crs
     if acq.sensor == "s2":
         st = ctx.static
-        refl = simsensors.s2_reflectance(w, st, acq.date, rng)
+        refl = observe.s2_reflectance(w, st, acq.date, rng)
         mask = np.zeros(st["cls"].shape, np.uint8)
         if acq.cloudy:
-            refl, mask = simsensors.add_clouds(refl, st["x"], st["y"], rng, w.half_extent_m)
+            refl, mask = observe.add_clouds(refl, st["x"], st["y"], rng, w.half_extent_m)
         for band, img in zip(S2_L2A_BANDS, refl, strict=True):
             f = int(get_sensor("s2").band(band).gsd_m // 10)
             img = img.reshape(g.size // f, f, g.size // f, f).mean(axis=(1, 3)) if f > 1 else img
@@ -225,20 +225,20 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
     if acq.sensor == "s1":
         dx, dy = draw_shift(rng, ctx.cfg.max_s1_shift_px)
         x, y = g.centres(g.s2, g.size, dx, dy)
-        db = simsensors.s1_backscatter(w, x, y, acq.date, rng, ctx.cfg.s1_looks)
+        db = observe.s1_backscatter(w, x, y, acq.date, rng, ctx.cfg.s1_looks)
         for band, img in zip(("VV", "VH"), db, strict=True):
             write_cog(folder / f"{band}.tif", img, crs=crs, transform=g.s2, band_names=[band], tags=_tags(acq.item_id))
         return
     if acq.sensor == "dsm":
         dx, dy = draw_shift(rng, ctx.cfg.max_dsm_shift_px)
         x, y = g.centres(g.fine, g.fine_size, dx, dy)
-        dsm = simsensors.dsm_heights(w, x, y, rng, DSM_NODATA)
+        dsm = observe.dsm_heights(w, x, y, rng, DSM_NODATA)
         write_cog(folder / "dsm.tif", dsm, crs=crs, transform=g.fine, nodata=DSM_NODATA, band_names=["height"],
                   tags=_tags(acq.item_id))  # fmt: skip
         return
     if acq.sensor == "rgb":
         transform, size, x, y, px = _rgb_grid(ctx)
-        img = simsensors.rgb_image(w, x, y, px, acq.date, rng)
+        img = observe.rgb_image(w, x, y, px, acq.date, rng)
         write_cog(folder / "image.tif", img, crs=RGB_CRS, transform=transform, band_names=["R", "G", "B"],
                   tags=_tags(acq.item_id))  # fmt: skip
         return

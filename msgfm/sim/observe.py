@@ -1,7 +1,7 @@
 """How each sensor sees the simulated world: Sentinel-2 spectra, Sentinel-1 backscatter, aerial RGB, DSM.
 
 All functions take map coordinates (metres relative to the AOI centre) of a sensor's pixel centres and
-return that sensor's pixels; the grids, dates and files are the business of msgfm.data.simulate.
+return that sensor's pixels; the grids, dates and files are the business of msgfm.sim.simulate.
 Spectral signatures are L2A surface reflectance x 10000 in the 12-band order of S2_L2A_BANDS, shaped
 after published library spectra (vegetation: low red, red edge B05-B07, NIR plateau B08/B8A; snow dark
 in SWIR; water dark beyond green). See docs/simulator.md.
@@ -13,7 +13,7 @@ import datetime as dt
 
 import numpy as np
 
-from msgfm.data.simworld import (
+from msgfm.sim.world import (
     BARE,
     BUILT,
     CROP,
