@@ -33,7 +33,7 @@ from rasterio.warp import reproject
 
 from msgfm.config import GatesParams, load_params
 from msgfm.data.coregister import coregister, read_grids
-from msgfm.data.download import download
+from msgfm.ingest.download import download
 from msgfm.sim.simulate import simulate_world
 from msgfm.validation.raw import validate_raw
 

@@ -2,7 +2,7 @@
 
 1. Take the retraining lock (params `retrain.lock_path`); a second run exits at once (state Skipped)
    naming the holder, or waits `retrain.lock_wait_s` seconds for it.
-2. Ask the configured source (msgfm.data.sources, the same listing `msgfm download` uses) for its
+2. Ask the configured source (msgfm.ingest.sources, the same listing `msgfm download` uses) for its
    acquisitions and compare them with the ledger `data/raw/acquisitions.parquet`. Nothing new: the run
    finishes Completed with a message and runs no stage.
 3. News: run the `pipeline` flow on the network stages (`retry.io_stages`, i.e. download) and every
@@ -49,8 +49,8 @@ class Acquisitions(BaseModel):
 
 def new_acquisitions(repo_dir: str | Path) -> Acquisitions:
     """List the source's acquisitions and return those missing from the acquisitions ledger."""
-    from msgfm.data.download import read_ledger
-    from msgfm.data.sources import iter_items
+    from msgfm.ingest.download import read_ledger
+    from msgfm.ingest.sources import iter_items
 
     with contextlib.chdir(repo_dir):  # params paths (source.href, download.out_dir) are relative to the repo
         params = load_params("params.yaml")
@@ -80,7 +80,7 @@ def poll_source(repo_dir: str) -> Acquisitions:
 
 def _is_published(params: Params) -> bool:
     """Whether a local static catalog exists (a URL is assumed to exist; the listing will tell)."""
-    from msgfm.data.sources import is_url
+    from msgfm.ingest.sources import is_url
 
     return is_url(params.source.href) or Path(params.source.href).is_file()
 

@@ -104,8 +104,8 @@ def simulate(
 @app.command(name="download")
 def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Fetch every new acquisition of the source into data/raw and update the acquisitions ledger."""
-    from msgfm.data.download import download
-    from msgfm.data.sources import SourceError
+    from msgfm.ingest.download import download
+    from msgfm.ingest.sources import SourceError
 
     p = _load(params)
     with _stage_errors(SourceError):

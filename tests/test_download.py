@@ -14,7 +14,7 @@ from httpserver import LoopbackServer
 from stac_fixture import edit_item, item_json, make_catalog
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.data.download import LEDGER_COLUMNS, download, read_ledger, safe_name
+from msgfm.ingest.download import LEDGER_COLUMNS, download, read_ledger, safe_name
 from msgfm.geo.io import sha256_file
 
 ITEMS = [("s2", dt.date(2024, 3, 15)), ("s1", dt.date(2024, 3, 16)), ("rgb", dt.date(2024, 4, 1))]

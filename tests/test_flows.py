@@ -234,7 +234,7 @@ def test_io_stage_retried_training_stage_not(flaky_repo):
 
 
 def test_retrain_with_nothing_new_does_nothing(simulated_repo):
-    from msgfm.data.download import download
+    from msgfm.ingest.download import download
 
     sim_repo = simulated_repo
     cwd = Path.cwd()

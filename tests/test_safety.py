@@ -21,7 +21,7 @@ from httpserver import LoopbackServer
 from stac_fixture import COLLECTIONS, make_catalog
 
 from msgfm.config import DownloadParams, Params, RayParams, SourceParams
-from msgfm.data.download import download, read_ledger
+from msgfm.ingest.download import download, read_ledger
 
 CODE_DIRS = ("msgfm", "flows")
 SECRET_WORDS = re.compile(

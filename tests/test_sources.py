@@ -16,8 +16,8 @@ from httpserver import LoopbackServer
 from stac_fixture import ASSETS, BBOX, COLLECTIONS, make_catalog
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.data.download import download, read_ledger
-from msgfm.data.sources import SourceError, iter_items, make_signer
+from msgfm.ingest.download import download, read_ledger
+from msgfm.ingest.sources import SourceError, iter_items, make_signer
 
 ITEMS = [("s2", dt.date(2024, 3, 15)), ("s1", dt.date(2024, 3, 16)), ("dsm", dt.date(2024, 4, 1))]
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from msgfm.config import GatesParams, SourceParams
-from msgfm.data.download import read_ledger
+from msgfm.ingest.download import read_ledger
 from msgfm.sensors import SENSORS
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 

@@ -1,7 +1,7 @@
 """Where acquisitions come from: a static STAC catalog, a STAC API, or a folder of GeoTIFFs.
 
 All three yield the same `ItemRecord`s (id, sensor, AOI, datetime, bbox, CRS, the assets to fetch
-and the STAC item itself), so `msgfm.data.download` does not care where an item was found.
+and the STAC item itself), so `msgfm.ingest.download` does not care where an item was found.
 
 - static: a self-contained STAC catalog by path or URL (the simulated world writes one to
   data/source/catalog.json). Children and items are followed with pystac's I/O; items are kept

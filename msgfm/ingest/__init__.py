@@ -1,0 +1,1 @@
+"""Ingestion: the sources (static STAC catalog, STAC API, folder) and the verified, resumable download."""
