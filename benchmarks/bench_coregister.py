@@ -32,7 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 from msgfm.config import GatesParams, load_params
-from msgfm.data.coregister import coregister, read_grids
+from msgfm.coreg.stage import coregister, read_grids
 from msgfm.ingest.download import download
 from msgfm.sim.simulate import simulate_world
 from msgfm.validation.raw import validate_raw

@@ -16,7 +16,7 @@ from rasterio.warp import calculate_default_transform, reproject
 from scipy import ndimage
 
 from msgfm.config import CoregisterParams
-from msgfm.data.coregister import (
+from msgfm.coreg.stage import (
     CoregisterError,
     coregister,
     estimate_shift,

@@ -20,7 +20,7 @@ import pandas as pd
 import rasterio
 
 from msgfm.config import CoregisterParams, GatesParams
-from msgfm.data.coregister import measure_residuals, read_grids
+from msgfm.coreg.stage import measure_residuals, read_grids
 from msgfm.geo.grids import crs_string
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 

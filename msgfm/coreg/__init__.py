@@ -1,0 +1,1 @@
+"""Co-registration: every sensor of an AOI on one grid, shift-corrected (the `coregister` stage)."""
