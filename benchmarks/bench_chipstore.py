@@ -1,7 +1,7 @@
 """Random chip reads from the chip store against reading the same arrays straight from a memory-mapped .npy.
 
 A store of --chips Sentinel-2 chips (12 bands, 64 px, uint16, the pair stage's layout) is written with
-msgfm.data.chipstore.ChipStoreWriter into a temporary folder. Then batches of --batch random indices are
+msgfm.chips.store.ChipStoreWriter into a temporary folder. Then batches of --batch random indices are
 read, alternating between the reference (np.load(mmap_mode="r") of the same s2.npy, fancy-indexed with
 the sorted indices) and ChipStore.raw (indices in the caller's order), and ChipStore.read (normalised
 float32, what pretraining consumes). The best of --repeats rounds counts, so load from other processes
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msgfm.data.chipstore import ChipStore, ChipStoreWriter, SensorArray
+from msgfm.chips.store import ChipStore, ChipStoreWriter, SensorArray
 from msgfm.sensors import S2_L2A_BANDS
 
 TARGET_RATIO = 0.8

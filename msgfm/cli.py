@@ -72,7 +72,7 @@ def _load(params_path: Path) -> Params:
 
 def _run_gate(run: Callable[[], Any]) -> None:
     """Run a gate and report it: exit 1 when it fails (its message says why), 2 when an input is missing or stale."""
-    from msgfm.data.chipstore import ChipStoreError
+    from msgfm.chips.store import ChipStoreError
     from msgfm.validation.gates import GateFailed
 
     with _stage_errors(FileNotFoundError, ChipStoreError, code=2), _stage_errors(GateFailed):
@@ -158,7 +158,7 @@ def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command(name="pair")
 def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Cut accepted co-registered rasters into chips, pair S1-S2 and RGB-DSM, split by blocks, fill the store."""
-    from msgfm.data.pairing import PairError, pair
+    from msgfm.chips.pairing import PairError, pair
 
     p = _load(params)
     with _stage_errors(PairError, code=2):

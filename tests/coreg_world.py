@@ -261,7 +261,7 @@ def build_pipeline(root: Path) -> Path:
     """default_world -> coregister -> validate_coreg -> pair under `root`, as the DVC stages would; returns root."""
     from msgfm.config import CoregisterParams, GatesParams
     from msgfm.coreg.stage import coregister
-    from msgfm.data.pairing import pair
+    from msgfm.chips.pairing import pair
     from msgfm.validation.coreg import validate_coreg
 
     default_world(root).finish()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from msgfm.data.chipstore import (
+from msgfm.chips.store import (
     MASK_CLOUD,
     MASK_NODATA,
     MASK_VALID,

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from msgfm.config import load_params
-from msgfm.data.chipstore import ChipStoreError, open_accepted
+from msgfm.chips.store import ChipStoreError, open_accepted
 from msgfm.faults import KILL_AT_ENV
 from msgfm.geo.io import sha256_file
 
@@ -206,7 +206,7 @@ def test_pair_killed_while_replacing_a_store_leaves_the_previous_one_whole(tiny_
     kill_after_first_output(root, "pair", case.first_output)
     after_kill = {f: h for f, h in snapshot(root, outputs).items() if not is_temporary(f)}
     assert after_kill == previous  # store and manifest: the previous run's, whole and consistent
-    from msgfm.data.chipstore import ChipStore
+    from msgfm.chips.store import ChipStore
 
     store, manifest = ChipStore(root / "data/chips"), pd.read_parquet(root / "data/manifest.parquet")
     assert {s: store.count(s) for s in store.sensors} == manifest["sensor"].value_counts().to_dict()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from msgfm.cli import app
 from msgfm.config import CoregisterParams, GatesParams
-from msgfm.data.chipstore import MANIFEST_HASH_KEY
+from msgfm.chips.store import MANIFEST_HASH_KEY
 from msgfm.coreg.stage import coregister, read_grids
 from msgfm.geo.grids import warp_to_grid
 from msgfm.geo.io import sha256_file, write_cog

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from msgfm.config import Params
-from msgfm.data.chipstore import ChipStore, ChipStoreError, open_accepted
+from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.models.msgfm import collate_multisensor
 
 

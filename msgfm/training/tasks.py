@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from msgfm.data.chipstore import ChipStore, ChipStoreError, open_accepted
+from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.training.metrics import (
     TaskMetrics,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from msgfm.config import GatesParams, PairParams
-from msgfm.data.chipstore import ChipStore, ChipStoreError, check_manifest
-from msgfm.data.pairing import MANIFEST_COLUMNS, SPLITS
+from msgfm.chips.store import ChipStore, ChipStoreError, check_manifest
+from msgfm.chips.pairing import MANIFEST_COLUMNS, SPLITS
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 
 

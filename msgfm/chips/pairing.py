@@ -15,7 +15,7 @@ missing from train). A chip gets the split of every block its footprint, grown b
 overlaps; a chip that would overlap blocks of two splits is dropped, so no two chips of different
 splits ever share a pixel. The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
 
-Reads only the rasters the coreg gate accepted; writes the chip store (`msgfm.data.chipstore`)
+Reads only the rasters the coreg gate accepted; writes the chip store (`msgfm.chips.store`)
 and `data/manifest.parquet`, whose SHA-256 the store's `index.json` records so readers can tell the
 two belong together. Two passes over the rasters: the first reads validity to decide which
 chips to keep (so the store can be preallocated), the second streams chips into the memmaps.
@@ -35,7 +35,7 @@ import pandas as pd
 import rasterio
 from tqdm import tqdm
 
-from msgfm.data.chipstore import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
+from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
 from msgfm.faults import kill_point
 from msgfm.geo.grids import Grid
 from msgfm.geo.io import atomic_path, sha256_file

@@ -1,0 +1,1 @@
+"""Chips: positions, spatial-block splits, sensor pairing and the chip store (the `pair` stage)."""
