@@ -22,7 +22,7 @@ import torch
 from msgfm.models import create_model
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.training.finetune import Hyper, build_task_model, param_groups
-from msgfm.training.tasks import PAN_BANDS, TASKS, TaskSplit, get_task
+from msgfm.datasets.tasks import PAN_BANDS, TASKS, TaskSplit, get_task
 
 
 def task_batch(task: str, batch: int, chip: int, num_classes: int) -> TaskSplit:

@@ -185,7 +185,7 @@ def pretrain(
     ] = False,
 ) -> None:
     """Cross-sensor MIM pretraining on Ray Train; resumes from the latest checkpoint after a crash."""
-    from msgfm.data.pretrain_data import PretrainDataError
+    from msgfm.datasets.pretrain import PretrainDataError
     from msgfm.training.pretrain import PretrainError, run_pretrain, single_sensor_params
 
     p = _load(params)
@@ -243,9 +243,9 @@ def finetune(
     root: Annotated[Path | None, typer.Option(help="the benchmark's local folder (with --benchmark)")] = None,
 ) -> None:
     """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
-    from msgfm.data.benchmarks import BenchmarkDataError
+    from msgfm.datasets.benchmarks import BenchmarkDataError
     from msgfm.training.finetune import VARIANTS, FinetuneError, run_benchmark_finetune, run_finetune
-    from msgfm.training.tasks import TASKS, TaskDataError
+    from msgfm.datasets.tasks import TASKS, TaskDataError
 
     p = _load(params)
     bad = [v for v in variant or [] if v not in VARIANTS]
@@ -277,7 +277,7 @@ def finetune(
 def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     """Test metrics, baselines, modality ablations, generalisation, plots and the report (data/reports/report.md)."""
     from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
-    from msgfm.training.tasks import TaskDataError
+    from msgfm.datasets.tasks import TaskDataError
 
     p = _load(params)
     with _stage_errors(EvaluateError, TaskDataError):

@@ -15,17 +15,17 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from torch.utils.data import DataLoader
 
-from msgfm.data.benchmarks import BENCHMARKS, BenchmarkDataError, create_benchmark
-from msgfm.data.benchmarks.bigearthnet import (
+from msgfm.datasets.benchmarks import BENCHMARKS, BenchmarkDataError, create_benchmark
+from msgfm.datasets.benchmarks.bigearthnet import (
     BIGEARTHNET_19_CLASSES,
     CORINE_LABELS_43,
     CORINE_TO_19,
     BigEarthNet,
     labels_to_indices,
 )
-from msgfm.data.benchmarks.sen12ms_cr import SEN12MSCR, split_of, to_reflectance
-from msgfm.data.benchmarks.spacenet import SpaceNetPansharpen, hash_fraction
-from msgfm.data.benchmarks.vaihingen import COLOURS, IGNORE_INDEX, Vaihingen, colours_to_mask, window_starts
+from msgfm.datasets.benchmarks.sen12ms_cr import SEN12MSCR, split_of, to_reflectance
+from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen, hash_fraction
+from msgfm.datasets.benchmarks.vaihingen import COLOURS, IGNORE_INDEX, Vaihingen, colours_to_mask, window_starts
 from msgfm.geo.io import write_cog
 from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
 from msgfm.training.metrics import PRIMARY_METRIC

@@ -38,7 +38,7 @@ from msgfm.training.finetune import (
     tune_variant,
 )
 from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
-from msgfm.training.tasks import (
+from msgfm.datasets.tasks import (
     IGNORE_INDEX,
     PAN_BANDS,
     TASKS,

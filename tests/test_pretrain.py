@@ -21,7 +21,7 @@ import yaml
 from tiny_world import working_directory
 
 from msgfm.config import ParamsError, load_params
-from msgfm.data.pretrain_data import load_pretrain_chips
+from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.models.hub import load_pretrained
 from msgfm.training.pretrain import PretrainError, lr_factor, run_pretrain
 

@@ -44,7 +44,7 @@ from msgfm.training.finetune import (  # noqa: E402
     rebuild_task_model,
 )
 from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
-from msgfm.training.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
+from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
 
 if TYPE_CHECKING:
     from msgfm.config import Params

@@ -36,7 +36,7 @@ from msgfm.geo.io import atomic_write_json, remove_stale_temporaries, sha256_fil
 from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder
 from msgfm.models.heads import ClassificationHead, ImageToImageHead, SegmentationHead, TaskModel
 from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
-from msgfm.training.tasks import TaskData, TaskSpec, TaskSplit, build_task_data, get_task
+from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, build_task_data, get_task
 
 if TYPE_CHECKING:
     import optuna
@@ -494,7 +494,7 @@ def run_finetune(params: Params, task: str, variants: list[str] | None = None) -
 
 
 # ----------------------------------------------------------------------------------------------
-# real benchmarks (msgfm/data/benchmarks)
+# real benchmarks (msgfm/datasets/benchmarks)
 
 
 def _benchmark_split(ds: Any, index: np.ndarray, chip_px: int) -> tuple[TaskSplit, TaskSpec]:
@@ -553,8 +553,8 @@ def _benchmark_split(ds: Any, index: np.ndarray, chip_px: int) -> tuple[TaskSpli
 
 def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
     """Train (label budget), val and test splits of a real benchmark, read fully into memory."""
-    from msgfm.data.benchmarks import create_benchmark
-    from msgfm.training.tasks import label_budget
+    from msgfm.datasets.benchmarks import create_benchmark
+    from msgfm.datasets.tasks import label_budget
 
     chip_px = params.model.chip_px
     splits: dict[str, TaskSplit] = {}

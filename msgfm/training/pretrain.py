@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from msgfm.config import Params
-from msgfm.data.pretrain_data import PretrainChips, load_pretrain_chips
+from msgfm.datasets.pretrain import PretrainChips, load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)

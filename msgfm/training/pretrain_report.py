@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msgfm.data.pretrain_data import PretrainChips  # noqa: E402
+from msgfm.datasets.pretrain import PretrainChips  # noqa: E402
 from msgfm.models.msgfm import MSGFM, masked_l1  # noqa: E402
 from msgfm.sensors import get_sensor  # noqa: E402
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from rasterio.warp import Resampling, reproject
 
-from msgfm.data.benchmarks._common import (
+from msgfm.datasets.benchmarks._common import (
     BenchmarkDataError,
     BenchmarkDataset,
     Sample,

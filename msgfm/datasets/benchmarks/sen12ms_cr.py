@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from affine import Affine
 
-from msgfm.data.benchmarks._common import (
+from msgfm.datasets.benchmarks._common import (
     BenchmarkDataError,
     BenchmarkDataset,
     Sample,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from msgfm.data.benchmarks._common import (
+from msgfm.datasets.benchmarks._common import (
     BenchmarkDataError,
     BenchmarkDataset,
     Sample,

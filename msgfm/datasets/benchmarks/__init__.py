@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from msgfm.data.benchmarks._common import BenchmarkDataError, BenchmarkDataset
-from msgfm.data.benchmarks.bigearthnet import BigEarthNet
-from msgfm.data.benchmarks.sen12ms_cr import SEN12MSCR
-from msgfm.data.benchmarks.spacenet import SpaceNetPansharpen
-from msgfm.data.benchmarks.vaihingen import Vaihingen
+from msgfm.datasets.benchmarks._common import BenchmarkDataError, BenchmarkDataset
+from msgfm.datasets.benchmarks.bigearthnet import BigEarthNet
+from msgfm.datasets.benchmarks.sen12ms_cr import SEN12MSCR
+from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen
+from msgfm.datasets.benchmarks.vaihingen import Vaihingen
 
 BENCHMARKS: dict[str, type[BenchmarkDataset]] = {
     "bigearthnet": BigEarthNet,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from msgfm.data.benchmarks._common import (
+from msgfm.datasets.benchmarks._common import (
     BenchmarkDataError,
     BenchmarkDataset,
     Sample,

@@ -1,0 +1,1 @@
+"""Datasets: the real benchmarks in their publishers' layouts, the pretraining sampler and the downstream task data."""
