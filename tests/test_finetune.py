@@ -37,7 +37,7 @@ from msgfm.training.finetune import (
     study_fingerprint,
     tune_variant,
 )
-from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.datasets.tasks import (
     IGNORE_INDEX,
     PAN_BANDS,

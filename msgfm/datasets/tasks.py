@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
-from msgfm.training.metrics import (
+from msgfm.evaluation.metrics import (
     TaskMetrics,
     classification_metrics,
     cloud_removal_metrics,

@@ -43,7 +43,7 @@ from msgfm.training.finetune import (  # noqa: E402
     predict,
     rebuild_task_model,
 )
-from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
+from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
 from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
 
 if TYPE_CHECKING:

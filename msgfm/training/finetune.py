@@ -4,7 +4,7 @@ For each variant in `finetune.variants` (pretrained msGFM, the same network from
 pretraining) an Optuna study searches learning rate, weight decay, layer-wise lr decay, frozen vs full
 fine-tuning and batch size over `finetune.trials` trials of `finetune.epochs` epochs on the label
 budget (`finetune.label_fraction` of the training chips, drawn once with the seed, the same for every
-variant). Every epoch reports the validation primary metric (msgfm.training.metrics.PRIMARY_METRIC) to a
+variant). Every epoch reports the validation primary metric (msgfm.evaluation.metrics.PRIMARY_METRIC) to a
 MedianPruner. The studies live in `data/models/<task>/optuna.db` (SQLite, `load_if_exists`), named by
 variant and a fingerprint of what shapes a trial (params, the training and validation tensors, the
 pretrained weights), so a killed run resumes where it stopped (trials left running are marked failed
@@ -35,7 +35,7 @@ from torch import nn
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries, sha256_file
 from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder
 from msgfm.models.heads import ClassificationHead, ImageToImageHead, SegmentationHead, TaskModel
-from msgfm.training.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, build_task_data, get_task
 
 if TYPE_CHECKING:
