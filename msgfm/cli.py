@@ -216,7 +216,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(min=1, help="chips encoded at once")] = 16,
 ) -> None:
     """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
-    from msgfm.models.embed import EmbedInputError, embed_geotiff
+    from msgfm.inference.embed import EmbedInputError, embed_geotiff
 
     _setup_logging()
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None

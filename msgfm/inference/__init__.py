@@ -1,0 +1,1 @@
+"""Inference: a pretrained or fine-tuned model run on rasters (embeddings, predictions)."""
