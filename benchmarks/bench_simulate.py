@@ -22,8 +22,8 @@ import rasterio
 from affine import Affine
 
 from msgfm.config import load_params
-from msgfm.sim.simulate import simulate_world
 from msgfm.geo.io import write_cog
+from msgfm.sim.simulate import simulate_world
 
 TARGET_SECONDS = 60.0
 TARGET_RATIO = 4.0

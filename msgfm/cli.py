@@ -244,8 +244,8 @@ def finetune(
 ) -> None:
     """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
     from msgfm.datasets.benchmarks import BenchmarkDataError
-    from msgfm.training.finetune import VARIANTS, FinetuneError, run_benchmark_finetune, run_finetune
     from msgfm.datasets.tasks import TASKS, TaskDataError
+    from msgfm.training.finetune import VARIANTS, FinetuneError, run_benchmark_finetune, run_finetune
 
     p = _load(params)
     bad = [v for v in variant or [] if v not in VARIANTS]
@@ -276,8 +276,8 @@ def finetune(
 @app.command()
 def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     """Test metrics, baselines, modality ablations, generalisation, plots and the report (data/reports/report.md)."""
-    from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
     from msgfm.datasets.tasks import TaskDataError
+    from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
 
     p = _load(params)
     with _stage_errors(EvaluateError, TaskDataError):

@@ -259,9 +259,9 @@ def pair_params(root: Path, **overrides):
 
 def build_pipeline(root: Path) -> Path:
     """default_world -> coregister -> validate_coreg -> pair under `root`, as the DVC stages would; returns root."""
+    from msgfm.chips.pairing import pair
     from msgfm.config import CoregisterParams, GatesParams
     from msgfm.coreg.stage import coregister
-    from msgfm.chips.pairing import pair
     from msgfm.validation.coreg import validate_coreg
 
     default_world(root).finish()

@@ -14,8 +14,8 @@ from httpserver import LoopbackServer
 from stac_fixture import edit_item, item_json, make_catalog
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.ingest.download import LEDGER_COLUMNS, download, read_ledger, safe_name
 from msgfm.geo.io import sha256_file
+from msgfm.ingest.download import LEDGER_COLUMNS, download, read_ledger, safe_name
 
 ITEMS = [("s2", dt.date(2024, 3, 15)), ("s1", dt.date(2024, 3, 16)), ("rgb", dt.date(2024, 4, 1))]
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 0.5, "workers": 2}

@@ -34,8 +34,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from msgfm.config import load_params
 from msgfm.chips.store import ChipStoreError, open_accepted
+from msgfm.config import load_params
 from msgfm.faults import KILL_AT_ENV
 from msgfm.geo.io import sha256_file
 

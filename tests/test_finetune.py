@@ -23,7 +23,19 @@ from typer.testing import CliRunner
 
 from msgfm.cli import app
 from msgfm.config import load_params
+from msgfm.datasets.tasks import (
+    IGNORE_INDEX,
+    PAN_BANDS,
+    TASKS,
+    accepted_chips,
+    build_task_data,
+    get_task,
+    label_budget,
+    nearest_in_time,
+    wald_pansharpening_input,
+)
 from msgfm.evaluation.evaluate import CLOUD_VALUE, add_cloud, drop_sensor, misregister, render_report
+from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
@@ -36,18 +48,6 @@ from msgfm.training.finetune import (
     predict,
     study_fingerprint,
     tune_variant,
-)
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
-from msgfm.datasets.tasks import (
-    IGNORE_INDEX,
-    PAN_BANDS,
-    TASKS,
-    accepted_chips,
-    build_task_data,
-    get_task,
-    label_budget,
-    nearest_in_time,
-    wald_pansharpening_input,
 )
 
 FAST = {

@@ -14,9 +14,9 @@ from affine import Affine
 from coreg_world import CRS_UTM, RawWorld, copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 from typer.testing import CliRunner
 
+from msgfm.chips.store import MANIFEST_HASH_KEY
 from msgfm.cli import app
 from msgfm.config import CoregisterParams, GatesParams
-from msgfm.chips.store import MANIFEST_HASH_KEY
 from msgfm.coreg.stage import coregister, read_grids
 from msgfm.geo.grids import warp_to_grid
 from msgfm.geo.io import sha256_file, write_cog

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 
-from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
 from msgfm.chips.pairing import MANIFEST_COLUMNS, PairError, assign_splits, blocks_touched, pair
+from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import get_sensor
 from msgfm.validation.pairs import build_pairs_table, split_clashes

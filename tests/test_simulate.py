@@ -18,6 +18,8 @@ from skimage.registration import phase_cross_correlation
 from typer.testing import CliRunner
 
 from msgfm.config import ParamsError, load_params
+from msgfm.geo.io import sha256_file
+from msgfm.sensors import S2_L2A_BANDS
 from msgfm.sim.simulate import (
     COLLECTIONS,
     DSM_NODATA,
@@ -27,8 +29,6 @@ from msgfm.sim.simulate import (
     simulate_world,
     validate_catalog,
 )
-from msgfm.geo.io import sha256_file
-from msgfm.sensors import S2_L2A_BANDS
 
 TINY = {
     "seed": 7,

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from msgfm.config import Params
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
+from msgfm.config import Params
 from msgfm.models.msgfm import collate_multisensor
 
 

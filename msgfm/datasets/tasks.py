@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
-from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.evaluation.metrics import (
     TaskMetrics,
     classification_metrics,
@@ -43,6 +42,7 @@ from msgfm.evaluation.metrics import (
     pansharpening_metrics,
     segmentation_metrics,
 )
+from msgfm.sensors import S2_L2A_BANDS, get_sensor
 
 if TYPE_CHECKING:
     from msgfm.config import Params

@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
+from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
 from msgfm.geo.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from msgfm.models.heads import TaskModel  # noqa: E402
 from msgfm.sensors import get_sensor  # noqa: E402
@@ -43,8 +45,6 @@ from msgfm.training.finetune import (  # noqa: E402
     predict,
     rebuild_task_model,
 )
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
-from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
 
 if TYPE_CHECKING:
     from msgfm.config import Params

@@ -39,8 +39,8 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, is_url, iter_items
 from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, is_url, iter_items
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""The simulated multisensor world: ground truth (`world`), how each sensor sees it (`observe`), the stage (`simulate`)."""
+"""The simulated world: ground truth (`world`), how each sensor sees it (`observe`), the stage (`simulate`)."""

@@ -30,10 +30,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
-from msgfm.sim import observe
-from msgfm.sim.world import CODES, World, rng_for
 from msgfm.geo.io import atomic_path, atomic_write_bytes, sha256_file, write_cog
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
+from msgfm.sim import observe
+from msgfm.sim.world import CODES, World, rng_for
 
 log = logging.getLogger(__name__)
 
