@@ -39,12 +39,12 @@ import pandas as pd
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.io import DatasetReader
-from scipy import ndimage
-from skimage.registration import phase_cross_correlation
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from msgfm.coreg.features import dsm_feature, gradient_feature, mean_reference, rgb_feature
+from msgfm.coreg.shifts import estimate_shift, match_window
+from msgfm.coreg.warp import warp_files, write_tiled_tiff
 from msgfm.geo.grids import Grid, bounds_in, intersects, warp_to_grid
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
@@ -84,156 +84,6 @@ class _Item:
     @property
     def date(self) -> str:
         return self.datetime.strftime("%Y%m%d")
-
-
-# ----------------------------------------------------------------------------------------------
-# features and shift estimation
-
-
-def gradient_feature(bands: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Sum of the per-band standardised gradient magnitudes after Gaussian smoothing, zero off `valid`.
-
-    Gradients (edges) are what two sensors of the same scene share even when their intensities
-    are unrelated (reflectance vs backscatter, colour vs height). Invalid pixels and a margin
-    around them are zeroed so nodata borders and clouds add no edges of their own.
-    """
-    bands = np.asarray(bands, dtype=np.float32)
-    if bands.ndim == 2:
-        bands = bands[None]
-    valid = valid & np.all(np.isfinite(bands), axis=0)
-    feature = np.zeros(bands.shape[1:], dtype=np.float32)
-    if valid.sum() < 16:
-        return feature
-    for band in bands:
-        values = band[valid]
-        filled = np.where(valid, (band - values.mean()) / (values.std() + 1e-6), 0.0).astype(np.float32)
-        if sigma_px > 0:  # derivative-of-Gaussian filters: smoothing and gradient in one separable pass per axis
-            magnitude = ndimage.gaussian_gradient_magnitude(filled, sigma_px)
-        else:
-            magnitude = np.hypot(ndimage.sobel(filled, axis=0), ndimage.sobel(filled, axis=1))
-        feature += magnitude / (magnitude[valid].mean() + 1e-6)
-    margin = int(math.ceil(2 * sigma_px)) + 1
-    inner = ndimage.binary_erosion(valid, iterations=margin, border_value=1)
-    if inner.sum() >= 16:
-        feature -= feature[inner].mean()
-    feature[~inner] = 0.0
-    return feature
-
-
-def rgb_feature(rgb: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Edges of the RGB chromaticity (r, g): material boundaries, nearly blind to shadows and shading."""
-    rgb = rgb.astype(np.float32)
-    total = rgb.sum(axis=0) + 1.0
-    return gradient_feature(np.stack([rgb[0] / total, rgb[1] / total]), valid, sigma_px)
-
-
-def dsm_feature(height: np.ndarray, valid: np.ndarray, sigma_px: float, detrend_sigma_px: float) -> np.ndarray:
-    """Edges of the DSM after removing the terrain (a wide Gaussian): building and crown outlines."""
-    height = np.asarray(height, dtype=np.float32).reshape(height.shape[-2:])
-    if not valid.any():
-        return np.zeros(height.shape, np.float32)
-    filled = np.where(valid, height, np.median(height[valid]))
-    objects = filled - ndimage.gaussian_filter(filled, detrend_sigma_px) if detrend_sigma_px > 0 else filled
-    return gradient_feature(objects, valid, sigma_px)
-
-
-def estimate_shift(
-    reference: np.ndarray,
-    moving: np.ndarray,
-    *,
-    upsample_factor: int = 100,
-    normalization: str | None = None,
-    max_shift_px: float | None = None,
-) -> tuple[float, float, float]:
-    """Sub-pixel shift (dx, dy) of `moving`'s content relative to `reference`, and the match error.
-
-    scikit-image's phase correlation finds the global correlation peak; a Hann window tapers both
-    features so the image borders do not correlate with each other. When that peak lies beyond
-    `max_shift_px` (a large structure matched to the wrong copy of itself), the peak is searched again
-    only among plausible shifts, then refined to 1/upsample_factor px by an upsampled DFT around it.
-    """
-    taper = np.outer(np.hanning(reference.shape[0]), np.hanning(reference.shape[1])).astype(np.float32)
-    ref, mov = reference * taper, moving * taper
-    shift, error, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample_factor, normalization=normalization)
-    if max_shift_px is None or math.hypot(shift[0], shift[1]) <= max_shift_px:
-        return float(-shift[1]), float(-shift[0]), float(error)
-    dy, dx = _windowed_peak(ref, mov, max_shift_px, upsample_factor, normalization)
-    return float(-dx), float(-dy), float(error)
-
-
-def _windowed_peak(
-    ref: np.ndarray, mov: np.ndarray, max_shift_px: float, upsample_factor: int, normalization: str | None
-) -> tuple[float, float]:
-    """(dy, dx) of the cross-correlation peak within `max_shift_px`, in scikit-image's sign convention."""
-    product = np.fft.fft2(ref) * np.fft.fft2(mov).conj()
-    if normalization == "phase":
-        product /= np.maximum(np.abs(product), 100 * np.finfo(np.float64).eps)
-    corr = np.fft.ifft2(product).real
-    rows, cols = corr.shape
-    ry = np.fft.fftfreq(rows, 1 / rows)  # signed integer shift of each row index
-    rx = np.fft.fftfreq(cols, 1 / cols)
-    allowed = np.hypot(ry[:, None], rx[None, :]) <= max_shift_px
-    peak = np.unravel_index(np.argmax(np.where(allowed, corr, -np.inf)), corr.shape)
-    y0, x0 = ry[peak[0]], rx[peak[1]]
-    # upsampled DFT of the cross-power spectrum on a fine grid of +-1 px around the integer peak
-    offsets = np.arange(-upsample_factor, upsample_factor + 1) / upsample_factor
-    ey = np.exp(2j * np.pi * np.outer(y0 + offsets, np.fft.fftfreq(rows)))
-    ex = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(cols), x0 + offsets))
-    fine = (ey @ product @ ex).real
-    fy, fx = np.unravel_index(np.argmax(fine), fine.shape)
-    return float(y0 + offsets[fy]), float(x0 + offsets[fx])
-
-
-def match_window(grid: Grid, size_px: int) -> tuple[tuple[slice, slice], Grid]:
-    """The centred square of side `size_px` (at most the grid) where shifts are matched, and its sub-grid.
-
-    Matching a window rather than the whole grid bounds the cost of features, correlation and the
-    estimation warp whatever the raster size; the shift of a raster is the same everywhere in it.
-    """
-    h, w = min(size_px, grid.height), min(size_px, grid.width)
-    r0, c0 = (grid.height - h) // 2, (grid.width - w) // 2
-    sub = Grid(grid.crs, grid.transform @ Affine.translation(c0, r0), w, h)
-    return (slice(r0, r0 + h), slice(c0, c0 + w)), sub
-
-
-def warp_files(sources: list[DatasetReader], pixels: list[np.ndarray], grid: Grid, **warp: Any) -> np.ndarray:
-    """Warp single-band files onto `grid` (N, H, W); the files sharing a georeference go in one warp call.
-
-    The bands of one acquisition at one resolution (S2's six 20 m bands, S1's VV and VH) share their
-    georeference, so GDAL computes their pixel mapping once; the pixels equal those of one warp per file.
-    `pixels` are the files' bands already read, (1, h, w) each; `warp` are `warp_to_grid`'s options.
-    """
-    groups: dict[tuple, list[int]] = {}
-    for i, src in enumerate(sources):
-        nodata = None if src.nodata is None else ("nan" if math.isnan(src.nodata) else src.nodata)
-        key = (src.crs, tuple(src.transform)[:6], src.width, src.height, src.dtypes[0], nodata)
-        groups.setdefault(key, []).append(i)
-    out: list[np.ndarray | None] = [None] * len(sources)
-    for members in groups.values():
-        stacked = np.concatenate([pixels[i] for i in members])
-        for i, band in zip(members, warp_to_grid(sources[members[0]], grid, source=stacked, **warp), strict=True):
-            out[i] = band
-    return np.stack(out)
-
-
-def write_tiled_tiff(
-    path: Path, array: np.ndarray, grid: Grid, *, nodata: float | None, band_names: list[str], compress: str
-) -> None:
-    """Write (C, H, W) on `grid` as a tiled GeoTIFF, atomically.
-
-    An intermediate for the pair stage, read whole: a plain tiled GeoTIFF written in one pass, without
-    the COG's in-memory copy and overviews (which cost more than the warp itself on large grids).
-    """
-    profile = {
-        "driver": "GTiff", "count": array.shape[0], "height": grid.height, "width": grid.width,
-        "dtype": array.dtype.name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "interleave": "band",
-    }  # fmt: skip
-    if compress != "none":
-        profile.update(compress=compress, predictor=2 if array.dtype.kind in "iu" else 3)
-    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(array)
-        dst.descriptions = tuple(band_names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,16 +164,6 @@ def keep_clearest(candidates: list[_Candidate], new: _Candidate | None, n: int) 
     if new is None:
         return candidates
     return sorted([*candidates, new], key=lambda c: c.rank)[:n]
-
-
-def mean_reference(features: list[np.ndarray], valids: list[np.ndarray]) -> np.ndarray:
-    """Mean of reference features over the acquisitions where each pixel was valid (0 where none was)."""
-    total = np.zeros_like(features[0])
-    count = np.zeros(features[0].shape, dtype=np.float32)
-    for feature, valid in zip(features, valids, strict=True):
-        total += np.where(valid, feature, 0)
-        count += valid
-    return np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
 
 
 class _AOIContext:
