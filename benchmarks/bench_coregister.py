@@ -32,7 +32,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 from msgfm.config import GatesParams, load_params
-from msgfm.coreg.stage import coregister, read_grids
+from msgfm.coreg.aoi_grids import read_grids
+from msgfm.coreg.stage import coregister
 from msgfm.ingest.download import download
 from msgfm.sim.simulate import simulate_world
 from msgfm.validation.raw import validate_raw

@@ -128,7 +128,8 @@ def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command(name="coregister")
 def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Put every accepted acquisition of an AOI on one grid (S1/S2 10 m, RGB/DSM fine), shift-corrected."""
-    from msgfm.coreg.stage import CoregisterError, coregister
+    from msgfm.coreg.inputs import CoregisterError
+    from msgfm.coreg.stage import coregister
 
     p = _load(params)
     cfg = p.coregister

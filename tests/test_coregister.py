@@ -16,9 +16,11 @@ from rasterio.warp import calculate_default_transform, reproject
 from scipy import ndimage
 
 from msgfm.config import CoregisterParams
+from msgfm.coreg.aoi_grids import read_grids
 from msgfm.coreg.features import gradient_feature
+from msgfm.coreg.inputs import CoregisterError, load_accepted_items
 from msgfm.coreg.shifts import estimate_shift
-from msgfm.coreg.stage import CoregisterError, coregister, load_accepted_items, read_grids
+from msgfm.coreg.stage import coregister
 from msgfm.coreg.warp import warp_files
 from msgfm.geo.grids import Grid, utm_crs, warp_to_grid
 from msgfm.sensors import S2_L2A_BANDS

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from msgfm.chips.store import MANIFEST_HASH_KEY
 from msgfm.cli import app
 from msgfm.config import CoregisterParams, GatesParams
-from msgfm.coreg.stage import coregister, read_grids
+from msgfm.coreg.aoi_grids import read_grids
+from msgfm.coreg.stage import coregister
 from msgfm.geo.grids import warp_to_grid
 from msgfm.geo.io import sha256_file, write_cog
 from msgfm.validation.coreg import validate_coreg

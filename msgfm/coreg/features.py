@@ -2,16 +2,21 @@
 
 Raw intensities differ between sensors (S2 reflectance vs S1 backscatter, RGB colour vs DSM height),
 their edges do not: S2 optical bands and despeckled S1, RGB chromaticity (which cast shadows barely
-change) and the detrended DSM (buildings and crowns rather than terrain). `mean_reference` averages
-a reference over several dates.
+change) and the detrended DSM (buildings and crowns rather than terrain). `reference_feature` and
+`moving_feature` hold the stage's choice per sensor, so the correction and the coreg gate's
+re-measurement build the same features; `mean_reference` averages a reference over several dates.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from msgfm.config import CoregisterParams
 
 
 def gradient_feature(bands: np.ndarray, valid: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -59,6 +64,20 @@ def dsm_feature(height: np.ndarray, valid: np.ndarray, sigma_px: float, detrend_
     filled = np.where(valid, height, np.median(height[valid]))
     objects = filled - ndimage.gaussian_filter(filled, detrend_sigma_px) if detrend_sigma_px > 0 else filled
     return gradient_feature(objects, valid, sigma_px)
+
+
+def reference_feature(sensor: str, bands: np.ndarray, valid: np.ndarray, cfg: CoregisterParams) -> np.ndarray:
+    """Feature of a reference acquisition: RGB chromaticity edges, or the edges of S2's feature bands."""
+    if sensor == "rgb":
+        return rgb_feature(bands, valid, cfg.feature_sigma_px)
+    return gradient_feature(bands.astype(np.float32), valid, cfg.feature_sigma_px)
+
+
+def moving_feature(sensor: str, bands: np.ndarray, valid: np.ndarray, cfg: CoregisterParams) -> np.ndarray:
+    """Feature of a shift-corrected acquisition: despeckled S1 edges, or the detrended DSM's edges."""
+    if sensor == "s1":
+        return gradient_feature(bands, valid, cfg.s1_speckle_sigma_px)
+    return dsm_feature(bands, valid, cfg.feature_sigma_px, cfg.dsm_detrend_sigma_px)
 
 
 def mean_reference(features: list[np.ndarray], valids: list[np.ndarray]) -> np.ndarray:

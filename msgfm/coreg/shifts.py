@@ -10,12 +10,16 @@ does not grow with the raster.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
 from skimage.registration import phase_cross_correlation
 
 from msgfm.geo.grids import Grid
+
+if TYPE_CHECKING:
+    from msgfm.config import CoregisterParams
 
 
 def estimate_shift(
@@ -40,6 +44,17 @@ def estimate_shift(
         return float(-shift[1]), float(-shift[0]), float(error)
     dy, dx = _windowed_peak(ref, mov, max_shift_px, upsample_factor, normalization)
     return float(-dx), float(-dy), float(error)
+
+
+def estimate_shift_with(cfg: CoregisterParams, reference: np.ndarray, moving: np.ndarray) -> tuple[float, float, float]:
+    """`estimate_shift` with the stage's settings: the correction and the gate's re-measurement use the same."""
+    return estimate_shift(
+        reference,
+        moving,
+        upsample_factor=cfg.upsample_factor,
+        normalization=cfg.normalization,
+        max_shift_px=cfg.max_shift_px,
+    )
 
 
 def _windowed_peak(

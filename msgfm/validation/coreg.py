@@ -20,7 +20,8 @@ import pandas as pd
 import rasterio
 
 from msgfm.config import CoregisterParams, GatesParams
-from msgfm.coreg.stage import measure_residuals, read_grids
+from msgfm.coreg.aoi_grids import read_grids
+from msgfm.coreg.residuals import measure_residuals
 from msgfm.geo.grids import crs_string
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 
