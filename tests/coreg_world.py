@@ -5,7 +5,7 @@ grid) and 0.5 m (fine grid), then area-averaged to each sensor's pixels so resam
 real data. Sentinel-2 has 12 L2A bands at native 10/20/60 m; Sentinel-1 (VV, VH, dB, with speckle) lies
 on its own 10 m grid offset by a fraction of a pixel and misregistered by a known shift; aerial RGB is
 in EPSG:3857; the DSM lies on its own 1 m UTM grid with a known shift. Shift convention (the same as
-msgfm.coreg.stage): the sensor's content appears at (c + dx, r + dy) of the reference grid.
+msgfm.coreg.shifts): the sensor's content appears at (c + dx, r + dy) of the reference grid.
 """
 
 from __future__ import annotations
