@@ -120,7 +120,7 @@ def test_every_bad_item_is_quarantined_with_its_reason(gated):
     for iid, pattern in EXPECTED_REASONS.items():
         assert not decisions.loc[iid, "accepted"], iid
         assert re.search(pattern, decisions.loc[iid, "reasons"]), (iid, decisions.loc[iid, "reasons"])
-    assert accepted_ids("raw", root / "gates") == set(GOOD)
+    assert accepted_ids(root / "gates" / "raw.parquet") == set(GOOD)
     assert result.passed  # 5 of 20 accepted is above min_pass_rate 0.2
 
 

@@ -5,7 +5,8 @@ row per checked unit (item, raster, chip) and an `id` column. The gate runs a GX
 table, maps GX's unexpected-row lists back to ids, and writes
 
 - `data/gates/{gate}.parquet`: `id`, `accepted` (bool), `reasons` (semicolon-separated, empty when
-  accepted). The next stage reads only accepted rows (`accepted_ids`). Nothing is deleted.
+  accepted). The next stage reads only the ids it accepted
+  (`accepted_ids(path)`). Nothing is deleted.
 - `data/reports/gates/{gate}.json`: rows checked, passed, failed, pass rate, failures by
   check, dataset-level check results, and the quarantined ids with their reasons (a DVC metric).
 
@@ -267,15 +268,27 @@ def write_gate(
     return table_path, report_path
 
 
-def read_gate(gate: str, gates_dir: str | Path = GATES_DIR) -> pd.DataFrame:
-    """Read a gate's decisions table (`id`, `accepted`, `reasons`); a clear error when the gate has not run."""
-    path = Path(gates_dir) / f"{gate}.parquet"
+class GateTableError(OSError):
+    """A gate's decisions table is missing or lacks its columns; the message names the file and the stage to run."""
+
+
+def read_gate(path: str | Path) -> pd.DataFrame:
+    """A gate's decisions table (`id`, `accepted`, `reasons`) as `write_gate` wrote it to `{gate}.parquet`.
+
+    Raises GateTableError naming the file and the stage that writes it (`validate_{gate}`) when it is
+    missing or lacks the `id` and `accepted` columns.
+    """
+    path = Path(path)
+    stage = f"validate_{path.stem}"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: gate {gate!r} has not run (run `msgfm validate_{gate}` first)")
-    return pd.read_parquet(path)
+        raise GateTableError(f"{path}: not found; run `dvc repro {stage}` first")
+    decisions = pd.read_parquet(path)
+    if not {"id", "accepted"} <= set(decisions.columns):
+        raise GateTableError(f"{path}: needs columns id and accepted; run `dvc repro {stage}` again")
+    return decisions
 
 
-def accepted_ids(gate: str, gates_dir: str | Path = GATES_DIR) -> set[str]:
-    """Ids the gate accepted: what the next stage may read."""
-    decisions = read_gate(gate, gates_dir)
-    return set(decisions.loc[decisions["accepted"], "id"].astype(str))
+def accepted_ids(path: str | Path) -> set[str]:
+    """Ids the gate whose decisions table is at `path` accepted: all the next stage may read."""
+    decisions = read_gate(path)
+    return set(decisions.loc[decisions["accepted"].astype(bool), "id"].astype(str))
