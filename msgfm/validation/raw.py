@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -129,17 +130,43 @@ def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParam
 
 
 def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gates: GatesParams) -> dict[str, Any]:
+    """The raw-table row of one ledger item: its download outcome, then what its asset files hold."""
     sensor = rec.get("sensor") or ""
     keys = list(source.assets.get(sensor, []))
     assets = json.loads(rec.get("assets") or "{}")
     item = _item_json(rec, raw_dir)
-    row: dict[str, Any] = {
+    row = _empty_row(rec, item, keys, assets)
+    if rec.get("status") != "ok":
+        return row
+    tally = _AssetTally()
+    for key, rel in assets.items():
+        layout = asset_layout(sensor, key, keys or list(assets))
+        info = _open_asset(raw_dir / rel, layout, gates.max_read_px)
+        if "error" in info:
+            tally.unreadable.append(f"{key}: {info['error']}")
+            continue
+        if not info["crs"]:
+            tally.no_crs.append(key)
+        else:
+            mismatch = _crs_mismatch(info["crs"], item, key)
+            if mismatch:
+                tally.crs_mismatch.append(f"{key} ({rel}) {mismatch}")
+        if layout is not None:
+            tally.add(key, info, layout)
+    row.update(tally.columns())
+    return row
+
+
+def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], assets: dict[str, str]) -> dict[str, Any]:
+    """An item's row before its files are opened: identity, download outcome, missing assets, no statistics."""
+    ok = rec.get("status") == "ok"
+    return {
         "id": rec["id"],
-        "sensor": sensor,
+        "sensor": rec.get("sensor") or "",
         "aoi": rec.get("aoi") or "",
         "datetime": _item_datetime(rec, item),
-        "download_error": "" if rec.get("status") == "ok" else (rec.get("error") or "download failed"),
-        "missing_assets": ", ".join(k for k in keys if k not in assets) if rec.get("status") == "ok" else "",
+        "download_error": "" if ok else (rec.get("error") or "download failed"),
+        "missing_assets": ", ".join(k for k in keys if k not in assets) if ok else "",
         "unreadable": "",
         "no_crs": "",
         "crs_mismatch": "",
@@ -161,72 +188,81 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
         "valid_max": None,
         "duplicate_of": "",
     }
-    if rec.get("status") != "ok":
-        return row
-    unreadable, no_crs, crs_mismatch, dtype_detail = [], [], [], []
-    band_detail, nonfinite_assets, out_of_range_assets = [], [], []
-    count = expected = nonfinite = valid = 0
-    out_of_range = 0.0
-    dtypes, expected_dtypes = set(), set()
-    worst = (-1.0, "")
-    vmin, vmax = math.inf, -math.inf
-    band_assets = 0
-    for key, rel in assets.items():
-        layout = asset_layout(sensor, key, keys or list(assets))
-        info = _open_asset(raw_dir / rel, layout, gates.max_read_px)
-        if "error" in info:
-            unreadable.append(f"{key}: {info['error']}")
-            continue
-        if not info["crs"]:
-            no_crs.append(key)
-        else:
-            mismatch = _crs_mismatch(info["crs"], item, key)
-            if mismatch:
-                crs_mismatch.append(f"{key} ({rel}) {mismatch}")
-        if layout is None:
-            continue
-        band_assets += 1
-        count += info["count"]
-        expected += layout.bands
+
+
+@dataclass
+class _AssetTally:
+    """What an item's assets hold, summed over them: the problems by asset and the band-asset statistics."""
+
+    unreadable: list[str] = field(default_factory=list)
+    no_crs: list[str] = field(default_factory=list)
+    crs_mismatch: list[str] = field(default_factory=list)
+    dtype_detail: list[str] = field(default_factory=list)
+    band_detail: list[str] = field(default_factory=list)
+    nonfinite_assets: list[str] = field(default_factory=list)
+    out_of_range_assets: list[str] = field(default_factory=list)
+    count: int = 0
+    expected: int = 0
+    nonfinite: int = 0
+    valid: int = 0
+    out_of_range: float = 0.0
+    dtypes: set[str] = field(default_factory=set)
+    expected_dtypes: set[str] = field(default_factory=set)
+    worst: tuple[float, str] = (-1.0, "")
+    vmin: float = math.inf
+    vmax: float = -math.inf
+    valid_range: tuple[float, float] | None = None
+
+    def add(self, key: str, info: dict[str, Any], layout: AssetLayout) -> None:
+        """Count one readable band-bearing asset, described by `_open_asset`, against its expected layout."""
+        self.count += info["count"]
+        self.expected += layout.bands
         if info["count"] < layout.bands:
-            band_detail.append(f"{key} has {info['count']} of {layout.bands}")
+            self.band_detail.append(f"{key} has {info['count']} of {layout.bands}")
         if info["nonfinite"]:
-            nonfinite_assets.append(key)
+            self.nonfinite_assets.append(key)
         if info["out_of_range"]:
-            out_of_range_assets.append(key)
-        dtypes.add(info["dtype"])
-        expected_dtypes.add(layout.dtype)
+            self.out_of_range_assets.append(key)
+        self.dtypes.add(info["dtype"])
+        self.expected_dtypes.add(layout.dtype)
         if info["dtype"] != layout.dtype:
-            dtype_detail.append(f"{key} is {info['dtype']}")
-        if info["nodata_fraction"] > worst[0]:
-            worst = (info["nodata_fraction"], key)
-        nonfinite += info["nonfinite"]
-        out_of_range += info["out_of_range"]
-        valid += info["valid_pixels"]
+            self.dtype_detail.append(f"{key} is {info['dtype']}")
+        if info["nodata_fraction"] > self.worst[0]:
+            self.worst = (info["nodata_fraction"], key)
+        self.nonfinite += info["nonfinite"]
+        self.out_of_range += info["out_of_range"]
+        self.valid += info["valid_pixels"]
         if info["value_min"] is not None:
-            vmin, vmax = min(vmin, info["value_min"]), max(vmax, info["value_max"])
-        row["valid_min"], row["valid_max"] = layout.valid_range
-    row["unreadable"] = "; ".join(unreadable)
-    row["no_crs"] = ", ".join(no_crs)
-    row["crs_mismatch"] = "; ".join(crs_mismatch)
-    row["dtype_detail"] = ", ".join(dtype_detail)
-    row["band_detail"] = ", ".join(band_detail)
-    row["nonfinite_assets"] = ", ".join(nonfinite_assets)
-    row["out_of_range_assets"] = ", ".join(out_of_range_assets)
-    if band_assets:
-        row.update(
-            band_count=count,
-            expected_band_count=expected,
-            dtypes=",".join(sorted(dtypes)),
-            expected_dtypes=",".join(sorted(expected_dtypes)),
-            nodata_fraction=worst[0],
-            nodata_asset=worst[1],
-            nonfinite_pixels=nonfinite,
-            out_of_range_fraction=out_of_range / valid if valid else 0.0,
-            value_min=vmin if math.isfinite(vmin) else None,
-            value_max=vmax if math.isfinite(vmax) else None,
-        )
-    return row
+            self.vmin, self.vmax = min(self.vmin, info["value_min"]), max(self.vmax, info["value_max"])
+        self.valid_range = layout.valid_range
+
+    def columns(self) -> dict[str, Any]:
+        """The row's asset columns; the statistics only when some asset bears bands."""
+        out: dict[str, Any] = {
+            "unreadable": "; ".join(self.unreadable),
+            "no_crs": ", ".join(self.no_crs),
+            "crs_mismatch": "; ".join(self.crs_mismatch),
+            "dtype_detail": ", ".join(self.dtype_detail),
+            "band_detail": ", ".join(self.band_detail),
+            "nonfinite_assets": ", ".join(self.nonfinite_assets),
+            "out_of_range_assets": ", ".join(self.out_of_range_assets),
+        }
+        if self.valid_range is not None:  # some asset bears bands
+            out.update(
+                band_count=self.count,
+                expected_band_count=self.expected,
+                dtypes=",".join(sorted(self.dtypes)),
+                expected_dtypes=",".join(sorted(self.expected_dtypes)),
+                nodata_fraction=self.worst[0],
+                nodata_asset=self.worst[1],
+                nonfinite_pixels=self.nonfinite,
+                out_of_range_fraction=self.out_of_range / self.valid if self.valid else 0.0,
+                value_min=self.vmin if math.isfinite(self.vmin) else None,
+                value_max=self.vmax if math.isfinite(self.vmax) else None,
+                valid_min=self.valid_range[0],
+                valid_max=self.valid_range[1],
+            )
+        return out
 
 
 def _item_json(rec: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
@@ -294,8 +330,12 @@ def raw_checks(gates: GatesParams) -> list[Check]:
     import great_expectations as gx
 
     e = gx.expectations
+    return [*_file_checks(e), *_pixel_checks(e, gates), *_time_and_identity_checks(e)]
+
+
+def _file_checks(e: ModuleType) -> list[Check]:
+    """Downloaded, of a known sensor, every asset present, readable and in the CRS its item declares."""
     known = sorted({*SENSORS, "landcover"})
-    pair = {"ignore_row_if": "either_value_is_missing"}
     return [
         Check("downloaded", e.ExpectColumnValuesToBeInSet(column="download_error", value_set=[""]), "{download_error}"),
         Check("known_sensor", e.ExpectColumnValuesToBeInSet(column="sensor", value_set=known), "unknown sensor"),
@@ -311,6 +351,13 @@ def raw_checks(gates: GatesParams) -> list[Check]:
             e.ExpectColumnValuesToBeInSet(column="crs_mismatch", value_set=[""]),
             "{crs_mismatch}",
         ),
+    ]
+
+
+def _pixel_checks(e: ModuleType, gates: GatesParams) -> list[Check]:
+    """The sensor's bands and dtype, little nodata, finite values inside the sensor's physical range."""
+    pair = {"ignore_row_if": "either_value_is_missing"}
+    return [
         Check(
             "band_count",
             e.ExpectColumnPairValuesAToBeGreaterThanB(
@@ -342,6 +389,12 @@ def raw_checks(gates: GatesParams) -> list[Check]:
             "{out_of_range_fraction:.2%} of pixels in {out_of_range_assets} outside the sensor range "
             "[{valid_min:g}, {valid_max:g}] (min {value_min:g}, max {value_max:g})",
         ),
+    ]
+
+
+def _time_and_identity_checks(e: ModuleType) -> list[Check]:
+    """A parseable datetime, no second copy of an acquisition, and (for the whole gate) unique ids."""
+    return [
         Check("datetime_present", e.ExpectColumnValuesToNotBeNull(column="datetime"), "no datetime"),
         Check(
             "datetime_parseable",
