@@ -5,8 +5,7 @@ row per checked unit (item, raster, chip) and an `id` column. The gate runs a GX
 table, maps GX's unexpected-row lists back to ids, and writes
 
 - `data/gates/{gate}.parquet`: `id`, `accepted` (bool), `reasons` (semicolon-separated, empty when
-  accepted). The next stage reads only the ids it accepted
-  (`accepted_ids(path)`). Nothing is deleted.
+  accepted). The next stage reads only the ids it accepted, with `accepted_ids(path)`. Nothing is deleted.
 - `data/reports/gates/{gate}.json`: rows checked, passed, failed, pass rate, failures by
   check, dataset-level check results, and the quarantined ids with their reasons (a DVC metric).
 
