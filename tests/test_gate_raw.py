@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from msgfm.config import DownloadParams, GatesParams, SourceParams
 from msgfm.geo.io import sha256_file
 from msgfm.ingest.download import download, read_ledger
+from msgfm.validation.assets import asset_layout
 from msgfm.validation.gates import accepted_ids, run_gate
-from msgfm.validation.raw import asset_layout, build_raw_table, raw_checks, validate_raw
+from msgfm.validation.raw import build_raw_table, raw_checks, validate_raw
 
 D = dt.date
 GOOD = {
@@ -120,7 +121,7 @@ def test_every_bad_item_is_quarantined_with_its_reason(gated):
     for iid, pattern in EXPECTED_REASONS.items():
         assert not decisions.loc[iid, "accepted"], iid
         assert re.search(pattern, decisions.loc[iid, "reasons"]), (iid, decisions.loc[iid, "reasons"])
-    assert accepted_ids("raw", root / "gates") == set(GOOD)
+    assert accepted_ids(root / "gates" / "raw.parquet") == set(GOOD)
     assert result.passed  # 5 of 20 accepted is above min_pass_rate 0.2
 
 
@@ -180,14 +181,14 @@ def test_large_rasters_are_checked_on_a_decimated_read(tmp_path):
     from affine import Affine
 
     from msgfm.geo.io import write_cog
-    from msgfm.validation.raw import _open_asset
+    from msgfm.validation.assets import open_asset
 
     array = np.full((256, 256), 1500, np.uint16)
     array[:, :128] = 0  # left half nodata
     write_cog(tmp_path / "B04.tif", array, crs="EPSG:32632", transform=Affine(10, 0, 6e5, 0, -10, 5.3e6), nodata=0)
     layout = asset_layout("s2", "B04", ["B04"])
-    full = _open_asset(tmp_path / "B04.tif", layout, max_read_px=4096)
-    small = _open_asset(tmp_path / "B04.tif", layout, max_read_px=64)
+    full = open_asset(tmp_path / "B04.tif", layout, max_read_px=4096)
+    small = open_asset(tmp_path / "B04.tif", layout, max_read_px=64)
     assert full["valid_pixels"] == 256 * 128 and small["valid_pixels"] == 64 * 32
     assert full["nodata_fraction"] == small["nodata_fraction"] == 0.5
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from msgfm.validation.gates import Check, GateFailed, accepted_ids, read_gate, run_gate, write_gate
+from msgfm.validation.gates import Check, GateFailed, GateTableError, accepted_ids, read_gate, run_gate, write_gate
 
 
 def _checks(max_nodata: float = 0.5) -> list[Check]:
@@ -54,8 +54,8 @@ def test_row_failures_map_back_to_ids_with_readable_reasons(tmp_path):
     assert result.passed, result.message
     assert result.report["failures_by_expectation"] == {"nodata_low": 1, "readable": 1, "bands": 1, "unique_ids": 0}
     table_path, report_path = write_gate(result, gates_dir=tmp_path / "gates", reports_dir=tmp_path / "reports")
-    assert read_gate("toy", tmp_path / "gates")["id"].tolist() == ["a", "b", "c", "d"]
-    assert accepted_ids("toy", tmp_path / "gates") == {"a"}
+    assert read_gate(table_path)["id"].tolist() == ["a", "b", "c", "d"]
+    assert accepted_ids(table_path) == {"a"}
     report = json.loads(report_path.read_text())
     assert (report["rows_checked"], report["passed"], report["failed"]) == (4, 1, 3)
     assert {q["id"] for q in report["quarantined"]} == {"b", "c", "d"}
@@ -85,3 +85,13 @@ def test_empty_table_and_missing_column_are_clear_errors():
     broken = _table(["a"]).drop(columns=["nodata"])
     result = run_gate("toy", broken, _checks(), min_pass_rate=0.0)
     assert not result.passed and "check error nodata_low" in result.message
+
+
+def test_accepted_ids_of_a_missing_or_malformed_gate_table_name_the_file_and_the_stage(tmp_path):
+    with pytest.raises(GateTableError, match=r"coreg.parquet: not found; run `dvc repro validate_coreg` first"):
+        accepted_ids(tmp_path / "coreg.parquet")
+    pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(
+        GateTableError, match=r"pairs.parquet: needs columns id and accepted; run `dvc repro validate_pairs`"
+    ):
+        accepted_ids(tmp_path / "pairs.parquet")

@@ -11,7 +11,8 @@ import pytest
 import rasterio
 from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 
-from msgfm.chips.pairing import MANIFEST_COLUMNS, PairError, assign_splits, blocks_touched, pair
+from msgfm.chips.pairing import MANIFEST_COLUMNS, PairError, pair
+from msgfm.chips.splits import assign_splits, blocks_touched
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import get_sensor

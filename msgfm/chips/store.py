@@ -36,6 +36,7 @@ import pandas as pd
 
 from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.sensors import get_sensor
+from msgfm.validation.gates import GateTableError, accepted_ids
 
 STORE_VERSION = 1
 MASK_VALID, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
@@ -241,15 +242,14 @@ def open_accepted(chips_dir: str | Path, manifest: str | Path, accepted: str | P
     A missing input is a ChipStoreError naming the file and the stage that makes it; so is a manifest
     that is not the one written with the store (`check_manifest`).
     """
-    manifest, accepted = Path(manifest), Path(accepted)
-    for path, stage in ((manifest, "pair"), (accepted, "validate_pairs")):
-        if not path.is_file():
-            raise ChipStoreError(f"{path}: not found; run `dvc repro {stage}` first")
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ChipStoreError(f"{manifest}: not found; run `dvc repro pair` first")
+    try:
+        ids = accepted_ids(accepted)
+    except GateTableError as e:
+        raise ChipStoreError(str(e)) from None
     store = ChipStore(chips_dir)
     check_manifest(store, manifest)
-    gate = pd.read_parquet(accepted)
-    if not {"id", "accepted"} <= set(gate.columns):
-        raise ChipStoreError(f"{accepted}: needs columns id and accepted")
-    ids = set(gate.loc[gate["accepted"].astype(bool), "id"])
     rows = pd.read_parquet(manifest)
     return store, rows[rows["id"].isin(ids)].reset_index(drop=True)

@@ -373,11 +373,46 @@ def download(
     progress: bool = True,
 ) -> DownloadSummary:
     """Fetch every acquisition not yet complete in the ledger; update the ledger; return what happened."""
-    from tqdm import tqdm
-
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger = {r["id"]: r for r in read_ledger(out_dir).to_dict(orient="records")}
+    plan = _plan(source, signer, ledger, out_dir)
+    skipped = plan.offered - len(plan.todo)
+    log.info(
+        "download: %d items offered, %d already in the ledger, %d to fetch (%d changed since fetched)",
+        plan.offered,
+        skipped,
+        len(plan.todo),
+        plan.changed,
+    )
+    total_bytes, failed = _fetch_all(plan.todo, out_dir, cfg, ledger, progress)
+    _write_ledger(out_dir, list(ledger.values()))
+    summary = DownloadSummary(
+        items=plan.offered,
+        fetched=len(plan.todo) - failed,
+        skipped=skipped,
+        failed=failed,
+        duplicates=plan.duplicates,
+        bytes=total_bytes,
+    )
+    if report_path is not None:
+        atomic_write_json(report_path, summary.as_dict())
+    log.info("download: %s", summary.as_dict())
+    return summary
+
+
+@dataclass
+class _Plan:
+    """The source's items that need fetching, and how many it offered, listed twice, or changed."""
+
+    todo: list[ItemRecord]
+    offered: int
+    duplicates: int
+    changed: int
+
+
+def _plan(source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path) -> _Plan:
+    """List the source once: skip repeated ids and items complete and unchanged in the ledger; fail folder clashes."""
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
@@ -397,14 +432,14 @@ def download(
                 continue
             changed += 1
         todo.append(rec)
-    skipped = len(seen) - len(todo)
-    log.info(
-        "download: %d items offered, %d already in the ledger, %d to fetch (%d changed since fetched)",
-        len(seen),
-        skipped,
-        len(todo),
-        changed,
-    )
+    return _Plan(todo, len(seen), duplicates, changed)
+
+
+def _fetch_all(
+    todo: list[ItemRecord], out_dir: Path, cfg: DownloadParams, ledger: dict[str, dict[str, Any]], progress: bool
+) -> tuple[int, int]:
+    """Fetch the items on `cfg.workers` threads, putting each one's ledger row in `ledger`; (bytes, failed items)."""
+    from tqdm import tqdm
 
     fetcher = Fetcher(cfg)
     total_bytes = 0
@@ -422,16 +457,4 @@ def download(
                 failed += 1
                 log.warning("%s: %s", row["id"], row["error"])
             bar.update(1)
-    _write_ledger(out_dir, list(ledger.values()))
-    summary = DownloadSummary(
-        items=len(seen),
-        fetched=len(todo) - failed,
-        skipped=skipped,
-        failed=failed,
-        duplicates=duplicates,
-        bytes=total_bytes,
-    )
-    if report_path is not None:
-        atomic_write_json(report_path, summary.as_dict())
-    log.info("download: %s", summary.as_dict())
-    return summary
+    return total_bytes, failed

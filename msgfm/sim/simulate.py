@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
-from msgfm.geo.io import atomic_path, atomic_write_bytes, sha256_file, write_cog
+from msgfm.geo.io import atomic_path, atomic_write_bytes, read_raster, sha256_file, write_cog
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.sim import observe
 from msgfm.sim.world import CODES, World, rng_for
@@ -446,11 +446,23 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch, Rectangle
 
-    from msgfm.geo.io import read_raster
+    name, by_sensor = _preview_items(out, cfg, aoi_name)
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), constrained_layout=True)
+    _draw_sensors(fig, axes[:4], cfg, name, by_sensor)
+    _draw_landcover(axes[4], by_sensor["landcover"])
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"msgfm simulated world: AOI '{name}'", fontsize=13)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
 
+
+def _preview_items(out: Path, cfg: SimulateParams, aoi_name: str | None) -> tuple[str, dict[str, pystac.Item]]:
+    """The previewed AOI (default: the first coastal city) and its items: S2 and S1 the clear scene nearest the RGB."""
     catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
     aois = [a for a in cfg.aois if a.biome == "coastal_city"] + list(cfg.aois)
     name = aoi_name or aois[0].name
@@ -464,11 +476,16 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
         if not cands:
             raise SimulateError(f"preview: AOI {name!r} has no published {sensor} item yet (see simulate.until)")
         by_sensor[sensor] = min(cands, key=lambda i: (abs(i.datetime - when) if when else dt.timedelta(0), i.id))
+    return name, by_sensor
+
+
+def _draw_sensors(fig: Any, axes: Any, cfg: SimulateParams, name: str, by_sensor: dict[str, pystac.Item]) -> None:
+    """The S2, S1, RGB and DSM panels; the S2 panel outlines the fine grid's footprint."""
+    from matplotlib.patches import Rectangle
 
     def asset(sensor: str, key: str) -> np.ndarray:
         return read_raster(by_sensor[sensor].assets[key].get_absolute_href())[0]
 
-    fig, axes = plt.subplots(1, 5, figsize=(22, 4.8), constrained_layout=True)
     s2 = np.stack([asset("s2", b)[0] for b in ("B04", "B03", "B02")], -1).astype(np.float32)
     axes[0].imshow(np.clip((s2 / 2500) ** 0.8, 0, 1))
     axes[0].set_title(f"Sentinel-2 L2A true colour, 10 m\n{by_sensor['s2'].id}")
@@ -484,21 +501,20 @@ def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | No
     im = axes[3].imshow(dsm, cmap="terrain")
     fig.colorbar(im, ax=axes[3], shrink=0.8, label="m")
     axes[3].set_title(f"DSM (white: nodata), ~{cfg.fine_gsd_m:g} m\n{by_sensor['dsm'].id}")
-    lc = read_raster(Path(by_sensor["landcover"].assets["map"].get_absolute_href()))[0][0]
+
+
+def _draw_landcover(ax: Any, item: pystac.Item) -> None:
+    """The land-cover panel in WorldCover colours, with a legend of the classes present."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    lc = read_raster(Path(item.assets["map"].get_absolute_href()))[0][0]
     codes = sorted(WORLDCOVER_COLOURS)
     idx = np.searchsorted(codes, lc)
-    axes[4].imshow(idx, cmap=ListedColormap([WORLDCOVER_COLOURS[c] for c in codes]), vmin=0, vmax=len(codes) - 1,
-                   interpolation="nearest")  # fmt: skip
-    axes[4].set_title(f"land cover (WorldCover codes), 10 m\n{by_sensor['landcover'].id}")
+    ax.imshow(idx, cmap=ListedColormap([WORLDCOVER_COLOURS[c] for c in codes]), vmin=0, vmax=len(codes) - 1,
+              interpolation="nearest")  # fmt: skip
+    ax.set_title(f"land cover (WorldCover codes), 10 m\n{item.id}")
     names = ["tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland"]
     present = set(np.unique(lc).tolist())
-    axes[4].legend(handles=[Patch(color=WORLDCOVER_COLOURS[c], label=f"{c} {n}") for c, n in zip(codes, names,
-                   strict=True) if c in present], loc="lower right", fontsize=7, framealpha=0.8)  # fmt: skip
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"msgfm simulated world: AOI '{name}'", fontsize=13)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path
+    ax.legend(handles=[Patch(color=WORLDCOVER_COLOURS[c], label=f"{c} {n}") for c, n in zip(codes, names,
+              strict=True) if c in present], loc="lower right", fontsize=7, framealpha=0.8)  # fmt: skip

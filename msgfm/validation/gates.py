@@ -5,7 +5,7 @@ row per checked unit (item, raster, chip) and an `id` column. The gate runs a GX
 table, maps GX's unexpected-row lists back to ids, and writes
 
 - `data/gates/{gate}.parquet`: `id`, `accepted` (bool), `reasons` (semicolon-separated, empty when
-  accepted). The next stage reads only accepted rows (`accepted_ids`). Nothing is deleted.
+  accepted). The next stage reads only the ids it accepted, with `accepted_ids(path)`. Nothing is deleted.
 - `data/reports/gates/{gate}.json`: rows checked, passed, failed, pass rate, failures by
   check, dataset-level check results, and the quarantined ids with their reasons (a DVC metric).
 
@@ -135,49 +135,24 @@ def run_gate(
         raise ValueError(f"gate {gate}: check names must be unique, got {names}")
     df = table.reset_index(drop=True).copy()
     df[_ROW_KEY] = range(len(df))
-    rows = df.to_dict(orient="records")
-    reasons: list[list[str]] = [[] for _ in rows]
-    failures: dict[str, int] = {c.name: 0 for c in checks}
-    dataset_results: dict[str, bool] = {}
-    errors: list[str] = []
-
-    if len(df) and checks:
-        for check, outcome in zip(checks, _validate(gate, df, checks), strict=True):
-            success, row_keys, error = outcome
-            if error:
-                errors.append(f"{check.name}: {error}")
-            failures[check.name] = len(row_keys)
-            for k in row_keys:
-                reasons[k].append(_format_reason(check.reason, rows[k]))
-            if check.scope == "dataset":
-                dataset_results[check.name] = bool(success) and not error
-            elif error:
-                dataset_results[check.name] = False
-
-    accepted = [not r for r in reasons]
+    outcome = _run_checks(gate, df, checks)
+    accepted = [not r for r in outcome.reasons]
     decisions = pd.DataFrame(
         {
             "id": df[id_column].astype(str).tolist(),
             "accepted": pd.Series(accepted, dtype=bool),
-            "reasons": ["; ".join(r) for r in reasons],
+            "reasons": ["; ".join(r) for r in outcome.reasons],
         }
     )
     n = len(df)
     n_ok = int(sum(accepted))
     pass_rate = n_ok / n if n else 0.0
-    failed_dataset = sorted(k for k, ok in dataset_results.items() if not ok)
-    problems = []
-    if n == 0:
-        problems.append("no rows to check (the producing stage wrote nothing)")
-    elif pass_rate < min_pass_rate:
-        problems.append(f"accepted fraction {pass_rate:.3f} ({n_ok}/{n}) is below gates.min_pass_rate {min_pass_rate}")
-    for name in failed_dataset:
-        problems.append(f"dataset-level check {name!r} failed")
-    problems.extend(f"check error {e}" for e in errors)
+    failed_dataset = sorted(k for k, ok in outcome.dataset_results.items() if not ok)
+    problems = _problems(n, n_ok, min_pass_rate, failed_dataset, outcome.errors)
     passed = not problems
     message = f"gate {gate}: passed, {n_ok}/{n} accepted" if passed else f"gate {gate} failed: " + "; ".join(problems)
     quarantined = [
-        {"id": i, "reasons": r} for i, r, ok in zip(decisions["id"], reasons, accepted, strict=True) if not ok
+        {"id": i, "reasons": r} for i, r, ok in zip(decisions["id"], outcome.reasons, accepted, strict=True) if not ok
     ]
     report = {
         "gate": gate,
@@ -187,12 +162,54 @@ def run_gate(
         "pass_rate": round(pass_rate, 6),
         "min_pass_rate": min_pass_rate,
         "success": passed,
-        "failures_by_expectation": failures,
-        "dataset_checks": dataset_results,
-        "errors": errors,
+        "failures_by_expectation": outcome.failures,
+        "dataset_checks": outcome.dataset_results,
+        "errors": outcome.errors,
         "quarantined": quarantined,
     }
     return GateResult(gate, decisions, report, passed, message, failed_dataset)
+
+
+@dataclass
+class _Outcome:
+    """What the suite found: reasons per row, failing rows per check, dataset-level results, check errors."""
+
+    reasons: list[list[str]]
+    failures: dict[str, int]
+    dataset_results: dict[str, bool] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _run_checks(gate: str, df: pd.DataFrame, checks: Sequence[Check]) -> _Outcome:
+    """Validate `df` (with its row keys) and collect each check's failing rows as readable reasons."""
+    rows = df.to_dict(orient="records")
+    outcome = _Outcome([[] for _ in rows], {c.name: 0 for c in checks})
+    if not (len(df) and checks):
+        return outcome
+    for check, (success, row_keys, error) in zip(checks, _validate(gate, df, checks), strict=True):
+        if error:
+            outcome.errors.append(f"{check.name}: {error}")
+        outcome.failures[check.name] = len(row_keys)
+        for k in row_keys:
+            outcome.reasons[k].append(_format_reason(check.reason, rows[k]))
+        if check.scope == "dataset":
+            outcome.dataset_results[check.name] = bool(success) and not error
+        elif error:
+            outcome.dataset_results[check.name] = False
+    return outcome
+
+
+def _problems(n: int, n_ok: int, min_pass_rate: float, failed_dataset: list[str], errors: list[str]) -> list[str]:
+    """Why the gate fails (empty when it passes): no rows, too few accepted, failed dataset checks, check errors."""
+    problems = []
+    if n == 0:
+        problems.append("no rows to check (the producing stage wrote nothing)")
+    elif n_ok / n < min_pass_rate:
+        problems.append(f"accepted fraction {n_ok / n:.3f} ({n_ok}/{n}) is below gates.min_pass_rate {min_pass_rate}")
+    for name in failed_dataset:
+        problems.append(f"dataset-level check {name!r} failed")
+    problems.extend(f"check error {e}" for e in errors)
+    return problems
 
 
 def _validate(gate: str, df: pd.DataFrame, checks: Sequence[Check]) -> list[tuple[bool, list[int], str]]:
@@ -267,15 +284,27 @@ def write_gate(
     return table_path, report_path
 
 
-def read_gate(gate: str, gates_dir: str | Path = GATES_DIR) -> pd.DataFrame:
-    """Read a gate's decisions table (`id`, `accepted`, `reasons`); a clear error when the gate has not run."""
-    path = Path(gates_dir) / f"{gate}.parquet"
+class GateTableError(OSError):
+    """A gate's decisions table is missing or lacks its columns; the message names the file and the stage to run."""
+
+
+def read_gate(path: str | Path) -> pd.DataFrame:
+    """A gate's decisions table (`id`, `accepted`, `reasons`) as `write_gate` wrote it to `{gate}.parquet`.
+
+    Raises GateTableError naming the file and the stage that writes it (`validate_{gate}`) when it is
+    missing or lacks the `id` and `accepted` columns.
+    """
+    path = Path(path)
+    stage = f"validate_{path.stem}"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: gate {gate!r} has not run (run `msgfm validate_{gate}` first)")
-    return pd.read_parquet(path)
+        raise GateTableError(f"{path}: not found; run `dvc repro {stage}` first")
+    decisions = pd.read_parquet(path)
+    if not {"id", "accepted"} <= set(decisions.columns):
+        raise GateTableError(f"{path}: needs columns id and accepted; run `dvc repro {stage}` again")
+    return decisions
 
 
-def accepted_ids(gate: str, gates_dir: str | Path = GATES_DIR) -> set[str]:
-    """Ids the gate accepted: what the next stage may read."""
-    decisions = read_gate(gate, gates_dir)
-    return set(decisions.loc[decisions["accepted"], "id"].astype(str))
+def accepted_ids(path: str | Path) -> set[str]:
+    """Ids the gate whose decisions table is at `path` accepted: all the next stage may read."""
+    decisions = read_gate(path)
+    return set(decisions.loc[decisions["accepted"].astype(bool), "id"].astype(str))

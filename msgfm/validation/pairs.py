@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from msgfm.chips.pairing import MANIFEST_COLUMNS, SPLITS
+from msgfm.chips.pairing import MANIFEST_COLUMNS
+from msgfm.chips.splits import SPLITS
 from msgfm.chips.store import ChipStore, ChipStoreError, check_manifest
 from msgfm.config import GatesParams, PairParams
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate

@@ -4,114 +4,26 @@ The table has one row per ledger item (data/raw/acquisitions.parquet), built by 
 asset with rasterio: readable or why not, CRS (and whether it is the one the item declares in
 `proj:code`, `proj:epsg` or `proj:wkt2`, an asset's own field before the item's), band count and
 dtype, nodata fraction, NaN/inf pixels, pixels outside the sensor's physical range. A reason about
-an asset names it. Expected layouts come from msgfm.sensors:
-an asset named after one of the sensor's bands holds that band (S2 `B04`, S1 `VV`); a sensor whose
-bands are not split into assets holds all of them in each data asset (RGB `image`, DSM `dsm`);
-other assets of a band-split sensor are auxiliary (S2 `cloud_mask`) and are only checked for being
-readable and georeferenced. The GX suite then decides per item; see `raw_checks`.
+an asset names it. What each asset should hold, and how a file is read, is in
+`msgfm.validation.assets`. The GX suite then decides per item; see `raw_checks`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from msgfm.config import GatesParams, SourceParams
 from msgfm.ingest.download import read_ledger
 from msgfm.sensors import SENSORS
+from msgfm.validation.assets import AssetLayout, asset_layout, crs_mismatch, open_asset
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
-
-log = logging.getLogger(__name__)
-
-LANDCOVER_CODES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
-CRS_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2")
-"""STAC projection fields declaring a CRS, in the order they are read."""
-
-
-@dataclass(frozen=True)
-class AssetLayout:
-    """What a band-bearing asset must look like; None fields are not checked."""
-
-    bands: int
-    dtype: str
-    nodata: float | None
-    valid_range: tuple[float, float]
-
-
-def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
-    """Expected layout of asset `key` of a `sensor` item whose required assets are `keys`; None if auxiliary."""
-    if sensor == "landcover":
-        return AssetLayout(1, "uint8", 0, (0, 100))
-    spec = SENSORS.get(sensor)
-    if spec is None:
-        return None
-    by_name = {b.name.lower(): b for b in spec.bands}
-    band = by_name.get(key.lower())
-    if band is not None:
-        return AssetLayout(1, band.dtype, band.nodata, spec.valid_range)
-    if any(k.lower() in by_name for k in keys):
-        return None  # an auxiliary asset (mask, scene classification) of a band-split sensor
-    first = spec.bands[0]
-    return AssetLayout(len(spec.bands), first.dtype, first.nodata, spec.valid_range)
-
-
-def _open_asset(path: Path, layout: AssetLayout | None, max_read_px: int) -> dict[str, Any]:
-    """Describe one asset file; problems become a short `error` text, never an exception."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    if not path.is_file():
-        return {"error": "file missing from data/raw"}
-    if path.stat().st_size == 0:
-        return {"error": "zero-byte file"}
-    try:
-        src = rasterio.open(path)
-    except RasterioError as e:
-        return {"error": f"not a readable GeoTIFF ({_short(e)})"}
-    with src:
-        out: dict[str, Any] = {"crs": src.crs.to_string() if src.crs else None, "count": src.count}
-        out["dtype"] = ",".join(sorted(set(src.dtypes)))
-        scale = max(1, math.ceil(max(src.height, src.width) / max_read_px))
-        shape = (src.count, max(1, src.height // scale), max(1, src.width // scale))
-        try:
-            data = src.read(out_shape=shape)
-        except RasterioError as e:
-            return {**out, "error": f"pixel data unreadable, file truncated or corrupt ({_short(e)})"}
-        nodata = src.nodata if src.nodata is not None else (layout.nodata if layout else None)
-    if layout is None:
-        return out
-    finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
-    if nodata is None:
-        is_nodata = np.zeros(data.shape, bool)
-    elif isinstance(nodata, float) and math.isnan(nodata):
-        is_nodata = np.isnan(data)
-        finite |= is_nodata
-    else:
-        is_nodata = data == nodata
-    valid = finite & ~is_nodata
-    values = data[valid]
-    lo, hi = layout.valid_range
-    out.update(
-        nodata_fraction=float(is_nodata.mean()),
-        nonfinite=int((~finite).sum()),
-        out_of_range=float(((values < lo) | (values > hi)).sum()),
-        valid_pixels=int(values.size),
-        value_min=float(values.min()) if values.size else None,
-        value_max=float(values.max()) if values.size else None,
-    )
-    return out
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:160]
 
 
 def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParams) -> pd.DataFrame:
@@ -129,17 +41,43 @@ def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParam
 
 
 def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gates: GatesParams) -> dict[str, Any]:
+    """The raw-table row of one ledger item: its download outcome, then what its asset files hold."""
     sensor = rec.get("sensor") or ""
     keys = list(source.assets.get(sensor, []))
     assets = json.loads(rec.get("assets") or "{}")
     item = _item_json(rec, raw_dir)
-    row: dict[str, Any] = {
+    row = _empty_row(rec, item, keys, assets)
+    if rec.get("status") != "ok":
+        return row
+    tally = _AssetTally()
+    for key, rel in assets.items():
+        layout = asset_layout(sensor, key, keys or list(assets))
+        info = open_asset(raw_dir / rel, layout, gates.max_read_px)
+        if "error" in info:
+            tally.unreadable.append(f"{key}: {info['error']}")
+            continue
+        if not info["crs"]:
+            tally.no_crs.append(key)
+        else:
+            mismatch = crs_mismatch(info["crs"], item, key)
+            if mismatch:
+                tally.crs_mismatch.append(f"{key} ({rel}) {mismatch}")
+        if layout is not None:
+            tally.add(key, info, layout)
+    row.update(tally.columns())
+    return row
+
+
+def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], assets: dict[str, str]) -> dict[str, Any]:
+    """An item's row before its files are opened: identity, download outcome, missing assets, no statistics."""
+    ok = rec.get("status") == "ok"
+    return {
         "id": rec["id"],
-        "sensor": sensor,
+        "sensor": rec.get("sensor") or "",
         "aoi": rec.get("aoi") or "",
         "datetime": _item_datetime(rec, item),
-        "download_error": "" if rec.get("status") == "ok" else (rec.get("error") or "download failed"),
-        "missing_assets": ", ".join(k for k in keys if k not in assets) if rec.get("status") == "ok" else "",
+        "download_error": "" if ok else (rec.get("error") or "download failed"),
+        "missing_assets": ", ".join(k for k in keys if k not in assets) if ok else "",
         "unreadable": "",
         "no_crs": "",
         "crs_mismatch": "",
@@ -161,72 +99,81 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
         "valid_max": None,
         "duplicate_of": "",
     }
-    if rec.get("status") != "ok":
-        return row
-    unreadable, no_crs, crs_mismatch, dtype_detail = [], [], [], []
-    band_detail, nonfinite_assets, out_of_range_assets = [], [], []
-    count = expected = nonfinite = valid = 0
-    out_of_range = 0.0
-    dtypes, expected_dtypes = set(), set()
-    worst = (-1.0, "")
-    vmin, vmax = math.inf, -math.inf
-    band_assets = 0
-    for key, rel in assets.items():
-        layout = asset_layout(sensor, key, keys or list(assets))
-        info = _open_asset(raw_dir / rel, layout, gates.max_read_px)
-        if "error" in info:
-            unreadable.append(f"{key}: {info['error']}")
-            continue
-        if not info["crs"]:
-            no_crs.append(key)
-        else:
-            mismatch = _crs_mismatch(info["crs"], item, key)
-            if mismatch:
-                crs_mismatch.append(f"{key} ({rel}) {mismatch}")
-        if layout is None:
-            continue
-        band_assets += 1
-        count += info["count"]
-        expected += layout.bands
+
+
+@dataclass
+class _AssetTally:
+    """What an item's assets hold, summed over them: the problems by asset and the band-asset statistics."""
+
+    unreadable: list[str] = field(default_factory=list)
+    no_crs: list[str] = field(default_factory=list)
+    crs_mismatch: list[str] = field(default_factory=list)
+    dtype_detail: list[str] = field(default_factory=list)
+    band_detail: list[str] = field(default_factory=list)
+    nonfinite_assets: list[str] = field(default_factory=list)
+    out_of_range_assets: list[str] = field(default_factory=list)
+    count: int = 0
+    expected: int = 0
+    nonfinite: int = 0
+    valid: int = 0
+    out_of_range: float = 0.0
+    dtypes: set[str] = field(default_factory=set)
+    expected_dtypes: set[str] = field(default_factory=set)
+    worst: tuple[float, str] = (-1.0, "")
+    vmin: float = math.inf
+    vmax: float = -math.inf
+    valid_range: tuple[float, float] | None = None
+
+    def add(self, key: str, info: dict[str, Any], layout: AssetLayout) -> None:
+        """Count one readable band-bearing asset, described by `open_asset`, against its expected layout."""
+        self.count += info["count"]
+        self.expected += layout.bands
         if info["count"] < layout.bands:
-            band_detail.append(f"{key} has {info['count']} of {layout.bands}")
+            self.band_detail.append(f"{key} has {info['count']} of {layout.bands}")
         if info["nonfinite"]:
-            nonfinite_assets.append(key)
+            self.nonfinite_assets.append(key)
         if info["out_of_range"]:
-            out_of_range_assets.append(key)
-        dtypes.add(info["dtype"])
-        expected_dtypes.add(layout.dtype)
+            self.out_of_range_assets.append(key)
+        self.dtypes.add(info["dtype"])
+        self.expected_dtypes.add(layout.dtype)
         if info["dtype"] != layout.dtype:
-            dtype_detail.append(f"{key} is {info['dtype']}")
-        if info["nodata_fraction"] > worst[0]:
-            worst = (info["nodata_fraction"], key)
-        nonfinite += info["nonfinite"]
-        out_of_range += info["out_of_range"]
-        valid += info["valid_pixels"]
+            self.dtype_detail.append(f"{key} is {info['dtype']}")
+        if info["nodata_fraction"] > self.worst[0]:
+            self.worst = (info["nodata_fraction"], key)
+        self.nonfinite += info["nonfinite"]
+        self.out_of_range += info["out_of_range"]
+        self.valid += info["valid_pixels"]
         if info["value_min"] is not None:
-            vmin, vmax = min(vmin, info["value_min"]), max(vmax, info["value_max"])
-        row["valid_min"], row["valid_max"] = layout.valid_range
-    row["unreadable"] = "; ".join(unreadable)
-    row["no_crs"] = ", ".join(no_crs)
-    row["crs_mismatch"] = "; ".join(crs_mismatch)
-    row["dtype_detail"] = ", ".join(dtype_detail)
-    row["band_detail"] = ", ".join(band_detail)
-    row["nonfinite_assets"] = ", ".join(nonfinite_assets)
-    row["out_of_range_assets"] = ", ".join(out_of_range_assets)
-    if band_assets:
-        row.update(
-            band_count=count,
-            expected_band_count=expected,
-            dtypes=",".join(sorted(dtypes)),
-            expected_dtypes=",".join(sorted(expected_dtypes)),
-            nodata_fraction=worst[0],
-            nodata_asset=worst[1],
-            nonfinite_pixels=nonfinite,
-            out_of_range_fraction=out_of_range / valid if valid else 0.0,
-            value_min=vmin if math.isfinite(vmin) else None,
-            value_max=vmax if math.isfinite(vmax) else None,
-        )
-    return row
+            self.vmin, self.vmax = min(self.vmin, info["value_min"]), max(self.vmax, info["value_max"])
+        self.valid_range = layout.valid_range
+
+    def columns(self) -> dict[str, Any]:
+        """The row's asset columns; the statistics only when some asset bears bands."""
+        out: dict[str, Any] = {
+            "unreadable": "; ".join(self.unreadable),
+            "no_crs": ", ".join(self.no_crs),
+            "crs_mismatch": "; ".join(self.crs_mismatch),
+            "dtype_detail": ", ".join(self.dtype_detail),
+            "band_detail": ", ".join(self.band_detail),
+            "nonfinite_assets": ", ".join(self.nonfinite_assets),
+            "out_of_range_assets": ", ".join(self.out_of_range_assets),
+        }
+        if self.valid_range is not None:  # some asset bears bands
+            out.update(
+                band_count=self.count,
+                expected_band_count=self.expected,
+                dtypes=",".join(sorted(self.dtypes)),
+                expected_dtypes=",".join(sorted(self.expected_dtypes)),
+                nodata_fraction=self.worst[0],
+                nodata_asset=self.worst[1],
+                nonfinite_pixels=self.nonfinite,
+                out_of_range_fraction=self.out_of_range / self.valid if self.valid else 0.0,
+                value_min=self.vmin if math.isfinite(self.vmin) else None,
+                value_max=self.vmax if math.isfinite(self.vmax) else None,
+                valid_min=self.valid_range[0],
+                valid_max=self.valid_range[1],
+            )
+        return out
 
 
 def _item_json(rec: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
@@ -239,28 +186,6 @@ def _item_json(rec: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
     return {}
-
-
-def _crs_mismatch(file_crs: str, item: dict[str, Any], key: str) -> str:
-    """How the file's CRS differs from the one the item declares for asset `key` ("" if it does not or none is)."""
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
-    asset = (item.get("assets") or {}).get(key) or {}
-    props = item.get("properties") or {}
-    for where, fields in (("asset", asset), ("item", props)):
-        field = next((f for f in CRS_FIELDS if fields.get(f) not in (None, "")), None)
-        if field is None:
-            continue
-        value = fields[field]
-        declared = f"EPSG:{value}" if field == "proj:epsg" else str(value)
-        try:
-            if CRS.from_user_input(declared) == CRS.from_user_input(file_crs):
-                return ""
-        except CRSError:
-            return f"is in {file_crs}, but the {where}'s {field} {value!r} is not a CRS"
-        return f"is in {file_crs}, but the {where}'s {field} says {declared}"
-    return ""
 
 
 def _item_datetime(rec: dict[str, Any], item: dict[str, Any]) -> str | None:
@@ -294,8 +219,12 @@ def raw_checks(gates: GatesParams) -> list[Check]:
     import great_expectations as gx
 
     e = gx.expectations
+    return [*_file_checks(e), *_pixel_checks(e, gates), *_time_and_identity_checks(e)]
+
+
+def _file_checks(e: ModuleType) -> list[Check]:
+    """Downloaded, of a known sensor, every asset present, readable and in the CRS its item declares."""
     known = sorted({*SENSORS, "landcover"})
-    pair = {"ignore_row_if": "either_value_is_missing"}
     return [
         Check("downloaded", e.ExpectColumnValuesToBeInSet(column="download_error", value_set=[""]), "{download_error}"),
         Check("known_sensor", e.ExpectColumnValuesToBeInSet(column="sensor", value_set=known), "unknown sensor"),
@@ -311,6 +240,13 @@ def raw_checks(gates: GatesParams) -> list[Check]:
             e.ExpectColumnValuesToBeInSet(column="crs_mismatch", value_set=[""]),
             "{crs_mismatch}",
         ),
+    ]
+
+
+def _pixel_checks(e: ModuleType, gates: GatesParams) -> list[Check]:
+    """The sensor's bands and dtype, little nodata, finite values inside the sensor's physical range."""
+    pair = {"ignore_row_if": "either_value_is_missing"}
+    return [
         Check(
             "band_count",
             e.ExpectColumnPairValuesAToBeGreaterThanB(
@@ -342,6 +278,12 @@ def raw_checks(gates: GatesParams) -> list[Check]:
             "{out_of_range_fraction:.2%} of pixels in {out_of_range_assets} outside the sensor range "
             "[{valid_min:g}, {valid_max:g}] (min {value_min:g}, max {value_max:g})",
         ),
+    ]
+
+
+def _time_and_identity_checks(e: ModuleType) -> list[Check]:
+    """A parseable datetime, no second copy of an acquisition, and (for the whole gate) unique ids."""
+    return [
         Check("datetime_present", e.ExpectColumnValuesToNotBeNull(column="datetime"), "no datetime"),
         Check(
             "datetime_parseable",
