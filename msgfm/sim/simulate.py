@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
+from msgfm.geo.grids import utm_crs
 from msgfm.geo.io import atomic_path, atomic_write_bytes, sha256_file, write_cog
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.sim import observe
@@ -92,12 +93,6 @@ class AOIGrids:
         x = transform.c + transform.a * (c + dx) - self.centre[0]
         y = transform.f + transform.e * (c + dy) - self.centre[1]
         return np.meshgrid(x, y)
-
-
-def utm_crs(lon: float, lat: float) -> str:
-    """The UTM zone (WGS84) of a point, as an EPSG code string."""
-    zone = int((lon + 180) // 6) + 1
-    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
 
 
 def aoi_grids(cfg: SimulateParams, aoi: AOIParams) -> AOIGrids:
