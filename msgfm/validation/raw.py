@@ -25,12 +25,12 @@ import pandas as pd
 
 from msgfm.config import GatesParams, SourceParams
 from msgfm.ingest.download import read_ledger
+from msgfm.landcover import LEGEND, NODATA
 from msgfm.sensors import SENSORS
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 
 log = logging.getLogger(__name__)
 
-LANDCOVER_CODES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
 CRS_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2")
 """STAC projection fields declaring a CRS, in the order they are read."""
 
@@ -48,7 +48,7 @@ class AssetLayout:
 def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
     """Expected layout of asset `key` of a `sensor` item whose required assets are `keys`; None if auxiliary."""
     if sensor == "landcover":
-        return AssetLayout(1, "uint8", 0, (0, 100))
+        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)))
     spec = SENSORS.get(sensor)
     if spec is None:
         return None
