@@ -122,13 +122,18 @@ def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.raw import validate_raw
 
     p = _load(params)
-    _run_gate(lambda: validate_raw(p.download.out_dir, p.source, p.gates))
+    _run_gate(
+        lambda: validate_raw(
+            p.download.out_dir, p.source, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+        )
+    )
 
 
 @app.command(name="coregister")
 def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Put every accepted acquisition of an AOI on one grid (S1/S2 10 m, RGB/DSM fine), shift-corrected."""
     from msgfm.coreg.stage import CoregisterError, coregister
+    from msgfm.validation.gates import gate_table
 
     p = _load(params)
     cfg = p.coregister
@@ -136,7 +141,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
         table = coregister(
             cfg,
             ledger=p.download.out_dir / "acquisitions.parquet",
-            raw_gate=Path("data/gates/raw.parquet"),
+            raw_gate=gate_table(p.gates.dir, "raw"),
             raw_dir=p.download.out_dir,
             out_dir=cfg.out_dir,
             report=cfg.report,
@@ -152,18 +157,23 @@ def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.coreg import validate_coreg
 
     p = _load(params)
-    _run_gate(lambda: validate_coreg(p.coregister.out_dir, p.coregister, p.gates))
+    _run_gate(
+        lambda: validate_coreg(
+            p.coregister.out_dir, p.coregister, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+        )
+    )
 
 
 @app.command(name="pair")
 def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Cut accepted co-registered rasters into chips, pair S1-S2 and RGB-DSM, split by blocks, fill the store."""
     from msgfm.chips.pairing import PairError, pair
+    from msgfm.validation.gates import gate_table
 
     p = _load(params)
     with _stage_errors(PairError, code=2):
         manifest = pair(
-            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed
+            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=gate_table(p.gates.dir, "coreg"), seed=p.seed
         )
     typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
 
@@ -174,7 +184,7 @@ def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.pairs import validate_pairs
 
     p = _load(params)
-    _run_gate(lambda: validate_pairs(p.pair, p.gates))
+    _run_gate(lambda: validate_pairs(p.pair, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir))
 
 
 @app.command()

@@ -208,8 +208,12 @@ class DownloadParams(Section):
 
 
 class GatesParams(Section):
-    """The Great Expectations gates between stages (msgfm/validation)."""
+    """The Great Expectations gates between stages (msgfm/validation), and where their decisions and reports go."""
 
+    dir: Path = Field(Path("data/gates"), description="each gate's decisions table {dir}/{gate}.parquet")
+    reports_dir: Path = Field(
+        Path("data/reports/gates"), description="each gate's JSON report {reports_dir}/{gate}.json"
+    )
     min_pass_rate: float = Field(0.8, ge=0, le=1, description="a gate fails below this accepted fraction")
     max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="raw: most nodata pixels in any band asset")
     max_out_of_range_fraction: float = Field(
@@ -234,7 +238,6 @@ class PretrainParams(Section):
 
     chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
     manifest: Path = Path("data/manifest.parquet")
-    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
     out_dir: Path = Field(Path("data/models/pretrain"), description="the pretrained model (safetensors + config)")
     checkpoint_dir: Path = Field(Path("data/checkpoints/pretrain"), description="Ray checkpoints, for resume")
     metrics: Path = Path("data/metrics/pretrain.json")
@@ -316,7 +319,6 @@ class FinetuneParams(Section):
 
     chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
     manifest: Path = Path("data/manifest.parquet")
-    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
     out_dir: Path = Field(Path("data/models"), description="per task: optuna.db and one folder per variant")
     metrics_dir: Path = Field(Path("data/metrics/finetune"), description="per task: best trial of each variant")
     pretrained_model: Path = Field(Path("data/models/pretrain"), description="the msGFM pretrained model")

@@ -43,6 +43,7 @@ from msgfm.evaluation.metrics import (
     segmentation_metrics,
 )
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
+from msgfm.validation.gates import gate_table
 
 if TYPE_CHECKING:
     from msgfm.config import Params
@@ -186,7 +187,7 @@ def accepted_chips(params: Params) -> tuple[ChipStore, pd.DataFrame]:
     """The chip store and the manifest rows of the chips validate_pairs accepted."""
     cfg = params.finetune
     try:
-        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, cfg.accepted)
+        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, gate_table(params.gates.dir, "pairs"))
     except ChipStoreError as e:
         raise TaskDataError(str(e)) from None
     rows["day"] = pd.to_datetime(rows["date"]).dt.date

@@ -4,10 +4,12 @@ A gate sits between two stages. The producer's outputs are described by a pandas
 row per checked unit (item, raster, chip) and an `id` column. The gate runs a GX suite on that
 table, maps GX's unexpected-row lists back to ids, and writes
 
-- `data/gates/{gate}.parquet`: `id`, `accepted` (bool), `reasons` (semicolon-separated, empty when
-  accepted). The next stage reads only accepted rows (`accepted_ids`). Nothing is deleted.
-- `data/reports/gates/{gate}.json`: rows checked, passed, failed, pass rate, failures by
-  check, dataset-level check results, and the quarantined ids with their reasons (a DVC metric).
+- `{gates.dir}/{gate}.parquet` (`gate_table`; data/gates by default): `id`, `accepted` (bool), `reasons`
+  (semicolon-separated, empty when accepted). The next stage reads only accepted rows (`accepted_ids`).
+  Nothing is deleted.
+- `{gates.reports_dir}/{gate}.json` (data/reports/gates by default): rows checked, passed, failed, pass
+  rate, failures by check, dataset-level check results, and the quarantined ids with their reasons (a DVC
+  metric).
 
 The gate fails (`GateFailed`, after writing both files so the report can be read) when the
 accepted fraction is below `min_pass_rate` or when a dataset-level check fails.
@@ -32,7 +34,7 @@ How to define a gate (see `msgfm/validation/raw.py` for a full one):
         ]
 
     result = run_gate("coreg", table, coreg_checks(cfg), min_pass_rate=cfg.min_pass_rate)
-    write_gate(result, gates_dir=Path("data/gates"), reports_dir=Path("data/reports/gates"))
+    write_gate(result, gates_dir=cfg.dir, reports_dir=cfg.reports_dir)
     result.raise_if_failed()  # GateFailed with a readable message; the CLI turns it into exit code 1
 
 Rules for checks: use expectations that report unexpected rows (column-map and column-pair
@@ -60,9 +62,6 @@ log = logging.getLogger(__name__)
 
 _ROW_KEY = "__gate_row__"
 """Column the runner adds so GX's unexpected rows map back to table rows even when ids repeat."""
-
-GATES_DIR = Path("data/gates")
-REPORTS_DIR = Path("data/reports/gates")
 
 
 class GateFailed(RuntimeError):
@@ -251,11 +250,14 @@ def _exception_message(info: dict | None) -> str:
     return "; ".join(sorted(messages))
 
 
-def write_gate(
-    result: GateResult, *, gates_dir: str | Path = GATES_DIR, reports_dir: str | Path = REPORTS_DIR
-) -> tuple[Path, Path]:
+def gate_table(gates_dir: str | Path, gate: str) -> Path:
+    """Where gate `gate` writes its decisions (`id`, `accepted`, `reasons`) under `gates_dir` (params gates.dir)."""
+    return Path(gates_dir) / f"{gate}.parquet"
+
+
+def write_gate(result: GateResult, *, gates_dir: str | Path, reports_dir: str | Path) -> tuple[Path, Path]:
     """Write the decisions parquet and the JSON metric report atomically; return both paths."""
-    table_path = Path(gates_dir) / f"{result.gate}.parquet"
+    table_path = gate_table(gates_dir, result.gate)
     report_path = Path(reports_dir) / f"{result.gate}.json"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(table_path, suffix=".parquet") as tmp:
@@ -267,15 +269,15 @@ def write_gate(
     return table_path, report_path
 
 
-def read_gate(gate: str, gates_dir: str | Path = GATES_DIR) -> pd.DataFrame:
+def read_gate(gate: str, gates_dir: str | Path) -> pd.DataFrame:
     """Read a gate's decisions table (`id`, `accepted`, `reasons`); a clear error when the gate has not run."""
-    path = Path(gates_dir) / f"{gate}.parquet"
+    path = gate_table(gates_dir, gate)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: gate {gate!r} has not run (run `msgfm validate_{gate}` first)")
     return pd.read_parquet(path)
 
 
-def accepted_ids(gate: str, gates_dir: str | Path = GATES_DIR) -> set[str]:
+def accepted_ids(gate: str, gates_dir: str | Path) -> set[str]:
     """Ids the gate accepted: what the next stage may read."""
     decisions = read_gate(gate, gates_dir)
     return set(decisions.loc[decisions["accepted"], "id"].astype(str))
