@@ -391,6 +391,15 @@ class Params(Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
+    @model_validator(mode="after")
+    def _chips_fit_the_model(self) -> Params:
+        if self.model.chip_px != self.pair.chip_px:
+            raise ValueError(
+                f"model.chip_px ({self.model.chip_px}) must equal pair.chip_px ({self.pair.chip_px}): "
+                "the encoder is built for the chips pair cuts"
+            )
+        return self
+
 
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: {err.error_count()} invalid parameter(s):"]
