@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from msgfm.architectures import MSGFMConfig
 
 
 class ParamsError(ValueError):
@@ -282,33 +285,49 @@ class PretrainParams(Section):
 
 
 class ModelParams(Section):
-    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs."""
+    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs.
 
-    name: Literal["msgfm_tiny", "msgfm_base"] = Field("msgfm_tiny", description="registered model config")
+    What makes a model buildable (chip and mask sizes, MoE layout, ranges) is written once, in
+    msgfm.architectures.MSGFMConfig; the section is checked against it when params load.
+    """
+
+    name: str = Field("msgfm_tiny", description="registered model config (msgfm.architectures.MODEL_CONFIGS)")
     chip_px: int = Field(64, ge=16, le=1024, description="chip side in pixels; must equal pair.chip_px")
     mask_patch_px: int = Field(8, ge=4, le=512, description="side of a masked cell, pixels (multiple of patch 4)")
-    mask_ratio: float = Field(0.6, gt=0, lt=1, description="share of cells masked per chip")
-    p_cross: float = Field(0.5, ge=0, le=1, description="probability a paired chip also reconstructs its partner")
-    experts: int = Field(4, ge=0, le=64, description="experts per MoE MLP; 0 = dense model")
+    mask_ratio: float = Field(0.6, description="share of cells masked per chip, in (0, 1)")
+    p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
+    experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
     moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
-    moe_every: int = Field(2, ge=1, le=8, description="every n-th block of those stages is MoE")
-    moe_top_k: int = Field(1, ge=1, le=8, description="experts per token")
+    moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")
+    moe_top_k: int = Field(1, le=8, description="experts per token")
     moe_capacity_factor: float = Field(1.25, gt=0, le=16, description="expert slots = factor * tokens * k / experts")
     aux_loss_weight: float = Field(0.01, ge=0, le=10, description="weight of the MoE load-balancing loss")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth, deepest block")
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from msgfm.architectures import MODEL_CONFIGS
+
+        if name not in MODEL_CONFIGS:
+            raise ValueError(f"unknown msGFM model; registered models are {', '.join(sorted(MODEL_CONFIGS))}")
+        return name
+
     @model_validator(mode="after")
-    def _consistent(self) -> ModelParams:
-        if self.experts == 1:
-            raise ValueError("model.experts must be 0 (dense) or at least 2")
-        if self.experts and self.moe_top_k > self.experts:
-            raise ValueError(f"model.moe_top_k ({self.moe_top_k}) exceeds model.experts ({self.experts})")
-        if self.mask_patch_px % 4 or self.chip_px % self.mask_patch_px or self.chip_px % 32:
-            raise ValueError(
-                f"model.chip_px ({self.chip_px}) must be a multiple of 32 and of model.mask_patch_px "
-                f"({self.mask_patch_px}), itself a multiple of the 4 px patch"
-            )
+    def _builds_a_model(self) -> ModelParams:
+        from msgfm.architectures import MSGFMConfigError
+
+        try:
+            self.to_model_config()
+        except MSGFMConfigError as e:
+            raise ValueError("; ".join(f"model.{problem}" for problem in e.problems)) from None
         return self
+
+    def to_model_config(self, **overrides: Any) -> MSGFMConfig:
+        """The model this section describes: its registered config with the section's values, then `overrides`."""
+        from msgfm.architectures import get_config
+
+        return get_config(self.name, **{**self.model_dump(exclude={"name"}), **overrides})
 
 
 Variant = Literal["pretrained", "scratch", "single_sensor"]
