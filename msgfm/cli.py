@@ -297,22 +297,6 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     typer.echo(f"report: {p.evaluate.report}")
 
 
-@app.command()
-def serve(params: ParamsOption = Path("params.yaml")) -> None:
-    """Serve the Prefect deployments `pipeline` (on demand) and `retrain-on-new-acquisitions` (cron from params)."""
-    _load(params)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
-    from flows.serve import api_problem, build_deployments
-
-    problem = api_problem()
-    if problem:
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2)
-    from prefect import serve as prefect_serve
-
-    prefect_serve(*build_deployments(params))
-
-
 def main() -> None:
     """Console-script entry point."""
     app()
