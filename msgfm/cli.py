@@ -215,20 +215,23 @@ def pretrain(
 def embed(
     src: Annotated[Path, typer.Argument(help="GeoTIFF of a known sensor (s1, s2, rgb, dsm) in physical units")],
     out: Annotated[Path, typer.Argument(help="output: .tif (GeoTIFF, one band per feature) or .npz")],
-    model: Annotated[Path, typer.Option(help="pretrained model directory (model.safetensors + config.json)")] = Path(
-        "data/models/pretrain"
-    ),
+    model: Annotated[
+        Path | None,
+        typer.Option(help="pretrained model directory (model.safetensors + config.json); default: pretrain.out_dir"),
+    ] = None,
     sensor: Annotated[str | None, typer.Option(help="sensor of the file; default: its 'sensor' tag")] = None,
     bands: Annotated[
         str | None, typer.Option(help="comma-separated band names of the file; default: its band descriptions")
     ] = None,
     stage: Annotated[int, typer.Option(help="encoder stage whose features are written (-1: last, stride 32)")] = -1,
     batch_size: Annotated[int, typer.Option(min=1, help="chips encoded at once")] = 16,
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
     from msgfm.inference.embed import EmbedInputError, embed_geotiff
 
     _setup_logging()
+    model = model or _load(params).pretrain.out_dir  # params are read only when --model is not given
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     try:
         path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, stage=stage, batch_size=batch_size)
