@@ -76,11 +76,12 @@ def main() -> None:
     from msgfm.config import load_params
 
     params = load_params("params.yaml")
-    absolute = {k: getattr(params.pretrain, k).resolve() for k in ("chips_dir", "manifest", "accepted")}
+    absolute = {k: getattr(params.pretrain, k).resolve() for k in ("chips_dir", "manifest")}
     cfg = params.pretrain.model_copy(
         update={**absolute, "steps": args.steps, "checkpoint_every": args.steps, "log_every": 10**6}
     )
-    params = params.model_copy(update={"pretrain": cfg})
+    gates = params.gates.model_copy(update={"dir": params.gates.dir.resolve()})
+    params = params.model_copy(update={"pretrain": cfg, "gates": gates})
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as storage:

@@ -1,7 +1,4 @@
-"""`python -m flows.serve` (or `msgfm serve`): serve the two deployments from this process.
-
-- `pipeline`: on demand, for the UI's Run button (its parameters form comes from the flow signature).
-- `retrain-on-new-acquisitions`: on the cron schedule of params.yaml `retrain.cron` / `retrain.timezone`.
+"""`msgfm-serve` (or `python -m flows.serve`): serve the deployments of flows/deployments.py from this process.
 
 Schedules need a running Prefect server (a temporary one cannot schedule): start it with
 `prefect server start --host 127.0.0.1` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`.
@@ -9,40 +6,16 @@ Schedules need a running Prefect server (a temporary one cannot schedule): start
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
+from typing import Annotated
 
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Cron
+import typer
 
-from flows.pipeline import pipeline
-from flows.retrain import retrain
-from msgfm.config import load_params
+from flows.deployments import build_deployments
+from msgfm.config import ParamsError, load_params
 
-PIPELINE_DEPLOYMENT = "pipeline"
-RETRAIN_DEPLOYMENT = "retrain-on-new-acquisitions"
-
-
-def build_deployments(params_path: str | Path = "params.yaml") -> list[RunnerDeployment]:
-    """The two deployments, bound to the repository that holds `params_path`."""
-    params_path = Path(params_path).resolve()
-    cfg = load_params(params_path).retrain
-    repo_dir = str(params_path.parent)
-    return [
-        pipeline.to_deployment(
-            name=PIPELINE_DEPLOYMENT,
-            description="Run the DVC stages of dvc.yaml (all, a target and its upstream, or a list) on demand.",
-            parameters={"repo_dir": repo_dir},
-            tags=["msgfm"],
-        ),
-        retrain.to_deployment(
-            name=RETRAIN_DEPLOYMENT,
-            description=f"Poll the source on '{cfg.cron}' ({cfg.timezone}); rerun the pipeline on new acquisitions.",
-            schedules=[Cron(cfg.cron, timezone=cfg.timezone)],
-            parameters={"repo_dir": repo_dir},
-            tags=["msgfm"],
-        ),
-    ]
+app = typer.Typer(name="msgfm-serve", add_completion=False, pretty_exceptions_enable=False)
 
 
 def api_problem() -> str | None:
@@ -63,16 +36,32 @@ def api_problem() -> str | None:
     return None
 
 
-def main(params_path: str | Path = "params.yaml") -> None:
-    """Serve both deployments until interrupted; exit with a message if no Prefect server is reachable."""
-    from prefect import serve
-
+@app.command()
+def serve(
+    params: Annotated[Path, typer.Option("--params", help="params file to read instead of params.yaml")] = Path(
+        "params.yaml"
+    ),
+) -> None:
+    """Serve the Prefect deployments `pipeline` (on demand) and `retrain-on-new-acquisitions` (cron from params)."""
+    try:
+        load_params(params)
+    except ParamsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     problem = api_problem()
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    serve(*build_deployments(params_path))
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*build_deployments(params))
+
+
+def main() -> None:
+    """Console-script entry point (`msgfm-serve`)."""
+    app()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    main()

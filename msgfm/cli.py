@@ -122,7 +122,11 @@ def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.raw import validate_raw
 
     p = _load(params)
-    _run_gate(lambda: validate_raw(p.download.out_dir, p.source, p.gates))
+    _run_gate(
+        lambda: validate_raw(
+            p.download.out_dir, p.source, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+        )
+    )
 
 
 @app.command(name="coregister")
@@ -130,6 +134,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Put every accepted acquisition of an AOI on one grid (S1/S2 10 m, RGB/DSM fine), shift-corrected."""
     from msgfm.coreg.inputs import CoregisterError
     from msgfm.coreg.stage import coregister
+    from msgfm.decisions import gate_table
 
     p = _load(params)
     cfg = p.coregister
@@ -137,7 +142,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
         table = coregister(
             cfg,
             ledger=p.download.out_dir / "acquisitions.parquet",
-            raw_gate=Path("data/gates/raw.parquet"),
+            raw_gate=gate_table(p.gates.dir, "raw"),
             raw_dir=p.download.out_dir,
             out_dir=cfg.out_dir,
             report=cfg.report,
@@ -153,18 +158,23 @@ def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.coreg import validate_coreg
 
     p = _load(params)
-    _run_gate(lambda: validate_coreg(p.coregister.out_dir, p.coregister, p.gates))
+    _run_gate(
+        lambda: validate_coreg(
+            p.coregister.out_dir, p.coregister, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+        )
+    )
 
 
 @app.command(name="pair")
 def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     """Cut accepted co-registered rasters into chips, pair S1-S2 and RGB-DSM, split by blocks, fill the store."""
     from msgfm.chips.pairing import PairError, pair
+    from msgfm.decisions import gate_table
 
     p = _load(params)
     with _stage_errors(PairError, code=2):
         manifest = pair(
-            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=Path("data/gates/coreg.parquet"), seed=p.seed
+            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=gate_table(p.gates.dir, "coreg"), seed=p.seed
         )
     typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
 
@@ -175,7 +185,7 @@ def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.pairs import validate_pairs
 
     p = _load(params)
-    _run_gate(lambda: validate_pairs(p.pair, p.gates))
+    _run_gate(lambda: validate_pairs(p.pair, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir))
 
 
 @app.command()
@@ -206,20 +216,23 @@ def pretrain(
 def embed(
     src: Annotated[Path, typer.Argument(help="GeoTIFF of a known sensor (s1, s2, rgb, dsm) in physical units")],
     out: Annotated[Path, typer.Argument(help="output: .tif (GeoTIFF, one band per feature) or .npz")],
-    model: Annotated[Path, typer.Option(help="pretrained model directory (model.safetensors + config.json)")] = Path(
-        "data/models/pretrain"
-    ),
+    model: Annotated[
+        Path | None,
+        typer.Option(help="pretrained model directory (model.safetensors + config.json); default: pretrain.out_dir"),
+    ] = None,
     sensor: Annotated[str | None, typer.Option(help="sensor of the file; default: its 'sensor' tag")] = None,
     bands: Annotated[
         str | None, typer.Option(help="comma-separated band names of the file; default: its band descriptions")
     ] = None,
     stage: Annotated[int, typer.Option(help="encoder stage whose features are written (-1: last, stride 32)")] = -1,
     batch_size: Annotated[int, typer.Option(min=1, help="chips encoded at once")] = 16,
+    params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write georeferenced patch-level embeddings of a GeoTIFF from a pretrained msGFM (utility, not a stage)."""
     from msgfm.inference.embed import EmbedInputError, embed_geotiff
 
     _setup_logging()
+    model = model or _load(params).pretrain.out_dir  # params are read only when --model is not given
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
     try:
         path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, stage=stage, batch_size=batch_size)
@@ -286,22 +299,6 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     for task, values in metrics.items():
         typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
     typer.echo(f"report: {p.evaluate.report}")
-
-
-@app.command()
-def serve(params: ParamsOption = Path("params.yaml")) -> None:
-    """Serve the Prefect deployments `pipeline` (on demand) and `retrain-on-new-acquisitions` (cron from params)."""
-    _load(params)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
-    from flows.serve import api_problem, build_deployments
-
-    problem = api_problem()
-    if problem:
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2)
-    from prefect import serve as prefect_serve
-
-    prefect_serve(*build_deployments(params))
 
 
 def main() -> None:

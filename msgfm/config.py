@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from msgfm.architectures import MSGFMConfig
 
 
 class ParamsError(ValueError):
@@ -208,8 +211,12 @@ class DownloadParams(Section):
 
 
 class GatesParams(Section):
-    """The Great Expectations gates between stages (msgfm/validation)."""
+    """The Great Expectations gates between stages (msgfm/validation), and where their decisions and reports go."""
 
+    dir: Path = Field(Path("data/gates"), description="each gate's decisions table {dir}/{gate}.parquet")
+    reports_dir: Path = Field(
+        Path("data/reports/gates"), description="each gate's JSON report {reports_dir}/{gate}.json"
+    )
     min_pass_rate: float = Field(0.8, ge=0, le=1, description="a gate fails below this accepted fraction")
     max_nodata_fraction: float = Field(0.5, ge=0, le=1, description="raw: most nodata pixels in any band asset")
     max_out_of_range_fraction: float = Field(
@@ -234,7 +241,6 @@ class PretrainParams(Section):
 
     chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
     manifest: Path = Path("data/manifest.parquet")
-    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
     out_dir: Path = Field(Path("data/models/pretrain"), description="the pretrained model (safetensors + config)")
     checkpoint_dir: Path = Field(Path("data/checkpoints/pretrain"), description="Ray checkpoints, for resume")
     metrics: Path = Path("data/metrics/pretrain.json")
@@ -279,33 +285,49 @@ class PretrainParams(Section):
 
 
 class ModelParams(Section):
-    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs."""
+    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs.
 
-    name: Literal["msgfm_tiny", "msgfm_base"] = Field("msgfm_tiny", description="registered model config")
+    What makes a model buildable (chip and mask sizes, MoE layout, ranges) is written once, in
+    msgfm.architectures.MSGFMConfig; the section is checked against it when params load.
+    """
+
+    name: str = Field("msgfm_tiny", description="registered model config (msgfm.architectures.MODEL_CONFIGS)")
     chip_px: int = Field(64, ge=16, le=1024, description="chip side in pixels; must equal pair.chip_px")
     mask_patch_px: int = Field(8, ge=4, le=512, description="side of a masked cell, pixels (multiple of patch 4)")
-    mask_ratio: float = Field(0.6, gt=0, lt=1, description="share of cells masked per chip")
-    p_cross: float = Field(0.5, ge=0, le=1, description="probability a paired chip also reconstructs its partner")
-    experts: int = Field(4, ge=0, le=64, description="experts per MoE MLP; 0 = dense model")
+    mask_ratio: float = Field(0.6, description="share of cells masked per chip, in (0, 1)")
+    p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
+    experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
     moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
-    moe_every: int = Field(2, ge=1, le=8, description="every n-th block of those stages is MoE")
-    moe_top_k: int = Field(1, ge=1, le=8, description="experts per token")
+    moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")
+    moe_top_k: int = Field(1, le=8, description="experts per token")
     moe_capacity_factor: float = Field(1.25, gt=0, le=16, description="expert slots = factor * tokens * k / experts")
     aux_loss_weight: float = Field(0.01, ge=0, le=10, description="weight of the MoE load-balancing loss")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth, deepest block")
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from msgfm.architectures import MODEL_CONFIGS
+
+        if name not in MODEL_CONFIGS:
+            raise ValueError(f"unknown msGFM model; registered models are {', '.join(sorted(MODEL_CONFIGS))}")
+        return name
+
     @model_validator(mode="after")
-    def _consistent(self) -> ModelParams:
-        if self.experts == 1:
-            raise ValueError("model.experts must be 0 (dense) or at least 2")
-        if self.experts and self.moe_top_k > self.experts:
-            raise ValueError(f"model.moe_top_k ({self.moe_top_k}) exceeds model.experts ({self.experts})")
-        if self.mask_patch_px % 4 or self.chip_px % self.mask_patch_px or self.chip_px % 32:
-            raise ValueError(
-                f"model.chip_px ({self.chip_px}) must be a multiple of 32 and of model.mask_patch_px "
-                f"({self.mask_patch_px}), itself a multiple of the 4 px patch"
-            )
+    def _builds_a_model(self) -> ModelParams:
+        from msgfm.architectures import MSGFMConfigError
+
+        try:
+            self.to_model_config()
+        except MSGFMConfigError as e:
+            raise ValueError("; ".join(f"model.{problem}" for problem in e.problems)) from None
         return self
+
+    def to_model_config(self, **overrides: Any) -> MSGFMConfig:
+        """The model this section describes: its registered config with the section's values, then `overrides`."""
+        from msgfm.architectures import get_config
+
+        return get_config(self.name, **{**self.model_dump(exclude={"name"}), **overrides})
 
 
 Variant = Literal["pretrained", "scratch", "single_sensor"]
@@ -316,7 +338,6 @@ class FinetuneParams(Section):
 
     chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
     manifest: Path = Path("data/manifest.parquet")
-    accepted: Path = Field(Path("data/gates/pairs.parquet"), description="validate_pairs' accepted list")
     out_dir: Path = Field(Path("data/models"), description="per task: optuna.db and one folder per variant")
     metrics_dir: Path = Field(Path("data/metrics/finetune"), description="per task: best trial of each variant")
     pretrained_model: Path = Field(Path("data/models/pretrain"), description="the msGFM pretrained model")
@@ -388,6 +409,15 @@ class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @model_validator(mode="after")
+    def _chips_fit_the_model(self) -> Params:
+        if self.model.chip_px != self.pair.chip_px:
+            raise ValueError(
+                f"model.chip_px ({self.model.chip_px}) must equal pair.chip_px ({self.pair.chip_px}): "
+                "the encoder is built for the chips pair cuts"
+            )
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

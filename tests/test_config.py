@@ -62,3 +62,22 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("seed: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_model_chip_px_must_equal_pair_chip_px(tmp_path: Path, default_params: dict) -> None:
+    default_params["pair"]["chip_px"] = 32
+    with pytest.raises(ParamsError) as e:
+        load_params(_write(tmp_path, default_params))
+    msg = str(e.value)
+    assert "model.chip_px (64) must equal pair.chip_px (32)" in msg
+    default_params["model"]["chip_px"] = 32
+    assert load_params(_write(tmp_path, default_params)).model.chip_px == 32
+
+
+def test_model_section_is_checked_against_the_model_rules(tmp_path: Path, default_params: dict) -> None:
+    default_params["model"]["experts"] = 1
+    with pytest.raises(ParamsError, match=r"model\.experts 1 must be 0 \(dense\) or >= 2"):
+        load_params(_write(tmp_path, default_params))
+    default_params["model"].update(experts=4, name="msgfm_huge")
+    with pytest.raises(ParamsError, match=r"model\.name: .*unknown msGFM model; registered models are msgfm_base"):
+        load_params(_write(tmp_path, default_params))

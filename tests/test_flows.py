@@ -26,10 +26,10 @@ from prefect.testing.utilities import prefect_test_harness
 from prefect.utilities.callables import parameter_schema
 from tiny_world import whole_pipeline_params
 
+from flows.deployments import PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT, build_deployments, render_prefect_yaml
 from flows.lock import LockBusy, RunLock
 from flows.pipeline import PipelineError, RetryPolicy, pipeline, plan_stages
 from flows.retrain import new_acquisitions, retrain
-from flows.serve import PIPELINE_DEPLOYMENT, RETRAIN_DEPLOYMENT, build_deployments
 from msgfm.config import load_params
 from msgfm.geo.io import sha256_file
 
@@ -327,6 +327,21 @@ def test_prefect_yaml_matches_params_and_flows():
     assert (schedule["cron"], schedule["timezone"]) == (cfg.cron, cfg.timezone)
     assert load_flow_from_entrypoint(by_name[PIPELINE_DEPLOYMENT]["entrypoint"]).name == "pipeline"
     assert load_flow_from_entrypoint(by_name[RETRAIN_DEPLOYMENT]["entrypoint"]).name == RETRAIN_DEPLOYMENT
+
+
+def test_prefect_yaml_is_rendered_from_the_deployments():
+    rendered = render_prefect_yaml(load_params(REPO_ROOT / "params.yaml").retrain)
+    assert (REPO_ROOT / "prefect.yaml").read_text() == rendered, "stale prefect.yaml: run python -m flows.deployments"
+
+
+def test_serve_refuses_bad_params_before_contacting_prefect(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.serve import app
+
+    (tmp_path / "params.yaml").write_text("seed: -1\n")
+    out = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml")])
+    assert out.exit_code == 2 and "error:" in out.output and "seed" in out.output
 
 
 def test_registry_json_written_by_gate_when_metrics_exist(simulated_repo):

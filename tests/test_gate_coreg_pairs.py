@@ -139,6 +139,7 @@ def _tiny_world_params(path: Path, repo_root: Path) -> None:
         size_px=96, fine_size_px=256, s2_dates=4, s1_dates=4, rgb_dates=1, dsm_dates=1,
     )  # fmt: skip
     params["pair"].update(chip_px=32, stride_px=32, block_m=480, max_days=30, val_fraction=0.25, test_fraction=0.25)
+    params["model"]["chip_px"] = 32  # the encoder is built for the chips pair cuts
     params["gates"]["min_paired_fraction"] = 0.3
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -21,10 +21,11 @@ from stac_fixture import add_copy, edit_item, good_array, item_json, make_catalo
 from typer.testing import CliRunner
 
 from msgfm.config import DownloadParams, GatesParams, SourceParams
+from msgfm.decisions import accepted_ids
 from msgfm.geo.io import sha256_file
 from msgfm.ingest.download import download, read_ledger
 from msgfm.validation.assets import asset_layout
-from msgfm.validation.gates import accepted_ids, run_gate
+from msgfm.validation.gates import run_gate
 from msgfm.validation.raw import build_raw_table, raw_checks, validate_raw
 
 D = dt.date

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from msgfm.validation.gates import Check, GateFailed, GateTableError, accepted_ids, read_gate, run_gate, write_gate
+from msgfm.decisions import GateTableError, accepted_ids, read_gate
+from msgfm.validation.gates import Check, GateFailed, run_gate, write_gate
 
 
 def _checks(max_nodata: float = 0.5) -> list[Check]:

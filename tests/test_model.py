@@ -7,14 +7,13 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
+from msgfm.architectures import MSGFMConfig, get_config
 from msgfm.config import load_params
 from msgfm.models import (
-    MSGFMConfig,
     collate_multisensor,
     count_parameters,
     create_model,
     create_model_from_params,
-    get_config,
     masked_l1,
 )
 from msgfm.models.moe import MoEMlp

@@ -32,11 +32,11 @@ from msgfm.chips.partners import Raster, choose_partners
 from msgfm.chips.positions import GridKey, Position, chip_footprints, chip_positions, position_classes, window_sum
 from msgfm.chips.splits import assign_splits
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
+from msgfm.decisions import GateTableError, accepted_ids
 from msgfm.faults import kill_point
 from msgfm.geo.grids import Bounds, Grid
 from msgfm.geo.io import atomic_path, sha256_file
 from msgfm.sensors import get_sensor
-from msgfm.validation.gates import GateTableError, accepted_ids
 
 if TYPE_CHECKING:
     from msgfm.config import PairParams

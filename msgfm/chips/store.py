@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from msgfm.decisions import GateTableError, accepted_ids
 from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.sensors import get_sensor
-from msgfm.validation.gates import GateTableError, accepted_ids
 
 STORE_VERSION = 1
 MASK_VALID, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255

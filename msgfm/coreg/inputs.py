@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from msgfm.decisions import GateTableError, accepted_ids
+
 
 class CoregisterError(RuntimeError):
     """The stage cannot run at all (missing ledger or gate table); the message names the file."""
@@ -36,12 +38,13 @@ class Item:
 
 def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> list[Item]:
     """Ledger rows with status ok that the raw gate accepted, with asset paths resolved under raw_dir."""
-    for p in (ledger_path, gate_path):
-        if not p.is_file():
-            raise CoregisterError(f"{p}: not found (run `msgfm download` and `msgfm validate_raw` first)")
+    if not ledger_path.is_file():
+        raise CoregisterError(f"{ledger_path}: not found (run `msgfm download` and `msgfm validate_raw` first)")
+    try:
+        accepted = accepted_ids(gate_path)
+    except GateTableError as e:
+        raise CoregisterError(str(e)) from None
     ledger = pd.read_parquet(ledger_path)
-    gate = pd.read_parquet(gate_path)
-    accepted = set(gate.loc[gate["accepted"].astype(bool), "id"].astype(str))
     ledger = ledger[(ledger["status"] == "ok") & ledger["id"].astype(str).isin(accepted)]
     items = []
     for row in ledger.itertuples(index=False):

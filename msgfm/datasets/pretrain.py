@@ -19,6 +19,7 @@ import torch
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.config import Params
+from msgfm.decisions import gate_table
 from msgfm.models.msgfm import collate_multisensor
 
 
@@ -135,7 +136,7 @@ def load_pretrain_chips(params: Params, split: str, rank: int = 0, world: int = 
     """The accepted chips of `split` for the pretrained sensors, restricted to worker `rank` of `world`."""
     cfg = params.pretrain
     try:
-        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, cfg.accepted)
+        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, gate_table(params.gates.dir, "pairs"))
     except ChipStoreError as e:
         raise PretrainDataError(str(e)) from None
     rows = rows[rows["sensor"].isin(cfg.sensors)]

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
+from msgfm.decisions import gate_table
 from msgfm.evaluation.metrics import (
     TaskMetrics,
     classification_metrics,
@@ -186,7 +187,7 @@ def accepted_chips(params: Params) -> tuple[ChipStore, pd.DataFrame]:
     """The chip store and the manifest rows of the chips validate_pairs accepted."""
     cfg = params.finetune
     try:
-        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, cfg.accepted)
+        store, rows = open_accepted(cfg.chips_dir, cfg.manifest, gate_table(params.gates.dir, "pairs"))
     except ChipStoreError as e:
         raise TaskDataError(str(e)) from None
     rows["day"] = pd.to_datetime(rows["date"]).dt.date

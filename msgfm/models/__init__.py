@@ -1,13 +1,6 @@
 """msGFM model: band-aware patch embeddings, shared Swin-MoE encoder, per-sensor decoders, task heads, hub I/O."""
 
-from msgfm.models.encoder import (
-    MODEL_CONFIGS,
-    EncoderOutput,
-    MSGFMConfig,
-    MSGFMEncoder,
-    count_parameters,
-    get_config,
-)
+from msgfm.models.encoder import EncoderOutput, MSGFMEncoder, count_parameters
 from msgfm.models.msgfm import (
     MSGFM,
     MultiSensorBatch,
@@ -19,10 +12,8 @@ from msgfm.models.msgfm import (
 )
 
 __all__ = [
-    "MODEL_CONFIGS",
     "MSGFM",
     "EncoderOutput",
-    "MSGFMConfig",
     "MSGFMEncoder",
     "MultiSensorBatch",
     "PretrainOutput",
@@ -30,6 +21,5 @@ __all__ = [
     "count_parameters",
     "create_model",
     "create_model_from_params",
-    "get_config",
     "masked_l1",
 ]

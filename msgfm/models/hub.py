@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 import msgfm
+from msgfm.architectures import MSGFMConfig
 from msgfm.geo.io import atomic_path, atomic_write_json, sha256_file
-from msgfm.models.encoder import MSGFMConfig
 from msgfm.models.msgfm import MSGFM
 from msgfm.sensors import get_sensor
 

@@ -53,15 +53,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
+from msgfm.architectures import MSGFMConfig, get_config
 from msgfm.models.decoders import SensorDecoder
-from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder, get_config
+from msgfm.models.encoder import MSGFMEncoder
 from msgfm.sensors import PAIRS, partner_of
+
+if TYPE_CHECKING:
+    from msgfm.config import ModelParams
 
 
 class MultiSensorBatch(TypedDict, total=False):
@@ -198,11 +202,9 @@ def create_model(name: str = "msgfm_tiny", **overrides: Any) -> MSGFM:
     return MSGFM(get_config(name, **overrides))
 
 
-def create_model_from_params(model_params: Any, **overrides: Any) -> MSGFM:
-    """Build the model of params.yaml's `model` section (msgfm.config.ModelParams), e.g. sensors=pretrain.sensors."""
-    values = model_params.model_dump()
-    name = values.pop("name")
-    return create_model(name, **{**values, **overrides})
+def create_model_from_params(model_params: ModelParams, **overrides: Any) -> MSGFM:
+    """Build the model of params.yaml's `model` section with config overrides, e.g. sensors=pretrain.sensors."""
+    return MSGFM(model_params.to_model_config(**overrides))
 
 
 def collate_multisensor(samples: Sequence[Mapping[str, Any]]) -> MultiSensorBatch:

@@ -30,7 +30,9 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.config import AOIParams, SimulateParams
+from msgfm.geo.grids import utm_crs
 from msgfm.geo.io import atomic_path, atomic_write_bytes, read_raster, sha256_file, write_cog
+from msgfm.landcover import NODATA, SIMULATED
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
 from msgfm.sim import observe
 from msgfm.sim.world import CODES, World, rng_for
@@ -92,12 +94,6 @@ class AOIGrids:
         x = transform.c + transform.a * (c + dx) - self.centre[0]
         y = transform.f + transform.e * (c + dy) - self.centre[1]
         return np.meshgrid(x, y)
-
-
-def utm_crs(lon: float, lat: float) -> str:
-    """The UTM zone (WGS84) of a point, as an EPSG code string."""
-    zone = int((lon + 180) // 6) + 1
-    return f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
 
 
 def aoi_grids(cfg: SimulateParams, aoi: AOIParams) -> AOIGrids:
@@ -244,10 +240,10 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
         return
     if acq.sensor == "landcover":
         x, y = g.centres(g.s2, g.size)
-        write_cog(folder / "map.tif", CODES[w.classes(x, y)], crs=crs, transform=g.s2, nodata=0,
+        write_cog(folder / "map.tif", CODES[w.classes(x, y)], crs=crs, transform=g.s2, nodata=NODATA,
                   band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
         x, y = g.centres(g.fine, g.fine_size)
-        write_cog(folder / "map_fine.tif", CODES[w.classes(x, y)], crs=crs, transform=g.fine, nodata=0,
+        write_cog(folder / "map_fine.tif", CODES[w.classes(x, y)], crs=crs, transform=g.fine, nodata=NODATA,
                   band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
         return
     raise ValueError(f"unknown sensor {acq.sensor!r}")
@@ -434,12 +430,6 @@ def validate_catalog(root: Path) -> int:
     return n
 
 
-WORLDCOVER_COLOURS = {
-    10: "#006400", 20: "#ffbb22", 30: "#ffff4c", 40: "#f096ff", 50: "#fa0000",
-    60: "#b4b4b4", 70: "#f0f0f0", 80: "#0064c8", 90: "#0096a0",
-}  # fmt: skip
-
-
 def write_preview(out: Path, cfg: SimulateParams, path: Path, aoi_name: str | None = None) -> Path:
     """PNG of one AOI's published sensors side by side: S2 true colour, S1 VV, RGB, DSM and land cover."""
     import matplotlib
@@ -509,12 +499,10 @@ def _draw_landcover(ax: Any, item: pystac.Item) -> None:
     from matplotlib.patches import Patch
 
     lc = read_raster(Path(item.assets["map"].get_absolute_href()))[0][0]
-    codes = sorted(WORLDCOVER_COLOURS)
-    idx = np.searchsorted(codes, lc)
-    ax.imshow(idx, cmap=ListedColormap([WORLDCOVER_COLOURS[c] for c in codes]), vmin=0, vmax=len(codes) - 1,
+    idx = np.searchsorted(CODES, lc)
+    ax.imshow(idx, cmap=ListedColormap([c.colour for c in SIMULATED]), vmin=0, vmax=len(CODES) - 1,
               interpolation="nearest")  # fmt: skip
     ax.set_title(f"land cover (WorldCover codes), 10 m\n{item.id}")
-    names = ["tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland"]
     present = set(np.unique(lc).tolist())
-    ax.legend(handles=[Patch(color=WORLDCOVER_COLOURS[c], label=f"{c} {n}") for c, n in zip(codes, names,
-              strict=True) if c in present], loc="lower right", fontsize=7, framealpha=0.8)  # fmt: skip
+    ax.legend(handles=[Patch(color=c.colour, label=f"{c.code} {c.short}") for c in SIMULATED
+              if c.code in present], loc="lower right", fontsize=7, framealpha=0.8)  # fmt: skip

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CODES = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90], dtype=np.uint8)
-"""ESA WorldCover 2021 codes: tree, shrub, grass, crop, built-up, bare, snow/ice, water, wetland."""
-TREE, SHRUB, GRASS, CROP, BUILT, BARE, SNOW, WATER, WETLAND = range(9)
-CLASS_NAMES = ("tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland")
+from msgfm.landcover import SIMULATED
+
+CODES = np.array([c.code for c in SIMULATED], dtype=np.uint8)
+"""The WorldCover code of each class index: tree, shrub, grass, crop, built-up, bare, snow/ice, water, wetland."""
+TREE, SHRUB, GRASS, CROP, BUILT, BARE, SNOW, WATER, WETLAND = range(len(SIMULATED))
+CLASS_NAMES = tuple(c.short for c in SIMULATED)
 
 
 @dataclass(frozen=True)

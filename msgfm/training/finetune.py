@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from msgfm.architectures import MSGFMConfig
 from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, build_task_data, get_task
 from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries, sha256_file
-from msgfm.models.encoder import MSGFMConfig, MSGFMEncoder
+from msgfm.models.encoder import MSGFMEncoder
 from msgfm.models.heads import ClassificationHead, ImageToImageHead, SegmentationHead, TaskModel
 
 if TYPE_CHECKING:

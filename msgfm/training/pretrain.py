@@ -288,9 +288,10 @@ def run_pretrain(params: Params) -> dict[str, Any]:
     name = run_name(params, params.pretrain.manifest)
     # Ray workers run in their own working directory: hand them absolute paths.
     cfg = params.pretrain.model_copy(
-        update={k: getattr(params.pretrain, k).resolve() for k in ("chips_dir", "manifest", "accepted")}
+        update={k: getattr(params.pretrain, k).resolve() for k in ("chips_dir", "manifest")}
     )
-    params = params.model_copy(update={"pretrain": cfg})
+    gates = params.gates.model_copy(update={"dir": params.gates.dir.resolve()})
+    params = params.model_copy(update={"pretrain": cfg, "gates": gates})
     load_pretrain_chips(params, split="train", rank=0, world=1)  # fail fast, before Ray starts, on bad inputs
     storage = cfg.checkpoint_dir.resolve()
     storage.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from msgfm.landcover import LEGEND, NODATA
 from msgfm.sensors import SENSORS
 
 CRS_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2")
@@ -35,7 +36,7 @@ class AssetLayout:
 def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
     """Expected layout of asset `key` of a `sensor` item whose required assets are `keys`; None if auxiliary."""
     if sensor == "landcover":
-        return AssetLayout(1, "uint8", 0, (0, 100))
+        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)))
     spec = SENSORS.get(sensor)
     if spec is None:
         return None

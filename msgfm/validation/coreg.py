@@ -138,10 +138,10 @@ def validate_coreg(
     coregister: CoregisterParams,
     gates: GatesParams,
     *,
-    gates_dir: str | Path = "data/gates",
-    reports_dir: str | Path = "data/reports/gates",
+    gates_dir: str | Path,
+    reports_dir: str | Path,
 ) -> GateResult:
-    """Build the coreg table, run the suite, write data/gates/coreg.parquet and the report."""
+    """Build the coreg table, run the suite, write {gates_dir}/coreg.parquet and the report."""
     table = build_coreg_table(coreg_dir, coregister)
     result = run_gate("coreg", table, coreg_checks(gates), min_pass_rate=gates.min_pass_rate)
     measured = table["residual_px"].dropna()

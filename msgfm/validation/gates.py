@@ -4,10 +4,12 @@ A gate sits between two stages. The producer's outputs are described by a pandas
 row per checked unit (item, raster, chip) and an `id` column. The gate runs a GX suite on that
 table, maps GX's unexpected-row lists back to ids, and writes
 
-- `data/gates/{gate}.parquet`: `id`, `accepted` (bool), `reasons` (semicolon-separated, empty when
-  accepted). The next stage reads only the ids it accepted, with `accepted_ids(path)`. Nothing is deleted.
-- `data/reports/gates/{gate}.json`: rows checked, passed, failed, pass rate, failures by
-  check, dataset-level check results, and the quarantined ids with their reasons (a DVC metric).
+- `{gates.dir}/{gate}.parquet` (`gate_table`; data/gates by default): `id`, `accepted` (bool), `reasons`
+  (semicolon-separated, empty when accepted). The next stage reads only the ids it accepted (`accepted_ids(path)`).
+  Nothing is deleted.
+- `{gates.reports_dir}/{gate}.json` (data/reports/gates by default): rows checked, passed, failed, pass
+  rate, failures by check, dataset-level check results, and the quarantined ids with their reasons (a DVC
+  metric).
 
 The gate fails (`GateFailed`, after writing both files so the report can be read) when the
 accepted fraction is below `min_pass_rate` or when a dataset-level check fails.
@@ -32,7 +34,7 @@ How to define a gate (see `msgfm/validation/raw.py` for a full one):
         ]
 
     result = run_gate("coreg", table, coreg_checks(cfg), min_pass_rate=cfg.min_pass_rate)
-    write_gate(result, gates_dir=Path("data/gates"), reports_dir=Path("data/reports/gates"))
+    write_gate(result, gates_dir=cfg.dir, reports_dir=cfg.reports_dir)
     result.raise_if_failed()  # GateFailed with a readable message; the CLI turns it into exit code 1
 
 Rules for checks: use expectations that report unexpected rows (column-map and column-pair
@@ -54,15 +56,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from msgfm.decisions import gate_table
 from msgfm.geo.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 _ROW_KEY = "__gate_row__"
 """Column the runner adds so GX's unexpected rows map back to table rows even when ids repeat."""
-
-GATES_DIR = Path("data/gates")
-REPORTS_DIR = Path("data/reports/gates")
 
 
 class GateFailed(RuntimeError):
@@ -268,11 +268,9 @@ def _exception_message(info: dict | None) -> str:
     return "; ".join(sorted(messages))
 
 
-def write_gate(
-    result: GateResult, *, gates_dir: str | Path = GATES_DIR, reports_dir: str | Path = REPORTS_DIR
-) -> tuple[Path, Path]:
+def write_gate(result: GateResult, *, gates_dir: str | Path, reports_dir: str | Path) -> tuple[Path, Path]:
     """Write the decisions parquet and the JSON metric report atomically; return both paths."""
-    table_path = Path(gates_dir) / f"{result.gate}.parquet"
+    table_path = gate_table(gates_dir, result.gate)
     report_path = Path(reports_dir) / f"{result.gate}.json"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(table_path, suffix=".parquet") as tmp:
@@ -282,29 +280,3 @@ def write_gate(
         result.message += f" (report: {report_path})"
     log.info("%s", result.message)
     return table_path, report_path
-
-
-class GateTableError(OSError):
-    """A gate's decisions table is missing or lacks its columns; the message names the file and the stage to run."""
-
-
-def read_gate(path: str | Path) -> pd.DataFrame:
-    """A gate's decisions table (`id`, `accepted`, `reasons`) as `write_gate` wrote it to `{gate}.parquet`.
-
-    Raises GateTableError naming the file and the stage that writes it (`validate_{gate}`) when it is
-    missing or lacks the `id` and `accepted` columns.
-    """
-    path = Path(path)
-    stage = f"validate_{path.stem}"
-    if not path.is_file():
-        raise GateTableError(f"{path}: not found; run `dvc repro {stage}` first")
-    decisions = pd.read_parquet(path)
-    if not {"id", "accepted"} <= set(decisions.columns):
-        raise GateTableError(f"{path}: needs columns id and accepted; run `dvc repro {stage}` again")
-    return decisions
-
-
-def accepted_ids(path: str | Path) -> set[str]:
-    """Ids the gate whose decisions table is at `path` accepted: all the next stage may read."""
-    decisions = read_gate(path)
-    return set(decisions.loc[decisions["accepted"].astype(bool), "id"].astype(str))

@@ -149,10 +149,10 @@ def validate_pairs(
     pair: PairParams,
     gates: GatesParams,
     *,
-    gates_dir: str | Path = "data/gates",
-    reports_dir: str | Path = "data/reports/gates",
+    gates_dir: str | Path,
+    reports_dir: str | Path,
 ) -> GateResult:
-    """Build the pairs table, run the suite, write data/gates/pairs.parquet and the report."""
+    """Build the pairs table, run the suite, write {gates_dir}/pairs.parquet and the report."""
     table = build_pairs_table(pair.manifest, pair.out_dir)
     result = run_gate("pairs", table, pairs_checks(gates, pair), min_pass_rate=gates.min_pass_rate)
     if "split" in table.columns:

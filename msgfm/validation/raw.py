@@ -309,10 +309,10 @@ def validate_raw(
     source: SourceParams,
     gates: GatesParams,
     *,
-    gates_dir: str | Path = "data/gates",
-    reports_dir: str | Path = "data/reports/gates",
+    gates_dir: str | Path,
+    reports_dir: str | Path,
 ) -> GateResult:
-    """Build the raw table, run the suite, write data/gates/raw.parquet and the report; return the result."""
+    """Build the raw table, run the suite, write {gates_dir}/raw.parquet and the report; return the result."""
     table = build_raw_table(raw_dir, source, gates)
     result = run_gate("raw", table, raw_checks(gates), min_pass_rate=gates.min_pass_rate)
     write_gate(result, gates_dir=gates_dir, reports_dir=reports_dir)
