@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
 from msgfm.config import load_params
+from msgfm.datasets.collate import collate_multisensor
 from msgfm.models import (
     MSGFMConfig,
-    collate_multisensor,
     count_parameters,
     create_model,
     create_model_from_params,

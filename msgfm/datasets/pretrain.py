@@ -19,7 +19,7 @@ import torch
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.config import Params
-from msgfm.models.msgfm import collate_multisensor
+from msgfm.datasets.collate import collate_multisensor
 
 
 class PretrainDataError(RuntimeError):
