@@ -69,11 +69,14 @@ def test_single_sensor_pretraining_has_no_partners(tiny_world: Path) -> None:
     assert all((p < 0).all() for p in batch["partner"].values())
 
 
-def test_pretrain_on_local_ray_learns_and_writes_outputs(tiny_world: Path, tmp_path: Path) -> None:
+def test_pretrain_on_local_ray_learns_and_writes_outputs(tiny_world: Path, tmp_path: Path, capfd) -> None:
     project = _project(tiny_world, tmp_path / "p", steps=40, checkpoint_every=20, log_every=5, lr=0.002)
     with working_directory(project):
         params = load_params("params.yaml")
         metrics = run_pretrain(params)
+    # the Train controller's first resource request times out on a busy machine and Ray retries it;
+    # msgfm.training.ray_logging keeps that traceback off a healthy run's output
+    assert "Failed to send resource request" not in capfd.readouterr().err
     assert metrics["steps"] == 40 and metrics["workers"] == 2
     saved = json.loads((project / "data/metrics/pretrain.json").read_text())
     assert saved == json.loads(json.dumps(metrics))

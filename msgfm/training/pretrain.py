@@ -33,6 +33,7 @@ import torch
 from msgfm.config import Params
 from msgfm.datasets.pretrain import PretrainChips, load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.training.ray_logging import RUNTIME_ENV
 
 log = logging.getLogger(__name__)
 
@@ -213,22 +214,12 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def _quiet_ray_workers() -> None:
-    """Ray worker setup hook: silence the placement-group cleaner, which without the dashboard cannot reach
-    Ray's state API and warns about it every second of the run."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         "images": {s: x.to(device, non_blocking=True) for s, x in batch["images"].items()},
         "bands": batch["bands"],
         "partner": {s: x.to(device) for s, x in batch.get("partner", {}).items()},
     }
-
-
-RUNTIME_ENV = {"worker_process_setup_hook": _quiet_ray_workers}
-"""Runtime environment of the Ray job pretraining starts or joins."""
 
 
 def _connect_ray(params: Params) -> bool:
