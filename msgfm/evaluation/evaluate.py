@@ -31,20 +31,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data  # noqa: E402
+from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data, get_task  # noqa: E402
 from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better  # noqa: E402
 from msgfm.geo.io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
-from msgfm.models.heads import TaskModel  # noqa: E402
-from msgfm.sensors import get_sensor  # noqa: E402
-from msgfm.training.finetune import (  # noqa: E402
+from msgfm.inference.predict import evaluate_split, predict  # noqa: E402
+from msgfm.models.finetuned import (  # noqa: E402
     BEST_FILE,
     VARIANTS,
     WEIGHTS_FILE,
     checkpoint_mismatch,
-    evaluate_split,
-    predict,
     rebuild_task_model,
 )
+from msgfm.models.heads import TaskModel  # noqa: E402
+from msgfm.sensors import get_sensor  # noqa: E402
 
 if TYPE_CHECKING:
     from msgfm.config import Params
@@ -74,7 +73,7 @@ def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, 
     if mismatch:
         return f"{mismatch}: re-run `msgfm finetune --task {task}`"
     best = json.loads((folder / BEST_FILE).read_text())
-    model = rebuild_task_model(best)
+    model = rebuild_task_model(best, get_task(best["task"]))
     load_weights(model, folder / WEIGHTS_FILE)
     return model.eval(), best
 
