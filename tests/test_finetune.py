@@ -34,8 +34,9 @@ from msgfm.datasets.tasks import (
     nearest_in_time,
     wald_pansharpening_input,
 )
-from msgfm.evaluation.evaluate import CLOUD_VALUE, add_cloud, drop_sensor, misregister, render_report
+from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.evaluation.report import render_report
 from msgfm.inference.predict import predict
 from msgfm.models import create_model_from_params
 from msgfm.models.finetuned import BEST_FILE, load_encoder
