@@ -21,8 +21,9 @@ import torch
 
 from msgfm.datasets.tasks import PAN_BANDS, TASKS, TaskSplit, get_task
 from msgfm.models import create_model
+from msgfm.models.heads import build_task_model
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
-from msgfm.training.finetune import Hyper, build_task_model, param_groups
+from msgfm.training.loop import Hyper, param_groups
 
 
 def task_batch(task: str, batch: int, chip: int, num_classes: int) -> TaskSplit:

@@ -259,14 +259,16 @@ def finetune(
     """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
     from msgfm.datasets.benchmarks import BenchmarkDataError
     from msgfm.datasets.tasks import TASKS, TaskDataError
-    from msgfm.training.finetune import VARIANTS, FinetuneError, run_benchmark_finetune, run_finetune
+    from msgfm.models.finetuned import VARIANTS, TaskModelError
+    from msgfm.training.benchmark import run_benchmark_finetune
+    from msgfm.training.finetune import FinetuneError, run_finetune
 
     p = _load(params)
     bad = [v for v in variant or [] if v not in VARIANTS]
     if bad:
         typer.echo(f"error: unknown variant(s) {bad}; variants are {list(VARIANTS)}", err=True)
         raise typer.Exit(2)
-    with _stage_errors(FinetuneError, TaskDataError, BenchmarkDataError):
+    with _stage_errors(FinetuneError, TaskModelError, TaskDataError, BenchmarkDataError):
         if benchmark is not None:
             if root is None:
                 typer.echo("error: --benchmark needs --root (the dataset's local folder)", err=True)

@@ -11,44 +11,45 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from msgfm.geo.io import atomic_write_json
 
-Direction = Literal["max", "min"]
-Metrics = dict[str, dict[str, float]]
+if TYPE_CHECKING:
+    from msgfm.evaluation.metrics import Direction
 
-# Whether a larger value is better, by metric name (matched case-insensitively on the name, then on
-# its prefix before "_" or "@", so "mAP_micro", "f1@macro" and "iou_water" all resolve).
-METRIC_DIRECTIONS: dict[str, Direction] = {
-    "map": "max",
-    "f1": "max",
-    "accuracy": "max",
-    "acc": "max",
-    "oa": "max",
-    "miou": "max",
-    "iou": "max",
-    "psnr": "max",
-    "ssim": "max",
-    "q": "max",
-    "mae": "min",
-    "rmse": "min",
-    "mse": "min",
-    "sam": "min",
-    "ergas": "min",
-    "loss": "min",
-}
+Metrics = dict[str, dict[str, float]]
 
 
 class RegistryError(ValueError):
     """The registry file or a metrics table is unreadable or inconsistent; the message says which."""
 
 
+def _resolvable(directions: dict[str, Direction]) -> dict[str, Direction]:
+    """Lower-cased names, their families (the part before "_" or "@") and, for a mean, what it averages."""
+    table: dict[str, Direction] = {}
+    for name, direction in directions.items():
+        family = re.split("[_@]", name.lower())[0]
+        for key in (name.lower(), family, family[1:] if family.startswith("m") else family):
+            table.setdefault(key, direction)
+    return table
+
+
 def metric_direction(metric: str, directions: dict[str, Direction] | None = None) -> Direction:
-    """Return "max" or "min" for a metric name; unknown names are an error rather than a guess."""
-    table = {k.lower(): v for k, v in (directions or METRIC_DIRECTIONS).items()}
+    """Return "max" or "min" for a metric name; unknown names are an error rather than a guess.
+
+    The name is matched case-insensitively against msgfm.evaluation.metrics.METRIC_DIRECTIONS (or
+    `directions`), whole or by its prefix before "_" or "@", so "mAP_micro", "f1@macro" and "iou_water"
+    (an IoU, as mIoU averages) all resolve.
+    """
+    if directions is None:
+        from msgfm.evaluation.metrics import METRIC_DIRECTIONS  # loads torch, which the rest of the gate never needs
+
+        directions = METRIC_DIRECTIONS
+    table = _resolvable(directions)
     name = metric.lower()
     for candidate in (name, name.split("_")[0], name.split("@")[0]):
         if candidate in table:

@@ -286,8 +286,10 @@ def test_finetune_killed_mid_study_resumes_the_study_and_saves_its_best_trial(ti
 
     from msgfm.evaluation.evaluate import load_finetuned
     from msgfm.models import create_model_from_params
+    from msgfm.models.finetuned import BEST_FILE, WEIGHTS_FILE
     from msgfm.models.hub import save_pretrained, save_weights
-    from msgfm.training.finetune import BEST_FILE, WEIGHTS_FILE, finetune_task_data, open_study, run_finetune
+    from msgfm.training.finetune import finetune_task_data, run_finetune
+    from msgfm.training.study import open_study
 
     root = tmp_path / "p"
     shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns("checkpoints", "models", "metrics", "plots"))

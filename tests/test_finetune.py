@@ -34,21 +34,17 @@ from msgfm.datasets.tasks import (
     nearest_in_time,
     wald_pansharpening_input,
 )
-from msgfm.evaluation.evaluate import CLOUD_VALUE, add_cloud, drop_sensor, misregister, render_report
+from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.evaluation.report import render_report
+from msgfm.inference.predict import predict
 from msgfm.models import create_model_from_params
+from msgfm.models.finetuned import BEST_FILE, load_encoder
+from msgfm.models.heads import build_task_model
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
-from msgfm.training.finetune import (
-    BEST_FILE,
-    build_task_model,
-    finished_trials,
-    load_encoder,
-    open_study,
-    predict,
-    study_fingerprint,
-    tune_variant,
-)
+from msgfm.training.finetune import tune_variant
+from msgfm.training.study import finished_trials, open_study, study_fingerprint
 
 FAST = {
     "label_fraction": 1.0,

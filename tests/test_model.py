@@ -9,8 +9,8 @@ from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
 from msgfm.architectures import MSGFMConfig, get_config
 from msgfm.config import load_params
+from msgfm.datasets.collate import collate_multisensor
 from msgfm.models import (
-    collate_multisensor,
     count_parameters,
     create_model,
     create_model_from_params,

@@ -19,8 +19,8 @@ import torch
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.config import Params
+from msgfm.datasets.collate import collate_multisensor
 from msgfm.decisions import gate_table
-from msgfm.models.msgfm import collate_multisensor
 
 
 class PretrainDataError(RuntimeError):

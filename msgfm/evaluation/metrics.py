@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
@@ -174,3 +174,8 @@ def is_better(metric: str, candidate: float, reference: float, tolerance: float 
     direction = METRIC_DIRECTIONS[metric]
     slack = abs(reference) * tolerance
     return candidate >= reference - slack if direction == "max" else candidate <= reference + slack
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics (named in METRIC_DIRECTIONS) of a metrics dict."""
+    return {k: float(v) for k, v in metrics.items() if k in METRIC_DIRECTIONS}

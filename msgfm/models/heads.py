@@ -12,11 +12,13 @@ and fuses sensors by averaging the maps of the sensors present (optionally per s
 
 `TaskModel(encoder, head)` runs encoder and head: ``model(images, bands, present=None) -> Tensor``
 (``return_aux=True`` also returns the encoder's MoE balancing loss to add while fine-tuning).
+`build_task_model(spec, encoder, num_classes)` puts the head of a task's kind on an encoder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +211,26 @@ class TaskModel(nn.Module):
         encoded = self.encoder(images, bands)
         out = self.head(encoded.features, images=images, bands=bands, present=present)
         return (out, encoded.aux_loss) if return_aux else out
+
+
+class HeadSpec(Protocol):
+    """What shapes a task's head (msgfm.datasets.tasks.TaskSpec has these fields)."""
+
+    kind: str  # "multilabel", "image", "segmentation"
+    inputs: tuple[str, ...]
+    out_sensor: str | None
+    out_bands: tuple[str, ...]
+    residual: str | None
+
+
+def build_task_model(spec: HeadSpec, encoder: MSGFMEncoder, num_classes: int) -> TaskModel:
+    """The head of `spec`'s kind on `encoder`: classification, segmentation or image-to-image."""
+    dims = encoder.dims
+    head: nn.Module
+    if spec.kind == "multilabel":
+        head = ClassificationHead(dims, num_classes)
+    elif spec.kind == "segmentation":
+        head = SegmentationHead(dims, num_classes, channels=32)
+    else:
+        head = ImageToImageHead(dims, spec.inputs, spec.out_sensor, spec.out_bands, channels=32, residual=spec.residual)
+    return TaskModel(encoder, head)

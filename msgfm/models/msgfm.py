@@ -4,7 +4,7 @@ Public API (what pretraining and fine-tuning call)
 --------------------------------------------------
 Build::
 
-    from msgfm.models import create_model, create_model_from_params, collate_multisensor
+    from msgfm.models import create_model, create_model_from_params
     model = create_model("msgfm_tiny", chip_px=64, experts=4)      # or create_model_from_params(params.model)
 
 Batch (a plain dict, so DataLoader workers and Ray can move it)::
@@ -16,8 +16,9 @@ Batch (a plain dict, so DataLoader workers and Ray can move it)::
     }                                                              # chip in images[partner_of(s)], -1 = unpaired
 
 Images are `Sensor.normalise`d, every sensor's chips have the same size (config.chip_px), and any
-subset of sensors may be present. `collate_multisensor(samples)` builds this dict from per-chip
-samples ``{"sensor": "s2", "image": (C, H, W), "bands": (...), "pair": <key shared by co-located chips>}``.
+subset of sensors may be present. `msgfm.datasets.collate.collate_multisensor(samples)` builds this dict
+from per-chip samples ``{"sensor": "s2", "image": (C, H, W), "bands": (...), "pair": <key shared by
+co-located chips>}``.
 
 Forward::
 
@@ -55,7 +56,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -205,26 +205,3 @@ def create_model(name: str = "msgfm_tiny", **overrides: Any) -> MSGFM:
 def create_model_from_params(model_params: ModelParams, **overrides: Any) -> MSGFM:
     """Build the model of params.yaml's `model` section with config overrides, e.g. sensors=pretrain.sensors."""
     return MSGFM(model_params.to_model_config(**overrides))
-
-
-def collate_multisensor(samples: Sequence[Mapping[str, Any]]) -> MultiSensorBatch:
-    """Group per-chip samples by sensor into the MSGFM batch dict and link co-located chips by their "pair" key."""
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
-    for sample in samples:
-        grouped.setdefault(sample["sensor"], []).append(sample)
-    images, bands, pair_keys = {}, {}, {}
-    for sensor, group in grouped.items():
-        names = {tuple(s["bands"]) for s in group}
-        if len(names) != 1:
-            raise ValueError(f"sensor {sensor!r}: chips in one batch carry different band lists {sorted(names)}")
-        bands[sensor] = names.pop()
-        images[sensor] = torch.stack([torch.as_tensor(np.asarray(s["image"]), dtype=torch.float32) for s in group])
-        pair_keys[sensor] = [s.get("pair") for s in group]
-    partner = {}
-    for sensor, keys in pair_keys.items():
-        if not any(sensor in p for p in PAIRS):
-            continue
-        other = partner_of(sensor)
-        lookup = {k: i for i, k in enumerate(pair_keys.get(other, [])) if k is not None}
-        partner[sensor] = torch.tensor([lookup.get(k, -1) if k is not None else -1 for k in keys], dtype=torch.long)
-    return MultiSensorBatch(images=images, bands=bands, partner=partner)

@@ -19,7 +19,6 @@ from msgfm.landcover import SIMULATED
 CODES = np.array([c.code for c in SIMULATED], dtype=np.uint8)
 """The WorldCover code of each class index: tree, shrub, grass, crop, built-up, bare, snow/ice, water, wetland."""
 TREE, SHRUB, GRASS, CROP, BUILT, BARE, SNOW, WATER, WETLAND = range(len(SIMULATED))
-CLASS_NAMES = tuple(c.short for c in SIMULATED)
 
 
 @dataclass(frozen=True)

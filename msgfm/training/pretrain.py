@@ -9,7 +9,10 @@ Resume: checkpoints go to `pretrain.checkpoint_dir/<run name>`, where the run na
 that shapes the run (params of model and pretraining, the chip manifest). Running the stage again after
 a crash or a kill finds the same run and Ray Train hands the latest checkpoint to every rank. Batches
 and masks are drawn from generators seeded by (seed, rank, step), so a resumed run sees the same data
-as an uninterrupted one.
+as an uninterrupted one, and the initial weights are drawn from `seed` alone, so every rank and every
+run of the same params start from the same model. The learning rate follows
+msgfm.training.schedule (linear warmup, cosine decay); msgfm.training.ray_logging keeps Ray's noise
+of healthy runs off the output.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,11 @@ import numpy as np
 import torch
 
 from msgfm.config import Params
-from msgfm.datasets.pretrain import PretrainChips, load_pretrain_chips
+from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.models.msgfm import MSGFM, create_model_from_params
+from msgfm.training.ray_logging import RUNTIME_ENV
+from msgfm.training.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +82,6 @@ def single_sensor_params(params: Params) -> Params:
     return params.model_copy(update={"pretrain": baseline})
 
 
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup then cosine decay to `min_ratio` of the peak learning rate."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _step_generators(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
     """Generators for one step of one rank: a pure function of (seed, rank, step), so resume replays exactly."""
     seq = np.random.SeedSequence([seed, rank, step])
@@ -91,14 +89,97 @@ def _step_generators(seed: int, rank: int, step: int) -> tuple[np.random.Generat
     return np.random.default_rng(seq), torch_gen
 
 
+def build_model(params: Params) -> MSGFM:
+    """The model pretraining starts from, initialised from `seed` alone: the same weights on every rank (DDP
+    would broadcast rank 0's anyway) and in every run of the same params."""
+    torch.manual_seed(params.seed)
+    return create_model_from_params(params.model)
+
+
+def _restore(model: MSGFM, optimizer: torch.optim.Optimizer, ckpt_dir: str) -> tuple[int, list[dict[str, Any]]]:
+    """Load model and optimizer state from a checkpoint directory; return its step and loss history."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
+    optimizer.load_state_dict(torch.load(os.path.join(ckpt_dir, "optimizer.pt"), weights_only=True))
+    state = json.loads(Path(ckpt_dir, "state.json").read_text())
+    return state["step"], state["history"]
+
+
+def _train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    generator: torch.Generator,
+    device: torch.device,
+    grad_clip: float,
+) -> dict[str, float]:
+    """One optimizer step on `batch` (bfloat16 autocast on CUDA); the loss terms as floats."""
+    model.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(batch, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in out.losses.items()}
+
+
+@dataclass
+class _Meter:
+    """Throughput and the loss history of one rank: windows of `log_every` steps averaged into history."""
+
+    steps: int
+    start: int
+    world: int
+    history: list[dict[str, Any]]
+    t_start: float = field(default_factory=time.perf_counter)
+    seen: int = 0
+    window: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, batch: dict[str, Any], losses: dict[str, float]) -> None:
+        """Count a step's chips and keep its losses for the window."""
+        self.seen += sum(int(x.shape[0]) for x in batch["images"].values())
+        self.window.append(losses)
+
+    def samples_per_s(self, floor: float = 0.0) -> float:
+        """Chips per second of all ranks since this run (or resume) started."""
+        return self.seen * self.world / max(time.perf_counter() - self.t_start, floor)
+
+    def close_window(self, done: int, lr: float, rank: int) -> None:
+        """Average the window into history; rank 0 prints a progress line."""
+        mean = {k: float(np.mean([w[k] for w in self.window if k in w])) for k in self.window[-1]}
+        self.history.append({"step": done, "lr": lr, **mean})
+        self.window = []
+        if rank == 0:
+            elapsed = time.perf_counter() - self.t_start
+            eta = (self.steps - done) * elapsed / max(1, done - self.start)
+            parts = " ".join(f"{k}={v:.3f}" for k, v in sorted(mean.items()) if k.startswith(("mim/", "cross/")))
+            _progress(
+                f"[pretrain] step {done}/{self.steps} loss={mean['total']:.4f} {parts} "
+                f"{self.samples_per_s(1e-9):.1f} samples/s ETA {eta:.0f}s"
+            )
+
+
+def _report(core: MSGFM, optimizer: torch.optim.Optimizer, metrics: dict[str, Any], history: list, rank: int) -> None:
+    """Report `metrics` to Ray Train with a checkpoint (model, optimizer, step and history) that rank 0 writes."""
+    import ray.train
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in core.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
+            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            Path(tmp, "state.json").write_text(json.dumps({"step": metrics["step"], "history": history, **metrics}))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Per-worker training function run by Ray Train (also callable in-process with num_workers=0)."""
     import ray.train
     import ray.train.torch
-    from safetensors.torch import load_file, save_file
-
-    from msgfm.config import Params
-    from msgfm.models import create_model_from_params
 
     params = Params.model_validate(config["params"])
     cfg = params.pretrain
@@ -106,20 +187,16 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    use_cuda = device.type == "cuda"
 
     chips = load_pretrain_chips(params, split="train", rank=rank, world=world)
-    model = create_model_from_params(params.model)
+    model = build_model(params)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts a failed worker group within this run
     resume_dir = config.get("resume_from")  # set when the stage itself is run again after a crash or kill
     if checkpoint is not None or resume_dir:
         with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(resume_dir) as ckpt_dir:
-            model.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
-            optimizer.load_state_dict(torch.load(os.path.join(ckpt_dir, "optimizer.pt"), weights_only=True))
-            state = json.loads(Path(ckpt_dir, "state.json").read_text())
-            start, history = state["step"], state["history"]
+            start, history = _restore(model, optimizer, ckpt_dir)
         if rank == 0:
             _progress(f"[pretrain] resuming from step {start}/{cfg.steps}")
     model = ray.train.torch.prepare_model(
@@ -131,57 +208,20 @@ def train_loop(config: dict[str, Any]) -> None:
         },
     )
     core = model.module if hasattr(model, "module") else model
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio), last_epoch=start - 1
-    )
-
-    t_start, seen, window = time.perf_counter(), 0, []
+    scheduler = cosine_schedule(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, start=start)
+    meter = _Meter(cfg.steps, start, world, history)
     for step in range(start, cfg.steps):
         rng, torch_gen = _step_generators(params.seed, rank, step)
-        batch = chips.sample_batch(rng, cfg.batch_size, augment=cfg.augment)
-        batch = _to_device(batch, device)
-        model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda):
-            out = model(batch, generator=torch_gen)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        batch = _to_device(chips.sample_batch(rng, cfg.batch_size, augment=cfg.augment), device)
+        losses = _train_step(model, optimizer, batch, torch_gen, device, cfg.grad_clip)
         scheduler.step()
-        seen += sum(int(x.shape[0]) for x in batch["images"].values())
-        losses = {k: float(v.detach()) for k, v in out.losses.items()}
-        window.append(losses)
+        meter.add(batch, losses)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-            history.append({"step": done, "lr": scheduler.get_last_lr()[0], **mean})
-            window = []
-            if rank == 0:
-                elapsed = time.perf_counter() - t_start
-                rate = seen * world / max(elapsed, 1e-9)
-                eta = (cfg.steps - done) * elapsed / max(1, done - start)
-                parts = " ".join(f"{k}={v:.3f}" for k, v in sorted(mean.items()) if k.startswith(("mim/", "cross/")))
-                _progress(
-                    f"[pretrain] step {done}/{cfg.steps} loss={mean['total']:.4f} {parts} "
-                    f"{rate:.1f} samples/s ETA {eta:.0f}s"
-                )
+            meter.close_window(done, scheduler.get_last_lr()[0], rank)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            metrics = {
-                "step": done,
-                "loss": losses["total"],
-                "samples_per_s": seen * world / (time.perf_counter() - t_start),
-            }
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    save_file(
-                        {k: v.contiguous() for k, v in core.state_dict().items()},
-                        os.path.join(tmp, "model.safetensors"),
-                    )
-                    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-                    Path(tmp, "state.json").write_text(json.dumps({"step": done, "history": history, **metrics}))
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt)
+            metrics = {"step": done, "loss": losses["total"], "samples_per_s": meter.samples_per_s()}
+            _report(core, optimizer, metrics, meter.history, rank)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -213,22 +253,12 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def _quiet_ray_workers() -> None:
-    """Ray worker setup hook: silence the placement-group cleaner, which without the dashboard cannot reach
-    Ray's state API and warns about it every second of the run."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         "images": {s: x.to(device, non_blocking=True) for s, x in batch["images"].items()},
         "bands": batch["bands"],
         "partner": {s: x.to(device) for s, x in batch.get("partner", {}).items()},
     }
-
-
-RUNTIME_ENV = {"worker_process_setup_hook": _quiet_ray_workers}
-"""Runtime environment of the Ray job pretraining starts or joins."""
 
 
 def _connect_ray(params: Params) -> bool:
@@ -335,7 +365,6 @@ def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, An
     """Model, metrics, loss curve and reconstructions PNG from a final training checkpoint."""
     from safetensors.torch import load_file
 
-    from msgfm.models import create_model_from_params
     from msgfm.models.hub import save_pretrained
     from msgfm.training.pretrain_report import evaluate_reconstruction, plot_reconstructions, write_loss_curve
 
@@ -363,14 +392,3 @@ def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, An
     with atomic_path(cfg.plots_dir / "reconstructions.png", suffix=".png") as tmp:
         plot_reconstructions(model, val, n_chips=cfg.preview_chips, seed=params.seed, path=tmp)
     return metrics
-
-
-__all__ = [
-    "PretrainChips",
-    "PretrainError",
-    "run_pretrain",
-    "single_sensor_params",
-    "train_loop",
-    "lr_factor",
-    "run_name",
-]

@@ -1,0 +1,56 @@
+"""A task model over a split of task data: its outputs, its metrics and its encoder's features, batch by batch.
+
+Everything here runs in eval mode without gradients, so fine-tuning (validation each epoch, features of
+a frozen encoder) and evaluation (test metrics, ablations, plots) score a model the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from msgfm.datasets.tasks import TaskData, TaskSplit
+from msgfm.models.heads import TaskModel
+
+
+def predict(model: TaskModel, split: TaskSplit, batch_size: int) -> torch.Tensor:
+    """Outputs for every sample of `split` (eval mode, no gradients)."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(split)))
+            images, present, _ = split.batch(index)
+            outs.append(model(images, split.bands, present=present))
+    return torch.cat(outs)
+
+
+def evaluate_split(model: TaskModel, data: TaskData, split: TaskSplit, batch_size: int) -> dict[str, Any]:
+    """Metrics of `model` on `split` (image tasks on reflectance 0..1)."""
+    spec = data.spec
+    metrics = spec.metrics(data.num_classes)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(split)))
+            images, present, target = split.batch(index)
+            out = model(images, split.bands, present=present)
+            if spec.kind == "image":
+                metrics.update(spec.to_metric_space(out), spec.to_metric_space(target))
+            else:
+                metrics.update(out, target.long())
+    return metrics.compute()
+
+
+def encode_split(model: TaskModel, split: TaskSplit, batch_size: int) -> dict[str, list[torch.Tensor]]:
+    """Encoder features (eval mode, no gradients) of every chip of `split`, per sensor and stage."""
+    model.encoder.eval()
+    parts: dict[str, list[list[torch.Tensor]]] = {sensor: [] for sensor in split.images}
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            index = slice(start, min(start + batch_size, len(split)))
+            images = {sensor: x[index] for sensor, x in split.images.items()}
+            for sensor, levels in model.encoder(images, split.bands).features.items():
+                parts[sensor].append(levels)
+    return {sensor: [torch.cat(level) for level in zip(*chunks, strict=True)] for sensor, chunks in parts.items()}

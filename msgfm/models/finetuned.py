@@ -1,0 +1,95 @@
+"""Fine-tuned task models: the encoder each variant starts from, and the checkpoint of a (task, variant).
+
+`msgfm finetune` compares encoders (VARIANTS): msGFM pretrained (`finetune.pretrained_model`), the
+same network randomly initialised, and single-sensor pretraining (`finetune.single_sensor_model`).
+Its best trial per (task, variant) is saved in `<finetune.out_dir>/<task>/<variant>/` as
+`model.safetensors` and `best.json` (hyperparameters, metric, class codes, the encoder config and the
+weights' SHA-256), which `msgfm evaluate` rebuilds the model from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+
+from msgfm.architectures import MSGFMConfig
+from msgfm.config import Params, Variant
+from msgfm.geo.io import atomic_write_json, sha256_file
+from msgfm.models.encoder import MSGFMEncoder
+from msgfm.models.heads import HeadSpec, TaskModel, build_task_model
+from msgfm.models.hub import load_pretrained, save_weights
+from msgfm.models.msgfm import create_model_from_params
+
+VARIANTS: tuple[str, ...] = get_args(Variant)
+"""Encoders compared: msGFM pretrained, the same network randomly initialised, single-sensor pretraining."""
+BEST_FILE = "best.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class TaskModelError(RuntimeError):
+    """A variant's pretrained model is missing or unreadable; the message names the file."""
+
+
+def model_dir(params: Params, variant: str) -> Path | None:
+    """The pretrained model a variant starts from (None: from scratch)."""
+    if variant == "pretrained":
+        return params.finetune.pretrained_model
+    if variant == "single_sensor":
+        return params.finetune.single_sensor_model
+    if variant == "scratch":
+        return None
+    raise TaskModelError(f"unknown variant {variant!r}; variants are {list(VARIANTS)}")
+
+
+def variant_missing(params: Params, variant: str) -> str | None:
+    """Why a variant cannot run (its pretrained model is absent), or None."""
+    path = model_dir(params, variant)
+    if path is not None and not (path / "config.json").is_file():
+        stage = "pretrain_single" if variant == "single_sensor" else "pretrain"
+        return f"{path}: no pretrained model (run `dvc repro {stage}`)"
+    return None
+
+
+def load_encoder(params: Params, variant: str, seed: int) -> MSGFMEncoder:
+    """The encoder a variant fine-tunes: loaded from its pretrained model, or freshly initialised with `seed`."""
+    missing = variant_missing(params, variant)
+    if missing:
+        raise TaskModelError(missing)
+    path = model_dir(params, variant)
+    if path is None:
+        torch.manual_seed(seed)
+        return create_model_from_params(params.model).encoder
+    try:
+        return load_pretrained(path).encoder
+    except (ValueError, FileNotFoundError) as e:
+        raise TaskModelError(str(e)) from None
+
+
+def rebuild_task_model(best: dict[str, Any], spec: HeadSpec) -> TaskModel:
+    """An untrained TaskModel shaped like a saved fine-tuned checkpoint (best.json) of the task `spec`."""
+    encoder = MSGFMEncoder(MSGFMConfig.from_dict(best["encoder_config"]))
+    return build_task_model(spec, encoder, len(best["class_codes"]))
+
+
+def save_best(out: Path, model: TaskModel, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """Write the checkpoint (safetensors) and then its record with the weights' SHA-256, both atomically."""
+    model.load_state_dict(state)
+    out.mkdir(parents=True, exist_ok=True)
+    record["sha256"] = save_weights(model, out / WEIGHTS_FILE)
+    atomic_write_json(out / BEST_FILE, record)
+
+
+def checkpoint_mismatch(out: Path) -> str | None:
+    """Why `out`'s model.safetensors is not the checkpoint its best.json records (missing, or another trial's), or None.
+
+    A kill between the two writes of `save_best` leaves a new trial's weights beside the previous best.json.
+    """
+    best, weights = out / BEST_FILE, out / WEIGHTS_FILE
+    if not best.is_file() or not weights.is_file():
+        return f"{out}: no fine-tuned checkpoint ({BEST_FILE} and {WEIGHTS_FILE})"
+    if json.loads(best.read_text()).get("sha256") != sha256_file(weights):
+        return f"{weights} does not match {best} (sha256)"
+    return None

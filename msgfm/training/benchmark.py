@@ -1,0 +1,123 @@
+"""`msgfm finetune --benchmark NAME --root DIR`: the fine-tuning stage on a real benchmark (msgfm/datasets/benchmarks).
+
+A benchmark split is read fully into memory as a `TaskSplit` at the model's chip size, its bands
+restricted to those of the sensor registry (msgfm.sensors) and normalised like the chip store's; the
+training split is the label budget. Every variant is then tuned as on the embedded world, with outputs
+under `<finetune.out_dir>/benchmarks/<name>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, get_task, label_budget
+from msgfm.geo.io import atomic_write_json
+from msgfm.models.finetuned import variant_missing
+from msgfm.sensors import get_sensor
+from msgfm.training.finetune import FinetuneError, tune_variant
+
+if TYPE_CHECKING:
+    from msgfm.config import Params
+
+
+def _known_bands(ds: Any) -> dict[str, tuple[str, list[int], tuple[str, ...]]]:
+    """Input key -> (sensor, channel indices, band names) of the bands the sensor registry knows."""
+    unsupported = [k for k, s in ds.inputs.items() if s is None]
+    if unsupported:
+        raise FinetuneError(
+            f"benchmark {ds.name}: inputs {unsupported} are not sensors of the registry (msgfm.sensors); "
+            "fine-tuning on it is not supported yet"
+        )
+    keep = {}
+    for key, sensor in ds.inputs.items():
+        known = get_sensor(sensor).band_names
+        names = [b for b in ds.band_names[key] if b in known]
+        if not names:
+            raise FinetuneError(f"benchmark {ds.name}: input {key!r} has no band of sensor {sensor!r} ({known})")
+        keep[key] = (sensor, [list(ds.band_names[key]).index(b) for b in names], tuple(names))
+    return keep
+
+
+def _resize(x: torch.Tensor, chip_px: int, mode: str) -> torch.Tensor:
+    """(B, C, H, W) at chip_px x chip_px (bilinear with antialiasing, or nearest for labels)."""
+    if x.shape[-1] == chip_px and x.shape[-2] == chip_px:
+        return x
+    kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x, size=(chip_px, chip_px), mode=mode, **kwargs)
+
+
+def _benchmark_split(ds: Any, index: np.ndarray, chip_px: int) -> tuple[TaskSplit, TaskSpec]:
+    """Samples `index` of a benchmark dataset as a TaskSplit at the model's chip size, and the task spec for it."""
+    spec = get_task(ds.task)
+    keep = _known_bands(ds)
+    images: dict[str, list[torch.Tensor]] = {keep[k][0]: [] for k in keep}
+    targets = []
+    for i in index.tolist():
+        sample = ds[int(i)]
+        for key, (sensor, channels, names) in keep.items():
+            pixels = sample[key][channels].numpy()
+            images[sensor].append(torch.from_numpy(get_sensor(sensor).normalise(pixels, names)))
+        target = sample[ds.target_key]
+        if spec.kind == "image":
+            names = ds.band_names[ds.target_key]
+            order = [list(names).index(b) for b in spec.out_bands]
+            target = torch.from_numpy(get_sensor(spec.out_sensor).normalise(target[order].numpy(), spec.out_bands))
+        targets.append(target)
+    stacked = {s: _resize(torch.stack(v), chip_px, "bilinear") for s, v in images.items()}
+    target = torch.stack(targets)
+    if spec.kind == "image":
+        target = _resize(target, chip_px, "bilinear")
+    elif spec.kind == "segmentation":
+        target = _resize(target[:, None].float(), chip_px, "nearest")[:, 0].long()
+    bands = {keep[k][0]: keep[k][2] for k in keep}
+    present = {s: torch.ones(len(index), dtype=torch.bool) for s in stacked}
+    spec = dataclasses.replace(spec, inputs=tuple(stacked))
+    return TaskSplit(stacked, bands, present, target, [str(i) for i in index.tolist()]), spec
+
+
+def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
+    """Train (label budget), val and test splits of a real benchmark, read fully into memory."""
+    from msgfm.datasets.benchmarks import create_benchmark
+
+    chip_px = params.model.chip_px
+    splits: dict[str, TaskSplit] = {}
+    spec = None
+    num_classes = 0
+    for split in ("train", "val", "test"):
+        ds = create_benchmark(name, root, split)
+        if len(ds) == 0:
+            raise FinetuneError(f"benchmark {name}: split {split!r} under {root} has no samples")
+        index = (
+            label_budget(len(ds), params.finetune.label_fraction, params.seed)
+            if split == "train"
+            else np.arange(len(ds))
+        )
+        splits[split], spec = _benchmark_split(ds, index, chip_px)
+        num_classes = int(getattr(ds, "num_classes", 0) or len(getattr(ds, "class_names", ())) or 0)
+    if spec.kind == "segmentation" and not num_classes:
+        num_classes = int(splits["train"].target[splits["train"].target < 255].max()) + 1
+    return TaskData(spec=spec, splits=splits, class_codes=tuple(range(num_classes)) if spec.kind != "image" else ())
+
+
+def run_benchmark_finetune(params: Params, name: str, root: Path, variants: list[str] | None = None) -> dict[str, Any]:
+    """Tune every variant on a real benchmark; outputs under <finetune.out_dir>/benchmarks/<name>/."""
+    cfg = params.finetune
+    torch.set_num_threads(cfg.threads)
+    data = benchmark_task_data(params, name, Path(root))
+    out = cfg.out_dir / "benchmarks" / name
+    bench_params = params.model_copy(update={"finetune": cfg.model_copy(update={"out_dir": out, "metrics_dir": out})})
+    summary: dict[str, Any] = {"task": data.spec.name, "benchmark": name, "root": str(root)}
+    for variant in variants or cfg.variants:
+        missing = variant_missing(params, variant)
+        if missing:
+            summary[variant] = {"missing": missing}
+            continue
+        summary[variant] = tune_variant(bench_params, data, variant)
+    atomic_write_json(out / f"{data.spec.name}.json", summary)
+    return summary
