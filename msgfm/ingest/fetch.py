@@ -1,0 +1,195 @@
+"""Fetching one asset into place: a local copy or HTTP with Range resume, retried, verified against the item.
+
+`Fetcher.fetch` writes the file atomically under its final name only after `file:size` and
+`file:checksum` (multihash) match; a partial HTTP body stays as `{name}.part` and is resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from msgfm.config import DownloadParams
+from msgfm.geo.io import atomic_path
+from msgfm.ingest.sources import AssetRecord, is_url
+
+log = logging.getLogger(__name__)
+
+_NO_RETRY_STATUS = {400, 401, 403, 404, 405, 410, 451}
+_CHUNK = 1 << 16
+
+_MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d501": ("md5", 16)}
+
+
+class DownloadError(RuntimeError):
+    """One asset could not be fetched or verified; the message names the asset and the reason."""
+
+
+class _Retryable(DownloadError):
+    """A transient failure (timeout, dropped connection, 5xx, 429) worth another attempt."""
+
+
+class VerifyError(DownloadError):
+    """The fetched bytes are not what the item declares (size or checksum)."""
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` resolves inside `folder` (symlinks followed)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _verify(path: Path, asset: AssetRecord) -> None:
+    """Raise DownloadError when the file's size or checksum differs from what the item declares."""
+    size = path.stat().st_size
+    if asset.size is not None and size != asset.size:
+        raise VerifyError(f"{asset.key}: size {size} bytes, item says file:size {asset.size}")
+    if not asset.checksum:
+        return
+    code = asset.checksum[:4] if asset.checksum.lower().startswith("d501") else asset.checksum[:2]
+    algo = _MULTIHASH.get(code.lower())
+    if algo is None:
+        log.warning("%s: unsupported file:checksum multihash %s, not verified", asset.key, asset.checksum[:8])
+        return
+    name, _ = algo
+    digest_hex = asset.checksum[len(code) + 2 :].lower()
+    h = hashlib.new(name)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != digest_hex:
+        raise VerifyError(
+            f"{asset.key}: {name} checksum mismatch (got {h.hexdigest()[:12]}..., item says {digest_hex[:12]}...)"
+        )
+
+
+class Fetcher:
+    """Fetches assets (local copy or HTTP with Range resume), verified, into place; one per download run."""
+
+    def __init__(self, cfg: DownloadParams) -> None:
+        self.cfg = cfg
+        self._local = threading.local()
+
+    def _session(self):
+        import requests
+
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def fetch(self, asset: AssetRecord, dest: Path, root: str | None) -> int:
+        """Put the verified asset at `dest` (atomically); return the bytes written (0 if already there)."""
+        if dest.is_file():
+            try:
+                _verify(dest, asset)
+                return 0
+            except VerifyError:
+                log.warning("%s: existing file does not verify, fetching again", dest)
+        href = asset.href
+        if is_url(href):
+            if urlparse(href).scheme.lower() not in ("http", "https"):
+                raise DownloadError(f"{asset.key}: unsupported href scheme in {href} (http, https or local files only)")
+            return self._fetch_http(asset, dest)
+        return self._copy_local(asset, dest, root)
+
+    def _copy_local(self, asset: AssetRecord, dest: Path, root: str | None) -> int:
+        src = Path(asset.href.removeprefix("file://"))
+        if root is None:
+            raise DownloadError(f"{asset.key}: local href {asset.href} in a remote source is refused")
+        if not inside(src, Path(root)):
+            raise DownloadError(f"{asset.key}: href {asset.href} points outside the catalog folder {root}; refused")
+        if not src.is_file():
+            raise DownloadError(f"{asset.key}: file not found: {src}")
+        with atomic_path(dest, suffix=".part") as tmp:
+            shutil.copyfile(src, tmp)
+            _verify(tmp, asset)
+            return tmp.stat().st_size
+
+    def _fetch_http(self, asset: AssetRecord, dest: Path) -> int:
+        part = dest.with_name(dest.name + ".part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        attempts = self.cfg.retries + 1
+        last = ""
+        for attempt in range(attempts):
+            try:
+                self._get(asset, part)
+                got = part.stat().st_size
+                if asset.size is not None and got < asset.size:
+                    raise _Retryable(f"incomplete: {got} of {asset.size} bytes")
+                try:
+                    _verify(part, asset)
+                except VerifyError:
+                    part.unlink(missing_ok=True)  # corrupt or from a changed source: never resume from it
+                    raise
+                os.replace(part, dest)
+                return got
+            except (_Retryable, VerifyError) as e:
+                last = str(e)
+            if attempt + 1 < attempts:
+                delay = self.cfg.backoff_s * 2**attempt
+                log.info("%s: %s; retry %d/%d in %.1f s", asset.key, last, attempt + 1, self.cfg.retries, delay)
+                time.sleep(delay)
+        raise DownloadError(f"{asset.key}: gave up after {attempts} attempts: {last}")
+
+    def _get(self, asset: AssetRecord, part: Path) -> None:
+        """One GET into `part`, resuming with Range when a partial file exists."""
+        import requests
+        import urllib3
+
+        have = part.stat().st_size if part.is_file() else 0
+        if asset.size is not None and have > asset.size:
+            part.unlink()
+            have = 0
+        if asset.size is not None and have == asset.size:
+            return  # complete from an earlier attempt; verification decides
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        url = asset.href
+        try:
+            with self._session().get(url, headers=headers, stream=True, timeout=self.cfg.timeout_s) as r:
+                if r.status_code == 416 and have:
+                    part.unlink()
+                    raise _Retryable(f"server refused the resume range at byte {have}; restarting")
+                if r.status_code in _NO_RETRY_STATUS:
+                    raise DownloadError(f"{asset.key}: HTTP {r.status_code} {r.reason} for {_redact(url)}")
+                if r.status_code >= 400:
+                    raise _Retryable(f"HTTP {r.status_code} {r.reason} for {_redact(url)}")
+                if have and r.status_code == 206 and _range_start(r) != have:
+                    part.unlink()
+                    raise _Retryable(f"server resumed at the wrong offset (asked for byte {have}); restarting")
+                mode = "ab" if have and r.status_code == 206 else "wb"
+                announced = int(r.headers.get("Content-Length") or -1)
+                received = 0
+                with open(part, mode) as f:
+                    # read1 hands over whatever arrived, so a dropped connection keeps every received byte
+                    while block := r.raw.read1(_CHUNK, decode_content=True):
+                        f.write(block)
+                        received += len(block)
+                if 0 <= received < announced:
+                    raise _Retryable(f"connection closed after {received} of {announced} bytes of {_redact(url)}")
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
+            raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {_redact(url)}") from None
+        except (requests.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError) as e:
+            got = part.stat().st_size if part.is_file() else 0
+            raise _Retryable(
+                f"connection lost with {got} bytes of {_redact(url)} received ({type(e).__name__})"
+            ) from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its query string (SAS tokens must not land in logs or the ledger)."""
+    return url.split("?", 1)[0]
+
+
+def _range_start(response) -> int:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else -1
