@@ -93,12 +93,15 @@ def simulate(
     ] = None,
 ) -> None:
     """Generate the simulated multisensor world as a static STAC catalog of COGs (data/source)."""
+    from msgfm.sim.preview import write_preview
     from msgfm.sim.simulate import SimulateError, simulate_world
 
     p = _load(params)
     cfg = p.simulate if until is None else p.simulate.model_copy(update={"until": until.date()})
     with _stage_errors(SimulateError, code=2):
-        simulate_world(cfg, seed=p.seed, preview=preview)
+        simulate_world(cfg, seed=p.seed)
+        if preview is not None:
+            write_preview(Path(cfg.out_dir), cfg, preview)
 
 
 @app.command(name="download")

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from msgfm.config import ParamsError, load_params
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import S2_L2A_BANDS
+from msgfm.sim.preview import write_preview
 from msgfm.sim.simulate import (
     COLLECTIONS,
     DSM_NODATA,
@@ -73,7 +74,8 @@ def world(tmp_path_factory) -> tuple[Path, object]:
     """The tiny world, simulated once with a preview; returns (out_dir, params)."""
     tmp = tmp_path_factory.mktemp("sim")
     params = load_params(_params(tmp, tmp / "full"))
-    simulate_world(params.simulate, seed=params.seed, preview=tmp / "preview.png", progress=False)
+    simulate_world(params.simulate, seed=params.seed, progress=False)
+    write_preview(Path(params.simulate.out_dir), params.simulate, tmp / "preview.png")
     return tmp / "full", params
 
 

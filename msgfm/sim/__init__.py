@@ -1,1 +1,1 @@
-"""The simulated world: ground truth (`world`), how each sensor sees it (`observe`), the stage (`simulate`)."""
+"""The simulated world: ground truth (`world`), sensors (`observe`), the stage (`simulate`), a PNG (`preview`)."""
