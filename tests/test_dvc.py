@@ -1,0 +1,166 @@
+"""dvc.yaml as its users expect: every stage depends on the code it runs.
+
+A stage's code is what its `msgfm <command>` imports: the `from msgfm... import` lines of the typer
+command in msgfm/cli.py (and of the cli helpers it calls), then every msgfm module those modules import,
+at the top or inside a function, until none is new (read from the sources with `ast`; a fresh interpreter
+importing the commands' modules checks that the scan misses nothing). Each such file must lie under one of
+the stage's deps, and each msgfm dep must hold one of them: `dvc status` sees every code change of a
+stage, and no dep names code the stage never runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dvc.repo import Repo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI = REPO_ROOT / "msgfm" / "cli.py"
+# Every command imports these; they hold no stage logic (commands pass params to the library), so
+# editing them re-runs nothing.
+ENTRY_POINTS = {"msgfm/cli.py", "msgfm/__init__.py"}
+
+
+def _cli_functions() -> dict[str, ast.FunctionDef]:
+    """The module-level functions of msgfm/cli.py by name."""
+    tree = ast.parse(CLI.read_text())
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _commands() -> dict[str, str]:
+    """Typer command name -> name of its function in msgfm/cli.py."""
+    from typer.main import get_command_name
+
+    from msgfm.cli import app
+
+    return {
+        info.name or get_command_name(info.callback.__name__): info.callback.__name__
+        for info in app.registered_commands
+    }
+
+
+def _command_imports(function: str) -> set[str]:
+    """msgfm modules the cli function imports in its body or in the cli helpers it calls."""
+    functions, todo, seen, modules = _cli_functions(), [function], set(), set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        for node in ast.walk(functions[name]):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "msgfm":
+                modules.add(node.module)
+            elif isinstance(node, ast.Name) and node.id in functions and node.id not in seen:
+                todo.append(node.id)
+    return modules
+
+
+def _module_imports(module: str) -> set[str]:
+    """msgfm modules that importing `module` loads directly: its parent packages and every import statement in it."""
+    spec = importlib.util.find_spec(module)
+    parts = module.split(".")
+    found = {".".join(parts[:i]) for i in range(1, len(parts))}
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            found.add(base)
+            if base.split(".")[0] == "msgfm" and importlib.util.find_spec(base).submodule_search_locations:
+                found |= {f"{base}.{a.name}" for a in node.names if importlib.util.find_spec(f"{base}.{a.name}")}
+    return {m for m in found if m.split(".")[0] == "msgfm"}
+
+
+def _imported_modules(modules: set[str]) -> set[str]:
+    """Every msgfm module that importing `modules` and calling their functions loads (the import closure)."""
+    todo, seen = list(modules), set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += _module_imports(module)
+    return seen
+
+
+def _runs_code(path: Path) -> bool:
+    """False for a file holding nothing but a docstring (most package `__init__.py`): editing it changes no output."""
+    body = ast.parse(path.read_text()).body
+    docstring = bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    return len(body) > int(docstring)
+
+
+def _files(modules: set[str]) -> set[str]:
+    """Repository-relative paths of the modules' files that run code, without the entry points."""
+    paths = {Path(importlib.util.find_spec(m).origin).resolve() for m in modules}
+    return {p.relative_to(REPO_ROOT).as_posix() for p in paths if _runs_code(p)} - ENTRY_POINTS
+
+
+def _stages() -> dict[str, tuple[list[str], list[str]]]:
+    """Every stage of the project's dvc.yaml (foreach expanded): its command line and its dep paths."""
+    with Repo(str(REPO_ROOT)) as repo:
+        return {
+            stage.addressing: (stage.cmd.split(), [dep.def_path for dep in stage.deps]) for stage in repo.index.stages
+        }
+
+
+STAGES = _stages()
+
+
+def test_every_stage_runs_an_msgfm_command():
+    assert len(STAGES) == 14  # simulate ... validate_pairs, pretrain, pretrain_single, finetune x4, evaluate
+    commands = _commands()
+    assert {(cmd[0], cmd[1] in commands) for cmd, _ in STAGES.values()} == {("msgfm", True)}
+
+
+@pytest.fixture(scope="module")
+def imported() -> dict[str, set[str]]:
+    """Per msgfm command of dvc.yaml, the msgfm modules it imports."""
+    commands = _commands()
+    return {cmd[1]: _imported_modules(_command_imports(commands[cmd[1]])) for cmd, _ in STAGES.values()}
+
+
+LOADED = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] == "msgfm")))
+"""
+
+
+def test_import_closure_misses_nothing_a_real_import_loads(imported):
+    """Importing every command's modules in a fresh interpreter loads no msgfm module the closure lacks."""
+    seeds = {m for name in imported for m in _command_imports(_commands()[name])}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, *sorted(seeds)],
+        cwd=REPO_ROOT,
+        env=os.environ | {"PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert {"msgfm.sim.simulate", "msgfm.training.finetune", "msgfm.models.encoder"} <= loaded
+    assert loaded <= set().union(*imported.values())
+
+
+def _covered(file: str, deps: list[str]) -> bool:
+    """Whether `file` is one of `deps` or lies in a dep folder."""
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_depends_on_every_module_it_imports(stage, imported):
+    cmd, deps = STAGES[stage]
+    files = _files(imported[cmd[1]])
+    assert {"msgfm/config.py", "msgfm/sensors.py"} <= files  # the closure reached the shared modules
+    missing = sorted(f for f in files if not _covered(f, deps))
+    assert not missing, f"stage {stage} imports {missing}, which no dep of dvc.yaml covers"
+    unused = [d for d in deps if d.split("/")[0] == "msgfm" and not any(_covered(f, [d]) for f in files)]
+    assert not unused, f"stage {stage} depends on {unused}, which it never imports"
