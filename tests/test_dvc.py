@@ -17,11 +17,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+import yaml
 from dvc.repo import Repo
+from dvc_repo import DVC, REPO_ROOT, make_repo, run
+from tiny_world import tiny_params
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from msgfm.config import load_params
+
 CLI = REPO_ROOT / "msgfm" / "cli.py"
 # Every command imports these; they hold no stage logic (commands pass params to the library), so
 # editing them re-runs nothing.
@@ -101,11 +106,22 @@ def _files(modules: set[str]) -> set[str]:
     return {p.relative_to(REPO_ROOT).as_posix() for p in paths if _runs_code(p)} - ENTRY_POINTS
 
 
-def _stages() -> dict[str, tuple[list[str], list[str]]]:
-    """Every stage of the project's dvc.yaml (foreach expanded): its command line and its dep paths."""
+class Stage(NamedTuple):
+    """A stage of dvc.yaml: its command line, its dep paths, and whether DVC caches each of its outputs."""
+
+    cmd: list[str]
+    deps: list[str]
+    outs: dict[str, bool]
+
+
+def _stages() -> dict[str, Stage]:
+    """Every stage of the project's dvc.yaml, foreach expanded."""
     with Repo(str(REPO_ROOT)) as repo:
         return {
-            stage.addressing: (stage.cmd.split(), [dep.def_path for dep in stage.deps]) for stage in repo.index.stages
+            stage.addressing: Stage(
+                stage.cmd.split(), [d.def_path for d in stage.deps], {o.def_path: o.use_cache for o in stage.outs}
+            )
+            for stage in repo.index.stages
         }
 
 
@@ -115,14 +131,14 @@ STAGES = _stages()
 def test_every_stage_runs_an_msgfm_command():
     assert len(STAGES) == 14  # simulate ... validate_pairs, pretrain, pretrain_single, finetune x4, evaluate
     commands = _commands()
-    assert {(cmd[0], cmd[1] in commands) for cmd, _ in STAGES.values()} == {("msgfm", True)}
+    assert {(stage.cmd[0], stage.cmd[1] in commands) for stage in STAGES.values()} == {("msgfm", True)}
 
 
 @pytest.fixture(scope="module")
 def imported() -> dict[str, set[str]]:
     """Per msgfm command of dvc.yaml, the msgfm modules it imports."""
     commands = _commands()
-    return {cmd[1]: _imported_modules(_command_imports(commands[cmd[1]])) for cmd, _ in STAGES.values()}
+    return {s.cmd[1]: _imported_modules(_command_imports(commands[s.cmd[1]])) for s in STAGES.values()}
 
 
 LOADED = """
@@ -157,10 +173,66 @@ def _covered(file: str, deps: list[str]) -> bool:
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_depends_on_every_module_it_imports(stage, imported):
-    cmd, deps = STAGES[stage]
-    files = _files(imported[cmd[1]])
+    deps = STAGES[stage].deps
+    files = _files(imported[STAGES[stage].cmd[1]])
     assert {"msgfm/config.py", "msgfm/sensors.py"} <= files  # the closure reached the shared modules
     missing = sorted(f for f in files if not _covered(f, deps))
     assert not missing, f"stage {stage} imports {missing}, which no dep of dvc.yaml covers"
     unused = [d for d in deps if d.split("/")[0] == "msgfm" and not any(_covered(f, [d]) for f in files)]
     assert not unused, f"stage {stage} depends on {unused}, which it never imports"
+
+
+# --- what goes to git: metrics, plots and reports; never what DVC caches -----------------------------
+
+
+def _git_ignored(path: str) -> bool:
+    """Whether the project's .gitignore ignores `path` (existing or not)."""
+    done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO_ROOT)
+    assert done.returncode in (0, 1), f"git check-ignore failed on {path}"
+    return done.returncode == 0
+
+
+def test_outputs_are_git_ignored_exactly_when_dvc_caches_them():
+    outs = {path: cached for stage in STAGES.values() for path, cached in stage.outs.items()}
+    assert sum(not cached for cached in outs.values()) >= 30  # metrics, plot tables, PNGs, reports
+    assert {path: _git_ignored(path) for path in outs} == outs
+    params = load_params(REPO_ROOT / "params.yaml")
+    run_state = [params.pretrain.checkpoint_dir, params.retrain.lock_path, params.retrain.registry_path]
+    assert all(_git_ignored(str(path)) for path in run_state)  # Ray checkpoints, retrain lock, model registry
+
+
+def _download_repo(path: Path) -> Path:
+    """The project's simulate and download stages on the tiny world, in a fresh git + DVC repository."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    return make_repo(path, {"stages": {k: stages[k] for k in ("simulate", "download")}}, tiny_params(REPO_ROOT))
+
+
+def _published_items(repo: Path) -> int:
+    """Items of the simulated catalog: one folder per item under its collection's folder."""
+    return sum(path.is_dir() for path in (repo / "data/source").glob("*/*"))
+
+
+@pytest.mark.slow  # simulate and download twice (repro, then an experiment): about 35 s on a loaded 2-core machine
+def test_repro_then_experiment_keep_metrics_in_git(tmp_path):
+    """After `dvc repro` git sees only dvc.lock and the metric; `dvc exp show` reads both commits' metrics."""
+    repo = _download_repo(tmp_path / "repo")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode beside the sources
+    run([*DVC, "repro"], repo, env)
+    assert (repo / "msgfm/sim/__pycache__").is_dir()
+    assert "up to date" in run([*DVC, "status"], repo, env)  # .dvcignore: the bytecode changed no folder dep
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], repo).splitlines()
+    assert sorted(untracked) == ["?? data/reports/download.json", "?? dvc.lock"]
+    metrics = json.loads(run([*DVC, "metrics", "show", "--json"], repo))
+    items = _published_items(repo)
+    assert metrics[""]["data"]["data/reports/download.json"]["data"]["items"] == items
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline run"], repo)
+    run([*DVC, "exp", "run", "-S", "simulate.s1_dates=4"], repo, env)
+    more = _published_items(repo)
+    assert more == items + 2  # one more S1 date in each of the two AOIs
+    (baseline,) = (row for row in json.loads(run([*DVC, "exp", "show", "--json"], repo)) if row["rev"] != "workspace")
+    (experiment,) = baseline["experiments"][0]["revs"]
+    for row, expected, s1_dates in ((baseline, items, 3), (experiment, more, 4)):
+        assert row["data"]["params"]["params.yaml"]["data"]["simulate"]["s1_dates"] == s1_dates
+        assert row["data"]["metrics"]["data/reports/download.json"]["data"]["items"] == expected
