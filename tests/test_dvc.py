@@ -129,7 +129,7 @@ STAGES = _stages()
 
 
 def test_every_stage_runs_an_msgfm_command():
-    assert len(STAGES) == 14  # simulate ... validate_pairs, pretrain, pretrain_single, finetune x4, evaluate
+    assert {"simulate", "pretrain_single", "finetune@segmentation", "evaluate"} <= set(STAGES)  # foreach expanded
     commands = _commands()
     assert {(stage.cmd[0], stage.cmd[1] in commands) for stage in STAGES.values()} == {("msgfm", True)}
 
@@ -212,7 +212,7 @@ def _published_items(repo: Path) -> int:
     return sum(path.is_dir() for path in (repo / "data/source").glob("*/*"))
 
 
-@pytest.mark.slow  # simulate and download twice (repro, then an experiment): about 35 s on a loaded 2-core machine
+@pytest.mark.slow  # simulate and download twice (repro, then an experiment): 20 s idle, 40 s on a loaded machine
 def test_repro_then_experiment_keep_metrics_in_git(tmp_path):
     """After `dvc repro` git sees only dvc.lock and the metric; `dvc exp show` reads both commits' metrics."""
     repo = _download_repo(tmp_path / "repo")
