@@ -1,8 +1,8 @@
 """Prefect flows over real DVC: the pipeline flow, the retrain flow and its lock, the deployments.
 
-Each test that runs DVC works in a copy of the project in a temporary git repository (dvc.yaml with
-the real `simulate` stage, a tiny params.yaml derived from the project's, the msgfm sources the stage
-depends on), under one temporary Prefect server for the session (prefect_test_harness).
+Each test that runs DVC works in a copy of the project in a temporary git repository (tests/dvc_repo.py:
+dvc.yaml with the real `simulate` stage, a tiny params.yaml derived from the project's, the msgfm sources),
+under one temporary Prefect server for the session (prefect_test_harness).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from dvc_repo import DVC, REPO_ROOT, make_repo, run
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogWorker
@@ -33,26 +34,12 @@ from flows.retrain import new_acquisitions, retrain
 from msgfm.config import load_params
 from msgfm.geo.io import sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DVC = [sys.executable, "-m", "dvc"]
-
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """One temporary Prefect server (own SQLite database) for every flow run of this session."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    """Run a command as a shell user would in `cwd`: the venv's bin on PATH, the repository's msgfm imported."""
-    env = os.environ | {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(cwd),
-    }
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
 
 
 def _tiny_params() -> dict:
@@ -71,27 +58,10 @@ def _simulate_only_dvc_yaml() -> dict:
     return {"stages": {"simulate": stages["simulate"]}}
 
 
-def _make_repo(path: Path, dvc_yaml: dict, params: dict) -> Path:
-    """A git + DVC repository with the msgfm sources, `dvc_yaml` and `params`, everything committed."""
-    path.mkdir(parents=True)
-    shutil.copytree(REPO_ROOT / "msgfm", path / "msgfm", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], path)
-    _run(["git", "config", "user.email", "test@msgfm.invalid"], path)
-    _run(["git", "config", "user.name", "msgfm tests"], path)
-    _run([*DVC, "init", "-q"], path)
-    shutil.copyfile(REPO_ROOT / ".dvc" / "config", path / ".dvc" / "config")
-    _run([*DVC, "config", "core.site_cache_dir", str(path.parent / "dvc-site")], path)
-    _run(["git", "add", "-A"], path)
-    _run(["git", "commit", "-q", "-m", "test repository"], path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def template_repo(tmp_path_factory) -> Path:
     """The tiny simulate-only repository, made once; tests copy it (the copy keeps its git history)."""
-    return _make_repo(tmp_path_factory.mktemp("template") / "repo", _simulate_only_dvc_yaml(), _tiny_params())
+    return make_repo(tmp_path_factory.mktemp("template") / "repo", _simulate_only_dvc_yaml(), _tiny_params())
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +69,7 @@ def shell_repo(template_repo, tmp_path_factory) -> Path:
     """The template after a shell `dvc repro simulate`: the reference dvc.lock, and a simulated world."""
     repo = tmp_path_factory.mktemp("shell") / "repo"
     shutil.copytree(template_repo, repo, symlinks=True)
-    _run([*DVC, "repro", "simulate"], repo)
+    run([*DVC, "repro", "simulate"], repo)
     return repo
 
 
@@ -185,7 +155,7 @@ def test_params_override_reruns_and_is_saved_as_experiment(simulated_repo):
     assert len(list((sim_repo / "data/source/sentinel-2-l2a").glob("s2_*"))) == 3
     with get_client(sync_client=True) as client:
         run_name = client.read_flow_run(state.state_details.flow_run_id).name
-    assert _run([*DVC, "exp", "list", "--name-only"], sim_repo).split() == [run_name]
+    assert run([*DVC, "exp", "list", "--name-only"], sim_repo).split() == [run_name]
 
 
 def test_bad_override_is_rejected_and_params_left_intact(sim_repo):
@@ -215,7 +185,7 @@ def flaky_repo(tmp_path) -> Path:
         "download": {"cmd": FLAKY.format(out="fetched.txt"), "outs": ["fetched.txt"]},
         "pretrain": {"cmd": FLAKY.format(out="model.txt"), "deps": ["fetched.txt"], "outs": ["model.txt"]},
     }
-    return _make_repo(tmp_path / "flaky", {"stages": stages}, _tiny_params())
+    return make_repo(tmp_path / "flaky", {"stages": stages}, _tiny_params())
 
 
 def test_io_stage_retried_training_stage_not(flaky_repo):
@@ -369,14 +339,14 @@ def test_retrain_downloads_only_the_new_acquisitions(tmp_path):
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     params = _tiny_params()
     params["simulate"]["until"] = "2024-06-01"
-    repo = _make_repo(tmp_path / "repo", {"stages": {k: stages[k] for k in ("simulate", "download")}}, params)
+    repo = make_repo(tmp_path / "repo", {"stages": {k: stages[k] for k in ("simulate", "download")}}, params)
     assert [r.status for r in pipeline(repo_dir=str(repo))] == ["ran", "ran"]
     ledger_path = repo / "data" / "raw" / "acquisitions.parquet"
     first_ids = set(pd.read_parquet(ledger_path)["id"])
     fetched = {p: p.stat().st_mtime_ns for p in (repo / "data" / "raw").rglob("*.tif")}
     assert first_ids and fetched
 
-    _run(["msgfm", "simulate", "--until", "2024-10-31"], repo)  # the source publishes later acquisitions
+    run(["msgfm", "simulate", "--until", "2024-10-31"], repo)  # the source publishes later acquisitions
     news = new_acquisitions(repo)
     assert news.new_ids and not set(news.new_ids) & first_ids
 
@@ -400,14 +370,14 @@ def champion_repo(tmp_path_factory) -> Path:
     """The project's whole dvc.yaml after a first retrain (no ledger: every stage ran, its model is champion);
     then the source publishes the acquisitions up to LATER, which nothing has downloaded yet."""
     dvc_yaml = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-    repo = _make_repo(tmp_path_factory.mktemp("champion") / "repo", dvc_yaml, whole_pipeline_params(REPO_ROOT, EARLY))
+    repo = make_repo(tmp_path_factory.mktemp("champion") / "repo", dvc_yaml, whole_pipeline_params(REPO_ROOT, EARLY))
     state = retrain(repo_dir=str(repo), return_state=True)
     assert state.is_completed(), state.message
     assert state.result()["stages_run"] == plan_stages(repo)  # first run: every stage of dvc.yaml
     registry = json.loads((repo / "data/models/registry.json").read_text())
     assert [h["promoted"] for h in registry["history"]] == [True]
     assert "no champion yet" in registry["history"][0]["reason"]
-    _run(["msgfm", "simulate", "--until", LATER], repo)
+    run(["msgfm", "simulate", "--until", LATER], repo)
     return repo
 
 

@@ -10,6 +10,7 @@ in SWIR; water dark beyond green). See docs/simulator.md.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 
@@ -182,12 +183,21 @@ def s1_backscatter(
     theta_near = rng.uniform(31, 43)
     theta = theta_near + 0.06e-3 * (x - x.min())  # ~15 deg over a 250 km swath
     slope = np.where(cls == WATER, 0.0, (world.elevation(x + 5, y) - world.elevation(x - 5, y)) / 10)  # lakes are flat
-    theta_local = theta - np.rad2deg(np.arctan(slope))
+    theta_local = theta - np.rad2deg(_same_on_every_cpu(np.arctan, slope))
     db += (-0.15 * (theta_local - 37.0))[..., None]
-    lin = 10 ** (db / 10)
+    lin = _same_on_every_cpu(lambda v: 10 ** (v / 10), db)
     speckle = rng.gamma(looks, 1 / looks, size=lin.shape)  # multiplicative, intensity, mean 1
-    out = 10 * np.log10(np.maximum(lin * speckle, 1e-5))
+    out = 10 * _same_on_every_cpu(np.log10, np.maximum(lin * speckle, 1e-5))
     return np.moveaxis(out, -1, 0).astype(np.float32)
+
+
+def _same_on_every_cpu(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """fn(x) as float64 through numpy's long-double loops (libm), not its SIMD loops.
+
+    numpy picks float32/float64 arctan, power and log10 loops by CPU (AVX2, AVX-512), and they differ in the
+    last bit; S1 dB values kept those bits, so S1 files and every stage after them differed between machines.
+    """
+    return fn(np.asarray(x, np.longdouble)).astype(np.float64)
 
 
 def _shadow(height: np.ndarray, px_m: float, sun_az_deg: float, sun_elev_deg: float) -> np.ndarray:

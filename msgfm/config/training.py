@@ -1,0 +1,179 @@
+"""Params sections of the model stages: ray, pretrain, model, finetune, evaluate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from msgfm.config.base import Section
+
+if TYPE_CHECKING:
+    from msgfm.architectures import MSGFMConfig
+
+
+class RayParams(Section):
+    """Where Ray Train runs: a local instance sized to this machine, or an existing cluster."""
+
+    address: str | None = Field(None, description="join this cluster (host:port or 'auto'); null: RAY_ADDRESS or local")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; null: all of this machine's")
+    include_dashboard: bool = Field(False, description="start the dashboard (bound to 127.0.0.1) with a local instance")
+
+
+class PretrainParams(Section):
+    """`msgfm pretrain`: cross-sensor masked-image-modeling pretraining on Ray Train."""
+
+    chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
+    manifest: Path = Path("data/manifest.parquet")
+    out_dir: Path = Field(Path("data/models/pretrain"), description="the pretrained model (safetensors + config)")
+    checkpoint_dir: Path = Field(Path("data/checkpoints/pretrain"), description="Ray checkpoints, for resume")
+    metrics: Path = Path("data/metrics/pretrain.json")
+    plots_dir: Path = Field(Path("data/plots/pretrain"), description="loss curve (dvclive) and reconstructions PNG")
+    sensors: list[Literal["s1", "s2", "rgb", "dsm"]] = Field(
+        ["s1", "s2", "rgb", "dsm"], min_length=1, description="sensors to pretrain on; one sensor = the baseline"
+    )
+    sensor_mix: dict[str, float] = Field(
+        {"s1": 1.0, "s2": 1.0, "rgb": 1.0, "dsm": 1.0}, description="relative share of each sensor's chips drawn"
+    )
+    workers: int = Field(2, ge=1, le=1024, description="Ray Train workers (DDP ranks)")
+    gpu: Literal["auto", "never", "always"] = Field("auto", description="auto: use GPUs when the cluster has them")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="torch CPU threads in each worker")
+    steps: int = Field(150, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="chips per worker per step")
+    lr: float = Field(2e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="cosine schedule floor, as a fraction of lr")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.05, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    augment: bool = Field(True, description="random flips and 90-degree rotations, the same for paired chips")
+    checkpoint_every: int = Field(50, ge=1, description="steps between Ray checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
+    log_every: int = Field(10, ge=1, description="steps between progress lines")
+    val_chips: int = Field(64, ge=1, description="validation chips per sensor for the final loss")
+    preview_chips: int = Field(2, ge=1, le=8, description="chips per sensor in the reconstructions PNG")
+    single_sensor: Literal["s1", "s2", "rgb", "dsm"] = Field(
+        "s2", description="sensor of the single-sensor baseline (`msgfm pretrain --single-sensor`)"
+    )
+
+    @model_validator(mode="after")
+    def _mix_covers_sensors(self) -> PretrainParams:
+        unknown = sorted(set(self.sensor_mix) - {"s1", "s2", "rgb", "dsm"})
+        if unknown:
+            raise ValueError(f"pretrain.sensor_mix has unknown sensors {unknown}; allowed: s1, s2, rgb, dsm")
+        missing = [s for s in self.sensors if self.sensor_mix.get(s, 0) <= 0]
+        if missing:
+            raise ValueError(
+                f"pretrain.sensor_mix must give a positive share to every pretrained sensor; missing {missing}"
+            )
+        return self
+
+
+class ModelParams(Section):
+    """The msGFM model (msgfm/models): a registered config plus the pretraining objective's knobs.
+
+    What makes a model buildable (chip and mask sizes, MoE layout, ranges) is written once, in
+    msgfm.architectures.MSGFMConfig; the section is checked against it when params load.
+    """
+
+    name: str = Field("msgfm_tiny", description="registered model config (msgfm.architectures.MODEL_CONFIGS)")
+    chip_px: int = Field(64, ge=16, le=1024, description="chip side in pixels; must equal pair.chip_px")
+    mask_patch_px: int = Field(8, ge=4, le=512, description="side of a masked cell, pixels (multiple of patch 4)")
+    mask_ratio: float = Field(0.6, description="share of cells masked per chip, in (0, 1)")
+    p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
+    experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
+    moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
+    moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")
+    moe_top_k: int = Field(1, le=8, description="experts per token")
+    moe_capacity_factor: float = Field(1.25, gt=0, le=16, description="expert slots = factor * tokens * k / experts")
+    aux_loss_weight: float = Field(0.01, ge=0, le=10, description="weight of the MoE load-balancing loss")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth, deepest block")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from msgfm.architectures import MODEL_CONFIGS
+
+        if name not in MODEL_CONFIGS:
+            raise ValueError(f"unknown msGFM model; registered models are {', '.join(sorted(MODEL_CONFIGS))}")
+        return name
+
+    @model_validator(mode="after")
+    def _builds_a_model(self) -> ModelParams:
+        from msgfm.architectures import MSGFMConfigError
+
+        try:
+            self.to_model_config()
+        except MSGFMConfigError as e:
+            raise ValueError("; ".join(f"model.{problem}" for problem in e.problems)) from None
+        return self
+
+    def to_model_config(self, **overrides: Any) -> MSGFMConfig:
+        """The model this section describes: its registered config with the section's values, then `overrides`."""
+        from msgfm.architectures import get_config
+
+        return get_config(self.name, **{**self.model_dump(exclude={"name"}), **overrides})
+
+
+Variant = Literal["pretrained", "scratch", "single_sensor"]
+
+
+class FinetuneParams(Section):
+    """`msgfm finetune --task T`: Optuna-tuned fine-tuning of msGFM (and the baselines) on one downstream task."""
+
+    chips_dir: Path = Field(Path("data/chips"), description="the chip store written by pair")
+    manifest: Path = Path("data/manifest.parquet")
+    out_dir: Path = Field(Path("data/models"), description="per task: optuna.db and one folder per variant")
+    metrics_dir: Path = Field(Path("data/metrics/finetune"), description="per task: best trial of each variant")
+    pretrained_model: Path = Field(Path("data/models/pretrain"), description="the msGFM pretrained model")
+    single_sensor_model: Path = Field(Path("data/models/pretrain_s2"), description="single-sensor pretrained model")
+    variants: list[Variant] = Field(
+        ["pretrained", "scratch", "single_sensor"], min_length=1, description="encoders fine-tuned per task"
+    )
+    label_fraction: float = Field(0.1, gt=0, le=1, description="share of training labels used (label budget)")
+    trials: int = Field(3, ge=1, le=10000, description="Optuna trials per task and variant")
+    epochs: int = Field(4, ge=1, le=1000, description="epochs per trial (the pruner sees the val metric each)")
+    min_steps_per_epoch: int = Field(4, ge=1, description="an epoch is at least this many steps (tiny budgets)")
+    batch_sizes: list[int] = Field([8, 16], min_length=1, description="batch sizes Optuna chooses from")
+    lr_range: tuple[float, float] = Field((1e-4, 3e-3), description="log-uniform learning-rate range")
+    weight_decay_range: tuple[float, float] = Field((1e-4, 0.1), description="log-uniform weight-decay range")
+    layer_decay_range: tuple[float, float] = Field((0.5, 1.0), description="layer-wise lr decay range")
+    freeze_choices: list[bool] = Field([True, False], min_length=1, description="frozen encoder or full fine-tuning")
+    pruner_warmup_epochs: int = Field(1, ge=0, description="MedianPruner: epochs before a trial may be pruned")
+    max_cloud_fraction: float = Field(0.01, ge=0, le=1, description="an S2 chip with at most this much cloud is clear")
+    clear_within_days: int = Field(
+        15, ge=1, description="cloud removal: the clear target is at most this many days later"
+    )
+    holdout_aois: list[str] = Field(["alps"], description="AOIs never fine-tuned on (held-out biome test)")
+    train_until: dt.date | None = Field(None, description="chips after this date are held out (later-date test)")
+    eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
+    max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> FinetuneParams:
+        for key in ("lr_range", "weight_decay_range", "layer_decay_range"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"finetune.{key} must be [low, high] with 0 < low <= high, got {[low, high]}")
+        if self.layer_decay_range[1] > 1:
+            raise ValueError("finetune.layer_decay_range must stay within (0, 1]")
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"finetune.batch_sizes must be positive, got {self.batch_sizes}")
+        return self
+
+
+class EvaluateParams(Section):
+    """`msgfm evaluate`: test metrics of every variant, modality ablations, generalisation, plots and report."""
+
+    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v}}")
+    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v}}}")
+    ablations: Path = Field(Path("data/metrics/ablations.json"), description="{task: {condition: {metric: v}}}")
+    generalisation: Path = Field(Path("data/metrics/generalisation.json"), description="held-out AOI and dates")
+    plots_dir: Path = Field(Path("data/plots/evaluate"), description="PNG figures and DVC plot tables")
+    report: Path = Field(Path("data/reports/report.md"), description="the Markdown report")
+    noise_std: float = Field(1.0, ge=0, description="ablation: Gaussian noise std added to a sensor (normalised units)")
+    shift_px: int = Field(4, ge=1, le=64, description="ablation: misregistration of a sensor, pixels")
+    cloud_cover: float = Field(0.4, gt=0, le=1, description="ablation: share of an optical chip covered by cloud")
+    examples: int = Field(3, ge=1, le=16, description="chips in the example PNGs")
