@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from msgfm.geo.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from msgfm.evaluation.metrics import Direction
+    from msgfm.metrics import Direction
 
 Metrics = dict[str, dict[str, float]]
 
@@ -41,12 +41,12 @@ def _resolvable(directions: dict[str, Direction]) -> dict[str, Direction]:
 def metric_direction(metric: str, directions: dict[str, Direction] | None = None) -> Direction:
     """Return "max" or "min" for a metric name; unknown names are an error rather than a guess.
 
-    The name is matched case-insensitively against msgfm.evaluation.metrics.METRIC_DIRECTIONS (or
+    The name is matched case-insensitively against msgfm.metrics.METRIC_DIRECTIONS (or
     `directions`), whole or by its prefix before "_" or "@", so "mAP_micro", "f1@macro" and "iou_water"
     (an IoU, as mIoU averages) all resolve.
     """
     if directions is None:
-        from msgfm.evaluation.metrics import METRIC_DIRECTIONS  # loads torch, which the rest of the gate never needs
+        from msgfm.metrics import METRIC_DIRECTIONS  # loads torch, which the rest of the gate never needs
 
         directions = METRIC_DIRECTIONS
     table = _resolvable(directions)

@@ -26,8 +26,8 @@ from msgfm.datasets.benchmarks.bigearthnet import (
 from msgfm.datasets.benchmarks.sen12ms_cr import SEN12MSCR, split_of, to_reflectance
 from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen, hash_fraction
 from msgfm.datasets.benchmarks.vaihingen import COLOURS, IGNORE_INDEX, Vaihingen, colours_to_mask, window_starts
-from msgfm.evaluation.metrics import PRIMARY_METRIC
 from msgfm.geo.io import write_cog
+from msgfm.metrics import PRIMARY_METRIC
 from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
 
 # Hand-checked from each patch's labels_metadata.json and the BigEarthNet-19 table (Sumbul et al. 2021).

@@ -35,9 +35,9 @@ from msgfm.datasets.tasks import (
     wald_pansharpening_input,
 )
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.evaluation.report import render_report
 from msgfm.inference.predict import predict
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
 from msgfm.models.finetuned import BEST_FILE, load_encoder
 from msgfm.models.heads import build_task_model

@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import average_precision_score, f1_score
 
-from msgfm.evaluation.metrics import (
+from msgfm.metrics import (
     classification_metrics,
     cloud_removal_metrics,
     is_better,

@@ -87,7 +87,7 @@ class RetrainParams(Section):
 class CoregisterParams(Section):
     """`msgfm coregister`: every sensor of an AOI on one grid (S1/S2 10 m; RGB/DSM fine), shift-corrected."""
 
-    out_dir: Path = Field(Path("data/coreg"), description="co-registered COGs and rasters.parquet")
+    out_dir: Path = Field(Path("data/coreg"), description="co-registered tiled GeoTIFFs and rasters.parquet")
     report: Path = Path("data/reports/coregister.json")
     truth_dir: Path | None = Field(Path("data/source/truth"), description="simulator truth sidecars, to score shifts")
     fine_gsd_m: float = Field(1.0, gt=0, le=5, description="pixel size of the RGB/DSM grid, metres")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.decisions import gate_table
-from msgfm.evaluation.metrics import (
+from msgfm.metrics import (
     TaskMetrics,
     classification_metrics,
     cloud_removal_metrics,

@@ -28,11 +28,11 @@ import torch
 
 from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data, get_task
 from msgfm.evaluation.ablations import ablation_conditions
-from msgfm.evaluation.metrics import scalars
 from msgfm.evaluation.plots import ablation_plot, image_examples, optuna_history, segmentation_plots
 from msgfm.evaluation.report import render_report
 from msgfm.geo.io import atomic_write_json, atomic_write_text
 from msgfm.inference.predict import evaluate_split
+from msgfm.metrics import scalars
 from msgfm.models.finetuned import BEST_FILE, VARIANTS, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model
 from msgfm.models.heads import TaskModel
 from msgfm.models.hub import load_weights

@@ -18,10 +18,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from msgfm.datasets.tasks import TaskData, TaskSplit  # noqa: E402
-from msgfm.evaluation.metrics import PRIMARY_METRIC  # noqa: E402
 from msgfm.geo.io import atomic_path, atomic_write_text  # noqa: E402
 from msgfm.inference.predict import predict  # noqa: E402
 from msgfm.landcover import SHORT_NAMES  # noqa: E402
+from msgfm.metrics import PRIMARY_METRIC  # noqa: E402
 from msgfm.models.heads import TaskModel  # noqa: E402
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from msgfm.datasets.tasks import TASKS
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better
 
 if TYPE_CHECKING:
     from msgfm.config import Params

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from msgfm.datasets.tasks import TaskData, build_task_data, get_task
-from msgfm.evaluation.metrics import PRIMARY_METRIC
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries
+from msgfm.metrics import PRIMARY_METRIC
 from msgfm.models.encoder import MSGFMEncoder
 from msgfm.models.finetuned import (
     BEST_FILE,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from msgfm.datasets.tasks import TaskData
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.inference.predict import encode_split, evaluate_split
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models.heads import TaskModel
 from msgfm.training.schedule import cosine_schedule
 

@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from msgfm.datasets.tasks import TaskData
-from msgfm.evaluation.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models.finetuned import model_dir
 from msgfm.models.hub import read_config
 from msgfm.training.loop import Hyper

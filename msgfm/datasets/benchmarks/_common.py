@@ -97,7 +97,7 @@ class BenchmarkDataset(Dataset[Sample]):
     """Base of the benchmark loaders: subclasses index samples in `__init__` and implement `load(index)`.
 
     Class attributes describe the sample so a fine-tuning loop can be wired without knowing the dataset:
-    `task` (a key of msgfm.evaluation.metrics.PRIMARY_METRIC), `inputs` (sample key -> msgfm sensor name, or
+    `task` (a key of msgfm.metrics.PRIMARY_METRIC), `inputs` (sample key -> msgfm sensor name, or
     None where the sensor is not in the registry), `target_key`, and per-instance `band_names` (key ->
     band names in channel order).
     """
