@@ -19,7 +19,7 @@ import rasterio
 
 from msgfm.coreg.warp import write_tiled_tiff
 from msgfm.geo.grids import Grid
-from msgfm.geo.io import atomic_write_json
+from msgfm.geo.io import atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     from msgfm.config import CoregisterParams
@@ -40,16 +40,11 @@ def params_key(cfg: CoregisterParams, *parts: Any) -> str:
 
 
 def file_stamp(paths: Iterable[Path]) -> list:
-    """(path, size, mtime) of each input, (path, None) when missing: a changed input invalidates the reuse."""
-    stamps = []
-    for p in paths:
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            stamps.append((str(p), None))
-        else:
-            stamps.append((str(p), st.st_size, st.st_mtime_ns))
-    return stamps
+    """(file name, SHA-256 of its bytes) of each input, (name, None) when missing: a changed input invalidates reuse.
+
+    Contents, not paths or mtimes, so a fresh clone that downloads the same bytes writes the same records.
+    """
+    return [(p.name, sha256_file(p) if p.is_file() else None) for p in paths]
 
 
 def empty_row(item: Item, raster_id: str, kind: str, grid: str) -> dict[str, Any]:
