@@ -40,8 +40,8 @@ Fine-tuning uses `model.encoder(images, bands)` -> `EncoderOutput(features={sens
 Distributed training: a batch need not contain every sensor and top-k routing leaves experts idle,
 so wrap with DDP(find_unused_parameters=True) (Ray: prepare_model(parallel_strategy_kwargs=...)).
 
-Objective (DESIGN.md, "The model")
-----------------------------------
+Objective (docs/model.md)
+-------------------------
 Mask: the chip is cut into mask_patch_px cells and round(mask_ratio * cells) of them, chosen uniformly
 per chip, are masked (SimMIM; 0.6 as GFM). Masked patch tokens are replaced by the mask token before
 the encoder. Each chip is reconstructed by its own sensor's decoder (``mim/<s>``). A paired chip is, with
