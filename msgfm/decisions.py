@@ -37,7 +37,15 @@ def read_gate(path: str | Path) -> pd.DataFrame:
     return decisions
 
 
-def accepted_ids(path: str | Path) -> set[str]:
-    """Ids the gate whose decisions table is at `path` accepted: all the next stage may read."""
-    decisions = read_gate(path)
+def accepted_ids(path: str | Path, error: type[Exception] = GateTableError) -> set[str]:
+    """Ids the gate whose decisions table is at `path` accepted: all the next stage may read.
+
+    A missing or malformed table raises `error` (the reading stage's own error type) with GateTableError's message.
+    """
+    try:
+        decisions = read_gate(path)
+    except GateTableError as e:
+        if error is GateTableError:
+            raise
+        raise error(str(e)) from None
     return set(decisions.loc[decisions["accepted"].astype(bool), "id"].astype(str))

@@ -32,7 +32,7 @@ from msgfm.chips.partners import Raster, choose_partners
 from msgfm.chips.positions import GridKey, Position, chip_footprints, chip_positions, position_classes, window_sum
 from msgfm.chips.splits import assign_splits
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
-from msgfm.decisions import GateTableError, accepted_ids
+from msgfm.decisions import accepted_ids
 from msgfm.faults import kill_point
 from msgfm.geo.grids import Bounds, Grid
 from msgfm.geo.io import atomic_path, sha256_file
@@ -114,10 +114,7 @@ def load_accepted_rasters(coreg_dir: Path, gate_path: Path) -> pd.DataFrame:
     table_path = Path(coreg_dir) / "rasters.parquet"
     if not table_path.is_file():
         raise PairError(f"{table_path}: not found (run `msgfm coregister` and `msgfm validate_coreg` first)")
-    try:
-        accepted = accepted_ids(gate_path)
-    except GateTableError as e:
-        raise PairError(str(e)) from None
+    accepted = accepted_ids(gate_path, error=PairError)
     table = pd.read_parquet(table_path)
     table = table[(table["status"] == "ok") & table["id"].astype(str).isin(accepted)]
     if table.empty:

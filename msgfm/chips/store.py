@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msgfm.decisions import GateTableError, accepted_ids
+from msgfm.decisions import accepted_ids
 from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.sensors import get_sensor
 
@@ -245,10 +245,7 @@ def open_accepted(chips_dir: str | Path, manifest: str | Path, accepted: str | P
     manifest = Path(manifest)
     if not manifest.is_file():
         raise ChipStoreError(f"{manifest}: not found; run `dvc repro pair` first")
-    try:
-        ids = accepted_ids(accepted)
-    except GateTableError as e:
-        raise ChipStoreError(str(e)) from None
+    ids = accepted_ids(accepted, error=ChipStoreError)
     store = ChipStore(chips_dir)
     check_manifest(store, manifest)
     rows = pd.read_parquet(manifest)

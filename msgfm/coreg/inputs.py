@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msgfm.decisions import GateTableError, accepted_ids
+from msgfm.decisions import accepted_ids
 
 
 class CoregisterError(RuntimeError):
@@ -40,10 +40,7 @@ def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> li
     """Ledger rows with status ok that the raw gate accepted, with asset paths resolved under raw_dir."""
     if not ledger_path.is_file():
         raise CoregisterError(f"{ledger_path}: not found (run `msgfm download` and `msgfm validate_raw` first)")
-    try:
-        accepted = accepted_ids(gate_path)
-    except GateTableError as e:
-        raise CoregisterError(str(e)) from None
+    accepted = accepted_ids(gate_path, error=CoregisterError)
     ledger = pd.read_parquet(ledger_path)
     ledger = ledger[(ledger["status"] == "ok") & ledger["id"].astype(str).isin(accepted)]
     items = []
