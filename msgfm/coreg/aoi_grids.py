@@ -17,6 +17,8 @@ import rasterio
 from msgfm.coreg.inputs import Item
 from msgfm.geo.grids import Grid, bounds_in, utm_crs
 from msgfm.geo.io import atomic_write_json
+from msgfm.ingest.download import aoi_problem
+from msgfm.ingest.fetch import inside
 
 S10, FINE = "s10", "fine"
 GRIDS_NAME = "grids.json"
@@ -80,12 +82,14 @@ def _fine_grid(item: Item, crs: str, fine_gsd_m: float) -> Grid | None:
 
 def write_grids(out_dir: Path, aoi: str, grids: dict[str, Grid]) -> None:
     """Record the AOI's grids in `{out_dir}/{aoi}/grids.json` for the coreg gate."""
+    if aoi_problem(aoi) or not inside(Path(out_dir) / aoi, Path(out_dir)):
+        raise ValueError(f"AOI {aoi!r}: no folder of {out_dir}; grids not written")
     atomic_write_json(Path(out_dir) / aoi / GRIDS_NAME, {name: g.to_dict() for name, g in grids.items()})
 
 
 def read_grids(out_dir: Path, aoi: str) -> dict[str, Grid]:
-    """The reference grids of an AOI written by the stage ({} when missing)."""
+    """The reference grids of an AOI written by the stage ({} when missing, or when `aoi` is no folder of it)."""
     path = Path(out_dir) / aoi / GRIDS_NAME
-    if not path.is_file():
+    if aoi_problem(aoi) or not inside(path, Path(out_dir)) or not path.is_file():
         return {}
     return {name: Grid.from_dict(d) for name, d in json.loads(path.read_text()).items()}

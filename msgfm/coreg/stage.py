@@ -79,11 +79,15 @@ def coregister(
     items = load_accepted_items(Path(ledger), Path(raw_gate), Path(raw_dir))
     if not items:
         raise CoregisterError(f"{raw_gate}: the raw gate accepted no acquisitions; nothing to co-register")
-    by_aoi: dict[str, list[Item]] = {}
-    for item in items:
-        by_aoi.setdefault(item.aoi, []).append(item)
     store = RasterStore(Path(out_dir), cfg.compress)
     rows: list[dict] = []
+    by_aoi: dict[str, list[Item]] = {}
+    for item in items:
+        problem = store.aoi_problem(item.aoi)
+        if problem:
+            rows.append(_refused_row(item, problem))
+        else:
+            by_aoi.setdefault(item.aoi, []).append(item)
     # one GDAL environment for the whole run instead of one per open/warp call, and single-threaded BLAS: the
     # phase correlation's small matrix DFTs cost ten times more CPU when OpenBLAS threads contend for 2 cores
     with (
@@ -174,6 +178,14 @@ def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item],
         if r["status"] != "ok":
             log.warning("%s: quarantined: %s", r["id"], r["error"])
     return outcome
+
+
+def _refused_row(item: Item, reason: str) -> dict:
+    """The failed row of an acquisition the stage refuses before reading it (an AOI name that is no folder)."""
+    row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
+    row["error"] = reason
+    log.warning("%s: quarantined: %s", item.id, reason)
+    return row
 
 
 def _unknown_sensor_rows(by_sensor: dict[str, list[Item]]) -> list[dict]:

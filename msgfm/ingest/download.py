@@ -81,6 +81,16 @@ def safe_name(text: str) -> str:
     return name or "_"
 
 
+def aoi_problem(aoi: object) -> str:
+    """Why an AOI name cannot be a folder of data/coreg ('' when it can): it must be its own `safe_name`.
+
+    Refused rather than sanitised, so two AOIs never merge into one folder under a changed name.
+    """
+    if not isinstance(aoi, str) or safe_name(aoi) != aoi:
+        return f"AOI name {aoi!r} is not a safe folder name (only A-Za-z0-9._-, no leading dot, at most 120 chars)"
+    return ""
+
+
 # --- ledger --------------------------------------------------------------------------------------
 
 
@@ -247,6 +257,8 @@ def _plan(source: SourceParams, signer: Signer | None, ledger: dict[str, dict[st
         if folder in folders and not rec.error:
             rec.error = f"item id {rec.id!r} maps to the same folder as {folders[folder]!r} after sanitising"
         folders.setdefault(folder, rec.id)
+        if not rec.error and aoi_problem(rec.aoi):
+            rec.error = f"item {rec.id!r}: {aoi_problem(rec.aoi)}"
         if rec.id in ledger and _complete(ledger[rec.id], out_dir):
             if ledger[rec.id].get("fingerprint") == item_fingerprint(rec):
                 continue

@@ -1,0 +1,89 @@
+"""Hostile names and grids: AOI names that are no folder, same-day acquisitions, grids a bad item could capture.
+
+An AOI name from a catalog becomes a folder of data/coreg, so one that is not its own safe name is refused
+at download (a ledger error the raw gate quarantines) and again by coregister (a tampered ledger); nothing
+is written outside the data folder. Two acquisitions of one day get two rasters. The S2 grid of an AOI is
+the one most acquisitions agree on: a rotated or far-away S2 cannot capture it and is quarantined.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from coreg_world import RawWorld
+from stac_fixture import edit_item, item_id, make_catalog
+
+from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
+from msgfm.coreg.stage import coregister
+from msgfm.ingest.download import download, read_ledger
+from msgfm.validation.raw import validate_raw
+
+DAYS = [dt.date(2024, 3, d) for d in (10, 11, 12, 13)]
+
+
+def _coregister(root: Path) -> pd.DataFrame:
+    """coregister on the project folder `root` as the DVC stage runs it."""
+    return coregister(
+        CoregisterParams(), ledger=root / "data/raw/acquisitions.parquet", raw_gate=root / "data/gates/raw.parquet",
+        raw_dir=root / "data/raw", out_dir=root / "data/coreg", report=root / "data/reports/coregister.json",
+    )  # fmt: skip
+
+
+def _files_outside(top: Path, inside: Path) -> list[Path]:
+    """Every file under `top` that is not under `inside`."""
+    return [p for p in top.rglob("*") if p.is_file() and not p.resolve().is_relative_to(inside.resolve())]
+
+
+def test_hostile_aoi_names_are_refused_and_nothing_is_written_outside_data(tmp_path):
+    top = tmp_path / "a" / "b" / "c"  # "../../../X" from data/coreg lands in tmp_path/a/X
+    catalog = make_catalog(top / "source", [("s2", d) for d in DAYS])
+    absolute = tmp_path / "absolute_aoi"
+    hostile = {0: "../../../X", 1: str(absolute), 2: {"nested": "dict"}}
+    for n, aoi in hostile.items():
+        edit_item(catalog, item_id("s2", DAYS[n]), lambda item, aoi=aoi: item["properties"].update({"msgfm:aoi": aoi}))
+    root = top / "project"
+    raw = root / "data/raw"
+    download(SourceParams(href=str(catalog)), DownloadParams(out_dir=raw), report_path=None, progress=False)
+    validate_raw(
+        raw, SourceParams(href=str(catalog)), GatesParams(), gates_dir=root / "data/gates", reports_dir=root / "data/reports"
+    )
+    ledger = read_ledger(raw).set_index("id")
+    gate = pd.read_parquet(root / "data/gates/raw.parquet").set_index("id")
+    for n, aoi in hostile.items():
+        iid = item_id("s2", DAYS[n])
+        assert ledger.loc[iid, "status"] == "failed"
+        assert f"AOI name {str(aoi)!r} is not a safe folder name" in ledger.loc[iid, "error"]
+        assert not gate.loc[iid, "accepted"] and "is not a safe folder name" in gate.loc[iid, "reasons"]
+    table = _coregister(root).set_index("id")
+    good = item_id("s2", DAYS[3])
+    assert table.loc[good, "status"] == "ok" and (root / "data/coreg" / table.loc[good, "path"]).is_file()
+    assert not [p for p in _files_outside(tmp_path, root / "data") if not p.is_relative_to(top / "source")]
+    assert not (tmp_path / "a" / "X").exists() and not absolute.exists()
+
+
+def test_coregister_refuses_an_aoi_that_is_no_folder_even_from_a_tampered_ledger(tmp_path):
+    root = tmp_path / "a" / "b" / "project"
+    world = RawWorld(root, size=48, fine_size=48)
+    ids = [world.add_s2("2024-05-01"), world.add_s2("2024-05-11"), world.add_s2("2024-06-20")]
+    world.finish()
+    absolute = tmp_path / "absolute_aoi"
+    ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
+    ledger.loc[ledger["id"] == ids[0], "aoi"] = "../../../X"
+    ledger.loc[ledger["id"] == ids[1], "aoi"] = str(absolute)
+    ledger.to_parquet(root / "data/raw/acquisitions.parquet", index=False)
+    table = _coregister(root).set_index("id")
+    assert "AOI name '../../../X' is not a safe folder name" in table.loc[ids[0], "error"]
+    assert f"AOI name {str(absolute)!r} is not a safe folder name" in table.loc[ids[1], "error"]
+    assert (table.loc[ids[:2], "status"] == "failed").all() and (table.loc[ids[:2], "path"] == "").all()
+    assert table.loc[ids[2], "status"] == "ok"
+    assert not _files_outside(tmp_path, root / "data") and not absolute.exists()
+
+
+@pytest.mark.parametrize("aoi", ["farm", "AOI-1.v2"])
+def test_safe_aoi_names_are_kept(aoi):
+    from msgfm.ingest.download import aoi_problem
+
+    assert aoi_problem(aoi) == ""
