@@ -47,9 +47,8 @@ def test_hostile_aoi_names_are_refused_and_nothing_is_written_outside_data(tmp_p
     root = top / "project"
     raw = root / "data/raw"
     download(SourceParams(href=str(catalog)), DownloadParams(out_dir=raw), report_path=None, progress=False)
-    validate_raw(
-        raw, SourceParams(href=str(catalog)), GatesParams(), gates_dir=root / "data/gates", reports_dir=root / "data/reports"
-    )
+    gates = {"gates_dir": root / "data/gates", "reports_dir": root / "data/reports"}
+    validate_raw(raw, SourceParams(href=str(catalog)), GatesParams(), **gates)
     ledger = read_ledger(raw).set_index("id")
     gate = pd.read_parquet(root / "data/gates/raw.parquet").set_index("id")
     for n, aoi in hostile.items():
