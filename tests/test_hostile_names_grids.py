@@ -86,3 +86,46 @@ def test_safe_aoi_names_are_kept(aoi):
     from msgfm.ingest.download import aoi_problem
 
     assert aoi_problem(aoi) == ""
+
+
+def test_two_acquisitions_of_one_day_get_two_rasters_and_two_sets_of_chips(tmp_path):
+    from coreg_world import pair_params
+
+    from msgfm.chips.pairing import pair
+    from msgfm.validation.coreg import validate_coreg
+
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    first = world.add_s2("2024-05-01")
+    world.add_s2("2024-05-11")
+    world.add_landcover()
+    second = "s2_farm_20240501_b"  # another tile or processing baseline of the same day
+    row = dict(world.rows[0], id=second, datetime=pd.Timestamp("2024-05-01T10:40", tz="UTC"))
+    world.rows.append(row)
+    world.finish()
+    table = _coregister(tmp_path)
+    images = table[table["item_id"].isin([first, second]) & (table["kind"] == "image")].set_index("id")
+    assert (images["status"] == "ok").all(), images["error"]
+    assert images.loc[first, "path"] != images.loc[second, "path"]
+    assert all((tmp_path / "data/coreg" / p).is_file() for p in images["path"])
+    assert table["path"][table["status"] == "ok"].is_unique
+    cfg = CoregisterParams()
+    gates = {"gates_dir": tmp_path / "data/gates", "reports_dir": tmp_path / "data/reports/gates"}
+    validate_coreg(tmp_path / "data/coreg", cfg, GatesParams(), **gates).raise_if_failed()
+    manifest = pair(
+        pair_params(tmp_path), coreg_dir=tmp_path / "data/coreg", coreg_gate=tmp_path / "data/gates/coreg.parquet"
+    )
+    assert manifest["id"].is_unique
+    assert set(manifest.loc[manifest["sensor"] == "s2", "source_id"]) == {first, second, "s2_farm_20240511"}
+
+
+def test_a_second_land_cover_item_of_an_aoi_is_refused_not_overwritten(tmp_path):
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    world.add_s2("2024-05-01")
+    world.add_landcover()
+    world.rows.append(dict(world.rows[-1], id="landcover_farm_v2"))
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    assert table.loc["landcover_farm", "status"] == "ok"
+    refused = table[table["item_id"] == "landcover_farm_v2"]
+    assert (refused["status"] == "failed").all() and len(refused) == 1
+    assert "output name farm/landcover is already taken by 'landcover_farm'" in refused["error"].iloc[0]

@@ -35,6 +35,16 @@ RASTER_COLUMNS = [
 """Columns of data/coreg/rasters.parquet (see docs/data-layout.md)."""
 
 
+def raster_name(item: Item) -> str:
+    """File stem of an acquisition's raster: `{sensor}_{YYYYMMDD}_{8 hex of SHA-256(item id)}` (`landcover` per AOI).
+
+    Readable (sensor and date) and stable, yet one per acquisition: two of the same day do not overwrite each other.
+    """
+    if item.sensor == "landcover":
+        return "landcover"
+    return f"{item.sensor}_{item.date}_{hashlib.sha256(item.id.encode()).hexdigest()[:8]}"
+
+
 def params_key(cfg: CoregisterParams, *parts: Any) -> str:
     """Hash of the params and inputs a raster depends on, to reuse its output on a rerun."""
     blob = json.dumps([cfg.model_dump(mode="json"), *parts], sort_keys=True, default=str)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from msgfm.coreg.aoi_grids import FINE, S10, choose_grids, write_grids
 from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth
-from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row
+from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row, raster_name
 from msgfm.coreg.strategies import (
     AOIContext,
     Candidate,
@@ -125,6 +125,7 @@ def run_aoi(
     Two phases: S2, RGB and land cover (they need only the grids), then S1 and DSM (they need the
     references, built from the clearest S2 and RGB acquisitions of the first phase).
     """
+    items, clashes = _name_clashes(items)
     by_sensor: dict[str, list[Item]] = {}
     for item in items:
         by_sensor.setdefault(item.sensor, []).append(item)
@@ -151,7 +152,22 @@ def run_aoi(
     done |= _run_tasks(ctx, shifted, progress)
     rows = [r for sensor in TABLE_ORDER for outcome in done[sensor] for r in outcome.rows]
     write_grids(store.out_dir, aoi, grids)
-    return rows + _unknown_sensor_rows(by_sensor)
+    return rows + clashes + _unknown_sensor_rows(by_sensor)
+
+
+def _name_clashes(items: list[Item]) -> tuple[list[Item], list[dict]]:
+    """The acquisitions whose output name is free, and a refused row for each later one whose name is taken."""
+    owners: dict[str, str] = {}
+    kept, refused = [], []
+    for item in items:
+        name = raster_name(item)
+        if name in owners:
+            reason = f"output name {item.aoi}/{name} is already taken by {owners[name]!r}; one acquisition per name"
+            refused.append(_refused_row(item, reason))
+        else:
+            owners[name] = item.id
+            kept.append(item)
+    return kept, refused
 
 
 def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]], progress: tqdm | None) -> dict[str, list[Outcome]]:
