@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import rasterio
+from affine import Affine
 from coreg_world import RawWorld
 from stac_fixture import edit_item, item_id, make_catalog
 
 from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
+from msgfm.coreg.aoi_grids import read_grids
 from msgfm.coreg.stage import coregister
 from msgfm.ingest.download import download, read_ledger
 from msgfm.validation.raw import validate_raw
@@ -129,3 +132,47 @@ def test_a_second_land_cover_item_of_an_aoi_is_refused_not_overwritten(tmp_path)
     refused = table[table["item_id"] == "landcover_farm_v2"]
     assert (refused["status"] == "failed").all() and len(refused) == 1
     assert "output name farm/landcover is already taken by 'landcover_farm'" in refused["error"].iloc[0]
+
+
+def _move_s2(world: RawWorld, iid: str, change: Affine) -> None:
+    """Rewrite every band of an S2 acquisition with its transform composed with `change` (pixels kept)."""
+    for path in (world.raw / "s2" / iid).glob("*.tif"):
+        with rasterio.open(path) as src:
+            data, profile = src.read(), src.profile
+        profile["transform"] = change(profile["transform"])
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+
+
+def _grid_world(tmp_path: Path) -> tuple[RawWorld, str, list[str]]:
+    """An AOI whose earliest S2 is the odd one out, three good S2 after it, an S1 and the land cover."""
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    odd = world.add_s2("2024-04-01")
+    good = [world.add_s2(d) for d in ("2024-05-01", "2024-05-11", "2024-06-20")]
+    world.add_s1("2024-05-02", (0.8, 0.4))
+    world.add_landcover()
+    return world, odd, good
+
+
+def test_a_rotated_earliest_s2_does_not_capture_the_grid_and_is_quarantined(tmp_path):
+    world, odd, good = _grid_world(tmp_path)
+    _move_s2(world, odd, lambda tf: tf @ Affine.rotation(12.0))
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    grid = read_grids(tmp_path / "data/coreg", "farm")["s10"]
+    assert grid.transform == world.s2_transform and grid.shape == (48, 48)
+    assert table.loc[odd, "status"] == "failed" and "is not north-up" in table.loc[odd, "error"]
+    assert f"s2/{odd}/B02.tif" in table.loc[odd, "error"]
+    assert (table.loc[[*good, "s1_farm_20240502"], "status"] == "ok").all()
+
+
+def test_an_s2_500_km_away_is_quarantined_and_the_good_ones_keep_their_grid(tmp_path):
+    world, odd, good = _grid_world(tmp_path)
+    _move_s2(world, odd, lambda tf: Affine.translation(0.0, -500_000.0) @ tf)
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    assert read_grids(tmp_path / "data/coreg", "farm")["s10"].transform == world.s2_transform
+    assert table.loc[odd, "status"] == "failed"
+    reason = "footprint is 500 km from the AOI's S2 grid (3 of 4 S2 acquisitions lie on it): not this AOI"
+    assert table.loc[odd, "error"] == reason
+    assert (table.loc[[*good, "s1_farm_20240502", "landcover_farm"], "status"] == "ok").all()

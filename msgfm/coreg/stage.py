@@ -125,13 +125,14 @@ def run_aoi(
     Two phases: S2, RGB and land cover (they need only the grids), then S1 and DSM (they need the
     references, built from the clearest S2 and RGB acquisitions of the first phase).
     """
-    items, clashes = _name_clashes(items)
+    items, refused_rows = _name_clashes(items)
     by_sensor: dict[str, list[Item]] = {}
     for item in items:
         by_sensor.setdefault(item.sensor, []).append(item)
     biome = next((i.biome for i in items if i.biome), "")
     truth = load_truth(truth_dir, aoi)
-    grids, s2_items = choose_grids(by_sensor, cfg.fine_gsd_m)
+    grids, s2_items, refused = choose_grids(by_sensor, cfg.fine_gsd_m)
+    refused_rows += [_refused_row(i, refused[i.id]) for i in by_sensor.get("s2", []) if i.id in refused]
     ctx = AOIContext(cfg, store, aoi, biome, truth, grids)
     references = {
         "rgb": [(item, functools.partial(coregister_rgb, order=i)) for i, item in enumerate(by_sensor.get("rgb", []))],
@@ -152,7 +153,7 @@ def run_aoi(
     done |= _run_tasks(ctx, shifted, progress)
     rows = [r for sensor in TABLE_ORDER for outcome in done[sensor] for r in outcome.rows]
     write_grids(store.out_dir, aoi, grids)
-    return rows + clashes + _unknown_sensor_rows(by_sensor)
+    return rows + refused_rows + _unknown_sensor_rows(by_sensor)
 
 
 def _name_clashes(items: list[Item]) -> tuple[list[Item], list[dict]]:
