@@ -176,3 +176,37 @@ def test_an_s2_500_km_away_is_quarantined_and_the_good_ones_keep_their_grid(tmp_
     reason = "footprint is 500 km from the AOI's S2 grid (3 of 4 S2 acquisitions lie on it): not this AOI"
     assert table.loc[odd, "error"] == reason
     assert (table.loc[[*good, "s1_farm_20240502", "landcover_farm"], "status"] == "ok").all()
+
+
+def _move_rgb(world: RawWorld, iid: str, dy_m: float) -> None:
+    """Rewrite an RGB acquisition `dy_m` metres further south (pixels kept)."""
+    path = world.raw / "rgb" / iid / "image.tif"
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+    profile["transform"] = Affine.translation(0.0, -dy_m) @ profile["transform"]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def test_an_rgb_far_from_the_s2_grid_does_not_capture_the_fine_grid(tmp_path):
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    world.add_s2("2024-05-01")
+    far = world.add_rgb("2024-04-15")
+    good = world.add_rgb("2024-04-20")
+    _move_rgb(world, far, 700_000.0)
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    assert table.loc[good, "status"] == "ok"
+    assert table.loc[far, "status"] == "failed" and "all nodata on the fine grid" in table.loc[far, "error"]
+
+
+def test_an_aoi_whose_only_rgb_is_far_away_has_no_fine_grid_and_says_why(tmp_path):
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    s2 = world.add_s2("2024-05-01")
+    far = world.add_rgb("2024-04-15")
+    _move_rgb(world, far, 700_000.0)
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    assert table.loc[s2, "status"] == "ok"
+    assert table.loc[far, "status"] == "failed"
+    assert "footprint does not overlap the s10 grid of AOI farm; no fine grid" in table.loc[far, "error"]

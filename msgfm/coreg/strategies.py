@@ -158,7 +158,10 @@ def coregister_rgb(ctx: AOIContext, item: Item, order: int) -> Outcome:
         if src.crs is None:
             row["error"] = f"{path}: raster has no CRS"
             return Outcome([row])
-        grid = ctx.grids[FINE]  # chosen from the first RGB with a CRS, so this one has a grid
+        grid = ctx.grids.get(FINE)  # chosen from the first RGB with a CRS overlapping the 10 m grid
+        if grid is None:
+            row["error"] = f"{path}: footprint does not overlap the s10 grid of AOI {item.aoi}; no fine grid"
+            return Outcome([row])
         key = params_key(ctx.cfg, grid.to_dict(), file_stamp([path]))
         reused = ctx.store.reuse(rel, key)
         if reused is not None:
