@@ -210,3 +210,15 @@ def test_an_aoi_whose_only_rgb_is_far_away_has_no_fine_grid_and_says_why(tmp_pat
     assert table.loc[s2, "status"] == "ok"
     assert table.loc[far, "status"] == "failed"
     assert "footprint does not overlap the s10 grid of AOI farm; no fine grid" in table.loc[far, "error"]
+
+
+def test_an_acquisition_without_a_datetime_is_refused_and_the_rest_go_through(tmp_path):
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    good = world.add_s2("2024-05-01")
+    undated = world.add_s2("2024-05-11")
+    world.rows[-1]["datetime"] = pd.NaT
+    world.finish()
+    table = _coregister(tmp_path).set_index("id")
+    assert table.loc[good, "status"] == "ok"
+    assert table.loc[undated, "status"] == "failed"
+    assert table.loc[undated, "error"] == "no acquisition datetime in the ledger"

@@ -69,7 +69,7 @@ def empty_row(item: Item, raster_id: str, kind: str, grid: str) -> dict[str, Any
         "sensor": item.sensor,
         "kind": kind,
         "datetime": item.datetime,
-        "date": item.datetime.strftime("%Y-%m-%d"),
+        "date": "" if pd.isna(item.datetime) else item.datetime.strftime("%Y-%m-%d"),
         "path": "",
         "grid": grid,
         "crs": "",

@@ -83,7 +83,8 @@ def coregister(
     rows: list[dict] = []
     by_aoi: dict[str, list[Item]] = {}
     for item in items:
-        problem = store.aoi_problem(item.aoi)
+        undated = "no acquisition datetime in the ledger" if pd.isna(item.datetime) else ""
+        problem = store.aoi_problem(item.aoi) or undated
         if problem:
             rows.append(_refused_row(item, problem))
         else:
