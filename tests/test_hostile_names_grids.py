@@ -21,6 +21,7 @@ from stac_fixture import edit_item, item_id, make_catalog
 from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
 from msgfm.coreg.aoi_grids import read_grids
 from msgfm.coreg.stage import coregister
+from msgfm.geo.io import aoi_problem
 from msgfm.ingest.download import download, read_ledger
 from msgfm.validation.raw import validate_raw
 
@@ -86,8 +87,6 @@ def test_coregister_refuses_an_aoi_that_is_no_folder_even_from_a_tampered_ledger
 
 @pytest.mark.parametrize("aoi", ["farm", "AOI-1.v2"])
 def test_safe_aoi_names_are_kept(aoi):
-    from msgfm.ingest.download import aoi_problem
-
     assert aoi_problem(aoi) == ""
 
 

@@ -19,9 +19,7 @@ from rasterio.warp import transform_bounds
 
 from msgfm.coreg.inputs import Item
 from msgfm.geo.grids import Grid, bounds_in, intersects, utm_crs
-from msgfm.geo.io import atomic_write_json
-from msgfm.ingest.download import aoi_problem
-from msgfm.ingest.fetch import inside
+from msgfm.geo.io import aoi_problem, atomic_write_json, inside
 
 S10, FINE = "s10", "fine"
 GRIDS_NAME = "grids.json"

@@ -19,9 +19,7 @@ import rasterio
 
 from msgfm.coreg.warp import write_tiled_tiff
 from msgfm.geo.grids import Grid
-from msgfm.geo.io import atomic_write_json, sha256_file
-from msgfm.ingest.download import aoi_problem
-from msgfm.ingest.fetch import inside
+from msgfm.geo.io import aoi_problem, atomic_write_json, inside, sha256_file
 
 if TYPE_CHECKING:
     from msgfm.config import CoregisterParams

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import Any
 import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.geo.io import atomic_path, atomic_write_json
-from msgfm.ingest.fetch import DownloadError, Fetcher, inside
+from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, inside, safe_name
+from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.sources import ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
@@ -70,25 +69,6 @@ class DownloadSummary:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-# --- names ---------------------------------------------------------------------------------------
-
-
-def safe_name(text: str) -> str:
-    """A single path component from untrusted text: only [A-Za-z0-9._-], no leading dots, at most 120 chars."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")[:120]
-    return name or "_"
-
-
-def aoi_problem(aoi: object) -> str:
-    """Why an AOI name cannot be a folder of data/coreg ('' when it can): it must be its own `safe_name`.
-
-    Refused rather than sanitised, so two AOIs never merge into one folder under a changed name.
-    """
-    if not isinstance(aoi, str) or safe_name(aoi) != aoi:
-        return f"AOI name {aoi!r} is not a safe folder name (only A-Za-z0-9._-, no leading dot, at most 120 chars)"
-    return ""
 
 
 # --- ledger --------------------------------------------------------------------------------------
