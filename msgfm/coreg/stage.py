@@ -94,7 +94,7 @@ def coregister(
     with (
         rasterio.Env(),
         threadpool_limits(1, user_api="blas"),
-        tqdm(total=len(items), desc="coregister", unit="raster") as progress,
+        tqdm(total=len(items) - len(rows), desc="coregister", unit="raster") as progress,
     ):
         for aoi, group in sorted(by_aoi.items()):
             log.info("AOI %s: %d acquisitions", aoi, len(group))
@@ -134,6 +134,8 @@ def run_aoi(
     truth = load_truth(truth_dir, aoi)
     grids, s2_items, refused = choose_grids(by_sensor, cfg.fine_gsd_m)
     refused_rows += [_refused_row(i, refused[i.id]) for i in by_sensor.get("s2", []) if i.id in refused]
+    if progress is not None:
+        progress.update(len(refused_rows))
     ctx = AOIContext(cfg, store, aoi, biome, truth, grids)
     references = {
         "rgb": [(item, functools.partial(coregister_rgb, order=i)) for i, item in enumerate(by_sensor.get("rgb", []))],
