@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,11 @@ def test_recovered_shifts_match_truth(world):
     assert report["s1"]["n"] == 3 and report["dsm"]["n"] == 1 and report["failed"] == 0
 
 
+def _coreg_path(root: Path, table: pd.DataFrame, raster_id: str) -> Path:
+    """The file of a raster of rasters.parquet (names carry an id-derived suffix: read them from the table)."""
+    return root / "data/coreg" / table.set_index("id").loc[raster_id, "path"]
+
+
 def test_every_raster_on_its_aoi_grid(world):
     root, table = world
     assert (table["status"] == "ok").all(), table.loc[table["status"] != "ok", ["id", "error"]]
@@ -169,15 +175,24 @@ def test_every_raster_on_its_aoi_grid(world):
             assert grids[row.grid].matches(src.crs, src.transform, src.width, src.height), row.id
     s2 = table[(table["sensor"] == "s2") & (table["kind"] == "image")]
     assert list(s2["band_names"].iloc[0]) == list(S2_L2A_BANDS)
-    expected = {"s2_20240501.tif", "s2_20240501_cloud.tif", "s1_20240502.tif", "rgb_20240415.tif", "dsm_20230901.tif"}
-    assert expected <= {p.name for p in (root / "data/coreg/farm").glob("*.tif")}
+    ids = ["s2_farm_20240501", "s2_farm_20240501_cloud", "s1_farm_20240502", "rgb_farm_20240415", "dsm_farm_20230901"]
+    expected = [Path(p).name for p in table.set_index("id").loc[ids, "path"]]
+    patterns = [
+        r"s2_20240501_[0-9a-f]{8}",
+        r"s2_20240501_[0-9a-f]{8}_cloud",
+        r"s1_20240502_[0-9a-f]{8}",
+        r"rgb_20240415_[0-9a-f]{8}",
+    ]
+    for name, pattern in zip(expected, [*patterns, r"dsm_20230901_[0-9a-f]{8}"], strict=True):
+        assert re.fullmatch(pattern + r"\.tif", name), name
+    assert set(expected) <= {p.name for p in (root / "data/coreg/farm").glob("*.tif")}
     assert {"landcover.tif", "landcover_fine.tif"} <= {p.name for p in (root / "data/coreg/farm").glob("*.tif")}
 
 
 def test_coarse_bands_resampled_to_10m(world):
     """The 60 m and 20 m bands land on the 10 m grid with their mean preserved and their shape at 10 m."""
     root, table = world
-    with rasterio.open(root / "data/coreg/farm/s2_20240501.tif") as src:
+    with rasterio.open(_coreg_path(root, table, "s2_farm_20240501")) as src:
         out = src.read()
         assert out.shape == (12, 96, 96)
     for band in ("B01", "B05", "B12"):
@@ -192,10 +207,10 @@ def test_shift_correction_aligns_s1_with_s2(world):
     """After correction, S1 and S2 gradients agree better than before (the correction is applied, not only recorded)."""
     root, table = world
     cfg = CoregisterParams()
-    with rasterio.open(root / "data/coreg/farm/s2_20240501.tif") as src:
+    with rasterio.open(_coreg_path(root, table, "s2_farm_20240501")) as src:
         s2 = src.read([S2_L2A_BANDS.index(b) + 1 for b in cfg.s2_feature_bands]).astype(np.float32)
     ref = gradient_feature(s2, np.all(s2 > 0, axis=0), cfg.feature_sigma_px)
-    with rasterio.open(root / "data/coreg/farm/s1_20240502.tif") as src:
+    with rasterio.open(_coreg_path(root, table, "s1_farm_20240502")) as src:
         s1 = src.read()
     after = estimate_shift(ref, gradient_feature(s1, np.all(np.isfinite(s1), axis=0), cfg.s1_speckle_sigma_px))
     assert np.hypot(after[0], after[1]) < 0.3  # truth was (1.3, -0.7)
@@ -203,7 +218,7 @@ def test_shift_correction_aligns_s1_with_s2(world):
 
 def test_rerun_reuses_finished_rasters(world):
     root, table = world
-    path = root / "data/coreg/farm/s1_20240502.tif"
+    path = _coreg_path(root, table, "s1_farm_20240502")
     before = path.stat().st_mtime_ns
     again = run_stage(root)
     assert path.stat().st_mtime_ns == before
@@ -234,7 +249,7 @@ def test_bad_inputs_quarantined_and_good_ones_go_through(tmp_path):
     assert table.loc[orphan, "status"] == "failed" and "no accepted Sentinel-2" in table.loc[orphan, "error"]
     good = table.loc["s1_farm_20240502"]
     assert good["status"] == "ok" and (tmp_path / "data/coreg" / good["path"]).is_file()
-    assert not (tmp_path / "data/coreg/farm/s1_20240503.tif").exists()
+    assert not list((tmp_path / "data/coreg/farm").glob("s1_20240503_*"))
 
 
 def test_reference_built_from_the_clearest_dates(tmp_path):

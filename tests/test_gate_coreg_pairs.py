@@ -56,7 +56,8 @@ def test_coreg_gate_accepts_the_corrected_world(pipeline_root):  # noqa: F811
 def test_coreg_gate_rejects_off_grid_and_uncorrected_rasters(pipeline_root, tmp_path):  # noqa: F811
     """A raster moved off the AOI grid, and an S1 written without its correction, are quarantined; the rest pass."""
     root = copy_pipeline(pipeline_root, tmp_path)
-    off = root / "data/coreg/farm/s1_20240514.tif"
+    paths = pd.read_parquet(root / "data/coreg/rasters.parquet").set_index("id")["path"]
+    off = root / "data/coreg" / paths["s1_farm_20240514"]
     with rasterio.open(off) as src:
         data, transform = src.read(), src.transform
     write_cog(off, data, crs=CRS_UTM, transform=transform @ Affine.translation(0.5, 0.0))
@@ -66,7 +67,7 @@ def test_coreg_gate_rejects_off_grid_and_uncorrected_rasters(pipeline_root, tmp_
         rasterio.open(root / "data/raw/s1/s1_farm_20240502/VH.tif") as vh,
     ):
         data = np.concatenate([warp_to_grid(vv, grid, dtype="float32"), warp_to_grid(vh, grid, dtype="float32")])
-    write_cog(root / "data/coreg/farm/s1_20240502.tif", data, crs=grid.crs, transform=grid.transform)
+    write_cog(root / "data/coreg" / paths["s1_farm_20240502"], data, crs=grid.crs, transform=grid.transform)
     result = _gate_coreg(root)
     decisions = result.decisions.set_index("id")
     assert "not on the AOI's s10 grid" in decisions.loc["s1_farm_20240514", "reasons"]

@@ -64,9 +64,10 @@ def test_partner_chip_is_same_place_and_index_points_to_it(built):
 def test_chips_equal_raster_windows(built):
     root, manifest, store = built
     size = store.chip_px
+    paths = pd.read_parquet(root / "data/coreg/rasters.parquet").set_index("id")["path"]
     for sensor in ("s2", "s1", "rgb", "dsm"):
         row = manifest[manifest["sensor"] == sensor].iloc[3]
-        with rasterio.open(root / "data/coreg" / row["aoi"] / f"{sensor}_{row['date'].replace('-', '')}.tif") as src:
+        with rasterio.open(root / "data/coreg" / paths[row["source_id"]]) as src:
             window = src.read()[:, row["row"] : row["row"] + size, row["col"] : row["col"] + size]
         chip = store.raw(sensor, row["store_index"])
         valid = store.mask(sensor, row["store_index"]) != MASK_NODATA

@@ -331,5 +331,8 @@ def _affine(t: Any) -> Affine:
 
 
 def _chip_id(row: dict[str, Any], r: int, c: int) -> str:
-    """The manifest id of the chip at (r, c) of the raster described by `row`."""
-    return f"{row['sensor']}_{row['aoi']}_{row['date'].replace('-', '')}_r{r:05d}_c{c:05d}"
+    """The manifest id of the chip at (r, c) of the raster described by `row`: its acquisition's id and the origin.
+
+    The item id, not sensor and date, so two acquisitions of one day get different chips.
+    """
+    return f"{row['id']}_r{r:05d}_c{c:05d}"

@@ -33,7 +33,8 @@ class Item:
 
     @property
     def date(self) -> str:
-        return self.datetime.strftime("%Y%m%d")
+        """YYYYMMDD ('' without a datetime: the stage refuses such an acquisition)."""
+        return "" if pd.isna(self.datetime) else self.datetime.strftime("%Y%m%d")
 
 
 def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> list[Item]:
@@ -52,13 +53,19 @@ def load_accepted_items(ledger_path: Path, gate_path: Path, raw_dir: Path) -> li
                 sensor=str(row.sensor),
                 aoi=str(row.aoi),
                 biome=str(getattr(row, "biome", "") or ""),
-                datetime=pd.Timestamp(row.datetime).tz_localize("UTC")
-                if pd.Timestamp(row.datetime).tzinfo is None
-                else pd.Timestamp(row.datetime).tz_convert("UTC"),
+                datetime=_utc(row.datetime),
                 assets={k: raw_dir / v for k, v in assets.items()},
             )
         )
-    return sorted(items, key=lambda i: (i.aoi, i.sensor, i.datetime, i.id))
+    return sorted(items, key=lambda i: (i.aoi, i.sensor, pd.isna(i.datetime), i.datetime.value, i.id))
+
+
+def _utc(value: object) -> pd.Timestamp:
+    """A ledger datetime in UTC; NaT stays NaT (the stage refuses that acquisition with a reason)."""
+    ts = pd.Timestamp(value)
+    if pd.isna(ts):
+        return pd.NaT
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float]]:

@@ -19,7 +19,7 @@ import rasterio
 
 from msgfm.coreg.warp import write_tiled_tiff
 from msgfm.geo.grids import Grid
-from msgfm.geo.io import atomic_write_json, sha256_file
+from msgfm.geo.io import aoi_problem, atomic_write_json, inside, sha256_file
 
 if TYPE_CHECKING:
     from msgfm.config import CoregisterParams
@@ -31,6 +31,16 @@ RASTER_COLUMNS = [
     "shift_error", "truth_dx_px", "truth_dy_px", "valid_fraction", "status", "error",
 ]  # fmt: skip
 """Columns of data/coreg/rasters.parquet (see docs/data-layout.md)."""
+
+
+def raster_name(item: Item) -> str:
+    """File stem of an acquisition's raster: `{sensor}_{YYYYMMDD}_{8 hex of SHA-256(item id)}` (`landcover` per AOI).
+
+    Readable (sensor and date) and stable, yet one per acquisition: two of the same day do not overwrite each other.
+    """
+    if item.sensor == "landcover":
+        return "landcover"
+    return f"{item.sensor}_{item.date}_{hashlib.sha256(item.id.encode()).hexdigest()[:8]}"
 
 
 def params_key(cfg: CoregisterParams, *parts: Any) -> str:
@@ -57,7 +67,7 @@ def empty_row(item: Item, raster_id: str, kind: str, grid: str) -> dict[str, Any
         "sensor": item.sensor,
         "kind": kind,
         "datetime": item.datetime,
-        "date": item.datetime.strftime("%Y-%m-%d"),
+        "date": "" if pd.isna(item.datetime) else item.datetime.strftime("%Y-%m-%d"),
         "path": "",
         "grid": grid,
         "crs": "",
@@ -88,13 +98,27 @@ class RasterStore:
         self.pixels = 0
         """Pixels (bands x rows x cols) written by this run, for the report."""
 
+    def aoi_problem(self, aoi: str) -> str:
+        """Why `aoi` cannot be a folder of the store ('' when it can): not a safe name, or resolving outside it."""
+        problem = aoi_problem(aoi)
+        if not problem and not inside(self.out_dir / aoi, self.out_dir):
+            problem = f"AOI folder {self.out_dir / aoi} resolves outside {self.out_dir}"
+        return problem
+
+    def path(self, rel: str) -> Path:
+        """The absolute path of `rel` in the store; a ValueError when it would resolve outside the store."""
+        path = self.out_dir / rel
+        if not inside(path, self.out_dir):
+            raise ValueError(f"{rel}: resolves outside {self.out_dir}; refused")
+        return path
+
     def _record_path(self, rel: str) -> Path:
-        return self.out_dir / (rel[: -len(".tif")] + ".json")
+        return self.path(rel[: -len(".tif")] + ".json")
 
     def reuse(self, rel: str, key: str) -> dict[str, Any] | None:
         """The stored row of a raster written by an earlier run with the same key, if still valid."""
         record = self._record_path(rel)
-        if not record.is_file() or not (self.out_dir / rel).is_file():
+        if not record.is_file() or not self.path(rel).is_file():
             return None
         try:
             stored = json.loads(record.read_text())
@@ -108,13 +132,13 @@ class RasterStore:
 
     def read(self, rel: str) -> np.ndarray:
         """All bands (C, H, W) of a raster in the store, e.g. a reused one whose pixels are needed again."""
-        with rasterio.open(self.out_dir / rel) as src:
+        with rasterio.open(self.path(rel)) as src:
             return src.read()
 
     def write(self, rel: str, key: str, array: np.ndarray, grid: Grid, row: dict, nodata: float | None) -> dict:
         """Write `array` on `grid` at `rel`, complete its row (file, grid, status ok) and record both under `key`."""
         write_tiled_tiff(
-            self.out_dir / rel, array, grid, nodata=nodata, band_names=row["band_names"], compress=self.compress
+            self.path(rel), array, grid, nodata=nodata, band_names=row["band_names"], compress=self.compress
         )
         row.update(
             path=rel,

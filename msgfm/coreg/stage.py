@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from msgfm.coreg.aoi_grids import FINE, S10, choose_grids, write_grids
 from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth
-from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row
+from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row, raster_name
 from msgfm.coreg.strategies import (
     AOIContext,
     Candidate,
@@ -79,17 +79,22 @@ def coregister(
     items = load_accepted_items(Path(ledger), Path(raw_gate), Path(raw_dir))
     if not items:
         raise CoregisterError(f"{raw_gate}: the raw gate accepted no acquisitions; nothing to co-register")
-    by_aoi: dict[str, list[Item]] = {}
-    for item in items:
-        by_aoi.setdefault(item.aoi, []).append(item)
     store = RasterStore(Path(out_dir), cfg.compress)
     rows: list[dict] = []
+    by_aoi: dict[str, list[Item]] = {}
+    for item in items:
+        undated = "no acquisition datetime in the ledger" if pd.isna(item.datetime) else ""
+        problem = store.aoi_problem(item.aoi) or undated
+        if problem:
+            rows.append(_refused_row(item, problem))
+        else:
+            by_aoi.setdefault(item.aoi, []).append(item)
     # one GDAL environment for the whole run instead of one per open/warp call, and single-threaded BLAS: the
     # phase correlation's small matrix DFTs cost ten times more CPU when OpenBLAS threads contend for 2 cores
     with (
         rasterio.Env(),
         threadpool_limits(1, user_api="blas"),
-        tqdm(total=len(items), desc="coregister", unit="raster") as progress,
+        tqdm(total=len(items) - len(rows), desc="coregister", unit="raster") as progress,
     ):
         for aoi, group in sorted(by_aoi.items()):
             log.info("AOI %s: %d acquisitions", aoi, len(group))
@@ -121,12 +126,16 @@ def run_aoi(
     Two phases: S2, RGB and land cover (they need only the grids), then S1 and DSM (they need the
     references, built from the clearest S2 and RGB acquisitions of the first phase).
     """
+    items, refused_rows = _name_clashes(items)
     by_sensor: dict[str, list[Item]] = {}
     for item in items:
         by_sensor.setdefault(item.sensor, []).append(item)
     biome = next((i.biome for i in items if i.biome), "")
     truth = load_truth(truth_dir, aoi)
-    grids, s2_items = choose_grids(by_sensor, cfg.fine_gsd_m)
+    grids, s2_items, refused = choose_grids(by_sensor, cfg.fine_gsd_m)
+    refused_rows += [_refused_row(i, refused[i.id]) for i in by_sensor.get("s2", []) if i.id in refused]
+    if progress is not None:
+        progress.update(len(refused_rows))
     ctx = AOIContext(cfg, store, aoi, biome, truth, grids)
     references = {
         "rgb": [(item, functools.partial(coregister_rgb, order=i)) for i, item in enumerate(by_sensor.get("rgb", []))],
@@ -147,7 +156,22 @@ def run_aoi(
     done |= _run_tasks(ctx, shifted, progress)
     rows = [r for sensor in TABLE_ORDER for outcome in done[sensor] for r in outcome.rows]
     write_grids(store.out_dir, aoi, grids)
-    return rows + _unknown_sensor_rows(by_sensor)
+    return rows + refused_rows + _unknown_sensor_rows(by_sensor)
+
+
+def _name_clashes(items: list[Item]) -> tuple[list[Item], list[dict]]:
+    """The acquisitions whose output name is free, and a refused row for each later one whose name is taken."""
+    owners: dict[str, str] = {}
+    kept, refused = [], []
+    for item in items:
+        name = raster_name(item)
+        if name in owners:
+            reason = f"output name {item.aoi}/{name} is already taken by {owners[name]!r}; one acquisition per name"
+            refused.append(_refused_row(item, reason))
+        else:
+            owners[name] = item.id
+            kept.append(item)
+    return kept, refused
 
 
 def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]], progress: tqdm | None) -> dict[str, list[Outcome]]:
@@ -174,6 +198,14 @@ def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item],
         if r["status"] != "ok":
             log.warning("%s: quarantined: %s", r["id"], r["error"])
     return outcome
+
+
+def _refused_row(item: Item, reason: str) -> dict:
+    """The failed row of an acquisition the stage refuses before reading it (an AOI name that is no folder)."""
+    row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
+    row["error"] = reason
+    log.warning("%s: quarantined: %s", item.id, reason)
+    return row
 
 
 def _unknown_sensor_rows(by_sensor: dict[str, list[Item]]) -> list[dict]:

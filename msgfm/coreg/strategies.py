@@ -23,7 +23,7 @@ from rasterio.io import DatasetReader
 from msgfm.coreg.aoi_grids import FINE, S10
 from msgfm.coreg.features import mean_reference, moving_feature, reference_feature
 from msgfm.coreg.inputs import Item
-from msgfm.coreg.records import RasterStore, empty_row, file_stamp, params_key
+from msgfm.coreg.records import RasterStore, empty_row, file_stamp, params_key, raster_name
 from msgfm.coreg.shifts import estimate_shift_with, match_window
 from msgfm.coreg.warp import warp_files
 from msgfm.geo.grids import Grid, bounds_in, intersects, warp_to_grid
@@ -92,8 +92,8 @@ def keep_clearest(candidates: list[Candidate], new: Candidate | None, n: int) ->
 def coregister_s2(ctx: AOIContext, item: Item, order: int) -> Outcome:
     """All 12 bands (and the cloud mask) on the 10 m grid; the feature bands' window as a reference candidate."""
     grid = ctx.grids[S10]
-    rel = f"{item.aoi}/s2_{item.date}.tif"
-    cloud_rel = f"{item.aoi}/s2_{item.date}_cloud.tif"
+    rel = f"{item.aoi}/{raster_name(item)}.tif"
+    cloud_rel = f"{item.aoi}/{raster_name(item)}_cloud.tif"
     row = empty_row(item, item.id, "image", S10)
     row["band_names"] = list(S2_L2A_BANDS)
     missing = [b for b in S2_L2A_BANDS if b not in item.assets]
@@ -147,7 +147,7 @@ def _cloud_mask(ctx: AOIContext, item: Item, rel: str, key: str) -> tuple[dict, 
 
 def coregister_rgb(ctx: AOIContext, item: Item, order: int) -> Outcome:
     """RGB on the fine grid; its match window as a reference candidate for the DSM."""
-    rel = f"{item.aoi}/rgb_{item.date}.tif"
+    rel = f"{item.aoi}/{raster_name(item)}.tif"
     row = empty_row(item, item.id, "image", FINE)
     row["band_names"] = list(get_sensor("rgb").band_names)
     if "image" not in item.assets:
@@ -158,7 +158,10 @@ def coregister_rgb(ctx: AOIContext, item: Item, order: int) -> Outcome:
         if src.crs is None:
             row["error"] = f"{path}: raster has no CRS"
             return Outcome([row])
-        grid = ctx.grids[FINE]  # chosen from the first RGB with a CRS, so this one has a grid
+        grid = ctx.grids.get(FINE)  # chosen from the first RGB with a CRS overlapping the 10 m grid
+        if grid is None:
+            row["error"] = f"{path}: footprint does not overlap the s10 grid of AOI {item.aoi}; no fine grid"
+            return Outcome([row])
         key = params_key(ctx.cfg, grid.to_dict(), file_stamp([path]))
         reused = ctx.store.reuse(rel, key)
         if reused is not None:
@@ -277,7 +280,7 @@ def coregister_shifted(ctx: AOIContext, item: Item, spec: ShiftedSensor) -> Outc
     paths = [item.assets[b] for b in spec.bands]
     row["reference_id"] = "+".join(ctx.ref_ids[spec.grid])
     key = params_key(ctx.cfg, grid.to_dict(), file_stamp(paths), row["reference_id"])
-    rel = f"{item.aoi}/{item.sensor}_{item.date}.tif"
+    rel = f"{item.aoi}/{raster_name(item)}.tif"
     with contextlib.ExitStack() as stack:
         sources = {path: stack.enter_context(rasterio.open(path)) for path in paths}
         row["error"] = _placement_problem(sources[paths[0]], paths[0], grid, spec.grid, item.aoi)

@@ -1,4 +1,4 @@
-"""Raster and file I/O shared by every stage: atomic writes, COG output, checksums.
+"""Raster and file I/O shared by every stage: atomic writes, COG output, checksums, untrusted names.
 
 Every file a stage writes goes to a temporary name in the destination folder and is renamed into
 place, so a killed stage never leaves a half-written file under the final name.
@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,31 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
+
+
+def safe_name(text: str) -> str:
+    """A single path component from untrusted text: only [A-Za-z0-9._-], no leading dots, at most 120 chars."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")[:120]
+    return name or "_"
+
+
+def aoi_problem(aoi: object) -> str:
+    """Why an AOI name cannot be a folder of data/coreg ('' when it can): it must be its own `safe_name`.
+
+    Refused rather than sanitised, so two AOIs never merge into one folder under a changed name.
+    """
+    if not isinstance(aoi, str) or safe_name(aoi) != aoi:
+        return f"AOI name {aoi!r} is not a safe folder name (only A-Za-z0-9._-, no leading dot, at most 120 chars)"
+    return ""
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` resolves inside `folder` (symlinks followed)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import Any
 import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.geo.io import atomic_path, atomic_write_json
-from msgfm.ingest.fetch import DownloadError, Fetcher, inside
+from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, inside, safe_name
+from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.sources import ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
@@ -70,15 +69,6 @@ class DownloadSummary:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-# --- names ---------------------------------------------------------------------------------------
-
-
-def safe_name(text: str) -> str:
-    """A single path component from untrusted text: only [A-Za-z0-9._-], no leading dots, at most 120 chars."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")[:120]
-    return name or "_"
 
 
 # --- ledger --------------------------------------------------------------------------------------
@@ -247,6 +237,8 @@ def _plan(source: SourceParams, signer: Signer | None, ledger: dict[str, dict[st
         if folder in folders and not rec.error:
             rec.error = f"item id {rec.id!r} maps to the same folder as {folders[folder]!r} after sanitising"
         folders.setdefault(folder, rec.id)
+        if not rec.error and aoi_problem(rec.aoi):
+            rec.error = f"item {rec.id!r}: {aoi_problem(rec.aoi)}"
         if rec.id in ledger and _complete(ledger[rec.id], out_dir):
             if ledger[rec.id].get("fingerprint") == item_fingerprint(rec):
                 continue

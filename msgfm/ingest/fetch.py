@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams
-from msgfm.geo.io import atomic_path
+from msgfm.geo.io import atomic_path, inside
 from msgfm.ingest.sources import AssetRecord, is_url
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ class _Retryable(DownloadError):
 
 class VerifyError(DownloadError):
     """The fetched bytes are not what the item declares (size or checksum)."""
-
-
-def inside(path: Path, folder: Path) -> bool:
-    """Whether `path` resolves inside `folder` (symlinks followed)."""
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _verify(path: Path, asset: AssetRecord) -> None:

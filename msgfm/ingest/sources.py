@@ -156,7 +156,7 @@ def record_from_item(
     return ItemRecord(
         id=item_id,
         sensor=sensor,
-        aoi=props.get("msgfm:aoi") or cfg.aoi,
+        aoi=str(props.get("msgfm:aoi") or cfg.aoi),  # the ledger's aoi column holds text; download checks the name
         biome=props.get("msgfm:biome"),
         datetime=props.get("datetime") or props.get("start_datetime"),
         bbox=[float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None,
