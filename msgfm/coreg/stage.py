@@ -50,7 +50,7 @@ from msgfm.coreg.strategies import (
     keep_clearest,
     shifted_sensors,
 )
-from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.geo.io import atomic_path, atomic_write_json, environment_fault
 
 if TYPE_CHECKING:
     from msgfm.config import CoregisterParams
@@ -162,10 +162,12 @@ def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]], progress: tqdm | 
 
 
 def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item], Outcome]) -> Outcome:
-    """Run one acquisition's strategy; a read or warp failure becomes a row with its reason."""
+    """Run one acquisition's strategy; a read or warp failure becomes a row with its reason, a full disk aborts."""
     try:
         outcome = strategy(ctx, item)
     except (OSError, rasterio.errors.RasterioError, ValueError) as e:
+        if (fault := environment_fault(e)) is not None:
+            raise fault from e  # a full or read-only disk is not a property of this acquisition
         row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
         row["error"] = f"{type(e).__name__}: {e}"
         log.warning("%s: %s", item.id, row["error"])
