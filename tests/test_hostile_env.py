@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import rasterio
 import yaml
-from coreg_world import RawWorld
-from stac_fixture import make_catalog
+from affine import Affine
+from coreg_world import CRS_UTM, ORIGIN, RawWorld
+from stac_fixture import edit_item, item_json, make_catalog, rewrite_asset
 from tiny_world import working_directory
 from typer.testing import CliRunner
 
 from msgfm.cli import ENVIRONMENT_EXIT, app
+from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
+from msgfm.coreg.stage import coregister
+from msgfm.ingest.download import download, read_ledger
+from msgfm.validation.raw import validate_raw
 
 # --- environment faults (item: disk full, read-only) ------------------------------------------------
 
@@ -131,3 +139,90 @@ def test_validate_raw_into_a_read_only_gates_dir_aborts(tmp_path, repo_root):
             gates={"dir": str(mnt / "gates"), "reports_dir": str(mnt / "reports")},
         )
         _assert_environment_error(_msgfm(tmp_path, "validate_raw"), "read-only file system")
+
+
+# --- one bad item must not kill a stage -------------------------------------------------------------------
+
+HUGE = 200_000  # a header claiming 200000 x 200000 px: 149 GiB as float32, a few MB on disk (sparse tiles)
+
+
+def write_huge_header(path: Path, crs: str = CRS_UTM) -> Path:
+    """A valid, sparse, tiled GeoTIFF whose header claims HUGE x HUGE pixels (no tile is ever written)."""
+    profile = dict(driver="GTiff", width=HUGE, height=HUGE, count=1, dtype="float32", crs=crs, nodata=-9999.0,
+                   transform=Affine(10.0, 0, ORIGIN[0], 0, -10.0, ORIGIN[1]), tiled=True, blockxsize=1024,
+                   blockysize=1024, sparse_ok=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+    return path
+
+
+def _gate(root: Path, catalog: Path, source: SourceParams | None = None) -> pd.DataFrame:
+    """Download `catalog` (or `source`) and run the raw gate; its decisions by id."""
+    source = source or SourceParams(href=str(catalog))
+    download(source, DownloadParams(out_dir=root / "raw"), report_path=None, progress=False)
+    gates = GatesParams(min_pass_rate=0.2)
+    validate_raw(root / "raw", source, gates, gates_dir=root / "gates", reports_dir=root / "reports")
+    return pd.read_parquet(root / "gates" / "raw.parquet").set_index("id")
+
+
+def test_raw_gate_refuses_a_huge_header_and_a_datetime_that_is_no_date(tmp_path):
+    """A 200000 x 200000 px header and `datetime: 10` are quarantined with their reasons; the good item passes."""
+    days = [dt.date(2024, 6, 1), dt.date(2024, 6, 13), dt.date(2024, 6, 25)]
+    catalog = make_catalog(tmp_path / "source", [("s1", d) for d in days])
+    huge = write_huge_header(tmp_path / "huge.tif")
+    rewrite_asset(catalog, "s1_tiny_20240613", "VV", huge.read_bytes())
+    edit_item(catalog, "s1_tiny_20240625", lambda item: item["properties"].update(datetime=10))
+    decisions = _gate(tmp_path, catalog)
+    assert decisions.loc["s1_tiny_20240601", "accepted"]
+    reason = decisions.loc["s1_tiny_20240613", "reasons"]
+    assert not decisions.loc["s1_tiny_20240613", "accepted"]
+    assert "VV: header claims 200000 x 200000 px" in reason and "gates.max_pixels" in reason, reason
+    reason = decisions.loc["s1_tiny_20240625", "reasons"]
+    assert not decisions.loc["s1_tiny_20240625", "accepted"]
+    assert "datetime '10' is not an ISO 8601 date-time" in reason, reason
+
+
+def test_coregister_fails_the_rows_of_a_huge_header_and_a_missing_datetime(tmp_path):
+    """Past the gate (an older gate table), such items become failed rows with a reason; the good ones are written."""
+    world = RawWorld(tmp_path, size=48, fine_size=48)
+    world.add_s2("2024-05-01")
+    good = world.add_s1("2024-05-02", (0.8, 0.4))
+    huge = world.add_s1("2024-05-03", (0.0, 0.0))
+    undated = world.add_s1("2024-05-04", (0.0, 0.0))
+    world.finish()
+    write_huge_header(tmp_path / "data/raw/s1" / huge / "VV.tif")
+    ledger = pd.read_parquet(tmp_path / "data/raw/acquisitions.parquet")
+    ledger.loc[ledger["id"] == undated, "datetime"] = pd.NaT
+    ledger.to_parquet(tmp_path / "data/raw/acquisitions.parquet", index=False)
+    table = coregister(
+        CoregisterParams(), ledger=tmp_path / "data/raw/acquisitions.parquet",
+        raw_gate=tmp_path / "data/gates/raw.parquet", raw_dir=tmp_path / "data/raw", out_dir=tmp_path / "data/coreg",
+        report=tmp_path / "data/reports/coregister.json", truth_dir=tmp_path / "data/source/truth",
+    ).set_index("id")  # fmt: skip
+    assert table.loc[huge, "status"] == "failed"
+    assert "header claims 200000 x 200000 px" in table.loc[huge, "error"]
+    assert "coregister.max_source_px" in table.loc[huge, "error"]
+    assert table.loc[undated, "status"] == "failed" and "no valid acquisition datetime" in table.loc[undated, "error"]
+    assert table.loc[good, "status"] == "ok" and table.loc["s2_farm_20240501", "status"] == "ok"
+
+
+def test_a_deeply_nested_sidecar_fails_its_item_not_the_folder_download(tmp_path):
+    """A sidecar nested 100000 deep (RecursionError in json) is that item's ledger error; the good item lands."""
+    catalog = make_catalog(tmp_path / "source", [("dsm", dt.date(2024, 6, 1)), ("dsm", dt.date(2024, 6, 2))])
+    folder = tmp_path / "folder"
+    for iid in ("dsm_tiny_20240601", "dsm_tiny_20240602"):
+        (folder / iid).mkdir(parents=True)
+        shutil.copyfile(item_json(catalog, iid).parent / "dsm.tif", folder / iid / "dsm.tif")
+        meta = {"id": iid, "sensor": "dsm", "asset": "dsm", "datetime": "2024-06-01T10:30:00Z", "aoi": "tiny"}
+        (folder / iid / "dsm.json").write_text(json.dumps(meta))
+    nested = json.dumps({"sensor": "dsm", "datetime": "2024-06-02T10:30:00Z"})[:-1] + ', "x": '
+    (folder / "dsm_tiny_20240602" / "dsm.json").write_text(nested + "[" * 100_000 + "]" * 100_000 + "}")
+    summary = download(
+        SourceParams(kind="folder", path=folder), DownloadParams(out_dir=tmp_path / "raw"), report_path=None,
+        progress=False,
+    )  # fmt: skip
+    ledger = read_ledger(tmp_path / "raw").set_index("id")
+    assert (summary.fetched, summary.failed) == (1, 1)
+    assert ledger.loc["dsm_tiny_20240601", "error"] == ""
+    error = ledger.loc["dsm", "error"] if "dsm" in ledger.index else ledger.loc["dsm_tiny_20240602", "error"]
+    assert "dsm.json: sidecar is not valid JSON" in error and "recursion" in error, error

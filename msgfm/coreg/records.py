@@ -57,7 +57,7 @@ def empty_row(item: Item, raster_id: str, kind: str, grid: str) -> dict[str, Any
         "sensor": item.sensor,
         "kind": kind,
         "datetime": item.datetime,
-        "date": item.datetime.strftime("%Y-%m-%d"),
+        "date": item.datetime.strftime("%Y-%m-%d") if pd.notna(item.datetime) else "",
         "path": "",
         "grid": grid,
         "crs": "",

@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.coreg.aoi_grids import FINE, S10, choose_grids, write_grids
-from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth
+from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth, refusal
 from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row
 from msgfm.coreg.strategies import (
     AOIContext,
@@ -79,11 +79,14 @@ def coregister(
     items = load_accepted_items(Path(ledger), Path(raw_gate), Path(raw_dir))
     if not items:
         raise CoregisterError(f"{raw_gate}: the raw gate accepted no acquisitions; nothing to co-register")
+    rows: list[dict] = []
     by_aoi: dict[str, list[Item]] = {}
     for item in items:
-        by_aoi.setdefault(item.aoi, []).append(item)
+        if reason := refusal(item, cfg.max_source_px):
+            rows.append(_refused_row(item, reason))
+        else:
+            by_aoi.setdefault(item.aoi, []).append(item)
     store = RasterStore(Path(out_dir), cfg.compress)
-    rows: list[dict] = []
     # one GDAL environment for the whole run instead of one per open/warp call, and single-threaded BLAS: the
     # phase correlation's small matrix DFTs cost ten times more CPU when OpenBLAS threads contend for 2 cores
     with (
@@ -176,6 +179,14 @@ def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item],
         if r["status"] != "ok":
             log.warning("%s: quarantined: %s", r["id"], r["error"])
     return outcome
+
+
+def _refused_row(item: Item, reason: str) -> dict:
+    """The failed row of an acquisition refused before any read (see `refusal`)."""
+    row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
+    row["error"] = reason
+    log.warning("%s: quarantined: %s", item.id, reason)
+    return row
 
 
 def _unknown_sensor_rows(by_sensor: dict[str, list[Item]]) -> list[dict]:

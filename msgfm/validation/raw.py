@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -52,7 +53,7 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
     tally = _AssetTally()
     for key, rel in assets.items():
         layout = asset_layout(sensor, key, keys or list(assets))
-        info = open_asset(raw_dir / rel, layout, gates.max_read_px)
+        info = open_asset(raw_dir / rel, layout, gates.max_read_px, gates.max_pixels)
         if "error" in info:
             tally.unreadable.append(f"{key}: {info['error']}")
             continue
@@ -71,11 +72,13 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
 def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], assets: dict[str, str]) -> dict[str, Any]:
     """An item's row before its files are opened: identity, download outcome, missing assets, no statistics."""
     ok = rec.get("status") == "ok"
+    when = _item_datetime(rec, item)
     return {
         "id": rec["id"],
         "sensor": rec.get("sensor") or "",
         "aoi": rec.get("aoi") or "",
-        "datetime": _item_datetime(rec, item),
+        "datetime": when,
+        "datetime_error": _datetime_problem(when),
         "download_error": "" if ok else (rec.get("error") or "download failed"),
         "missing_assets": ", ".join(k for k in keys if k not in assets) if ok else "",
         "unreadable": "",
@@ -198,6 +201,24 @@ def _item_datetime(rec: dict[str, Any], item: dict[str, Any]) -> str | None:
     return None if ts is None or pd.isna(ts) else pd.Timestamp(ts).isoformat()
 
 
+def _datetime_problem(when: str | None) -> str:
+    """Why a published datetime is not an ISO 8601 date-time ("" when it is, absent or unparseable: own checks).
+
+    dateutil reads `10` as the 10th of this month; later stages need the instant the item was acquired.
+    """
+    import dateutil.parser
+
+    if when is None:
+        return ""
+    try:
+        dateutil.parser.parse(when)
+    except (ValueError, OverflowError):
+        return ""  # `datetime_parseable` says so
+    if not re.match(r"\d{4}-\d{2}-\d{2}", when) or pd.isna(pd.to_datetime(when, errors="coerce", format="ISO8601")):
+        return f"datetime {when!r} is not an ISO 8601 date-time (YYYY-MM-DDThh:mm:ssZ)"
+    return ""
+
+
 def _mark_duplicates(table: pd.DataFrame) -> None:
     """Same sensor, AOI and acquisition time as an earlier (by id) downloaded item: `duplicate_of` names it."""
     if table.empty:
@@ -289,6 +310,9 @@ def _time_and_identity_checks(e: ModuleType) -> list[Check]:
             "datetime_parseable",
             e.ExpectColumnValuesToBeDateutilParseable(column="datetime"),
             "datetime {datetime!r} is not parseable",
+        ),
+        Check(
+            "datetime_iso", e.ExpectColumnValuesToBeInSet(column="datetime_error", value_set=[""]), "{datetime_error}"
         ),
         Check(
             "not_duplicate",
