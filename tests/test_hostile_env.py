@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from msgfm.cli import ENVIRONMENT_EXIT, app
 from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
 from msgfm.coreg.stage import coregister
 from msgfm.ingest.download import download, read_ledger
+from msgfm.training.pretrain import LOCAL_ONLY_ENV
 from msgfm.validation.raw import validate_raw
 
 # --- environment faults (item: disk full, read-only) ------------------------------------------------
@@ -226,3 +229,33 @@ def test_a_deeply_nested_sidecar_fails_its_item_not_the_folder_download(tmp_path
     assert ledger.loc["dsm_tiny_20240601", "error"] == ""
     error = ledger.loc["dsm", "error"] if "dsm" in ledger.index else ledger.loc["dsm_tiny_20240602", "error"]
     assert "dsm.json: sidecar is not valid JSON" in error and "recursion" in error, error
+
+
+# --- exposure: Ray and the Prefect flows ------------------------------------------------------------------
+
+_RAY_PROBE = """
+import json, psutil
+from msgfm.config import load_params
+from msgfm.training.pretrain import _connect_ray
+params = load_params("params.yaml")
+params.ray.num_cpus, params.pretrain.workers = 1, 1
+assert _connect_ray(params)
+import ray
+listening = {c.laddr.ip for p in psutil.Process().children(recursive=True) for c in p.net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN}
+print(json.dumps({"node": ray.nodes()[0]["NodeManagerAddress"], "listening": sorted(listening)}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_instance_listens_on_loopback_only(repo_root):
+    """pretrain's local Ray instance: node IP 127.0.0.1 and every GCS/raylet socket on loopback (about 5-20 s)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", LOCAL_ONLY_ENV)}
+    out = subprocess.run(
+        [sys.executable, "-c", _RAY_PROBE], cwd=repo_root, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["node"] == "127.0.0.1", probe
+    assert probe["listening"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in probe["listening"]), probe
