@@ -259,3 +259,44 @@ def test_a_local_ray_instance_listens_on_loopback_only(repo_root):
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["node"] == "127.0.0.1", probe
     assert probe["listening"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in probe["listening"]), probe
+
+
+def test_flows_refuse_a_repo_dir_outside_the_allowed_roots(tmp_path, monkeypatch):
+    """pipeline/retrain take repo_dir from the API caller: outside MSGFM_REPO_ROOTS it is refused before any run."""
+    from flows.pipeline import PipelineError, check_repo_dir
+
+    monkeypatch.setenv("MSGFM_REPO_ROOTS", str(tmp_path / "allowed"))
+    assert check_repo_dir(tmp_path / "allowed" / "repo") == str((tmp_path / "allowed" / "repo").resolve())
+    for outside in (tmp_path / "other", tmp_path / "allowed" / ".." / "other", Path("/")):
+        with pytest.raises(PipelineError, match="outside the allowed repository roots .* MSGFM_REPO_ROOTS"):
+            check_repo_dir(outside)
+    monkeypatch.delenv("MSGFM_REPO_ROOTS")
+    with pytest.raises(PipelineError, match="outside the allowed"):
+        check_repo_dir(tmp_path)  # unset: only the repository holding flows/
+
+
+def test_flows_refuse_overrides_outside_retrain_allowed_overrides(tmp_path, repo_root):
+    """`source.*`, `download.*`, `ray.*` and `retrain.*` overrides are refused; training knobs pass."""
+    from flows.pipeline import PipelineError, check_override_keys
+
+    params = shutil.copyfile(repo_root / "params.yaml", tmp_path / "params.yaml")
+    check_override_keys(params, ["finetune.trials", "simulate.s2_dates", "seed"])
+    for key in ("source.href", "download.out_dir", "ray.address", "retrain.allowed_overrides", "seeds"):
+        with pytest.raises(PipelineError, match=rf"\['{key}'\] refused: flow runs may override only"):
+            check_override_keys(params, [key])
+    _project(tmp_path, repo_root, retrain={"allowed_overrides": ["source.href"]})
+    check_override_keys(params, ["source.href"])
+
+
+def test_the_retrain_flow_refuses_a_source_override_before_doing_anything(tmp_path, repo_root, monkeypatch):
+    """The flow function itself (its .fn, no server): a `source.href` override fails at once, params untouched."""
+    from flows.pipeline import PipelineError
+    from flows.retrain import retrain
+
+    monkeypatch.setenv("MSGFM_REPO_ROOTS", str(tmp_path))
+    _project(tmp_path, repo_root)
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(PipelineError, match=r"\['source.href'\] refused"):
+        retrain.fn(repo_dir=str(tmp_path), overrides={"source.href": "https://attacker.example/catalog.json"})
+    assert (tmp_path / "params.yaml").read_text() == before
+    assert not (tmp_path / "data").exists()

@@ -72,6 +72,10 @@ class RetrainParams(Section):
     lock_wait_s: float = Field(0, ge=0, le=86400, description="wait this long for a running retrain, then exit")
     registry_path: Path = Path("data/models/registry.json")
     metrics_path: Path = Field(Path("data/metrics/evaluate.json"), description="the evaluate stage's test metrics")
+    allowed_overrides: list[str] = Field(
+        ["seed", "simulate", "coregister", "pair", "model", "pretrain", "finetune", "evaluate"],
+        description="params sections (or dotted keys) a flow run's `overrides` may set; others are refused",
+    )
 
     @model_validator(mode="after")
     def _known_timezone(self) -> RetrainParams:
