@@ -10,12 +10,14 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import rasterio
@@ -30,7 +32,10 @@ from msgfm.cli import ENVIRONMENT_EXIT, app
 from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
 from msgfm.coreg.stage import coregister
 from msgfm.ingest.download import download, read_ledger
+from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
 from msgfm.training.pretrain import LOCAL_ONLY_ENV
+from msgfm.validation.assets import AssetLayout, open_asset
+from msgfm.validation.plausibility import implausible_date, implausible_values
 from msgfm.validation.raw import validate_raw
 
 # --- environment faults (item: disk full, read-only) ------------------------------------------------
@@ -300,3 +305,73 @@ def test_the_retrain_flow_refuses_a_source_override_before_doing_anything(tmp_pa
         retrain.fn(repo_dir=str(tmp_path), overrides={"source.href": "https://attacker.example/catalog.json"})
     assert (tmp_path / "params.yaml").read_text() == before
     assert not (tmp_path / "data").exists()
+
+
+# --- physical plausibility --------------------------------------------------------------------------------
+
+
+def _wrong_units(iid: str, sensor: str, key: str):
+    """Pixels in the wrong units for some items of the plausibility catalog (None: the good pixels)."""
+    rng = np.random.default_rng(7)
+    if iid == "s2_tiny_20240602" and key in S2_L2A_BANDS:
+        n = max(2, int(240 // SENTINEL2.band(key).gsd_m))
+        return rng.integers(1, 98, (n, n)).astype(np.uint16), SENTINEL2.band(key).gsd_m, 0  # percent
+    if iid == "s1_tiny_20240602":
+        return rng.uniform(0.001, 0.9, (24, 24)).astype(np.float32), 10.0, None  # linear power
+    if sensor == "landcover":
+        n = 24 if key == "map" else 48
+        return rng.integers(1, 100, (n, n)).astype(np.uint8), 10.0 if key == "map" else 5.0, 0  # not WorldCover
+    return None
+
+
+def test_raw_gate_quarantines_wrong_units_foreign_legends_and_impossible_dates(tmp_path):
+    """Percent S2, linear S1, land cover coded 1-99, years 0001 and 2300: each quarantined saying what it looks like."""
+    day = dt.date(2024, 6, 1)
+    items = [("s2", day), ("s1", day), ("s2", dt.date(2024, 6, 2)), ("s1", dt.date(2024, 6, 2)), ("landcover", day)]
+    items += [("s1", dt.date(2024, 6, 3)), ("s2", dt.date(2024, 6, 3))]
+    catalog = make_catalog(tmp_path / "source", items, arrays=_wrong_units)
+    edit_item(catalog, "s1_tiny_20240603", lambda item: item["properties"].update(datetime="0001-01-01T00:00:00Z"))
+    edit_item(catalog, "s2_tiny_20240603", lambda item: item["properties"].update(datetime="2300-01-01T10:30:00Z"))
+    decisions = _gate(tmp_path, catalog)
+    expected = {
+        "s2_tiny_20240602": r"S2 values look like percent \(max 97\): expected reflectance x 10000",
+        "s1_tiny_20240602": r"S1 values look like linear power \(min 0\.00\d+, max 0\.8\d+\): expected backscatter",
+        "landcover_tiny": r"land cover codes 1, 2, 3, .* and \d+ more are not ESA WorldCover classes \(10, 20",
+        "s1_tiny_20240603": r"datetime 0001-01-01T00:00:00\+00:00 is before Sentinel-1 GRD began \(2014-04-03\)",
+        "s2_tiny_20240603": r"datetime 2300-01-01T10:30:00\+00:00 is in the future",
+    }
+    for iid, pattern in expected.items():
+        assert not decisions.loc[iid, "accepted"], iid
+        assert re.search(pattern, decisions.loc[iid, "reasons"]), (iid, decisions.loc[iid, "reasons"])
+    assert decisions.loc["s2_tiny_20240601", "accepted"] and decisions.loc["s1_tiny_20240601", "accepted"]
+
+
+def _real_items(test_data: Path) -> list[tuple[str, str, list[Path]]]:
+    """(sensor, acquisition date, band files) of every real sample: BigEarthNet S2/S1 patches, SEN12MS-CR."""
+    ben = test_data / "bigearthnet-v1"
+    items = []
+    for sensor, folder, pattern in (("s2", "BigEarthNet-v1.0", "*_B*.tif"), ("s1", "BigEarthNet-S1-v1.0", "*_V?.tif")):
+        for patch in sorted((ben / folder).iterdir()):
+            items.append((sensor, re.search(r"_(\d{8})T", patch.name).group(1), sorted(patch.glob(pattern))))
+    sen12 = test_data / "sen12ms-cr"
+    for sensor, folder in (("s1", "ROIs1970_fall_s1"), ("s2", "ROIs1970_fall_s2"), ("s2", "ROIs1970_fall_s2_cloudy")):
+        items.append((sensor, "20170901", sorted((sen12 / folder).rglob("*.tif"))))  # SEN12MS: fall 2017
+    return items
+
+
+def test_plausibility_checks_pass_the_real_samples(test_data):
+    """No false positive on real data: every BigEarthNet and SEN12MS-CR sample is plausible in units and date."""
+    items = _real_items(test_data)
+    assert len(items) == 11 and all(files for _, _, files in items)
+    for sensor, day, files in items:
+        lows, highs = [], []
+        for path in files:
+            with rasterio.open(path) as src:
+                count, dtype = src.count, src.dtypes[0]
+            spec = SENSORS[sensor]
+            layout = AssetLayout(count, dtype, spec.bands[0].nodata, spec.valid_range)
+            info = open_asset(path, layout, max_read_px=2048)
+            lows.append(info["value_min"])
+            highs.append(info["value_max"])
+        assert implausible_values(sensor, min(lows), max(highs), "") == "", (files[0], min(lows), max(highs))
+        assert implausible_date(sensor, dt.datetime.strptime(day, "%Y%m%d").replace(tzinfo=dt.UTC)) == ""

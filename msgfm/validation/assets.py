@@ -31,12 +31,14 @@ class AssetLayout:
     dtype: str
     nodata: float | None
     valid_range: tuple[float, float]
+    codes: tuple[int, ...] | None = None
+    """The class codes a categorical asset may hold (land cover); None for measurements."""
 
 
 def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
     """Expected layout of asset `key` of a `sensor` item whose required assets are `keys`; None if auxiliary."""
     if sensor == "landcover":
-        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)))
+        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)), tuple(c.code for c in LEGEND))
     spec = SENSORS.get(sensor)
     if spec is None:
         return None
@@ -101,6 +103,8 @@ def open_asset(
         value_min=float(values.min()) if values.size else None,
         value_max=float(values.max()) if values.size else None,
     )
+    if layout.codes is not None:
+        out["foreign_codes"] = sorted(set(np.unique(values).tolist()) - set(layout.codes))
     return out
 
 
