@@ -133,6 +133,40 @@ def _hydra_value(value: OverrideValue) -> str:
     return str(value)
 
 
+REPO_ROOTS_ENV = "MSGFM_REPO_ROOTS"
+"""Folders (os.pathsep-separated) a flow's `repo_dir` may be in; unset: the repository holding flows/."""
+
+
+def check_repo_dir(repo_dir: str | Path) -> str:
+    """The resolved `repo_dir` if it lies in an allowed root (MSGFM_REPO_ROOTS), else PipelineError.
+
+    A flow run's parameters come from whoever can reach the Prefect API: they must not point DVC at any folder.
+    """
+    repo = Path(repo_dir).resolve()
+    listed = os.environ.get(REPO_ROOTS_ENV, "")
+    roots = [Path(r).resolve() for r in listed.split(os.pathsep) if r] or [Path(__file__).resolve().parent.parent]
+    if not any(repo == root or root in repo.parents for root in roots):
+        raise PipelineError(
+            f"repo_dir {repo} is outside the allowed repository roots {[str(r) for r in roots]}: "
+            f"add it to {REPO_ROOTS_ENV} ({os.pathsep}-separated) on the machine serving the flows"
+        )
+    return str(repo)
+
+
+def check_override_keys(params_file: Path, keys: list[str]) -> None:
+    """Refuse overrides of params outside `retrain.allowed_overrides` (sections or dotted keys) of params_file."""
+    try:
+        allowed = load_params(params_file).retrain.allowed_overrides
+    except ParamsError as e:
+        raise PipelineError(f"{params_file}: {e}") from None
+    refused = [k for k in keys if not any(k == a or k.startswith(a + ".") for a in allowed)]
+    if refused:
+        raise PipelineError(
+            f"params overrides {refused} refused: flow runs may override only {allowed} "
+            f"(retrain.allowed_overrides in {params_file})"
+        )
+
+
 @task(name="apply params overrides")
 def apply_overrides(repo_dir: str, overrides: dict[str, OverrideValue]) -> list[str]:
     """Write `key=value` overrides into params.yaml with DVC's own `-S` code, then validate the result.
@@ -144,6 +178,7 @@ def apply_overrides(repo_dir: str, overrides: dict[str, OverrideValue]) -> list[
     from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
 
     params_file = Path(repo_dir) / "params.yaml"
+    check_override_keys(params_file, list(overrides))
     original = params_file.read_text()
     items = [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
     try:
@@ -248,8 +283,8 @@ def pipeline(
         retry: retries with exponential backoff for the stages that read the network.
         repo_dir: the msgfm repository (where dvc.yaml is).
     """
+    repo = check_repo_dir(repo_dir)
     logger = get_run_logger()
-    repo = str(Path(repo_dir).resolve())
     order = plan_stages(repo, target=target, stages=stages)
     if not order:
         raise PipelineError(f"{repo}/dvc.yaml defines no pipeline stages")

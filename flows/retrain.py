@@ -32,7 +32,15 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field
 
 from flows.lock import LockBusy, RunLock
-from flows.pipeline import DEFAULT_RETRY, OverrideValue, RetryPolicy, pipeline, plan_stages
+from flows.pipeline import (
+    DEFAULT_RETRY,
+    OverrideValue,
+    RetryPolicy,
+    check_override_keys,
+    check_repo_dir,
+    pipeline,
+    plan_stages,
+)
 from msgfm.config import Params, RetrainParams, load_params
 from msgfm.geo.io import sha256_file
 from msgfm.registry import compare, load_registry, record_decision
@@ -132,8 +140,9 @@ def retrain(
         lock_wait_s: seconds to wait for a running retrain before giving up (empty: params retrain.lock_wait_s).
         retry: retries with exponential backoff for the stages that read the network.
     """
+    repo = check_repo_dir(repo_dir)
+    check_override_keys(Path(repo) / "params.yaml", list(overrides or {}))
     logger = get_run_logger()
-    repo = str(Path(repo_dir).resolve())
     cfg = load_params(Path(repo) / "params.yaml").retrain
     lock = RunLock(Path(repo) / cfg.lock_path, run=flow_run.get_name())
     try:

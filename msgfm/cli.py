@@ -26,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+ENVIRONMENT_EXIT = 3  # the machine (disk full, read-only, no permission), not the data, stopped the stage
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read instead of params.yaml")]
 
 
@@ -53,12 +54,23 @@ def _setup_logging() -> None:
 
 @contextlib.contextmanager
 def _stage_errors(*errors: type[Exception], code: int = 1) -> Iterator[None]:
-    """Report a stage's own errors (their messages name the file and the problem) as `error: ...`, exit `code`."""
+    """Report a stage's own errors (their messages name the file and the problem) as `error: ...`, exit `code`.
+
+    An environment fault (disk full, read-only, no permission, I/O error) exits ENVIRONMENT_EXIT instead.
+    """
     try:
         yield
     except errors as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code) from None
+    except Exception as e:
+        from msgfm.geo.io import environment_fault
+
+        fault = environment_fault(e)
+        if fault is None:
+            raise
+        typer.echo(f"error: {fault}", err=True)
+        raise typer.Exit(ENVIRONMENT_EXIT) from None
 
 
 def _load(params_path: Path) -> Params:

@@ -12,6 +12,7 @@ since its absolute level only says how high the place is.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,8 @@ class Sensor:
     valid_range: tuple[float, float]
     fine_grid: bool
     """True for the ~1 m sensors (RGB, DSM) co-registered on the fine grid; False for the 10 m grid."""
+    mission_start: dt.date | None = None
+    """First day the mission acquired data (its first satellite's launch); None for airborne sensors."""
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -118,6 +121,7 @@ SENTINEL1 = Sensor(
     unit="dB",
     valid_range=(-50.0, 20.0),
     fine_grid=False,
+    mission_start=dt.date(2014, 4, 3),  # Sentinel-1A launch
 )
 
 SENTINEL2 = Sensor(
@@ -127,6 +131,7 @@ SENTINEL2 = Sensor(
     unit="reflectance x 10000",
     valid_range=(0.0, 10000.0),
     fine_grid=False,
+    mission_start=dt.date(2015, 6, 23),  # Sentinel-2A launch
 )
 
 RGB = Sensor(

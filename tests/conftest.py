@@ -18,6 +18,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="msgfm-prefect-home-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# flows accept a repo_dir only inside MSGFM_REPO_ROOTS (flows/pipeline.py): the tests' repositories are temporary
+os.environ.setdefault("MSGFM_REPO_ROOTS", tempfile.gettempdir())
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(__file__).resolve().parent / "data"

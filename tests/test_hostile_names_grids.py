@@ -220,4 +220,4 @@ def test_an_acquisition_without_a_datetime_is_refused_and_the_rest_go_through(tm
     table = _coregister(tmp_path).set_index("id")
     assert table.loc[good, "status"] == "ok"
     assert table.loc[undated, "status"] == "failed"
-    assert table.loc[undated, "error"] == "no acquisition datetime in the ledger"
+    assert table.loc[undated, "error"] == "no valid acquisition datetime in the ledger"

@@ -72,6 +72,10 @@ class RetrainParams(Section):
     lock_wait_s: float = Field(0, ge=0, le=86400, description="wait this long for a running retrain, then exit")
     registry_path: Path = Path("data/models/registry.json")
     metrics_path: Path = Field(Path("data/metrics/evaluate.json"), description="the evaluate stage's test metrics")
+    allowed_overrides: list[str] = Field(
+        ["seed", "simulate", "coregister", "pair", "model", "pretrain", "finetune", "evaluate"],
+        description="params sections (or dotted keys) a flow run's `overrides` may set; others are refused",
+    )
 
     @model_validator(mode="after")
     def _known_timezone(self) -> RetrainParams:
@@ -105,6 +109,9 @@ class CoregisterParams(Section):
     max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "none"
     reference_dates: int = Field(3, ge=1, description="the S2 (RGB) reference averages this many clearest dates")
+    max_source_px: int = Field(
+        250_000_000, ge=1, description="most pixels (width x height) of a source raster read in full"
+    )
 
     @model_validator(mode="after")
     def _known_bands(self) -> CoregisterParams:
@@ -207,6 +214,9 @@ class GatesParams(Section):
         0.001, ge=0, le=1, description="raw: most valid pixels outside the sensor's physical range"
     )
     max_read_px: int = Field(2048, ge=64, le=65536, description="raw: rasters are read decimated to this side")
+    max_pixels: int = Field(
+        250_000_000, ge=1, description="raw: most pixels (width x height) a raster's header may claim"
+    )
     max_residual_px: float = Field(0.5, gt=0, le=10, description="coreg: most shift left after correction, px")
     min_valid_fraction: float = Field(0.5, ge=0, le=1, description="coreg: least valid overlap with the AOI grid")
     min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")

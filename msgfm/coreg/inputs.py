@@ -68,6 +68,30 @@ def _utc(value: object) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+def refusal(item: Item, max_source_px: int) -> str:
+    """Why an acquisition must not be read ("" if it may): no datetime, or a header claiming too many pixels.
+
+    Checked from the headers alone, before any full read, so one absurd item fails its row instead of the stage.
+    """
+    import rasterio
+    import rasterio.errors
+
+    if pd.isna(item.datetime):
+        return "no valid acquisition datetime in the ledger"
+    for key, path in sorted(item.assets.items()):
+        try:
+            with rasterio.open(path) as src:
+                width, height = src.width, src.height
+        except (OSError, rasterio.errors.RasterioError):
+            continue  # unreadable: the strategy reports it with its own reason
+        if width * height > max_source_px:
+            return (
+                f"{key} ({path.name}): header claims {width} x {height} px ({width * height:,} px), "
+                f"above coregister.max_source_px {max_source_px:,}"
+            )
+    return ""
+
+
 def load_truth(truth_dir: Path | None, aoi: str) -> dict[str, tuple[float, float]]:
     """True misregistration per item id from the simulator's sidecar, in the stage's convention ({} if none).
 

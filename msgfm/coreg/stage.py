@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from msgfm.coreg.aoi_grids import FINE, S10, choose_grids, write_grids
-from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth
+from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth, refusal
 from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row, raster_name
 from msgfm.coreg.strategies import (
     AOIContext,
@@ -50,7 +50,7 @@ from msgfm.coreg.strategies import (
     keep_clearest,
     shifted_sensors,
 )
-from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.geo.io import atomic_path, atomic_write_json, environment_fault
 
 if TYPE_CHECKING:
     from msgfm.config import CoregisterParams
@@ -83,10 +83,8 @@ def coregister(
     rows: list[dict] = []
     by_aoi: dict[str, list[Item]] = {}
     for item in items:
-        undated = "no acquisition datetime in the ledger" if pd.isna(item.datetime) else ""
-        problem = store.aoi_problem(item.aoi) or undated
-        if problem:
-            rows.append(_refused_row(item, problem))
+        if reason := store.aoi_problem(item.aoi) or refusal(item, cfg.max_source_px):
+            rows.append(_refused_row(item, reason))
         else:
             by_aoi.setdefault(item.aoi, []).append(item)
     # one GDAL environment for the whole run instead of one per open/warp call, and single-threaded BLAS: the
@@ -186,10 +184,12 @@ def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]], progress: tqdm | 
 
 
 def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item], Outcome]) -> Outcome:
-    """Run one acquisition's strategy; a read or warp failure becomes a row with its reason."""
+    """Run one acquisition's strategy; a read or warp failure becomes a row with its reason, a full disk aborts."""
     try:
         outcome = strategy(ctx, item)
     except (OSError, rasterio.errors.RasterioError, ValueError) as e:
+        if (fault := environment_fault(e)) is not None:
+            raise fault from e  # a full or read-only disk is not a property of this acquisition
         row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
         row["error"] = f"{type(e).__name__}: {e}"
         log.warning("%s: %s", item.id, row["error"])
@@ -201,7 +201,7 @@ def _guarded(ctx: AOIContext, item: Item, strategy: Callable[[AOIContext, Item],
 
 
 def _refused_row(item: Item, reason: str) -> dict:
-    """The failed row of an acquisition the stage refuses before reading it (an AOI name that is no folder)."""
+    """The failed row of an acquisition refused before any read: an AOI name that is no folder, or `refusal`."""
     row = empty_row(item, item.id, "image", S10 if item.sensor in ("s1", "s2") else FINE)
     row["error"] = reason
     log.warning("%s: quarantined: %s", item.id, reason)

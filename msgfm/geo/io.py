@@ -7,6 +7,7 @@ place, so a killed stage never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
@@ -54,16 +56,21 @@ def inside(path: Path, folder: Path) -> bool:
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or ".part"
-    remove_stale_temporaries(path, suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path, suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise (write_fault(e, path) or e) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp makes files private; outputs should read like any other file
         os.replace(tmp_path, path)
+    except (OSError, rasterio.errors.RasterioError) as e:
+        raise (write_fault(e, path) or e) from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -164,3 +171,62 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 class RasterReadError(OSError):
     """A raster could not be opened or read; the message names the file."""
+
+
+# --- environment faults ------------------------------------------------------------------------
+
+_ADVICE = {
+    errno.ENOSPC: "free space or point out_dir elsewhere",
+    errno.EDQUOT: "free space (disk quota exceeded) or point out_dir elsewhere",
+    errno.EROFS: "make it writable or point out_dir elsewhere",
+    errno.EACCES: "make it writable for this user or point out_dir elsewhere",
+    errno.EPERM: "make it writable for this user or point out_dir elsewhere",
+    errno.EIO: "check the disk (the kernel reported an I/O error)",
+}
+ENVIRONMENT_ERRNOS = frozenset(_ADVICE)
+_MIN_FREE_BYTES = 1 << 20  # a write that fails with less than this free failed for want of space
+
+
+class EnvironmentFault(Exception):
+    """The machine, not the data, stopped a stage (disk full, read-only, no permission, I/O error).
+
+    Not an OSError on purpose: the per-item handlers that turn read errors into quarantine rows must
+    let it through, so good data is never quarantined for a full disk; `msgfm` exits 3 on it.
+    """
+
+
+def environment_fault(
+    error: BaseException, path: str | Path | None = None, doing: str = "at"
+) -> EnvironmentFault | None:
+    """The EnvironmentFault an OSError with an environment errno stands for (None for any other error)."""
+    if isinstance(error, EnvironmentFault):
+        return error
+    if not isinstance(error, OSError) or error.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = path if path is not None else (error.filename or "?")
+    return _fault(error.errno, where, doing)
+
+
+def write_fault(error: BaseException, path: str | Path) -> EnvironmentFault | None:
+    """The EnvironmentFault behind a failed write of `path`, also where GDAL or Arrow hide the errno.
+
+    GDAL reports a full disk as a bare "Write failed" and Arrow drops the errno, so when the errno is
+    missing the destination's file system decides: read-only, or (almost) no space left.
+    """
+    fault = environment_fault(error, path, "writing")
+    if fault is not None or not isinstance(error, (OSError, rasterio.errors.RasterioError)):
+        return fault
+    try:
+        fs = os.statvfs(Path(path).parent)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return _fault(errno.EROFS, path, "writing")
+    if fs.f_bavail * fs.f_frsize < _MIN_FREE_BYTES:
+        return _fault(errno.ENOSPC, path, "writing")
+    return None
+
+
+def _fault(code: int, path: str | Path, doing: str) -> EnvironmentFault:
+    """The one message of an environment fault: what, where, what to do."""
+    return EnvironmentFault(f"environment error: {os.strerror(code).lower()} {doing} {path}: {_ADVICE[code]}")

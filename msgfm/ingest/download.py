@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
-from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, inside, safe_name
+from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.sources import ItemRecord, Signer, iter_items
 
@@ -161,6 +161,8 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
             errors.append(str(e))
             continue
         except OSError as e:
+            if (fault := environment_fault(e, dest)) is not None:
+                raise fault from e  # a full or read-only disk is not a property of this item
             errors.append(f"{key}: {e}")
             continue
         assets[key] = dest.relative_to(out_dir).as_posix()

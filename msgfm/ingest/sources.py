@@ -302,7 +302,7 @@ def _read_sidecar(tif: Path) -> tuple[dict[str, Any], str]:
             continue
         try:
             meta = json.loads(side.read_text()) if suffix == ".json" else yaml.safe_load(side.read_text())
-        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        except (ValueError, yaml.YAMLError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
             return {}, f"{side}: sidecar is not valid {suffix[1:].upper()}: {e}"
         if not isinstance(meta, dict):
             return {}, f"{side}: sidecar must be a mapping with sensor and datetime"

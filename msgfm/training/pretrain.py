@@ -261,11 +261,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch (ray._private.ray_constants.ENABLE_RAY_CLUSTER) between a loopback-only node and a cluster node."""
+
+
 def _connect_ray(params: Params) -> bool:
     """Join the configured cluster or start a local instance; True when this call started Ray."""
+    cfg, address = params.pretrain, params.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray reads this when imported: off, a local instance's GCS and raylets listen on 127.0.0.1 only (on
+        # Linux they would listen on every interface); `_node_ip_address` alone is resolved back to the LAN IP.
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
     import ray
 
-    cfg, address = params.pretrain, params.ray.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
     if address:
@@ -289,6 +297,7 @@ def _connect_ray(params: Params) -> bool:
         num_cpus=cpus,
         include_dashboard=params.ray.include_dashboard,
         dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
         log_to_driver=True,
         runtime_env=RUNTIME_ENV,
     )

@@ -31,12 +31,14 @@ class AssetLayout:
     dtype: str
     nodata: float | None
     valid_range: tuple[float, float]
+    codes: tuple[int, ...] | None = None
+    """The class codes a categorical asset may hold (land cover); None for measurements."""
 
 
 def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
     """Expected layout of asset `key` of a `sensor` item whose required assets are `keys`; None if auxiliary."""
     if sensor == "landcover":
-        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)))
+        return AssetLayout(1, "uint8", NODATA, (NODATA, max(c.code for c in LEGEND)), tuple(c.code for c in LEGEND))
     spec = SENSORS.get(sensor)
     if spec is None:
         return None
@@ -50,8 +52,13 @@ def asset_layout(sensor: str, key: str, keys: list[str]) -> AssetLayout | None:
     return AssetLayout(len(spec.bands), first.dtype, first.nodata, spec.valid_range)
 
 
-def open_asset(path: Path, layout: AssetLayout | None, max_read_px: int) -> dict[str, Any]:
-    """Describe one asset file; problems become a short `error` text, never an exception."""
+def open_asset(
+    path: Path, layout: AssetLayout | None, max_read_px: int, max_pixels: int | None = None
+) -> dict[str, Any]:
+    """Describe one asset file; problems become a short `error` text, never an exception.
+
+    A header claiming more than `max_pixels` pixels is refused before any pixel is read.
+    """
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -66,6 +73,8 @@ def open_asset(path: Path, layout: AssetLayout | None, max_read_px: int) -> dict
     with src:
         out: dict[str, Any] = {"crs": src.crs.to_string() if src.crs else None, "count": src.count}
         out["dtype"] = ",".join(sorted(set(src.dtypes)))
+        if max_pixels is not None and src.width * src.height > max_pixels:
+            return {**out, "error": _too_large(src.width, src.height, max_pixels)}
         scale = max(1, math.ceil(max(src.height, src.width) / max_read_px))
         shape = (src.count, max(1, src.height // scale), max(1, src.width // scale))
         try:
@@ -94,7 +103,14 @@ def open_asset(path: Path, layout: AssetLayout | None, max_read_px: int) -> dict
         value_min=float(values.min()) if values.size else None,
         value_max=float(values.max()) if values.size else None,
     )
+    if layout.codes is not None:
+        out["foreign_codes"] = sorted(set(np.unique(values).tolist()) - set(layout.codes))
     return out
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    """The reason of a raster whose header claims too many pixels to read."""
+    return f"header claims {width} x {height} px ({width * height:,} px), above gates.max_pixels {max_pixels:,}"
 
 
 def _short(err: Exception) -> str:

@@ -10,8 +10,10 @@ an asset names it. What each asset should hold, and how a file is read, is in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +26,7 @@ from msgfm.ingest.download import read_ledger
 from msgfm.sensors import SENSORS
 from msgfm.validation.assets import AssetLayout, asset_layout, crs_mismatch, open_asset
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
+from msgfm.validation.plausibility import implausible_date, implausible_values
 
 
 def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParams) -> pd.DataFrame:
@@ -52,7 +55,7 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
     tally = _AssetTally()
     for key, rel in assets.items():
         layout = asset_layout(sensor, key, keys or list(assets))
-        info = open_asset(raw_dir / rel, layout, gates.max_read_px)
+        info = open_asset(raw_dir / rel, layout, gates.max_read_px, gates.max_pixels)
         if "error" in info:
             tally.unreadable.append(f"{key}: {info['error']}")
             continue
@@ -65,17 +68,20 @@ def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gat
         if layout is not None:
             tally.add(key, info, layout)
     row.update(tally.columns())
+    row["implausible"] = implausible_values(sensor, row["value_min"], row["value_max"], row["foreign_codes"])
     return row
 
 
 def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], assets: dict[str, str]) -> dict[str, Any]:
     """An item's row before its files are opened: identity, download outcome, missing assets, no statistics."""
     ok = rec.get("status") == "ok"
+    when = _item_datetime(rec, item)
     return {
         "id": rec["id"],
         "sensor": rec.get("sensor") or "",
         "aoi": rec.get("aoi") or "",
-        "datetime": _item_datetime(rec, item),
+        "datetime": when,
+        "datetime_error": _datetime_problem(when, rec.get("sensor") or ""),
         "download_error": "" if ok else (rec.get("error") or "download failed"),
         "missing_assets": ", ".join(k for k in keys if k not in assets) if ok else "",
         "unreadable": "",
@@ -97,6 +103,8 @@ def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], asset
         "value_max": None,
         "valid_min": None,
         "valid_max": None,
+        "foreign_codes": "",
+        "implausible": "",
         "duplicate_of": "",
     }
 
@@ -112,6 +120,7 @@ class _AssetTally:
     band_detail: list[str] = field(default_factory=list)
     nonfinite_assets: list[str] = field(default_factory=list)
     out_of_range_assets: list[str] = field(default_factory=list)
+    foreign_codes: set[int] = field(default_factory=set)
     count: int = 0
     expected: int = 0
     nonfinite: int = 0
@@ -135,6 +144,7 @@ class _AssetTally:
         if info["out_of_range"]:
             self.out_of_range_assets.append(key)
         self.dtypes.add(info["dtype"])
+        self.foreign_codes.update(info.get("foreign_codes", []))
         self.expected_dtypes.add(layout.dtype)
         if info["dtype"] != layout.dtype:
             self.dtype_detail.append(f"{key} is {info['dtype']}")
@@ -157,6 +167,7 @@ class _AssetTally:
             "band_detail": ", ".join(self.band_detail),
             "nonfinite_assets": ", ".join(self.nonfinite_assets),
             "out_of_range_assets": ", ".join(self.out_of_range_assets),
+            "foreign_codes": _listed(sorted(self.foreign_codes)),
         }
         if self.valid_range is not None:  # some asset bears bands
             out.update(
@@ -174,6 +185,12 @@ class _AssetTally:
                 valid_max=self.valid_range[1],
             )
         return out
+
+
+def _listed(values: list[int], most: int = 8) -> str:
+    """Up to `most` values, comma-separated, then how many more."""
+    text = ", ".join(str(v) for v in values[:most])
+    return text + (f" and {len(values) - most} more" if len(values) > most else "")
 
 
 def _item_json(rec: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
@@ -196,6 +213,29 @@ def _item_datetime(rec: dict[str, Any], item: dict[str, Any]) -> str | None:
         return str(value) if value else None
     ts = rec.get("datetime")
     return None if ts is None or pd.isna(ts) else pd.Timestamp(ts).isoformat()
+
+
+def _datetime_problem(when: str | None, sensor: str) -> str:
+    """Why a published datetime is no ISO 8601 date-time the sensor could have taken ("" when it is).
+
+    dateutil reads `10` as the 10th of this month; later stages need the instant the item was acquired,
+    inside its mission (absent or unparseable datetimes have their own checks).
+    """
+    import dateutil.parser
+
+    if when is None:
+        return ""
+    try:
+        dateutil.parser.parse(when)
+    except (ValueError, OverflowError):
+        return ""  # `datetime_parseable` says so
+    try:
+        parsed = dt.datetime.fromisoformat(when) if re.match(r"\d{4}-\d{2}-\d{2}", when) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        return f"datetime {when!r} is not an ISO 8601 date-time (YYYY-MM-DDThh:mm:ssZ)"
+    return implausible_date(sensor, parsed)
 
 
 def _mark_duplicates(table: pd.DataFrame) -> None:
@@ -278,6 +318,7 @@ def _pixel_checks(e: ModuleType, gates: GatesParams) -> list[Check]:
             "{out_of_range_fraction:.2%} of pixels in {out_of_range_assets} outside the sensor range "
             "[{valid_min:g}, {valid_max:g}] (min {value_min:g}, max {value_max:g})",
         ),
+        Check("plausible", e.ExpectColumnValuesToBeInSet(column="implausible", value_set=[""]), "{implausible}"),
     ]
 
 
@@ -289,6 +330,9 @@ def _time_and_identity_checks(e: ModuleType) -> list[Check]:
             "datetime_parseable",
             e.ExpectColumnValuesToBeDateutilParseable(column="datetime"),
             "datetime {datetime!r} is not parseable",
+        ),
+        Check(
+            "datetime_iso", e.ExpectColumnValuesToBeInSet(column="datetime_error", value_set=[""]), "{datetime_error}"
         ),
         Check(
             "not_duplicate",
