@@ -57,6 +57,10 @@ class LoopbackServer:
         """Queue faults for the next requests of `path` (e.g. "/a.tif", "500", "drop:100")."""
         self.faults[path].extend(faults)
 
+    def release_stalls(self) -> None:
+        """End every `stall` now (and let later ones return at once)."""
+        self._release.set()
+
     def requests_for(self, path: str) -> list[tuple[str, str, str | None]]:
         return [r for r in self.requests if r[1] == path]
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from httpserver import LoopbackServer
 from stac_fixture import edit_item, item_json, make_catalog
+from typer.testing import CliRunner
 
+from msgfm.cli import LOCK_BUSY_EXIT, app
 from msgfm.config import DownloadParams, SourceParams
+from msgfm.geo.io import atomic_write_bytes, sha256_file
 from msgfm.ingest.download import download, read_ledger
+from msgfm.locks import RunLock
 
 ITEMS = [("s1", dt.date(2024, 3, 16))]
 FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 2.0, "workers": 2}
@@ -99,3 +109,90 @@ def test_a_part_without_a_validator_is_not_resumed(world, tmp_path):
         _run(SourceParams(href=f"{srv.url}/catalog.json", assets={"s1": ["VV"]}), tmp_path / "raw")
     assert [r[2] for r in srv.requests_for(_vv(world))] == [None]
     assert (part.parent / "VV.tif").read_bytes() == _vv_file(world).read_bytes()
+
+
+# --- item 2: one writer per output folder ----------------------------------------------------------
+
+MSGFM = [sys.executable, "-m", "msgfm.cli"]
+
+
+def _params(repo_root: Path, folder: Path, **sections: dict) -> Path:
+    """The project's params.yaml with relative output paths (so they land in `folder`) and `sections` merged in."""
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    for name, values in sections.items():
+        params[name].update(values)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_two_concurrent_downloads_one_refuses_naming_the_holder(world, tmp_path, repo_root):
+    with LoopbackServer(world.parent, stall_s=60) as srv:
+        srv.fail(_vv(world), "stall")  # the first run waits inside VV until the second one has been refused
+        _params(repo_root, tmp_path, source={"href": f"{srv.url}/catalog.json"}, download={**FAST, "timeout_s": 90})
+        first = subprocess.Popen([*MSGFM, "download"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not srv.requests_for(_vv(world)) and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.poll() is None and srv.requests_for(_vv(world)), "the first download never reached VV"
+            second = subprocess.run([*MSGFM, "download"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            srv.release_stalls()
+            assert first.wait(timeout=120) == 0, first.stderr.read()
+        finally:
+            first.kill()
+            first.wait()
+    lock = tmp_path / "data" / ".raw.msgfm.lock"
+    assert second.returncode == LOCK_BUSY_EXIT, second.stderr
+    assert f"msgfm download is already writing data/raw: {lock.relative_to(tmp_path)} is held by pid {first.pid}" in (
+        second.stderr
+    )
+    assert "run msgfm download" in second.stderr and "Traceback" not in second.stderr
+    ledger = read_ledger(tmp_path / "data" / "raw")
+    assert (ledger["status"] == "ok").all() and len(ledger) == 1
+    for key in ("VV", "VH"):  # every file complete and as published; no .part, no lock left
+        got = tmp_path / "data" / "raw" / "s1" / IID / f"{key}.tif"
+        assert sha256_file(got) == sha256_file(_vv_file(world).with_name(f"{key}.tif"))
+    assert not list((tmp_path / "data" / "raw").rglob("*.part*")) and not lock.exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "folder"),
+    [("pair", "chips"), ("coregister", "coreg"), ("validate_raw", "gates"), ("simulate", "source")],
+)
+def test_a_stage_refuses_while_another_run_writes_its_folder(stage, folder, tmp_path, repo_root, monkeypatch):
+    _params(repo_root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    lock = Path("data") / f".{folder}.msgfm.lock"
+    holder = RunLock(lock, run="other-run")
+    with holder:
+        run = CliRunner().invoke(app, [stage, "--params", "params.yaml"])
+    assert run.exit_code == LOCK_BUSY_EXIT, run.output
+    assert f"error: msgfm {stage} is already writing data/{folder}: {lock} is held by pid {os.getpid()}" in run.output
+    assert "run other-run" in run.output and run.exception is None or isinstance(run.exception, SystemExit)
+    assert not lock.exists()  # released and removed by its holder
+
+
+def test_a_killed_holder_does_not_block_the_next_run(tmp_path, repo_root, monkeypatch):
+    _params(repo_root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = "from msgfm.locks import RunLock; import time; RunLock('data/.chips.msgfm.lock').acquire(); print('held', flush=True); time.sleep(60)"  # noqa: E501
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert CliRunner().invoke(app, ["pair", "--params", "params.yaml"]).exit_code == LOCK_BUSY_EXIT
+        holder.send_signal(signal.SIGKILL)
+    finally:
+        holder.wait()
+    run = CliRunner().invoke(app, ["pair", "--params", "params.yaml"])
+    assert run.exit_code == 2 and "already writing" not in run.output  # past the lock, on to the missing inputs
+
+
+def test_atomic_path_keeps_a_live_writers_temporary_and_removes_a_dead_ones(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".B02.tif.{int(dead.stdout)}-k1ll3d.part"
+    live = tmp_path / f".B02.tif.{os.getpid()}-wr1t1ng.part"  # another thread or run writing the same file now
+    for path in (killed, live):
+        path.write_bytes(b"partial")
+    atomic_write_bytes(tmp_path / "B02.tif", b"complete")
+    assert not killed.exists() and live.read_bytes() == b"partial"
