@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from msgfm.config import Params, ParamsError, load_params
+from msgfm.ingest.redact import redact
 from msgfm.locks import LockBusy, RunLock
 
 app = typer.Typer(
@@ -43,11 +44,24 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+class _Redacting(logging.Filter):
+    """Pass every log record (ours and the libraries') through `redact`: no signed-URL secrets in logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 def _setup_logging() -> None:
     """INFO logs of our stages on stderr once per process; library chatter only from WARNING."""
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
         handler = _CurrentStderrHandler()
+        handler.addFilter(_Redacting())
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -59,7 +73,7 @@ def _stage_errors(*errors: type[Exception], code: int = 1) -> Iterator[None]:
     try:
         yield
     except errors as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(str(e))}", err=True)
         raise typer.Exit(code) from None
 
 

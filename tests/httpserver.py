@@ -4,7 +4,8 @@ It serves files from a folder (with HTTP Range support, as object stores do), a 
 (landing page with the item-search conformance class, `/search` returning a FeatureCollection, GET
 and POST), and, per path, a queue of faults that the next requests get: `404`, `500`, `stall`
 (send headers, then nothing for `stall_s`), `drop:N` (promise the whole file, send N bytes, close),
-`corrupt` (flip a byte), `reset` (close without a response). Every request is logged as (method, path,
+`corrupt` (flip a byte), `reset` (close without a response), `echo:403` (an error status whose reason
+phrase repeats the request's path and query). Every request is logged as (method, path,
 Range header) for assertions, its headers in `headers`. Files carry a strong ETag (a hash of the bytes) and
 Last-Modified; a Range request whose `If-Range` does not match gets the whole file (200), as RFC 9110 says,
 unless `honour_if_range` is off (a server that ignores it); `validators = False` serves neither header.
@@ -98,6 +99,11 @@ class LoopbackServer:
                 fault = server.faults[path].popleft() if server.faults[path] else None
                 if fault == "reset":
                     self.close_connection = True
+                    return None
+                if fault and fault.startswith("echo:"):  # an error whose reason phrase repeats the signed URL
+                    self.send_response(int(fault[5:]), f"denied {self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return None
                 if fault in ("404", "500"):
                     return self._send(int(fault), b"fault", "text/plain")

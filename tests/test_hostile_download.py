@@ -196,3 +196,76 @@ def test_atomic_path_keeps_a_live_writers_temporary_and_removes_a_dead_ones(tmp_
         path.write_bytes(b"partial")
     atomic_write_bytes(tmp_path / "B02.tif", b"complete")
     assert not killed.exists() and live.read_bytes() == b"partial"
+
+
+# --- item 8: no signed-URL secret in the ledger, gate tables, reports or logs ------------------------
+
+SIGNED = "?sv=2024-05-04&se=2030-01-01&sp=r&skoid=abc&sig=SECRET"
+
+
+def _sign_links(world: Path, srv: LoopbackServer) -> None:
+    """Make the RGB item's link and the S1 assets absolute signed URLs, as a SAS-signed catalog has them."""
+    for coll in world.parent.glob("*/collection.json"):
+        text = coll.read_text()
+        coll.write_text(text.replace('"./rgb_tiny_20240401/rgb_tiny_20240401.json"', f'"{srv.url}/{_rgb_item(world)}"'))
+
+    def sign(item: dict) -> None:
+        for key in ("VV", "VH"):
+            item["assets"][key]["href"] = f"{srv.url}{_vv(world).replace('VV', key)}{SIGNED}"
+
+    edit_item(world, IID, sign)
+
+
+def _rgb_item(world: Path) -> str:
+    return item_json(world, "rgb_tiny_20240401").relative_to(world.parent).as_posix() + SIGNED
+
+
+def _texts(folder: Path) -> str:
+    """Every file under `folder` as text, parquet tables by their cells (their bytes may be compressed)."""
+    import pandas as pd
+
+    parts = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix == ".parquet":
+            parts.append(pd.read_parquet(path).astype(str).to_csv())
+        else:
+            parts.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(parts)
+
+
+def test_signed_url_secrets_never_reach_the_ledger_gates_reports_or_logs(tmp_path, repo_root):
+    world = make_catalog(tmp_path / "source", [("s1", dt.date(2024, 3, 16)), ("rgb", dt.date(2024, 4, 1))])
+    with LoopbackServer(world.parent) as srv:
+        _sign_links(world, srv)
+        srv.fail("/" + _rgb_item(world).split("?")[0], *["reset"] * 4)  # the signed item link: connection reset
+        srv.fail(_vv(world), "reset", "reset", "reset")  # a signed asset: reset on every attempt
+        srv.fail(_vv(world).replace("VV", "VH"), "echo:403")  # an HTTP error repeating the signed URL
+        signed_root = f"{srv.url}/catalog.json{SIGNED}"
+        _params(repo_root, tmp_path, source={"href": signed_root}, download={**FAST, "timeout_s": 5})
+        runs = [subprocess.run([*MSGFM, stage], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                for stage in ("download", "validate_raw")]  # fmt: skip
+        srv.fail("/catalog.json", *["reset"] * 4)  # the catalog itself unreadable: the stage's own error message
+        runs.append(subprocess.run([*MSGFM, "download"], cwd=tmp_path, capture_output=True, text=True, timeout=300))
+    ledger = read_ledger(tmp_path / "data" / "raw").set_index("id")
+    errors = ledger["error"].to_dict()
+    assert "cannot read item" in errors["rgb_tiny_20240401"] and "connection lost" in errors[IID], errors
+    assert "HTTP 403" in errors[IID] and "sig=<redacted>" in errors[IID]
+    assert runs[0].returncode == 0 and runs[2].returncode == 1 and "cannot read STAC catalog" in runs[2].stderr
+    assert (tmp_path / "data" / "gates" / "raw.parquet").is_file()
+    logs = "\n".join(r.stdout + r.stderr for r in runs)
+    assert "SECRET" not in logs and "SECRET" not in _texts(tmp_path / "data"), errors
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: /a.tif?sv=1&sig=SECRET (Caused by x)",
+        "403 for https://acct.blob.core.windows.net/c/a.tif?se=2030&sp=r&skoid=SECRET&sig=SECRET",
+        "denied /a.tif?X-Amz-Credential=SECRET&X-Amz-Signature=SECRET",
+        "header Authorization: Bearer SECRET.token rejected; token=SECRET",
+    ],
+)
+def test_redact_removes_secrets_wherever_they_appear(text):
+    from msgfm.ingest.redact import redact
+
+    assert "SECRET" not in redact(text) and redact(text).split()[0] == text.split()[0]

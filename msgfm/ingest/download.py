@@ -36,6 +36,7 @@ import pandas as pd
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.ingest.fetch import DownloadError, Fetcher, inside
+from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _ledger_row(rec: ItemRecord, assets: dict[str, str], item_path: str, error: 
         "assets": json.dumps(assets, sort_keys=True),
         "item_path": item_path,
         "status": "failed" if error else "ok",
-        "error": error,
+        "error": redact(error),  # every ledger error passes here: no signed-URL secrets stored
         "fingerprint": item_fingerprint(rec),
     }
 

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams
 from msgfm.geo.io import atomic_path, atomic_write_json
+from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, is_url
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class Fetcher:
                 _record_path(part).unlink(missing_ok=True)
                 return got
             except (_Retryable, VerifyError) as e:
-                last = str(e)
+                last = redact(str(e))  # the reason phrase is the server's text
             if attempt + 1 < attempts:
                 delay = self.cfg.backoff_s * 2**attempt
                 log.info("%s: %s; retry %d/%d in %.1f s", asset.key, last, attempt + 1, self.cfg.retries, delay)
@@ -169,11 +170,11 @@ class Fetcher:
                     _write_record(part, r)
                 self._write_body(r, part, "ab" if r.status_code == 206 else "wb", url)
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
-            raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {_redact(url)}") from None
+            raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {redact(url)}") from None
         except (requests.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError) as e:
             got = part.stat().st_size if part.is_file() else 0
             raise _Retryable(
-                f"connection lost with {got} bytes of {_redact(url)} received ({type(e).__name__})"
+                f"connection lost with {got} bytes of {redact(url)} received ({type(e).__name__})"
             ) from None
 
     @staticmethod
@@ -183,9 +184,9 @@ class Fetcher:
             _discard(part)
             raise _Retryable(f"server refused the resume range at byte {have}; restarting")
         if r.status_code in _NO_RETRY_STATUS:
-            raise DownloadError(f"{asset.key}: HTTP {r.status_code} {r.reason} for {_redact(r.url)}")
+            raise DownloadError(f"{asset.key}: HTTP {r.status_code} {r.reason} for {redact(r.url)}")
         if r.status_code >= 400:
-            raise _Retryable(f"HTTP {r.status_code} {r.reason} for {_redact(r.url)}")
+            raise _Retryable(f"HTTP {r.status_code} {r.reason} for {redact(r.url)}")
 
     @staticmethod
     def _write_body(r, part: Path, mode: str, url: str) -> None:  # noqa: ANN001 - a requests.Response
@@ -198,7 +199,7 @@ class Fetcher:
                 f.write(block)
                 received += len(block)
         if 0 <= received < announced:
-            raise _Retryable(f"connection closed after {received} of {announced} bytes of {_redact(url)}")
+            raise _Retryable(f"connection closed after {received} of {announced} bytes of {redact(url)}")
 
 
 # --- resume records ------------------------------------------------------------------------------
@@ -258,11 +259,6 @@ def _check_same_version(r, record: dict[str, Any], part: Path, have: int) -> Non
         _discard(part)
         what = ", ".join(changed) or f"offset (asked for byte {have})"
         raise _Retryable(f"the server's file changed since the partial download began ({what}); restarting")
-
-
-def _redact(url: str) -> str:
-    """The URL without its query string (SAS tokens must not land in logs or the ledger)."""
-    return url.split("?", 1)[0]
 
 
 def _range_start(response) -> int:
