@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from httpserver import LoopbackServer
@@ -20,6 +24,7 @@ from msgfm.cli import LOCK_BUSY_EXIT, app
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import atomic_write_bytes, sha256_file
 from msgfm.ingest.download import download, read_ledger
+from msgfm.ingest.sources import SourceError, iter_items
 from msgfm.locks import RunLock
 
 ITEMS = [("s1", dt.date(2024, 3, 16))]
@@ -222,8 +227,6 @@ def _rgb_item(world: Path) -> str:
 
 def _texts(folder: Path) -> str:
     """Every file under `folder` as text, parquet tables by their cells (their bytes may be compressed)."""
-    import pandas as pd
-
     parts = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix == ".parquet":
@@ -269,3 +272,127 @@ def test_redact_removes_secrets_wherever_they_appear(text):
     from msgfm.ingest.redact import redact
 
     assert "SECRET" not in redact(text) and redact(text).split()[0] == text.split()[0]
+
+
+# --- item 5: catalog reads bounded in time, size, depth and count; never local files from a remote ---------
+
+
+def _bounded(fn, seconds: float = 20.0):
+    """Run `fn` on a daemon thread and return its result or exception; fail if it is still running after `seconds`."""
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn()
+        except Exception as e:  # handed to the test as the outcome
+            out["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: a read is unbounded"
+    return out.get("error", out.get("value"))
+
+
+def test_a_remote_catalog_never_reads_local_files(world, tmp_path):
+    local = make_catalog(tmp_path / "local", [("rgb", dt.date(2024, 4, 1))], aoi="stolen")
+    stolen_item = item_json(local, "rgb_stolen_20240401")
+    with LoopbackServer(world.parent) as srv:
+        catalog = json.loads(world.read_text())
+        catalog["links"] += [
+            {"rel": "child", "href": local.as_uri()},  # a whole local catalog
+            {"rel": "item", "href": stolen_item.as_uri()},  # one local item, by file:// URL
+        ]
+        world.write_text(json.dumps(catalog))
+        _run(SourceParams(href=f"{srv.url}/catalog.json"), tmp_path / "raw")
+    ledger = read_ledger(tmp_path / "raw").set_index("id")
+    assert "rgb_stolen_20240401" in ledger.index and ledger.loc[IID, "status"] == "ok"
+    row = ledger.loc["rgb_stolen_20240401"]
+    assert row["status"] == "failed" and "leads to a local file; refused" in row["error"]
+    assert pd.isna(row["sensor"]) and pd.isna(row["aoi"])  # the file was never read: nothing of it is recorded
+
+
+def test_a_stalled_catalog_read_gives_up_after_the_timeout(world, tmp_path):
+    with LoopbackServer(world.parent, stall_s=30) as srv:
+        srv.fail("/catalog.json", "stall")
+        started = time.monotonic()
+        outcome = _bounded(lambda: _run(SourceParams(href=f"{srv.url}/catalog.json"), tmp_path / "raw", timeout_s=0.5))
+    assert isinstance(outcome, SourceError) and "cannot read STAC catalog" in str(outcome)
+    assert "timed out" in str(outcome).lower() and time.monotonic() - started < 10
+
+
+def test_an_oversized_catalog_document_is_refused(world, tmp_path):
+    catalog = json.loads(world.read_text())
+    catalog["description"] = "x" * 5000
+    world.write_text(json.dumps(catalog))
+    with LoopbackServer(world.parent) as srv:
+        outcome = _bounded(
+            lambda: _run(SourceParams(href=f"{srv.url}/catalog.json"), tmp_path / "raw", max_json_bytes=4096)
+        )
+    assert isinstance(outcome, SourceError) and "larger than download.max_json_bytes (4096 bytes)" in str(outcome)
+
+
+def _chain(folder: Path, depth: int, items: int = 0) -> Path:
+    """A local catalog nested `depth` children deep whose root links `items` copies of a missing item."""
+    folder.mkdir(parents=True)
+    for level in range(depth, -1, -1):
+        links = [{"rel": "child", "href": f"./c{level + 1}.json"}] if level < depth else []
+        links += [{"rel": "item", "href": f"./item{i}.json"} for i in range(items if level == 0 else 0)]
+        doc = {"type": "Catalog", "stac_version": "1.0.0", "id": f"c{level}", "description": "d", "links": links}
+        (folder / f"c{level}.json").write_text(json.dumps(doc))
+    return folder / "c0.json"
+
+
+@pytest.mark.parametrize(
+    ("depth", "items", "limits", "message"),
+    [
+        (40, 0, {"max_catalog_depth": 8}, "nests deeper than download.max_catalog_depth (8)"),
+        (0, 500, {"max_catalog_objects": 50}, "more than download.max_catalog_objects (50) catalogs and items"),
+    ],
+)
+def test_catalog_walks_are_bounded_in_depth_and_objects(depth, items, limits, message, tmp_path):
+    root = _chain(tmp_path / "deep", depth, items)
+    outcome = _bounded(lambda: _run(SourceParams(href=str(root)), tmp_path / "raw", **limits))
+    assert isinstance(outcome, SourceError) and message in str(outcome)
+    assert not (tmp_path / "raw" / "acquisitions.parquet").exists()  # nothing half-listed recorded
+
+
+def test_an_asset_larger_than_allowed_is_aborted(unsummed, tmp_path):
+    edit_item(unsummed, IID, lambda item: item["assets"]["VV"].pop("file:size"))  # nothing declared at all
+    with LoopbackServer(unsummed.parent) as srv:
+        source = SourceParams(href=f"{srv.url}/catalog.json", assets={"s1": ["VV", "VH"]})
+        _run(source, tmp_path / "raw", max_asset_bytes=1000)
+    row = read_ledger(tmp_path / "raw").set_index("id").loc[IID]
+    assert row["status"] == "failed" and "VV: the server sends more than the 1000 bytes expected" in row["error"]
+    assert not list((tmp_path / "raw").rglob("VV.tif*"))  # neither the file nor a partial one
+
+
+def _folder_source(world: Path, folder: Path) -> Path:
+    """A folder source with one good S1 GeoTIFF and its JSON sidecar (VV.tif + VV.json)."""
+    folder.mkdir()
+    shutil.copyfile(_vv_file(world), folder / "VV.tif")
+    (folder / "VV.json").write_text(json.dumps({"sensor": "s1", "datetime": "2024-03-16T10:30:00Z", "asset": "VV"}))
+    return folder
+
+
+def test_a_fifo_in_a_folder_source_is_refused_not_read(world, tmp_path):
+    folder = _folder_source(world, tmp_path / "folder")
+    os.mkfifo(folder / "pipe.tif")  # reading it would block forever
+    (folder / "pipe.json").write_text(json.dumps({"sensor": "s1", "datetime": "2024-03-17T10:30:00Z"}))
+    shutil.copyfile(_vv_file(world), folder / "side.tif")
+    os.mkfifo(folder / "side.json")  # a FIFO sidecar
+    records = _bounded(lambda: {r.id: r for r in iter_items(SourceParams(kind="folder", path=folder))})
+    assert "not a regular file" in records["pipe"].error and "refused" in records["pipe"].error
+    assert "side.json: sidecar refused" in records["side"].error and "not a regular file" in records["side"].error
+    assert not records["VV"].error  # the good file beside them is kept
+
+
+def test_a_yaml_alias_bomb_sidecar_is_refused(world, tmp_path):
+    folder = _folder_source(world, tmp_path / "folder")
+    shutil.copyfile(_vv_file(world), folder / "bomb.tif")
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (folder / "bomb.yaml").write_text("\n".join([*levels, "sensor: s1", "datetime: *a9", ""]))
+    records = _bounded(lambda: {r.id: r for r in iter_items(SourceParams(kind="folder", path=folder))})
+    assert "bomb.yaml: sidecar refused: 82 YAML aliases (at most 64)" in records["bomb"].error
+    assert not records["VV"].error

@@ -197,7 +197,7 @@ def download(
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger = {r["id"]: r for r in read_ledger(out_dir).to_dict(orient="records")}
-    plan = _plan(source, signer, ledger, out_dir)
+    plan = _plan(source, signer, ledger, out_dir, cfg)
     skipped = plan.offered - len(plan.todo)
     log.info(
         "download: %d items offered, %d already in the ledger, %d to fetch (%d changed since fetched)",
@@ -232,13 +232,15 @@ class _Plan:
     changed: int
 
 
-def _plan(source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path) -> _Plan:
+def _plan(
+    source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path, cfg: DownloadParams
+) -> _Plan:
     """List the source once: skip repeated ids and items complete and unchanged in the ledger; fail folder clashes."""
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
     duplicates = changed = 0
-    for rec in iter_items(source, signer=signer):
+    for rec in iter_items(source, signer=signer, limits=cfg):
         if rec.id in seen:
             duplicates += 1
             log.warning("item %s is listed more than once by the source; the first listing is used", rec.id)

@@ -168,7 +168,9 @@ class Fetcher:
                     log.info("%s: the server sent the whole file (changed since the partial one); restarting", part)
                 if r.status_code != 206:
                     _write_record(part, r)
-                self._write_body(r, part, "ab" if r.status_code == 206 else "wb", url)
+                mode = "ab" if r.status_code == 206 else "wb"
+                cap = asset.size if asset.size is not None else self.cfg.max_asset_bytes
+                self._write_body(r, part, mode, url, cap - (have if mode == "ab" else 0), asset.key)
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {redact(url)}") from None
         except (requests.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError) as e:
@@ -189,15 +191,22 @@ class Fetcher:
             raise _Retryable(f"HTTP {r.status_code} {r.reason} for {redact(r.url)}")
 
     @staticmethod
-    def _write_body(r, part: Path, mode: str, url: str) -> None:  # noqa: ANN001 - a requests.Response
-        """Stream the body into `part`; a body shorter than announced is a retryable error (the bytes are kept)."""
+    def _write_body(r, part: Path, mode: str, url: str, cap: int, key: str) -> None:  # noqa: ANN001 - a Response
+        """Stream at most `cap` bytes into `part`; shorter than announced is retryable (the bytes are kept)."""
         announced = int(r.headers.get("Content-Length") or -1)
         received = 0
         with open(part, mode) as f:
             # read1 hands over whatever arrived, so a dropped connection keeps every received byte
             while block := r.raw.read1(_CHUNK, decode_content=True):
-                f.write(block)
                 received += len(block)
+                if received > cap or announced > cap:
+                    f.close()
+                    _discard(part)
+                    raise DownloadError(
+                        f"{key}: the server sends more than the {cap} bytes expected (file:size, or "
+                        f"download.max_asset_bytes when none is declared) for {redact(url)}; aborted"
+                    )
+                f.write(block)
         if 0 <= received < announced:
             raise _Retryable(f"connection closed after {received} of {announced} bytes of {redact(url)}")
 
