@@ -7,7 +7,10 @@ one row per item with its status.
 - Concurrent: items are fetched by a thread pool (`download.workers`), with a tqdm bar.
 - Robust: HTTP errors and timeouts are retried with exponential backoff (`retries`, `backoff_s`);
   404/401/403/410 are not. A partly received file is kept as `{asset}.tif.part` and resumed with an
-  HTTP Range request, on this attempt or on the next run.
+  HTTP Range + If-Range request, on this attempt or on the next run, only while the server's version is
+  the one it was started from (msgfm/ingest/fetch.py).
+- Bounded: catalog documents and asset bodies are read within the `download` limits (time, bytes, depth);
+  every ledger error passes through `redact` (no signed-URL secrets are stored).
 - Verified: `file:size` and `file:checksum` (multihash) are checked before the atomic rename into
   place; a file that does not match is deleted, so nothing corrupt lands under its final name.
 - Incremental: items whose ledger row is `ok`, whose files are all present and whose declared assets
