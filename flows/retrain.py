@@ -66,7 +66,7 @@ def new_acquisitions(repo_dir: str | Path) -> Acquisitions:
         first_run = ledger.empty
         if first_run and params.source.kind == "static" and not _is_published(params):
             return Acquisitions(offered=0, in_ledger=0, new_ids=[], first_run=True)
-        offered = [rec.id for rec in iter_items(params.source)]
+        offered = [rec.id for rec in iter_items(params.source, limits=params.download)]
     known = set(ledger["id"].astype(str))
     new_ids = sorted(set(offered) - known)
     return Acquisitions(offered=len(offered), in_ledger=len(known), new_ids=new_ids, first_run=first_run)

@@ -1,7 +1,8 @@
 """`msgfm <stage>`: the commands dvc.yaml runs, one per pipeline stage.
 
-Each command loads and validates params.yaml (or `--params FILE`), then calls the stage's
-implementation in the library. Heavy imports happen inside the commands so `--help` stays fast.
+Each command loads and validates params.yaml (or `--params FILE`), takes the lock of the folder it writes
+(`_lock_outputs`), then calls the stage's implementation in the library. Heavy imports happen inside the
+commands so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from msgfm.config import Params, ParamsError, load_params
+from msgfm.ingest.redact import redact
+from msgfm.locks import LockBusy, RunLock
 
 app = typer.Typer(
     name="msgfm",
@@ -42,11 +45,24 @@ class _CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+class _Redacting(logging.Filter):
+    """Pass every log record (ours and the libraries') through `redact`: no signed-URL secrets in logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 def _setup_logging() -> None:
     """INFO logs of our stages on stderr once per process; library chatter only from WARNING."""
     root = logging.getLogger()
     if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
         handler = _CurrentStderrHandler()
+        handler.addFilter(_Redacting())
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -61,7 +77,7 @@ def _stage_errors(*errors: type[Exception], code: int = 1) -> Iterator[None]:
     try:
         yield
     except errors as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {redact(str(e))}", err=True)
         raise typer.Exit(code) from None
     except Exception as e:
         from msgfm.geo.io import environment_fault
@@ -80,6 +96,30 @@ def _load(params_path: Path) -> Params:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with _stage_errors(ParamsError, code=2):
         return load_params(params_path)
+
+
+LOCK_BUSY_EXIT = 75  # EX_TEMPFAIL: another run of the stage is writing the same folder; try again later
+
+
+@contextlib.contextmanager
+def _lock_outputs(stage: str, out_dir: Path) -> Iterator[None]:
+    """Hold `<parent>/.<out_dir name>.msgfm.lock` while the stage runs; exit 75 at once when another run holds it.
+
+    Two runs writing one folder would share download's fixed-name `.part` files and overwrite each other's
+    outputs, so the second fails fast naming the holder. The lock sits beside the folder, not in it: DVC
+    deletes and caches a stage's output folder, and a lock inside it could be deleted under its holder.
+    """
+    out_dir = Path(out_dir)
+    lock = RunLock(out_dir.parent / f".{out_dir.name}.msgfm.lock", run=f"msgfm {stage}")
+    try:
+        lock.acquire()
+    except LockBusy as e:
+        typer.echo(f"error: msgfm {stage} is already writing {out_dir}: {e}", err=True)
+        raise typer.Exit(LOCK_BUSY_EXIT) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _run_gate(run: Callable[[], Any]) -> None:
@@ -110,7 +150,7 @@ def simulate(
 
     p = _load(params)
     cfg = p.simulate if until is None else p.simulate.model_copy(update={"until": until.date()})
-    with _stage_errors(SimulateError, code=2):
+    with _lock_outputs("simulate", cfg.out_dir), _stage_errors(SimulateError, code=2):
         simulate_world(cfg, seed=p.seed)
         if preview is not None:
             write_preview(Path(cfg.out_dir), cfg, preview)
@@ -123,7 +163,7 @@ def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.ingest.sources import SourceError
 
     p = _load(params)
-    with _stage_errors(SourceError):
+    with _lock_outputs("download", p.download.out_dir), _stage_errors(SourceError):
         summary = download(p.source, p.download)
     typer.echo(
         f"download: {summary.items} items offered, {summary.fetched} fetched, {summary.skipped} already present, "
@@ -137,11 +177,12 @@ def validate_raw_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.raw import validate_raw
 
     p = _load(params)
-    _run_gate(
-        lambda: validate_raw(
-            p.download.out_dir, p.source, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+    with _lock_outputs("validate_raw", p.gates.dir):
+        _run_gate(
+            lambda: validate_raw(
+                p.download.out_dir, p.source, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+            )
         )
-    )
 
 
 @app.command(name="coregister")
@@ -153,7 +194,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
     p = _load(params)
     cfg = p.coregister
-    with _stage_errors(CoregisterError, code=2):
+    with _lock_outputs("coregister", cfg.out_dir), _stage_errors(CoregisterError, code=2):
         table = coregister(
             cfg,
             ledger=p.download.out_dir / "acquisitions.parquet",
@@ -173,11 +214,12 @@ def validate_coreg_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.coreg import validate_coreg
 
     p = _load(params)
-    _run_gate(
-        lambda: validate_coreg(
-            p.coregister.out_dir, p.coregister, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+    with _lock_outputs("validate_coreg", p.gates.dir):
+        _run_gate(
+            lambda: validate_coreg(
+                p.coregister.out_dir, p.coregister, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir
+            )
         )
-    )
 
 
 @app.command(name="pair")
@@ -187,7 +229,7 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.decisions import gate_table
 
     p = _load(params)
-    with _stage_errors(PairError, code=2):
+    with _lock_outputs("pair", p.pair.out_dir), _stage_errors(PairError, code=2):
         manifest = pair(
             p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=gate_table(p.gates.dir, "coreg"), seed=p.seed
         )
@@ -200,7 +242,8 @@ def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.validation.pairs import validate_pairs
 
     p = _load(params)
-    _run_gate(lambda: validate_pairs(p.pair, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir))
+    with _lock_outputs("validate_pairs", p.gates.dir):
+        _run_gate(lambda: validate_pairs(p.pair, p.gates, gates_dir=p.gates.dir, reports_dir=p.gates.reports_dir))
 
 
 @app.command()
@@ -217,7 +260,7 @@ def pretrain(
     p = _load(params)
     if single_sensor:
         p = single_sensor_params(p)
-    with _stage_errors(PretrainError, PretrainDataError):
+    with _lock_outputs("pretrain", p.pretrain.out_dir), _stage_errors(PretrainError, PretrainDataError):
         metrics = run_pretrain(p)
     val = metrics["val"]
     typer.echo(
@@ -288,12 +331,14 @@ def finetune(
             if root is None:
                 typer.echo("error: --benchmark needs --root (the dataset's local folder)", err=True)
                 raise typer.Exit(2)
-            summary = run_benchmark_finetune(p, benchmark, root, variant or None)
+            with _lock_outputs("finetune", p.finetune.out_dir / "benchmarks" / benchmark):
+                summary = run_benchmark_finetune(p, benchmark, root, variant or None)
         else:
             if task not in TASKS:
                 typer.echo(f"error: --task must be one of {list(TASKS)}, got {task!r}", err=True)
                 raise typer.Exit(2)
-            summary = run_finetune(p, task, variant or None)
+            with _lock_outputs("finetune", p.finetune.out_dir / task):
+                summary = run_finetune(p, task, variant or None)
     for name, result in summary.items():
         if isinstance(result, dict) and "value" in result:
             typer.echo(
@@ -311,7 +356,7 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
 
     p = _load(params)
-    with _stage_errors(EvaluateError, TaskDataError):
+    with _lock_outputs("evaluate", p.evaluate.report.parent), _stage_errors(EvaluateError, TaskDataError):
         metrics = run_evaluate(p)
     for task, values in metrics.items():
         typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))

@@ -4,14 +4,21 @@ It serves files from a folder (with HTTP Range support, as object stores do), a 
 (landing page with the item-search conformance class, `/search` returning a FeatureCollection, GET
 and POST), and, per path, a queue of faults that the next requests get: `404`, `500`, `stall`
 (send headers, then nothing for `stall_s`), `drop:N` (promise the whole file, send N bytes, close),
-`corrupt` (flip a byte). Every request is logged as (method, path, Range header) for assertions.
+`corrupt` (flip a byte), `reset` (close without a response), `echo:403` (an error status whose reason
+phrase repeats the request's path and query). Every request is logged as (method, path,
+Range header) for assertions, its headers in `headers`. Files carry a strong ETag (a hash of the bytes) and
+Last-Modified; a Range request whose `If-Range` does not match gets the whole file (200), as RFC 9110 says,
+unless `honour_if_range` is off (a server that ignores it); `validators = False` serves neither header.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import threading
 from collections import defaultdict, deque
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,9 @@ class LoopbackServer:
         self.requests: list[tuple[str, str, str | None]] = []
         self.items: list[dict[str, Any]] = []
         self.require_query: str | None = None
+        self.headers: list[dict[str, str]] = []
+        self.honour_if_range = True
+        self.validators = True
         self._release = threading.Event()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -47,6 +57,10 @@ class LoopbackServer:
     def fail(self, path: str, *faults: str) -> None:
         """Queue faults for the next requests of `path` (e.g. "/a.tif", "500", "drop:100")."""
         self.faults[path].extend(faults)
+
+    def release_stalls(self) -> None:
+        """End every `stall` now (and let later ones return at once)."""
+        self._release.set()
 
     def requests_for(self, path: str) -> list[tuple[str, str, str | None]]:
         return [r for r in self.requests if r[1] == path]
@@ -81,7 +95,16 @@ class LoopbackServer:
                 parsed = urlparse(self.path)
                 path = parsed.path
                 server.requests.append((method, path, self.headers.get("Range")))
+                server.headers.append(dict(self.headers))
                 fault = server.faults[path].popleft() if server.faults[path] else None
+                if fault == "reset":
+                    self.close_connection = True
+                    return None
+                if fault and fault.startswith("echo:"):  # an error whose reason phrase repeats the signed URL
+                    self.send_response(int(fault[5:]), f"denied {self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 if fault in ("404", "500"):
                     return self._send(int(fault), b"fault", "text/plain")
                 if path == "/api":
@@ -110,10 +133,14 @@ class LoopbackServer:
                 if target is None or not target.is_file():
                     return self._send(404, b"not found", "text/plain")
                 data = target.read_bytes()
+                validators = server._validators(target, data)
                 if fault == "corrupt":
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
                 start = 0
                 rng = self.headers.get("Range")
+                if_range = self.headers.get("If-Range")
+                if if_range and server.honour_if_range and if_range not in validators.values():
+                    rng = None  # the file changed since the client's partial copy: send all of it
                 if rng and rng.startswith("bytes="):
                     start = int(rng[6:].split("-")[0])
                     if start >= len(data):
@@ -123,6 +150,8 @@ class LoopbackServer:
                 self.send_header("Content-Type", "image/tiff")
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
+                for k, v in validators.items():
+                    self.send_header(k, v)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
@@ -139,6 +168,13 @@ class LoopbackServer:
                 self.wfile.write(body)
 
         return Handler
+
+    def _validators(self, target: Path, data: bytes) -> dict[str, str]:
+        """The ETag and Last-Modified headers of a file (none when `validators` is off)."""
+        if not self.validators:
+            return {}
+        modified = dt.datetime.fromtimestamp(target.stat().st_mtime, dt.UTC)
+        return {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"', "Last-Modified": format_datetime(modified, True)}
 
     def _landing(self) -> dict[str, Any]:
         return {

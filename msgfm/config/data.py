@@ -199,6 +199,14 @@ class DownloadParams(Section):
     retries: int = Field(3, ge=0, le=20, description="extra attempts per asset after a network error")
     backoff_s: float = Field(0.5, ge=0, le=60, description="first retry delay; doubles on every retry")
     timeout_s: float = Field(30.0, gt=0, le=3600, description="connect/read timeout of one HTTP request")
+    max_catalog_depth: int = Field(16, ge=1, le=1000, description="static catalog: deepest child nesting followed")
+    max_catalog_objects: int = Field(
+        200_000, ge=1, le=10_000_000, description="static catalog: most catalogs and items read in one walk"
+    )
+    max_json_bytes: int = Field(16 << 20, ge=1024, description="largest catalog, item or sidecar document read")
+    max_asset_bytes: int = Field(
+        20 << 30, ge=1, description="largest asset body accepted when the item declares no file:size"
+    )
 
 
 class GatesParams(Section):

@@ -60,7 +60,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path, suffix)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        # pid + random: unique per writer, and the next writer can tell a killed run's file from a live one's
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix, dir=path.parent)
     except OSError as e:
         raise (write_fault(e, path) or e) from e
     os.close(fd)
@@ -76,10 +77,27 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(path: str | Path, suffix: str | None = None) -> None:
-    """Remove `atomic_path`'s temporary files of `path` left by a killed run (SIGKILL skips its cleanup)."""
+    """Remove `atomic_path`'s temporary files of `path` left by a killed run (SIGKILL skips its cleanup).
+
+    A temporary whose writer (the pid in its name) is still running is another live write: kept.
+    """
     path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix or '.part')}"):
-        stale.unlink(missing_ok=True)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix or '.part')}"):
+        pid = stale.name[len(prefix) :].partition("-")[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -7,7 +7,10 @@ one row per item with its status.
 - Concurrent: items are fetched by a thread pool (`download.workers`), with a tqdm bar.
 - Robust: HTTP errors and timeouts are retried with exponential backoff (`retries`, `backoff_s`);
   404/401/403/410 are not. A partly received file is kept as `{asset}.tif.part` and resumed with an
-  HTTP Range request, on this attempt or on the next run.
+  HTTP Range + If-Range request, on this attempt or on the next run, only while the server's version is
+  the one it was started from (msgfm/ingest/fetch.py).
+- Bounded: catalog documents and asset bodies are read within the `download` limits (time, bytes, depth);
+  every ledger error passes through `redact` (no signed-URL secrets are stored).
 - Verified: `file:size` and `file:checksum` (multihash) are checked before the atomic rename into
   place; a file that does not match is deleted, so nothing corrupt lands under its final name.
 - Incremental: items whose ledger row is `ok`, whose files are all present and whose declared assets
@@ -35,6 +38,7 @@ import pandas as pd
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest.fetch import DownloadError, Fetcher
+from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,7 @@ def _ledger_row(rec: ItemRecord, assets: dict[str, str], item_path: str, error: 
         "assets": json.dumps(assets, sort_keys=True),
         "item_path": item_path,
         "status": "failed" if error else "ok",
-        "error": error,
+        "error": redact(error),  # every ledger error passes here: no signed-URL secrets stored
         "fingerprint": item_fingerprint(rec),
     }
 
@@ -188,7 +192,7 @@ def download(
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ledger = {r["id"]: r for r in read_ledger(out_dir).to_dict(orient="records")}
-    plan = _plan(source, signer, ledger, out_dir)
+    plan = _plan(source, signer, ledger, out_dir, cfg)
     skipped = plan.offered - len(plan.todo)
     log.info(
         "download: %d items offered, %d already in the ledger, %d to fetch (%d changed since fetched)",
@@ -223,13 +227,15 @@ class _Plan:
     changed: int
 
 
-def _plan(source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path) -> _Plan:
+def _plan(
+    source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path, cfg: DownloadParams
+) -> _Plan:
     """List the source once: skip repeated ids and items complete and unchanged in the ledger; fail folder clashes."""
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
     duplicates = changed = 0
-    for rec in iter_items(source, signer=signer):
+    for rec in iter_items(source, signer=signer, limits=cfg):
         if rec.id in seen:
             duplicates += 1
             log.warning("item %s is listed more than once by the source; the first listing is used", rec.id)

@@ -2,11 +2,16 @@
 
 `Fetcher.fetch` writes the file atomically under its final name only after `file:size` and
 `file:checksum` (multihash) match; a partial HTTP body stays as `{name}.part` and is resumed.
+Beside it `{name}.part.json` records the server's validator (ETag / Last-Modified) and size from when the
+partial file was started; a resume sends `If-Range` with it and restarts from zero when the server's
+version changed (a 200 answer, another validator or size), so a file is never spliced from two versions.
+A `.part` without such a record is not resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -14,10 +19,12 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams
-from msgfm.geo.io import atomic_path, inside
+from msgfm.geo.io import atomic_path, atomic_write_json, inside
+from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, is_url
 
 log = logging.getLogger(__name__)
@@ -120,12 +127,13 @@ class Fetcher:
                 try:
                     _verify(part, asset)
                 except VerifyError:
-                    part.unlink(missing_ok=True)  # corrupt or from a changed source: never resume from it
+                    _discard(part)  # corrupt or from a changed source: never resume from it
                     raise
                 os.replace(part, dest)
+                _record_path(part).unlink(missing_ok=True)
                 return got
             except (_Retryable, VerifyError) as e:
-                last = str(e)
+                last = redact(str(e))  # the reason phrase is the server's text
             if attempt + 1 < attempts:
                 delay = self.cfg.backoff_s * 2**attempt
                 log.info("%s: %s; retry %d/%d in %.1f s", asset.key, last, attempt + 1, self.cfg.retries, delay)
@@ -133,52 +141,124 @@ class Fetcher:
         raise DownloadError(f"{asset.key}: gave up after {attempts} attempts: {last}")
 
     def _get(self, asset: AssetRecord, part: Path) -> None:
-        """One GET into `part`, resuming with Range when a partial file exists."""
+        """One GET into `part`, resuming with Range + If-Range when a partial file of the same version exists."""
         import requests
         import urllib3
 
-        have = part.stat().st_size if part.is_file() else 0
-        if asset.size is not None and have > asset.size:
-            part.unlink()
-            have = 0
+        have, record = _resumable(part, asset)
         if asset.size is not None and have == asset.size:
             return  # complete from an earlier attempt; verification decides
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {"Range": f"bytes={have}-", "If-Range": record.get("etag") or record["last_modified"]} if have else {}
         url = asset.href
         try:
             with self._session().get(url, headers=headers, stream=True, timeout=self.cfg.timeout_s) as r:
-                if r.status_code == 416 and have:
-                    part.unlink()
-                    raise _Retryable(f"server refused the resume range at byte {have}; restarting")
-                if r.status_code in _NO_RETRY_STATUS:
-                    raise DownloadError(f"{asset.key}: HTTP {r.status_code} {r.reason} for {_redact(url)}")
-                if r.status_code >= 400:
-                    raise _Retryable(f"HTTP {r.status_code} {r.reason} for {_redact(url)}")
-                if have and r.status_code == 206 and _range_start(r) != have:
-                    part.unlink()
-                    raise _Retryable(f"server resumed at the wrong offset (asked for byte {have}); restarting")
-                mode = "ab" if have and r.status_code == 206 else "wb"
-                announced = int(r.headers.get("Content-Length") or -1)
-                received = 0
-                with open(part, mode) as f:
-                    # read1 hands over whatever arrived, so a dropped connection keeps every received byte
-                    while block := r.raw.read1(_CHUNK, decode_content=True):
-                        f.write(block)
-                        received += len(block)
-                if 0 <= received < announced:
-                    raise _Retryable(f"connection closed after {received} of {announced} bytes of {_redact(url)}")
+                self._check_status(r, asset, part, have)
+                if have and r.status_code == 206:
+                    _check_same_version(r, record, part, have)
+                elif have:
+                    log.info("%s: the server sent the whole file (changed since the partial one); restarting", part)
+                if r.status_code != 206:
+                    _write_record(part, r)
+                mode = "ab" if r.status_code == 206 else "wb"
+                cap = asset.size if asset.size is not None else self.cfg.max_asset_bytes
+                self._write_body(r, part, mode, url, cap - (have if mode == "ab" else 0), asset.key)
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
-            raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {_redact(url)}") from None
+            raise _Retryable(f"timed out after {self.cfg.timeout_s} s reading {redact(url)}") from None
         except (requests.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError) as e:
             got = part.stat().st_size if part.is_file() else 0
             raise _Retryable(
-                f"connection lost with {got} bytes of {_redact(url)} received ({type(e).__name__})"
+                f"connection lost with {got} bytes of {redact(url)} received ({type(e).__name__})"
             ) from None
 
+    @staticmethod
+    def _check_status(r, asset: AssetRecord, part: Path, have: int) -> None:  # noqa: ANN001 - a requests.Response
+        """Raise for an HTTP error: permanent ones fail the asset, others are retried; a refused range restarts."""
+        if r.status_code == 416 and have:
+            _discard(part)
+            raise _Retryable(f"server refused the resume range at byte {have}; restarting")
+        if r.status_code in _NO_RETRY_STATUS:
+            raise DownloadError(f"{asset.key}: HTTP {r.status_code} {r.reason} for {redact(r.url)}")
+        if r.status_code >= 400:
+            raise _Retryable(f"HTTP {r.status_code} {r.reason} for {redact(r.url)}")
 
-def _redact(url: str) -> str:
-    """The URL without its query string (SAS tokens must not land in logs or the ledger)."""
-    return url.split("?", 1)[0]
+    @staticmethod
+    def _write_body(r, part: Path, mode: str, url: str, cap: int, key: str) -> None:  # noqa: ANN001 - a Response
+        """Stream at most `cap` bytes into `part`; shorter than announced is retryable (the bytes are kept)."""
+        announced = int(r.headers.get("Content-Length") or -1)
+        received = 0
+        with open(part, mode) as f:
+            # read1 hands over whatever arrived, so a dropped connection keeps every received byte
+            while block := r.raw.read1(_CHUNK, decode_content=True):
+                received += len(block)
+                if received > cap or announced > cap:
+                    f.close()
+                    _discard(part)
+                    raise DownloadError(
+                        f"{key}: the server sends more than the {cap} bytes expected (file:size, or "
+                        f"download.max_asset_bytes when none is declared) for {redact(url)}; aborted"
+                    )
+                f.write(block)
+        if 0 <= received < announced:
+            raise _Retryable(f"connection closed after {received} of {announced} bytes of {redact(url)}")
+
+
+# --- resume records ------------------------------------------------------------------------------
+
+
+def _record_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _discard(part: Path) -> None:
+    """Remove a partial file and its record: the next attempt starts from zero."""
+    part.unlink(missing_ok=True)
+    _record_path(part).unlink(missing_ok=True)
+
+
+def _validators(headers) -> dict[str, Any]:  # noqa: ANN001 - a case-insensitive header mapping
+    """The response's strong ETag and Last-Modified (weak ETags cannot guard a byte range)."""
+    etag = headers.get("ETag") or ""
+    found: dict[str, Any] = {"etag": etag} if etag and not etag.startswith("W/") else {}
+    if headers.get("Last-Modified"):
+        found["last_modified"] = headers["Last-Modified"]
+    return found
+
+
+def _write_record(part: Path, r) -> None:  # noqa: ANN001 - a requests.Response
+    """Record the version a fresh partial file comes from; without a validator there is nothing to resume against."""
+    found = _validators(r.headers)
+    if not found:
+        _record_path(part).unlink(missing_ok=True)
+        return
+    length = r.headers.get("Content-Length")
+    atomic_write_json(_record_path(part), {**found, "size": int(length) if length and length.isdigit() else None})
+
+
+def _resumable(part: Path, asset: AssetRecord) -> tuple[int, dict[str, Any]]:
+    """Bytes of `part` that may be resumed, with its record; (0, {}) after discarding what may not."""
+    have = part.stat().st_size if part.is_file() else 0
+    try:
+        record = json.loads(_record_path(part).read_text()) if have else {}
+    except (OSError, ValueError):
+        record = {}
+    usable = isinstance(record, dict) and (record.get("etag") or record.get("last_modified"))
+    if have and (not usable or (asset.size is not None and have > asset.size)):
+        _discard(part)  # unknown version (no record) or longer than the file: never splice
+        return 0, {}
+    return have, record if have else {}
+
+
+def _check_same_version(r, record: dict[str, Any], part: Path, have: int) -> None:  # noqa: ANN001 - a Response
+    """Raise (discarding `part`) when a 206 answer is not the rest of the version `part` was started from."""
+    now = _validators(r.headers)
+    changed = [k for k in ("etag", "last_modified") if k in now and record.get(k) and now[k] != record[k]]
+    total = r.headers.get("Content-Range", "").rpartition("/")[2]
+    if record.get("size") is not None and total.isdigit() and int(total) != record["size"]:
+        changed.append("size")
+    if _range_start(r) != have or changed:
+        _discard(part)
+        what = ", ".join(changed) or f"offset (asked for byte {have})"
+        raise _Retryable(f"the server's file changed since the partial download began ({what}); restarting")
 
 
 def _range_start(response) -> int:

@@ -12,6 +12,9 @@ and the STAC item itself), so `msgfm.ingest.download` does not care where an ite
   `datetime` (optional: `id`, `asset`, `aoi`, `biome`); files sharing an `id` form one item.
 
 Hrefs are resolved to absolute URLs or paths here; whether they may be read is decided in download.
+Every document is read within the `download` limits (msgfm/ingest/reader.py: deadline, byte cap,
+regular files only, YAML aliases); a static catalog's walk is bounded in depth and objects, and a
+remote catalog's links may not lead to local files.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
-from msgfm.config import SourceParams
+from msgfm.config import DownloadParams, SourceParams
+from msgfm.ingest.reader import ReadRefused, is_url, read_json, read_yaml
 from msgfm.sensors import SENSORS
 
 log = logging.getLogger(__name__)
@@ -74,20 +76,17 @@ class ItemRecord:
     error: str = ""
 
 
-def is_url(href: str) -> bool:
-    """True for http(s) and other remote schemes; False for local paths and file:// URLs."""
-    scheme = urlparse(href).scheme
-    return len(scheme) > 1 and scheme != "file"
-
-
-def iter_items(cfg: SourceParams, *, signer: Signer | None = None) -> Iterator[ItemRecord]:
-    """Yield every acquisition the configured source offers."""
+def iter_items(
+    cfg: SourceParams, *, signer: Signer | None = None, limits: DownloadParams | None = None
+) -> Iterator[ItemRecord]:
+    """Yield every acquisition the configured source offers, reading within `limits` (default: download's)."""
+    limits = limits or DownloadParams()
     if cfg.kind == "static":
-        yield from _iter_static(cfg)
+        yield from _iter_static(cfg, limits)
     elif cfg.kind == "stac_api":
         yield from _iter_api(cfg, signer if signer is not None else make_signer(cfg.sign))
     else:
-        yield from _iter_folder(cfg)
+        yield from _iter_folder(cfg, limits)
 
 
 def make_signer(name: str) -> Signer:
@@ -189,11 +188,8 @@ def _crs_of(props: dict[str, Any]) -> str | None:
 # --- static catalog ------------------------------------------------------------------------------
 
 
-def _iter_static(cfg: SourceParams) -> Iterator[ItemRecord]:
-    """Walk a static catalog (path or URL) breadth-first, reading items as plain dicts."""
-    import pystac
-    from pystac.utils import make_absolute_href
-
+def _iter_static(cfg: SourceParams, limits: DownloadParams) -> Iterator[ItemRecord]:
+    """Walk a static catalog (path or URL) breadth-first, reading items as plain dicts, within `limits`."""
     href = cfg.href
     if not is_url(href):
         path = Path(href.removeprefix("file://")).resolve()
@@ -201,38 +197,72 @@ def _iter_static(cfg: SourceParams) -> Iterator[ItemRecord]:
             raise SourceError(f"{href}: STAC catalog not found (run `msgfm simulate` or set source.href)")
         href = str(path)
     root = None if is_url(href) else str(Path(href).parent)
-    io = pystac.StacIO.default()
     seen: set[str] = set()
-    queue = [href]
-    first = True
+    queue = [(href, 0)]
     while queue:
-        cat_href = queue.pop(0)
+        cat_href, depth = queue.pop(0)
         if cat_href in seen:
             continue
         seen.add(cat_href)
+        _within_limits(href, depth, len(seen), limits)
         try:
-            cat = io.read_json(cat_href)
+            cat = read_json(cat_href, limits)
         except Exception as e:  # any I/O or JSON failure: name the file
-            if first:
+            if cat_href == href:
                 raise SourceError(f"{cat_href}: cannot read STAC catalog: {e}") from None
             log.warning("%s: cannot read child catalog, skipped: %s", cat_href, e)
             continue
-        first = False
-        for link in cat.get("links", []):
-            rel, target = link.get("rel"), link.get("href")
-            if not target or rel not in ("child", "item"):
+        for rel, target_abs, local in _links(cat, cat_href, root):
+            if local:  # a remote catalog pointing at this machine's files (file://, /etc/...): never read
+                refused = f"{rel} link {target_abs} of remote catalog {cat_href} leads to a local file; refused"
+                if rel == "item":
+                    yield _failed(Path(target_abs).parent.name or target_abs, refused)
+                else:
+                    log.warning("%s", refused)
                 continue
-            target_abs = target if is_url(target) else make_absolute_href(target, cat_href)
             if rel == "child":
-                queue.append(target_abs)
+                queue.append((target_abs, depth + 1))
                 continue
-            try:
-                item = io.read_json(target_abs)
-            except Exception as e:
-                stem = Path(urlparse(target_abs).path).parent.name or target_abs
-                yield _failed(stem, f"cannot read item {target_abs}: {e}")
-                continue
-            yield record_from_item(item, target_abs, cfg, root=root)
+            seen.add(target_abs)
+            _within_limits(href, depth, len(seen), limits)
+            yield _read_item(target_abs, cfg, root, limits)
+
+
+def _links(cat: Any, cat_href: str, root: str | None) -> Iterator[tuple[str, str, bool]]:
+    """(rel, absolute href, whether a remote catalog's link leads to a local file) of child and item links."""
+    from pystac.utils import make_absolute_href
+
+    links = cat.get("links", []) if isinstance(cat, dict) else []
+    for link in links if isinstance(links, list) else []:
+        rel, target = (link.get("rel"), link.get("href")) if isinstance(link, dict) else (None, None)
+        if not isinstance(target, str) or not target or rel not in ("child", "item"):
+            continue
+        target_abs = target if is_url(target) else make_absolute_href(target, cat_href)
+        local = root is None and urlparse(target_abs).scheme.lower() not in ("http", "https")
+        yield rel, target_abs, local
+
+
+def _within_limits(href: str, depth: int, objects: int, limits: DownloadParams) -> None:
+    """Stop a walk that goes deeper or reads more documents than the download limits allow."""
+    if depth > limits.max_catalog_depth:
+        raise SourceError(
+            f"{href}: catalog nests deeper than download.max_catalog_depth ({limits.max_catalog_depth}); refused"
+        )
+    if objects > limits.max_catalog_objects:
+        raise SourceError(
+            f"{href}: catalog has more than download.max_catalog_objects ({limits.max_catalog_objects}) "
+            "catalogs and items; refused"
+        )
+
+
+def _read_item(target_abs: str, cfg: SourceParams, root: str | None, limits: DownloadParams) -> ItemRecord:
+    """The item at `target_abs` as a record, or a failed record naming it when it cannot be read."""
+    try:
+        item = read_json(target_abs, limits)
+    except Exception as e:
+        stem = Path(urlparse(target_abs).path).parent.name or target_abs
+        return _failed(stem, f"cannot read item {target_abs}: {e}")
+    return record_from_item(item, target_abs, cfg, root=root)
 
 
 def _failed(item_id: str, error: str) -> ItemRecord:
@@ -279,14 +309,17 @@ def _self_href(item: dict[str, Any], fallback: str) -> str:
 # --- folder of GeoTIFFs --------------------------------------------------------------------------
 
 
-def _iter_folder(cfg: SourceParams) -> Iterator[ItemRecord]:
+def _iter_folder(cfg: SourceParams, limits: DownloadParams) -> Iterator[ItemRecord]:
     """Group GeoTIFFs by their sidecar's id into items; a TIFF without a usable sidecar is a failed item."""
     folder = Path(cfg.path).resolve()  # type: ignore[arg-type]
     if not folder.is_dir():
         raise SourceError(f"{cfg.path}: source folder not found")
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for tif in sorted([*folder.rglob("*.tif"), *folder.rglob("*.tiff")]):
-        sidecar, error = _read_sidecar(tif)
+        if not tif.is_file():  # a FIFO would block the first reader forever; a folder is not an image
+            yield _failed(tif.stem, f"{tif}: not a regular file (a FIFO, device, socket or folder); refused")
+            continue
+        sidecar, error = _read_sidecar(tif, limits)
         if error:
             yield _failed(tif.stem, error)
             continue
@@ -295,14 +328,18 @@ def _iter_folder(cfg: SourceParams) -> Iterator[ItemRecord]:
         yield _folder_record(item_id, members, folder, cfg)
 
 
-def _read_sidecar(tif: Path) -> tuple[dict[str, Any], str]:
+def _read_sidecar(tif: Path, limits: DownloadParams) -> tuple[dict[str, Any], str]:
+    import yaml
+
     for suffix in (".json", ".yaml", ".yml"):
         side = tif.with_suffix(suffix)
-        if not side.is_file():
+        if not side.exists():
             continue
         try:
-            meta = json.loads(side.read_text()) if suffix == ".json" else yaml.safe_load(side.read_text())
-        except (ValueError, yaml.YAMLError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
+            meta = read_json(str(side), limits) if suffix == ".json" else read_yaml(side, limits)
+        except ReadRefused as e:
+            return {}, f"{side}: sidecar refused: {e}"
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError) as e:
             return {}, f"{side}: sidecar is not valid {suffix[1:].upper()}: {e}"
         if not isinstance(meta, dict):
             return {}, f"{side}: sidecar must be a mapping with sensor and datetime"
