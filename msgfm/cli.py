@@ -111,15 +111,24 @@ def _lock_outputs(stage: str, out_dir: Path) -> Iterator[None]:
     """
     out_dir = Path(out_dir)
     lock = RunLock(out_dir.parent / f".{out_dir.name}.msgfm.lock", run=f"msgfm {stage}")
+    from msgfm.geo.io import write_fault
+
     try:
         lock.acquire()
     except LockBusy as e:
         typer.echo(f"error: msgfm {stage} is already writing {out_dir}: {e}", err=True)
         raise typer.Exit(LOCK_BUSY_EXIT) from None
+    except OSError as e:  # a full or read-only disk already stops the lock file: the machine's fault, not the data's
+        fault = write_fault(e, lock.path)
+        if fault is None:
+            raise
+        typer.echo(f"error: {fault}", err=True)
+        raise typer.Exit(ENVIRONMENT_EXIT) from None
     try:
         yield
     finally:
-        lock.release()
+        with contextlib.suppress(OSError):  # releasing on a read-only disk must not hide the stage's own error
+            lock.release()
 
 
 def _run_gate(run: Callable[[], Any]) -> None:
