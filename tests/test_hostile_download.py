@@ -396,3 +396,20 @@ def test_a_yaml_alias_bomb_sidecar_is_refused(world, tmp_path):
     records = _bounded(lambda: {r.id: r for r in iter_items(SourceParams(kind="folder", path=folder))})
     assert "bomb.yaml: sidecar refused: 82 YAML aliases (at most 64)" in records["bomb"].error
     assert not records["VV"].error
+
+
+def test_a_local_catalog_never_leads_out_of_its_folder(world, tmp_path):
+    outside = make_catalog(tmp_path / "elsewhere", [("rgb", dt.date(2024, 4, 1))], aoi="stolen")
+    stolen_item = item_json(outside, "rgb_stolen_20240401")
+    catalog = json.loads(world.read_text())
+    catalog["links"] += [
+        {"rel": "child", "href": os.path.relpath(outside, world.parent)},  # ../elsewhere/catalog.json
+        {"rel": "item", "href": str(stolen_item)},  # an absolute path out of the folder
+    ]
+    world.write_text(json.dumps(catalog))
+    _run(SourceParams(href=str(world)), tmp_path / "raw")
+    ledger = read_ledger(tmp_path / "raw").set_index("id")
+    assert ledger.loc[IID, "status"] == "ok"  # the good item beside them is kept
+    row = ledger.loc["rgb_stolen_20240401"]
+    assert row["status"] == "failed" and "points outside the catalog folder" in row["error"]
+    assert pd.isna(row["sensor"]) and len(ledger) == 2  # never read, and the child catalog was not walked

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams, SourceParams
+from msgfm.geo.io import inside
 from msgfm.ingest.reader import ReadRefused, is_url, read_json, read_yaml
 from msgfm.sensors import SENSORS
 
@@ -212,9 +213,8 @@ def _iter_static(cfg: SourceParams, limits: DownloadParams) -> Iterator[ItemReco
                 raise SourceError(f"{cat_href}: cannot read STAC catalog: {e}") from None
             log.warning("%s: cannot read child catalog, skipped: %s", cat_href, e)
             continue
-        for rel, target_abs, local in _links(cat, cat_href, root):
-            if local:  # a remote catalog pointing at this machine's files (file://, /etc/...): never read
-                refused = f"{rel} link {target_abs} of remote catalog {cat_href} leads to a local file; refused"
+        for rel, target_abs, refused in _links(cat, cat_href, root):
+            if refused:  # a remote catalog's local link, or a local catalog's link out of its folder: never read
                 if rel == "item":
                     yield _failed(Path(target_abs).parent.name or target_abs, refused)
                 else:
@@ -228,8 +228,12 @@ def _iter_static(cfg: SourceParams, limits: DownloadParams) -> Iterator[ItemReco
             yield _read_item(target_abs, cfg, root, limits)
 
 
-def _links(cat: Any, cat_href: str, root: str | None) -> Iterator[tuple[str, str, bool]]:
-    """(rel, absolute href, whether a remote catalog's link leads to a local file) of child and item links."""
+def _links(cat: Any, cat_href: str, root: str | None) -> Iterator[tuple[str, str, str]]:
+    """(rel, absolute href, why it is refused or "") of a catalog's child and item links.
+
+    A remote catalog may not lead to this machine's files; a local one may not lead out of its folder
+    (`../../home/...`, absolute paths, symlinks out), so a catalog cannot make download read other files.
+    """
     from pystac.utils import make_absolute_href
 
     links = cat.get("links", []) if isinstance(cat, dict) else []
@@ -238,8 +242,13 @@ def _links(cat: Any, cat_href: str, root: str | None) -> Iterator[tuple[str, str
         if not isinstance(target, str) or not target or rel not in ("child", "item"):
             continue
         target_abs = target if is_url(target) else make_absolute_href(target, cat_href)
-        local = root is None and urlparse(target_abs).scheme.lower() not in ("http", "https")
-        yield rel, target_abs, local
+        remote = urlparse(target_abs).scheme.lower() in ("http", "https")
+        refused = ""
+        if root is None and not remote:
+            refused = f"{rel} link {target_abs} of remote catalog {cat_href} leads to a local file; refused"
+        elif root is not None and not remote and not inside(Path(target_abs.removeprefix("file://")), Path(root)):
+            refused = f"{rel} link {target_abs} of {cat_href} points outside the catalog folder {root}; refused"
+        yield rel, target_abs, refused
 
 
 def _within_limits(href: str, depth: int, objects: int, limits: DownloadParams) -> None:
