@@ -21,14 +21,13 @@ from msgfm.config import ParamsError, load_params
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import S2_L2A_BANDS
 from msgfm.sim.preview import write_preview
+from msgfm.sim.catalog import COLLECTIONS, validate_catalog
 from msgfm.sim.simulate import (
-    COLLECTIONS,
     DSM_NODATA,
     Acquisition,
     _AOIContext,
     schedule,
     simulate_world,
-    validate_catalog,
 )
 
 TINY = {
