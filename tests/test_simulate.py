@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from msgfm.config import ParamsError, load_params
 from msgfm.geo.io import sha256_file
 from msgfm.sensors import S2_L2A_BANDS
-from msgfm.sim.preview import write_preview
 from msgfm.sim.catalog import COLLECTIONS, validate_catalog
+from msgfm.sim.preview import write_preview
 from msgfm.sim.simulate import (
     DSM_NODATA,
     Acquisition,
