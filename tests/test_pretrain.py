@@ -23,6 +23,7 @@ from tiny_world import working_directory
 from msgfm.config import ParamsError, load_params
 from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.models.hub import load_pretrained
+from msgfm.training.checkpoints import latest_checkpoint, write_checkpoint
 from msgfm.training.pretrain import PretrainError, build_model, run_pretrain, train_loop
 from msgfm.training.schedule import lr_factor
 
@@ -54,6 +55,30 @@ def test_model_initialisation_is_seeded(repo_root: Path) -> None:
     other = build_model(params.model_copy(update={"seed": params.seed + 1})).state_dict()
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_copy(repo_root: Path, tmp_path: Path) -> None:
+    """Ray copies a checkpoint file by file: a kill mid-copy leaves state.json beside a truncated model.
+    Resume takes the newest checkpoint whose files match the sizes and hashes state.json recorded."""
+    params = load_params(repo_root / "params.yaml")
+    model = build_model(params)
+    optimizer = torch.optim.AdamW(model.parameters())
+    run = tmp_path / "run"
+    for step in (4, 8, 12):
+        ckpt = run / f"checkpoint_{step:03d}"
+        ckpt.mkdir(parents=True)
+        write_checkpoint(ckpt, model, optimizer, {"step": step, "history": []})
+    assert latest_checkpoint(run) == run / "checkpoint_012"
+    newest = run / "checkpoint_012" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut off mid-copy
+    assert latest_checkpoint(run) == run / "checkpoint_008"
+    middle = run / "checkpoint_008" / "optimizer.pt"
+    data = bytearray(middle.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    middle.write_bytes(bytes(data))
+    assert latest_checkpoint(run) == run / "checkpoint_004"
+    (run / "checkpoint_004" / "state.json").write_text('{"step": 4, "hist')  # state.json itself cut off
+    assert latest_checkpoint(run) is None
 
 
 def _local_pretrain_loss(params, storage: Path) -> float:
@@ -171,13 +196,17 @@ def test_pretrain_joins_a_cluster_and_resumes_after_kill(tiny_world: Path, tmp_p
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 240
-        while not list(ckpt_root.glob("*/checkpoint_*/state.json")) and first.poll() is None:
+
+        def complete() -> list[Path]:  # whole checkpoints only: the kill may land while Ray copies the next
+            return [c for run in ckpt_root.glob("*") if (c := latest_checkpoint(run)) is not None]
+
+        while not complete() and first.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.5)
         assert first.poll() is None, f"pretrain ended before it could be killed:\n{first.communicate()[0]}"
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
-        killed_at = max(json.loads(p.read_text())["step"] for p in ckpt_root.glob("*/checkpoint_*/state.json"))
+        killed_at = max(json.loads((c / "state.json").read_text())["step"] for c in complete())
         assert 0 < killed_at < 24
         second = subprocess.run([MSGFM, "pretrain"], cwd=project, env=env, capture_output=True, text=True, timeout=400)
         out = second.stdout + second.stderr

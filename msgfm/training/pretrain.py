@@ -37,6 +37,7 @@ from msgfm.config import Params
 from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.models.msgfm import MSGFM, create_model_from_params
+from msgfm.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
 from msgfm.training.ray_logging import RUNTIME_ENV
 from msgfm.training.schedule import cosine_schedule
 
@@ -94,16 +95,6 @@ def build_model(params: Params) -> MSGFM:
     would broadcast rank 0's anyway) and in every run of the same params."""
     torch.manual_seed(params.seed)
     return create_model_from_params(params.model)
-
-
-def _restore(model: MSGFM, optimizer: torch.optim.Optimizer, ckpt_dir: str) -> tuple[int, list[dict[str, Any]]]:
-    """Load model and optimizer state from a checkpoint directory; return its step and loss history."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
-    optimizer.load_state_dict(torch.load(os.path.join(ckpt_dir, "optimizer.pt"), weights_only=True))
-    state = json.loads(Path(ckpt_dir, "state.json").read_text())
-    return state["step"], state["history"]
 
 
 def _train_step(
@@ -164,14 +155,11 @@ class _Meter:
 def _report(core: MSGFM, optimizer: torch.optim.Optimizer, metrics: dict[str, Any], history: list, rank: int) -> None:
     """Report `metrics` to Ray Train with a checkpoint (model, optimizer, step and history) that rank 0 writes."""
     import ray.train
-    from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
-            save_file({k: v.contiguous() for k, v in core.state_dict().items()}, os.path.join(tmp, "model.safetensors"))
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            Path(tmp, "state.json").write_text(json.dumps({"step": metrics["step"], "history": history, **metrics}))
+            write_checkpoint(Path(tmp), core, optimizer, {"step": metrics["step"], "history": history, **metrics})
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -196,7 +184,7 @@ def train_loop(config: dict[str, Any]) -> None:
     resume_dir = config.get("resume_from")  # set when the stage itself is run again after a crash or kill
     if checkpoint is not None or resume_dir:
         with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(resume_dir) as ckpt_dir:
-            start, history = _restore(model, optimizer, ckpt_dir)
+            start, history = restore_checkpoint(model, optimizer, ckpt_dir)
         if rank == 0:
             _progress(f"[pretrain] resuming from step {start}/{cfg.steps}")
     model = ray.train.torch.prepare_model(
@@ -222,22 +210,6 @@ def train_loop(config: dict[str, Any]) -> None:
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             metrics = {"step": done, "loss": losses["total"], "samples_per_s": meter.samples_per_s()}
             _report(core, optimizer, metrics, meter.history, rank)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of `run_dir` with the highest step whose files are all complete, or None."""
-    best: tuple[int, Path] | None = None
-    for state_path in run_dir.glob("checkpoint_*/state.json"):
-        ckpt = state_path.parent
-        try:
-            step = int(json.loads(state_path.read_text())["step"])
-        except (OSError, ValueError, KeyError):
-            continue  # a checkpoint cut off mid-copy: never read as complete
-        if not all((ckpt / f).is_file() and (ckpt / f).stat().st_size for f in ("model.safetensors", "optimizer.pt")):
-            continue
-        if best is None or step > best[0]:
-            best = (step, ckpt)
-    return None if best is None else best[1]
 
 
 def _root_cause(error: BaseException) -> str:
