@@ -10,6 +10,7 @@ Windows are sized to the chip: each stage uses min(window_size, its token grid),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,19 @@ class MSGFMEncoder(nn.Module):
         trunc_normal_(self.mask_token, std=0.02)
         trunc_normal_(self.sensor_embed, std=0.02)
         self.apply(_init_linear_and_norm)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict[str, Any]:
+        """timm-style parameter groups (layer-wise lr decay): the embeddings, then one group per stage (its
+        downsampling and blocks; the final norm joins the last stage). `prefix` names this encoder in a parent."""
+        p = re.escape(prefix)
+        return {
+            "stem": rf"^{p}(?:patch_embed|mask_token|sensor_embed)",
+            "blocks": [
+                (rf"^{p}(?:stages|downsample)\.(\d+)", None),
+                (rf"^{p}norm", (len(self.stages) - 1,)),
+            ],
+        }
 
     @property
     def dims(self) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ and fuses sensors by averaging the maps of the sensors present (optionally per s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +196,11 @@ class TaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The encoder's parameter groups (timm's layer decay); the head, unmatched, is the top layer."""
+        return self.encoder.group_matcher(coarse, prefix="encoder.")
 
     def forward(
         self,

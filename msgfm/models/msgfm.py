@@ -54,9 +54,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from msgfm.architectures import MSGFMConfig, get_config
@@ -100,8 +102,35 @@ def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
 
 
-class MSGFM(nn.Module):
-    """Band-aware per-sensor embeddings, a shared Swin-MoE encoder and per-sensor decoders, trained by MIM."""
+class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensing", "earth-observation"]):
+    """Band-aware per-sensor embeddings, a shared Swin-MoE encoder and per-sensor decoders, trained by MIM.
+
+    `model.save_pretrained(dir)` / `MSGFM.from_pretrained(dir)` are huggingface_hub's mixin over our own
+    layout (msgfm.models.hub: model.safetensors + config.json, plus the mixin's README.md model card);
+    only local directories load: nothing is downloaded.
+    """
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: write model.safetensors and our config.json (msgfm.models.hub.save_pretrained)."""
+        from msgfm.models.hub import save_pretrained
+
+        save_pretrained(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MSGFM:
+        """Load a model directory written by save_pretrained; anything but a local directory is refused."""
+        if not Path(pretrained_model_name_or_path).is_dir():
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path}: not a local model directory (msgfm downloads nothing)"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, local_files_only=True, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **kwargs: Any) -> MSGFM:
+        """The mixin's hook: rebuild from config.json and load the weights strictly (no unpickling)."""
+        from msgfm.models.hub import load_pretrained
+
+        return load_pretrained(model_id, device=map_location)
 
     def __init__(self, config: MSGFMConfig) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from msgfm.datasets.tasks import TaskData
@@ -37,31 +38,19 @@ class Hyper:
     batch_size: int
 
 
-def layer_id(name: str, n_stages: int) -> int:
-    """Depth of an encoder parameter for layer-wise lr decay: 0 embeddings, i+1 for stage i, n_stages for the norm."""
-    if name.startswith(("patch_embed", "mask_token", "sensor_embed")):
-        return 0
-    if name.startswith(("stages.", "downsample.")):
-        return int(name.split(".")[1]) + 1
-    return n_stages
-
-
 def param_groups(model: TaskModel, hp: Hyper) -> list[dict[str, Any]]:
-    """AdamW groups: head at lr; encoder layer l at lr * layer_decay^(n_stages + 1 - l); no decay on 1-d params."""
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    n_stages = len(model.encoder.stages)
-    named = [(f"head.{n}", p, 1.0) for n, p in model.head.named_parameters()]
-    if not hp.freeze:
-        named += [
-            (n, p, hp.layer_decay ** (n_stages + 1 - layer_id(n, n_stages)))
-            for n, p in model.encoder.named_parameters()
+    """AdamW groups: timm's layer-wise lr decay over the model's group_matcher (head at lr, stage i of n at
+    lr * layer_decay^(n - i), embeddings at lr * layer_decay^(n + 1)); no weight decay on 1-d params.
+    A frozen encoder leaves only the head."""
+    if hp.freeze:
+        params = list(model.head.parameters())
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "lr": hp.lr, "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "lr": hp.lr, "weight_decay": 0.0},
         ]
-    for _, p, scale in named:
-        groups.setdefault((scale, p.ndim > 1), []).append(p)
-    return [
-        {"params": ps, "lr": hp.lr * scale, "weight_decay": hp.weight_decay if decay else 0.0}
-        for (scale, decay), ps in groups.items()
-    ]
+        return [g for g in groups if g["params"]]
+    groups = param_groups_layer_decay(model, weight_decay=hp.weight_decay, layer_decay=hp.layer_decay)
+    return [{"params": g["params"], "lr": hp.lr * g["lr_scale"], "weight_decay": g["weight_decay"]} for g in groups]
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
