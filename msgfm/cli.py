@@ -31,6 +31,9 @@ app = typer.Typer(
 
 ENVIRONMENT_EXIT = 3  # the machine (disk full, read-only, no permission), not the data, stopped the stage
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read instead of params.yaml")]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="auto, cpu or cuda (overrides finetune.device; auto: the GPU when there is one)")
+]
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
@@ -96,6 +99,19 @@ def _load(params_path: Path) -> Params:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with _stage_errors(ParamsError, code=2):
         return load_params(params_path)
+
+
+def _on_device(p: Params, device: str | None) -> Params:
+    """Params with finetune.device set by --device; a device torch cannot use is a usage error (exit 2)."""
+    from msgfm.models.device import resolve_device
+
+    choice = device or p.finetune.device
+    try:
+        resolve_device(choice)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    return p.model_copy(update={"finetune": p.finetune.model_copy(update={"device": choice})})
 
 
 LOCK_BUSY_EXIT = 75  # EX_TEMPFAIL: another run of the stage is writing the same folder; try again later
@@ -322,6 +338,7 @@ def finetune(
         str | None, typer.Option(help="fine-tune on a real benchmark instead (bigearthnet, sen12ms_cr, vaihingen)")
     ] = None,
     root: Annotated[Path | None, typer.Option(help="the benchmark's local folder (with --benchmark)")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
     from msgfm.datasets.benchmarks import BenchmarkDataError
@@ -330,7 +347,7 @@ def finetune(
     from msgfm.training.benchmark import run_benchmark_finetune
     from msgfm.training.finetune import FinetuneError, run_finetune
 
-    p = _load(params)
+    p = _on_device(_load(params), device)
     bad = [v for v in variant or [] if v not in VARIANTS]
     if bad:
         typer.echo(f"error: unknown variant(s) {bad}; variants are {list(VARIANTS)}", err=True)
@@ -359,12 +376,12 @@ def finetune(
 
 
 @app.command()
-def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+def evaluate(params: ParamsOption = Path("params.yaml"), device: DeviceOption = None) -> None:
     """Test metrics, baselines, modality ablations, generalisation, plots and the report (data/reports/report.md)."""
     from msgfm.datasets.tasks import TaskDataError
     from msgfm.evaluation.evaluate import EvaluateError, run_evaluate
 
-    p = _load(params)
+    p = _on_device(_load(params), device)
     with _lock_outputs("evaluate", p.evaluate.report.parent), _stage_errors(EvaluateError, TaskDataError):
         metrics = run_evaluate(p)
     for task, values in metrics.items():

@@ -110,3 +110,27 @@ def test_layer_decay_comes_from_the_group_matcher() -> None:
     scales = sorted({g["lr_scale"] for g in timm.optim.create_optimizer_v2(net, "adamw", layer_decay=0.5).param_groups})
     assert scales == pytest.approx([0.5**k for k in range(n + 1, -1, -1)])
     json.dumps(net.pretrained_cfg)  # plain JSON, as timm's pretrained_cfg is
+
+
+def test_devices_resolve_and_a_missing_gpu_is_a_clear_error(repo_root: Path) -> None:
+    import subprocess
+    import sys
+
+    from msgfm.models.device import resolve_device, to_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_device("tpu")
+    batch = to_device(({"s2": torch.ones(1)}, ("B02",), [torch.zeros(2)]), torch.device("cpu"))
+    assert batch[1] == ("B02",) and torch.equal(batch[0]["s2"], torch.ones(1))
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+        resolve_device("cuda")
+    for command in (["finetune", "--task", "classification"], ["evaluate"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "msgfm.cli", *command, "--device", "cuda"],
+            cwd=repo_root, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2 and "torch sees no CUDA GPU" in run.stderr, run.stderr[-500:]

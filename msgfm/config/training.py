@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from msgfm.architectures import MSGFMConfig
 
 
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+"""Where fine-tuning, evaluation and embedding run (msgfm.models.device.resolve_device)."""
+
+
 class RayParams(Section):
     """Where Ray Train runs: a local instance sized to this machine, or an existing cluster."""
 
@@ -150,6 +154,9 @@ class FinetuneParams(Section):
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    device: DeviceChoice = Field(
+        "auto", description="fine-tuning and evaluation: auto = the GPU when torch sees one (bf16 autocast)"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> FinetuneParams:

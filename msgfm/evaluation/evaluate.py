@@ -33,6 +33,7 @@ from msgfm.evaluation.report import render_report
 from msgfm.geo.io import atomic_write_json, atomic_write_text
 from msgfm.inference.predict import evaluate_split
 from msgfm.metrics import scalars
+from msgfm.models.device import resolve_device
 from msgfm.models.finetuned import BEST_FILE, VARIANTS, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model
 from msgfm.models.heads import TaskModel
 from msgfm.models.hub import load_weights
@@ -58,7 +59,7 @@ def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, 
     best = json.loads((folder / BEST_FILE).read_text())
     model = rebuild_task_model(best, get_task(best["task"]))
     load_weights(model, folder / WEIGHTS_FILE)
-    return model.eval(), best
+    return model.to(resolve_device(params.finetune.device)).eval(), best
 
 
 def input_as_prediction(data: TaskData, split: TaskSplit) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """A task model over a split of task data: its outputs, its metrics and its encoder's features, batch by batch.
 
 Everything here runs in eval mode without gradients, so fine-tuning (validation each epoch, features of
-a frozen encoder) and evaluation (test metrics, ablations, plots) score a model the same way.
+a frozen encoder) and evaluation (test metrics, ablations, plots) score a model the same way. Batches go
+to the model's device (bf16 autocast on GPU); outputs and metrics come back as float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from typing import Any
 import torch
 
 from msgfm.datasets.tasks import TaskData, TaskSplit
+from msgfm.models.device import autocast, model_device, to_device
 from msgfm.models.heads import TaskModel
 
 
 def predict(model: TaskModel, split: TaskSplit, batch_size: int) -> torch.Tensor:
     """Outputs for every sample of `split` (eval mode, no gradients)."""
     model.eval()
-    outs = []
-    with torch.no_grad():
+    device, outs = model_device(model), []
+    with torch.no_grad(), autocast(device):
         for start in range(0, len(split), batch_size):
             index = torch.arange(start, min(start + batch_size, len(split)))
-            images, present, _ = split.batch(index)
-            outs.append(model(images, split.bands, present=present))
+            images, present, _ = to_device(split.batch(index), device)
+            outs.append(model(images, split.bands, present=present).float().cpu())
     return torch.cat(outs)
 
 
@@ -31,11 +33,14 @@ def evaluate_split(model: TaskModel, data: TaskData, split: TaskSplit, batch_siz
     spec = data.spec
     metrics = spec.metrics(data.num_classes)
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             index = torch.arange(start, min(start + batch_size, len(split)))
             images, present, target = split.batch(index)
-            out = model(images, split.bands, present=present)
+            with autocast(device):
+                out = model(to_device(images, device), split.bands, present=to_device(present, device))
+            out = out.float().cpu()
             if spec.kind == "image":
                 metrics.update(spec.to_metric_space(out), spec.to_metric_space(target))
             else:
@@ -44,13 +49,14 @@ def evaluate_split(model: TaskModel, data: TaskData, split: TaskSplit, batch_siz
 
 
 def encode_split(model: TaskModel, split: TaskSplit, batch_size: int) -> dict[str, list[torch.Tensor]]:
-    """Encoder features (eval mode, no gradients) of every chip of `split`, per sensor and stage."""
+    """Encoder features (no gradients) of every chip of `split`, per sensor and stage, on the model's device."""
     model.encoder.eval()
+    device = model_device(model)
     parts: dict[str, list[list[torch.Tensor]]] = {sensor: [] for sensor in split.images}
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device):
         for start in range(0, len(split), batch_size):
             index = slice(start, min(start + batch_size, len(split)))
-            images = {sensor: x[index] for sensor, x in split.images.items()}
+            images = {sensor: x[index].to(device) for sensor, x in split.images.items()}
             for sensor, levels in model.encoder(images, split.bands).features.items():
-                parts[sensor].append(levels)
+                parts[sensor].append([level.float() for level in levels])
     return {sensor: [torch.cat(level) for level in zip(*chunks, strict=True)] for sensor, chunks in parts.items()}

@@ -28,6 +28,7 @@ import torch
 from msgfm.datasets.tasks import TaskData, build_task_data, get_task
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries
 from msgfm.metrics import PRIMARY_METRIC
+from msgfm.models.device import resolve_device
 from msgfm.models.encoder import MSGFMEncoder
 from msgfm.models.finetuned import (
     BEST_FILE,
@@ -75,7 +76,7 @@ class _Tuning:
         else:  # scratch draws its own initialisation from the seed
             encoder = load_encoder(self.params, self.variant, seed)
         torch.manual_seed(seed)  # the head starts the same for every variant
-        model = build_task_model(self.data.spec, encoder, self.data.num_classes)
+        model = build_task_model(self.data.spec, encoder, self.data.num_classes).to(resolve_device(cfg.device))
 
         def report(epoch: int, value: float) -> None:
             if trial is not None:

@@ -21,6 +21,7 @@ from torch import nn
 from msgfm.datasets.tasks import TaskData
 from msgfm.inference.predict import encode_split, evaluate_split
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.models.device import autocast, model_device, to_device
 from msgfm.models.heads import TaskModel
 from msgfm.training.schedule import cosine_schedule
 
@@ -72,12 +73,15 @@ def _loss(
 ) -> torch.Tensor:
     """The training loss of one batch; on a frozen encoder (`cached` features) only the head runs."""
     train = data.splits["train"]
-    images, present, target = train.batch(index)
-    if cached is not None:  # frozen encoder: its features of the training chips never change
-        features = {sensor: [level[index] for level in cached[sensor]] for sensor in images}
-        return data.spec.loss(model.head(features, images=images, bands=train.bands, present=present), target)
-    out, aux = model(images, train.bands, present=present, return_aux=True)
-    return data.spec.loss(out, target) + aux_weight * aux
+    device = model_device(model)
+    images, present, target = to_device(train.batch(index), device)
+    with autocast(device):
+        if cached is not None:  # frozen encoder: its features of the training chips never change
+            features = {sensor: [level[index.to(device)] for level in cached[sensor]] for sensor in images}
+            out, aux = model.head(features, images=images, bands=train.bands, present=present), 0.0
+        else:
+            out, aux = model(images, train.bands, present=present, return_aux=True)
+    return data.spec.loss(out.float(), target) + aux_weight * aux
 
 
 def train_model(
@@ -124,7 +128,7 @@ def train_model(
         log.info("%s epoch %d: train loss %.4f, val %s %.4f", data.spec.name, epoch, np.mean(losses), metric, value)
         if math.isnan(best_value) or better(value, best_value):
             best_value = value
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, value)
     return best_value, best_state, history
