@@ -134,3 +134,20 @@ def test_devices_resolve_and_a_missing_gpu_is_a_clear_error(repo_root: Path) -> 
             cwd=repo_root, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert run.returncode == 2 and "torch sees no CUDA GPU" in run.stderr, run.stderr[-500:]
+
+
+def test_gpu_smoke_script_runs_and_reports_json(repo_root: Path) -> None:
+    """benchmarks/gpu_smoke.py is run where a GPU is lent; here it must at least run on the CPU, small."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, str(repo_root / "benchmarks/gpu_smoke.py"), "--device", "cpu", "--model", "msgfm_tiny",
+         "--samples", "16", "--batch", "8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["device"] == "cpu" and result["bf16_autocast"] is False and result["samples"] == 16
+    assert result["finetune_samples_per_s"] > 0 and result["embed_chips_per_s"] > 0
+    assert result["finetune_vs_bare"] > 0 and 0 <= result["val_mAP_micro"] <= 1
