@@ -39,7 +39,7 @@ from msgfm.evaluation.report import render_report
 from msgfm.inference.predict import predict
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
-from msgfm.models.finetuned import BEST_FILE, load_encoder
+from msgfm.models.finetuned import BEST_FILE, checkpoint_mismatch, load_encoder
 from msgfm.models.heads import build_task_model
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
@@ -223,6 +223,35 @@ def test_optuna_study_resumes_after_an_interruption(project: Path) -> None:
     saved = json.loads(best_path.read_text())
     assert saved["trial"] == study.best_trial.number and saved["metric"] == "PSNR"
     assert (best_path.parent / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_trials_run_in_parallel_on_ray_workers_sharing_a_journal(project: Path) -> None:
+    """finetune.trial_workers=2: trials of one study run as Ray tasks on a real local instance, sharing a
+    journal file; the budget and the best-trial checkpoint are as in the sequential path (about 60 s)."""
+    import os
+
+    with working_directory(project):
+        params = load_params("params.yaml")
+        params.finetune.trial_workers, params.finetune.trials, params.ray.num_cpus = 2, 4, 2
+        params.finetune.threads = 1
+        data = build_task_data(params, "pansharpening")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the workers: the driver's retrained best trial then repeats their numbers
+        try:
+            summary = tune_variant(params, data, "pretrained")
+        finally:
+            torch.set_num_threads(threads)
+        study = open_study(params, data, "pretrained")
+    out = project / params.finetune.out_dir / "pansharpening"
+    assert (out / "optuna.journal").is_file() and not (out / "optuna.db").exists()
+    assert summary["trials_finished"] == finished_trials(study) == 4
+    workers = {t.user_attrs["worker"] for t in study.get_trials(deepcopy=False)}
+    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers), workers
+    saved = json.loads((out / "pretrained" / BEST_FILE).read_text())
+    assert saved["trial"] == study.best_trial.number == summary["trial"]
+    assert saved["value"] == pytest.approx(study.best_value)  # the driver retrained the best trial: same seed
+    assert checkpoint_mismatch(out / "pretrained") is None
 
 
 def _cli(project: Path, *args: str) -> tuple[int, str]:

@@ -154,6 +154,12 @@ class FinetuneParams(Section):
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    trial_workers: int = Field(
+        1, ge=1, le=1024, description="Optuna trials run at once, each a Ray task of `threads` CPUs (1: in process)"
+    )
+    study_storage: str | None = Field(
+        None, description="an Optuna RDB URL shared by a cluster's workers; default: a file beside the task's models"
+    )
     device: DeviceChoice = Field(
         "auto", description="fine-tuning and evaluation: auto = the GPU when torch sees one (bf16 autocast)"
     )

@@ -22,6 +22,7 @@ from msgfm.geo.io import atomic_path, atomic_write_text  # noqa: E402
 from msgfm.inference.predict import predict  # noqa: E402
 from msgfm.landcover import SHORT_NAMES  # noqa: E402
 from msgfm.metrics import PRIMARY_METRIC  # noqa: E402
+from msgfm.models.finetuned import study_storage  # noqa: E402
 from msgfm.models.heads import TaskModel  # noqa: E402
 
 if TYPE_CHECKING:
@@ -112,9 +113,10 @@ def optuna_history(params: Params, task: str, out: Path) -> pd.DataFrame:
     """Every finished trial of the task's studies (variant, trial, value, state) as a table and a PNG."""
     import optuna
 
-    storage = f"sqlite:///{(params.finetune.out_dir / task / 'optuna.db').resolve()}"
+    storage = study_storage(params, task)
     rows = []
-    if (params.finetune.out_dir / task / "optuna.db").is_file():
+    sqlite = isinstance(storage, str) and storage.startswith("sqlite:")
+    if not sqlite or (params.finetune.out_dir / task / "optuna.db").is_file():  # never create an empty db
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             for t in study.get_trials(deepcopy=False):

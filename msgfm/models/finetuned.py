@@ -33,6 +33,23 @@ class TaskModelError(RuntimeError):
     """A variant's pretrained model is missing or unreadable; the message names the file."""
 
 
+def study_storage(params: Params, task: str) -> Any:
+    """Where the task's Optuna studies live: `finetune.study_storage` (an RDB URL a cluster shares) when set;
+    else `optuna.journal` (a journal file, safe for several processes) when trials run in parallel, else
+    `optuna.db` (SQLite) in `<finetune.out_dir>/<task>/`."""
+    cfg = params.finetune
+    if cfg.study_storage:
+        return cfg.study_storage
+    out = (cfg.out_dir / task).resolve()
+    if cfg.trial_workers > 1:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        out.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    return f"sqlite:///{out / 'optuna.db'}"
+
+
 def model_dir(params: Params, variant: str) -> Path | None:
     """The pretrained model a variant starts from (None: from scratch)."""
     if variant == "pretrained":

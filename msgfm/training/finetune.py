@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from msgfm.config import Params
 from msgfm.datasets.tasks import TaskData, build_task_data, get_task
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries
 from msgfm.metrics import PRIMARY_METRIC
@@ -41,12 +44,11 @@ from msgfm.models.finetuned import (
 )
 from msgfm.models.heads import TaskModel, build_task_model
 from msgfm.training.loop import Hyper, train_model
+from msgfm.training.ray_cluster import RayClusterError, connect_ray
 from msgfm.training.study import fail_stale_trials, finished_trials, open_study, pruned_trials, suggest
 
 if TYPE_CHECKING:
     import optuna
-
-    from msgfm.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class _Tuning:
     out: Path
     study: optuna.Study
     pretrained: MSGFMEncoder | None  # read once per variant and copied for every trial; None: scratch
+    save: bool = True  # False in parallel workers: the driver saves the best trial once they are done
 
     def fit(self, hp: Hyper, seed: int, trial: optuna.Trial | None) -> tuple[TaskModel, float, dict, list]:
         """Train one model with `hp` and `seed`; a trial sees every epoch's value and may be pruned."""
@@ -109,13 +112,14 @@ class _Tuning:
     def objective(self, trial: optuna.Trial) -> float:
         """Optuna's objective: train the trial's model and save it when it beats the study's best so far."""
         hp = suggest(trial, self.params)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         model, value, state, history = self.fit(hp, self.params.seed + trial.number, trial)
         try:
             best = self.study.best_value
         except ValueError:  # no completed trial yet
             best = None
         beats = best is None or (value > best if self.study.direction.name == "MAXIMIZE" else value < best)
-        if beats:
+        if beats and self.save:
             save_best(self.out, model, state, self.record(trial.number, hp, value, history, model))
         return value
 
@@ -154,7 +158,10 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     start = time.perf_counter()
     if remaining > 0:
         log.info("%s/%s: %d trial(s) to run (study %s)", task, variant, remaining, study.study_name)
-        study.optimize(tuning.objective, n_trials=remaining, gc_after_trial=True)
+        if cfg.trial_workers > 1:
+            _optimize_on_ray(params, data, variant, remaining)
+        else:
+            study.optimize(tuning.objective, n_trials=remaining, gc_after_trial=True)
     saved = tuning.saved_best()
     return {
         "metric": PRIMARY_METRIC[task],
@@ -166,6 +173,39 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
         "train_samples": saved["train_samples"],
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
+
+
+def _optimize_on_ray(params: Params, data: TaskData, variant: str, trials: int) -> None:
+    """Run `trials` trials of the variant's study as `finetune.trial_workers` Ray tasks sharing its storage
+    (the task data goes through Ray's object store, so workers need no chip store of their own)."""
+    import ray
+
+    cfg = params.finetune
+    try:
+        started = connect_ray(params.ray, cfg.trial_workers, cfg.threads, "finetune.trial_workers")
+    except RayClusterError as e:
+        raise FinetuneError(str(e)) from None
+    try:
+        shares = [trials // cfg.trial_workers + (i < trials % cfg.trial_workers) for i in range(cfg.trial_workers)]
+        worker = ray.remote(num_cpus=cfg.threads)(_worker_trials)
+        config, data_ref = params.model_dump(mode="json"), ray.put(data)
+        ray.get([worker.remote(config, data_ref, variant, n) for n in shares if n])
+    except ray.exceptions.RayTaskError as e:
+        raise FinetuneError(f"{data.spec.name}/{variant}: a trial worker failed: {e.cause}") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _worker_trials(config: dict[str, Any], data: TaskData, variant: str, trials: int) -> None:
+    """One Ray task: `trials` trials of the shared study, saving nothing (the driver saves the best)."""
+    params = Params.model_validate(config)
+    torch.set_num_threads(params.finetune.threads)
+    study = open_study(params, data, variant)
+    out = params.finetune.out_dir / data.spec.name / variant
+    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
+    tuning = _Tuning(params, data, variant, out, study, pretrained, save=False)
+    study.optimize(tuning.objective, n_trials=trials, gc_after_trial=True)
 
 
 def finetune_task_data(params: Params, task: str) -> TaskData:

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.models.msgfm import MSGFM, create_model_from_params
 from msgfm.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
-from msgfm.training.ray_logging import RUNTIME_ENV
+from msgfm.training.ray_cluster import RayClusterError, connect_ray
 from msgfm.training.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -233,47 +232,13 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-"""Ray's switch (ray._private.ray_constants.ENABLE_RAY_CLUSTER) between a loopback-only node and a cluster node."""
-
-
 def _connect_ray(params: Params) -> bool:
-    """Join the configured cluster or start a local instance; True when this call started Ray."""
-    cfg, address = params.pretrain, params.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # Ray reads this when imported: off, a local instance's GCS and raylets listen on 127.0.0.1 only (on
-        # Linux they would listen on every interface); `_node_ip_address` alone is resolved back to the LAN IP.
-        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise PretrainError(
-                f"cannot join the Ray cluster at {address!r} (ray.address / RAY_ADDRESS): {e}"
-            ) from None
-        return True
-    cpus = params.ray.num_cpus or os.cpu_count() or 1
-    needed = cfg.workers * cfg.threads_per_worker
-    if cfg.workers > cpus:
-        raise PretrainError(
-            f"pretrain.workers={cfg.workers} needs {cfg.workers} CPUs but the local Ray instance has {cpus}; "
-            "lower pretrain.workers or set ray.address to join a cluster"
-        )
-    if needed > cpus:
-        log.warning("workers x threads_per_worker = %d exceeds the %d CPUs; threads will compete", needed, cpus)
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=params.ray.include_dashboard,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        log_to_driver=True,
-        runtime_env=RUNTIME_ENV,
-    )
-    return True
+    """Join the configured cluster or start a local instance for `pretrain.workers`; True when this call started Ray."""
+    cfg = params.pretrain
+    try:
+        return connect_ray(params.ray, cfg.workers, cfg.threads_per_worker, "pretrain.workers")
+    except RayClusterError as e:
+        raise PretrainError(str(e)) from None
 
 
 def _check_cluster(params: Params) -> bool:

@@ -1,9 +1,10 @@
 """The Optuna study of one (task, variant): search space, fingerprint, storage, and the trials that count.
 
-Studies live in `<finetune.out_dir>/<task>/optuna.db` (SQLite, `load_if_exists`), named by variant and a
-fingerprint of what shapes a trial (params, the training and validation tensors, the pretrained
-weights), so a killed run resumes where it stopped and changed params, chips or pretraining start a
-fresh study. Every epoch reports the validation primary metric to a MedianPruner.
+Studies live in the task's storage (msgfm.models.finetuned.study_storage: `optuna.db`, SQLite, or with
+parallel trials `optuna.journal` or an RDB URL; `load_if_exists`), named by variant and a fingerprint of
+what shapes a trial (params, the training and validation tensors, the pretrained weights), so a killed
+run resumes where it stopped and changed params, chips or pretraining start a fresh study. Every epoch
+reports the validation primary metric to a MedianPruner.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from msgfm.datasets.tasks import TaskData
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
-from msgfm.models.finetuned import model_dir
+from msgfm.models.finetuned import model_dir, study_storage
 from msgfm.models.hub import read_config
 from msgfm.training.loop import Hyper
 
@@ -54,7 +55,8 @@ def data_digest(data: TaskData) -> str:
 def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
     """8 hex digits over everything that shapes a trial (params, data, the variant's pretrained weights), so
     that a rerun after a kill resumes the study and a rerun on changed inputs starts a fresh one."""
-    cfg = params.finetune.model_dump(mode="json", exclude={"trials", "variants", "threads", "eval_batch_size"})
+    exclude = {"trials", "variants", "threads", "eval_batch_size", "trial_workers", "study_storage"}
+    cfg = params.finetune.model_dump(mode="json", exclude=exclude)
     path = model_dir(params, variant)
     weights = read_config(path).get("weights_sha256") if path is not None else None
     blob = json.dumps(
@@ -71,7 +73,7 @@ def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
 
 
 def open_study(params: Params, data: TaskData, variant: str) -> optuna.Study:
-    """The task's study for `variant` in data/models/<task>/optuna.db, created or resumed."""
+    """The task's study for `variant` in the task's storage (study_storage), created or resumed."""
     import optuna
 
     task = data.spec.name
@@ -81,7 +83,7 @@ def open_study(params: Params, data: TaskData, variant: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=f"{variant}-{study_fingerprint(params, data, variant)}",
-        storage=f"sqlite:///{(out / 'optuna.db').resolve()}",
+        storage=study_storage(params, task),
         load_if_exists=True,
         direction="maximize" if METRIC_DIRECTIONS[metric] == "max" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),

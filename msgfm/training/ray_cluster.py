@@ -1,0 +1,60 @@
+"""Joining the configured Ray cluster, or starting a local instance on loopback: pretraining and tuning share it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from msgfm.training.ray_logging import RUNTIME_ENV
+
+if TYPE_CHECKING:
+    from msgfm.config import RayParams
+
+log = logging.getLogger(__name__)
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch (ray._private.ray_constants.ENABLE_RAY_CLUSTER) between a loopback-only node and a cluster node."""
+
+
+class RayClusterError(RuntimeError):
+    """The cluster cannot be joined, or the local instance cannot hold the workers asked for."""
+
+
+def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) -> bool:
+    """Join `ray.address` (or RAY_ADDRESS) or start a local instance sized for `workers` x `threads` CPUs;
+    True when this call started Ray (the caller then shuts it down). `workers_key` names the param in errors."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray reads this when imported: off, a local instance's GCS and raylets listen on 127.0.0.1 only (on
+        # Linux they would listen on every interface); `_node_ip_address` alone is resolved back to the LAN IP.
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayClusterError(
+                f"cannot join the Ray cluster at {address!r} (ray.address / RAY_ADDRESS): {e}"
+            ) from None
+        return True
+    cpus = cfg.num_cpus or os.cpu_count() or 1
+    if workers > cpus:
+        raise RayClusterError(
+            f"{workers_key}={workers} needs {workers} CPUs but the local Ray instance has {cpus}; "
+            f"lower {workers_key} or set ray.address to join a cluster"
+        )
+    if workers * threads > cpus:
+        log.warning("workers x threads = %d exceeds the %d CPUs; threads will compete", workers * threads, cpus)
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=cfg.include_dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        runtime_env=RUNTIME_ENV,
+    )
+    return True
