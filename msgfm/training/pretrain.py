@@ -294,6 +294,7 @@ def _connect_ray(params: Params) -> bool:
     if needed > cpus:
         log.warning("workers x threads_per_worker = %d exceeds the %d CPUs; threads will compete", needed, cpus)
     ray.init(
+        address="local",  # a new instance: never join a cluster another process started with `ray start` here
         num_cpus=cpus,
         include_dashboard=params.ray.include_dashboard,
         dashboard_host="127.0.0.1",
