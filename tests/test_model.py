@@ -207,6 +207,14 @@ def test_dense_config_has_no_experts() -> None:
     assert sum(isinstance(m, MoEMlp) for m in moe.modules()) == 2  # 2nd block of stages 2 and 3
 
 
+def test_windows_are_shifted_where_a_stage_has_several() -> None:
+    """64 px chips: token grids 16, 8, 4, 2; windows of 4 shift in stages 1-2, stages 3-4 are one window."""
+    encoder = create_model("msgfm_tiny", chip_px=64).encoder
+    layout = [[(block.window_size, block.shift_size) for block in stage] for stage in encoder.stages]
+    several = [((4, 4), (0, 0)), ((4, 4), (2, 2))]
+    assert layout == [several, several, [((4, 4), (0, 0))] * 2, [((2, 2), (0, 0))] * 2]
+
+
 def test_base_encoder_is_swin_b_sized() -> None:
     with torch.device("meta"):
         base = create_model("msgfm_base")
