@@ -13,6 +13,9 @@ from typing import Any
 
 from msgfm.sensors import SENSORS
 
+DECODER_DESIGNS = ("unet", "linear")
+"""Reconstruction decoder designs (msgfm.models.decoders): a U-Net/FPN path over every stage, or SimMIM's linear."""
+
 
 class MSGFMConfigError(ValueError):
     """A config that cannot build a model; `problems` each start with the field they are about."""
@@ -33,7 +36,7 @@ class MSGFMConfig:
     embed_dim: int = 48
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
-    window_size: int = 8
+    window_size: int = 4
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     experts: int = 4
@@ -45,6 +48,7 @@ class MSGFMConfig:
     mask_patch_px: int = 8
     mask_ratio: float = 0.6
     p_cross: float = 0.5
+    decoder: str = "unet"
 
     def __post_init__(self) -> None:
         for name in ("sensors", "depths", "num_heads", "moe_stages"):
@@ -76,6 +80,8 @@ class MSGFMConfig:
         bad_stages = [s for s in self.moe_stages if not 0 <= s < len(self.depths)]
         if bad_stages:
             problems.append(f"moe_stages {bad_stages} out of range 0..{len(self.depths) - 1}")
+        if self.decoder not in DECODER_DESIGNS:
+            problems.append(f"decoder {self.decoder!r} is not a design; known are {list(DECODER_DESIGNS)}")
         if self.moe_every < 1:
             problems.append(f"moe_every {self.moe_every} must be >= 1")
         if problems:

@@ -291,7 +291,8 @@ def pretrain(
     typer.echo(
         f"pretrained {metrics['steps']} steps in {metrics['wall_time_s']:.0f} s "
         f"({metrics['samples_per_s']:.1f} samples/s); validation masked L1 {val['loss']:.4f} "
-        f"vs {val['mean_baseline']:.4f} for predicting the mean"
+        f"vs {val['mean_baseline']:.4f} for predicting the mean, {val['chip_mean_baseline']:.4f} for each chip's "
+        f"visible mean (worst term ratio {val['worst_ratio_chip_mean']:.2f})"
     )
 
 

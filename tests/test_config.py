@@ -81,3 +81,11 @@ def test_model_section_is_checked_against_the_model_rules(tmp_path: Path, defaul
     default_params["model"].update(experts=4, name="msgfm_huge")
     with pytest.raises(ParamsError, match=r"model\.name: .*unknown msGFM model; registered models are msgfm_base"):
         load_params(_write(tmp_path, default_params))
+
+
+def test_model_decoder_must_be_a_registered_design(tmp_path: Path, default_params: dict) -> None:
+    default_params["model"]["decoder"] = "mlp"
+    with pytest.raises(ParamsError, match=r"model\.decoder 'mlp' is not a design; known are \['unet', 'linear'\]"):
+        load_params(_write(tmp_path, default_params))
+    default_params["model"]["decoder"] = "linear"
+    assert load_params(_write(tmp_path, default_params)).model.to_model_config().decoder == "linear"

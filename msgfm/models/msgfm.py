@@ -48,6 +48,7 @@ the encoder. Each chip is reconstructed by its own sensor's decoder (``mim/<s>``
 probability p_cross, also decoded by its partner's decoder and compared with the partner's pixels
 under the same mask (``cross/<a>-><b>``): the encoder sees the masked input of one sensor and must
 produce the other. The encoder runs once per chip; the cross term costs one extra light decoder pass.
+Decoders (msgfm.models.decoders, `config.decoder`) read every stage map: `decoder(maps, bands)`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from huggingface_hub import ModelHubMixin
 from torch import nn
 
 from msgfm.architectures import MSGFMConfig, get_config
-from msgfm.models.decoders import SensorDecoder
+from msgfm.models.decoders import build_decoder
 from msgfm.models.encoder import MSGFMEncoder
 from msgfm.sensors import PAIRS, partner_of
 
@@ -136,9 +137,7 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
         super().__init__()
         self.config = config
         self.encoder = MSGFMEncoder(config)
-        self.decoders = nn.ModuleDict(
-            {s: SensorDecoder(s, config.stage_dims[-1], config.stride) for s in config.sensors}
-        )
+        self.decoders = nn.ModuleDict({s: build_decoder(s, config) for s in config.sensors})
 
     def generate_masks(
         self, images: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
@@ -199,10 +198,11 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
         for target, image in images.items():
             # One decoder pass per sensor over its own chips and the cross chips it reconstructs.
             keys = [k for k in cross_index if k.endswith(f"->{target}")]
-            parts = [encoded.features[target][-1]]
-            parts += [encoded.features[k.split("->")[0]][-1].index_select(0, cross_index[k]) for k in keys]
-            decoded = self.decoders[target](torch.cat(parts) if keys else parts[0], bands[target])
-            outputs = decoded.split([p.shape[0] for p in parts])
+            parts = [encoded.features[target]]  # each a list of stage maps
+            parts += [[f.index_select(0, cross_index[k]) for f in encoded.features[k.split("->")[0]]] for k in keys]
+            stages = [torch.cat(maps) for maps in zip(*parts, strict=True)] if keys else parts[0]
+            decoded = self.decoders[target](stages, bands[target])
+            outputs = decoded.split([p[0].shape[0] for p in parts])
             preds[target] = outputs[0]
             losses[f"mim/{target}"] = masked_l1(outputs[0], image, pixel_masks[target])
             for key, pred in zip(keys, outputs[1:], strict=True):

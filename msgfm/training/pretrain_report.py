@@ -1,4 +1,4 @@
-"""What pretraining shows a person: validation reconstruction loss against a mean predictor, the loss
+"""What pretraining shows a person: validation reconstruction loss against baseline predictors, the loss
 curve in dvclive's format (a DVC plot), and a PNG of reconstructions for every sensor and cross direction.
 """
 
@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from msgfm.datasets.pretrain import PretrainChips  # noqa: E402
 from msgfm.models.msgfm import MSGFM, masked_l1  # noqa: E402
 from msgfm.sensors import get_sensor  # noqa: E402
+from msgfm.training.mim_baselines import chip_mean_fill, global_mean_fill, idw_fill  # noqa: E402
 
 
 def _fixed_forward(model: MSGFM, batch: dict[str, Any], seed: int):
@@ -29,10 +30,33 @@ def _fixed_forward(model: MSGFM, batch: dict[str, Any], seed: int):
         return model(batch, masks=masks, cross=cross)
 
 
+def _ratio(model: float, baseline: float) -> float:
+    return round(model / max(baseline, 1e-9), 4)
+
+
+def _term_baselines(target: torch.Tensor, mask: torch.Tensor, means: torch.Tensor, mim: bool) -> dict[str, float]:
+    """Masked L1 of each baseline predictor of `target` (msgfm.training.mim_baselines) under `mask`."""
+    found = {
+        "mean_baseline": masked_l1(global_mean_fill(means, target), target, mask),
+        "chip_mean_baseline": masked_l1(chip_mean_fill(target, mask), target, mask),
+    }
+    if mim:  # interpolating the chip's own visible pixels; a cross term's target pixels are never visible
+        found["idw_baseline"] = masked_l1(idw_fill(target, mask), target, mask)
+    return {k: float(v) for k, v in found.items()}
+
+
+RATIO_KEYS = {"mean_baseline": "ratio", "chip_mean_baseline": "ratio_chip_mean", "idw_baseline": "ratio_idw"}
+"""Per-term ratio key of each baseline: the model's masked L1 divided by the baseline's (below 1 beats it)."""
+
+
 def evaluate_reconstruction(
     model: MSGFM, val: PretrainChips, train: PretrainChips, n_chips: int, seed: int
 ) -> dict[str, Any]:
-    """Masked L1 on validation chips per term (mim/<s>, cross/<a>-><b>) next to predicting the train mean."""
+    """Masked L1 on validation chips per term (mim/<s>, cross/<a>-><b>) next to the baselines' and their ratios.
+
+    Baselines: the train set's per-band mean, the chip's visible per-band mean and (MIM terms) an
+    inverse-distance interpolation of the chip's visible pixels; the summary averages over terms.
+    """
     batch = val.fixed_batch(n_chips)
     out = _fixed_forward(model.eval(), batch, seed)
     means = train.band_means()
@@ -48,19 +72,22 @@ def evaluate_reconstruction(
             rows = out.cross_index[f"{src}->{dst}"]
             target = batch["images"][dst].index_select(0, batch["partner"][src].index_select(0, rows))
             mask, sensor = out.mask[src].index_select(0, rows), dst
-        baseline = masked_l1(means[sensor].view(1, -1, 1, 1).expand_as(target), target, mask)
-        terms[key] = {
-            "model": round(float(value), 5),
-            "mean_baseline": round(float(baseline), 5),
-            "ratio": round(float(value) / max(float(baseline), 1e-9), 4),
-        }
+        baselines = _term_baselines(target, mask, means[sensor], mim=key.startswith("mim/"))
+        terms[key] = {"model": round(float(value), 5)}
+        for name, loss in baselines.items():
+            terms[key][name] = round(loss, 5)
+            terms[key][RATIO_KEYS[name]] = _ratio(float(value), loss)
     model_mean = float(np.mean([t["model"] for t in terms.values()]))
     base_mean = float(np.mean([t["mean_baseline"] for t in terms.values()]))
+    chip_mean = float(np.mean([t["chip_mean_baseline"] for t in terms.values()]))
     return {
         "terms": terms,
         "loss": round(model_mean, 5),
         "mean_baseline": round(base_mean, 5),
-        "ratio_to_baseline": round(model_mean / max(base_mean, 1e-9), 4),
+        "ratio_to_baseline": _ratio(model_mean, base_mean),
+        "chip_mean_baseline": round(chip_mean, 5),
+        "ratio_to_chip_mean": _ratio(model_mean, chip_mean),
+        "worst_ratio_chip_mean": max(t["ratio_chip_mean"] for t in terms.values()),
     }
 
 

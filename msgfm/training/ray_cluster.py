@@ -50,6 +50,7 @@ def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) ->
     if workers * threads > cpus:
         log.warning("workers x threads = %d exceeds the %d CPUs; threads will compete", workers * threads, cpus)
     ray.init(
+        address="local",  # a new instance: never join a cluster another process started with `ray start` here
         num_cpus=cpus,
         include_dashboard=cfg.include_dashboard,
         dashboard_host="127.0.0.1",
