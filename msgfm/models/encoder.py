@@ -3,9 +3,12 @@
 Tokens of every sensor in a batch go through one encoder pass: each sensor's chips are embedded by
 its band-aware patch embedding, masked patch tokens are replaced by a learnable mask token (SimMIM),
 a learned sensor embedding is added, and the per-sensor token grids are concatenated along the batch
-axis (all chips share one size in pixels). Blocks named by `moe_stages`/`moe_every` use a
+axis (all chips of a batch share one size in pixels). Blocks named by `moe_stages`/`moe_every` use a
 Mixture-of-Experts MLP routed by token and sensor (moe.py); the rest are timm's dense blocks.
-Windows are sized to the chip: each stage uses min(window_size, its token grid), as timm does.
+Windows are sized to the model's chip: each stage uses min(window_size, its token grid at chip_px), as
+timm does. Inputs of any height and width that are multiples of patch_px run too: timm pads each stage
+to whole windows and crops back, the shifted-window mask is built for the input's size (dynamic_mask),
+and PatchMerging pads odd grids, so stage i's map is ceil(H / (patch_px * 2^i)) tokens high.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class MSGFMEncoder(nn.Module):
                     shift_size=0 if j % 2 == 0 else cfg.window_size // 2,
                     mlp_ratio=cfg.mlp_ratio,
                     drop_path=rates[sum(cfg.depths[:i]) + j],
+                    dynamic_mask=True,  # the shifted-window mask follows the input's size (any H, W)
                 )
                 if cfg.is_moe_block(i, j):
                     block = SwinMoEBlock(
@@ -135,10 +139,16 @@ class MSGFMEncoder(nn.Module):
                 raise KeyError(f"sensor {sensor!r} is not in this model; it knows {list(self.sensors)}")
             if sensor not in bands:
                 raise KeyError(f"batch has images for {sensor!r} but no band list for it")
-            if tuple(image.shape[-2:]) != (self.config.chip_px, self.config.chip_px):
+            size = tuple(image.shape[-2:])
+            if size[0] % self.config.patch_px or size[1] % self.config.patch_px or min(size) == 0:
                 raise ValueError(
-                    f"sensor {sensor!r}: chips must be {self.config.chip_px}x{self.config.chip_px} px "
-                    f"(model chip_px), got {tuple(image.shape[-2:])}"
+                    f"sensor {sensor!r}: height and width must be multiples of the patch size "
+                    f"{self.config.patch_px} px, got {size}"
+                )
+            if sizes and tokens and tuple(tokens[0].shape[1:3]) != tuple(d // self.config.patch_px for d in size):
+                raise ValueError(
+                    f"sensor {sensor!r}: {size} px, but {sizes[0][0]!r} in the same batch is "
+                    f"{tuple(d * self.config.patch_px for d in tokens[0].shape[1:3])} px; one batch, one size"
                 )
             x = self.patch_embed[sensor](image, bands[sensor])
             if token_masks is not None and sensor in token_masks:

@@ -15,10 +15,10 @@ Batch (a plain dict, so DataLoader workers and Ray can move it)::
         "partner": {"s1": LongTensor(B1), "s2": LongTensor(B2)},   # optional: index of the co-located
     }                                                              # chip in images[partner_of(s)], -1 = unpaired
 
-Images are `Sensor.normalise`d, every sensor's chips have the same size (config.chip_px), and any
-subset of sensors may be present. `msgfm.datasets.collate.collate_multisensor(samples)` builds this dict
-from per-chip samples ``{"sensor": "s2", "image": (C, H, W), "bands": (...), "pair": <key shared by
-co-located chips>}``.
+Images are `Sensor.normalise`d, every sensor's chips have the same size (config.chip_px in the
+pipeline; any multiple of mask_patch_px works), and any subset of sensors may be present.
+`msgfm.datasets.collate.collate_multisensor(samples)` builds this dict from per-chip samples
+``{"sensor": "s2", "image": (C, H, W), "bands": (...), "pair": <key shared by co-located chips>}``.
 
 Forward::
 
@@ -142,16 +142,20 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
     def generate_masks(
         self, images: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Random (B_s, G, G) boolean masks on the mask-patch grid, round(mask_ratio * G^2) cells per chip."""
+        """Random (B_s, H/m, W/m) boolean masks on the mask-cell grid (m = mask_patch_px),
+        round(mask_ratio * cells) cells per chip."""
         cfg = self.config
-        grid = cfg.chip_px // cfg.mask_patch_px
-        n_masked = int(round(cfg.mask_ratio * grid * grid))
         masks = {}
         for sensor, image in images.items():
-            b = image.shape[0]
-            scores = torch.rand(b, grid * grid, generator=generator)
+            b, (h, w) = image.shape[0], image.shape[-2:]
+            if h % cfg.mask_patch_px or w % cfg.mask_patch_px:
+                raise ValueError(
+                    f"sensor {sensor!r}: {h}x{w} px is not a whole number of {cfg.mask_patch_px} px mask cells"
+                )
+            gh, gw = h // cfg.mask_patch_px, w // cfg.mask_patch_px
+            scores = torch.rand(b, gh * gw, generator=generator)
             ranks = scores.argsort(dim=1).argsort(dim=1)
-            masks[sensor] = (ranks < n_masked).reshape(b, grid, grid).to(image.device)
+            masks[sensor] = (ranks < int(round(cfg.mask_ratio * gh * gw))).reshape(b, gh, gw).to(image.device)
         return masks
 
     def draw_cross(

@@ -1,6 +1,6 @@
 """`msgfm finetune --benchmark NAME --root DIR`: the fine-tuning stage on a real benchmark (msgfm/datasets/benchmarks).
 
-A benchmark split is read fully into memory as a `TaskSplit` at the model's chip size, its bands
+A benchmark split is read fully into memory as a `TaskSplit` at its native size (or `finetune.benchmark_px`), its bands
 restricted to those of the sensor registry (msgfm.sensors) and normalised like the chip store's; the
 training split is the label budget. Every variant is then tuned as on the embedded world, with outputs
 under `<finetune.out_dir>/benchmarks/<name>/`.
@@ -9,6 +9,7 @@ under `<finetune.out_dir>/benchmarks/<name>/`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,9 @@ from msgfm.training.finetune import FinetuneError, tune_variant
 
 if TYPE_CHECKING:
     from msgfm.config import Params
+
+
+log = logging.getLogger(__name__)
 
 
 def _known_bands(ds: Any) -> dict[str, tuple[str, list[int], tuple[str, ...]]]:
@@ -44,16 +48,29 @@ def _known_bands(ds: Any) -> dict[str, tuple[str, list[int], tuple[str, ...]]]:
     return keep
 
 
-def _resize(x: torch.Tensor, chip_px: int, mode: str) -> torch.Tensor:
-    """(B, C, H, W) at chip_px x chip_px (bilinear with antialiasing, or nearest for labels)."""
-    if x.shape[-1] == chip_px and x.shape[-2] == chip_px:
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(B, C, H, W) at `size` (bilinear with antialiasing, or nearest for labels); unchanged when it is already."""
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
     kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(x, size=(chip_px, chip_px), mode=mode, **kwargs)
+    return F.interpolate(x, size=size, mode=mode, **kwargs)
 
 
-def _benchmark_split(ds: Any, index: np.ndarray, chip_px: int) -> tuple[TaskSplit, TaskSpec]:
-    """Samples `index` of a benchmark dataset as a TaskSplit at the model's chip size, and the task spec for it."""
+def _input_size(native: tuple[int, int], asked: int | None, multiple: int) -> tuple[int, int]:
+    """The size samples are fed at: `finetune.benchmark_px` when set, else the benchmark's native size,
+    rounded down to the patch size the encoder needs."""
+    size = (asked, asked) if asked else native
+    rounded = (max(multiple, size[0] // multiple * multiple), max(multiple, size[1] // multiple * multiple))
+    if rounded != tuple(size):
+        log.info(
+            "benchmark samples of %s px are resized to %s px (a multiple of the %d px patch)", size, rounded, multiple
+        )
+    return rounded
+
+
+def _benchmark_split(ds: Any, index: np.ndarray, params: Params) -> tuple[TaskSplit, TaskSpec]:
+    """Samples `index` of a benchmark dataset as a TaskSplit (at native resolution unless `finetune.benchmark_px`
+    says otherwise), and the task spec for it."""
     spec = get_task(ds.task)
     keep = _known_bands(ds)
     images: dict[str, list[torch.Tensor]] = {keep[k][0]: [] for k in keep}
@@ -69,12 +86,17 @@ def _benchmark_split(ds: Any, index: np.ndarray, chip_px: int) -> tuple[TaskSpli
             order = [list(names).index(b) for b in spec.out_bands]
             target = torch.from_numpy(get_sensor(spec.out_sensor).normalise(target[order].numpy(), spec.out_bands))
         targets.append(target)
-    stacked = {s: _resize(torch.stack(v), chip_px, "bilinear") for s, v in images.items()}
-    target = torch.stack(targets)
+    native = (
+        tuple(targets[0].shape[-2:]) if spec.kind != "multilabel" else tuple(next(iter(images.values()))[0].shape[-2:])
+    )
+    size = _input_size(native, params.finetune.benchmark_px, params.model.to_model_config().patch_px)
+    stacked = {s: torch.stack([_resize(x[None], size, "bilinear")[0] for x in v]) for s, v in images.items()}
     if spec.kind == "image":
-        target = _resize(target, chip_px, "bilinear")
+        target = torch.stack([_resize(t[None], size, "bilinear")[0] for t in targets])
     elif spec.kind == "segmentation":
-        target = _resize(target[:, None].float(), chip_px, "nearest")[:, 0].long()
+        target = torch.stack([_resize(t[None, None].float(), size, "nearest")[0, 0].long() for t in targets])
+    else:
+        target = torch.stack(targets)
     bands = {keep[k][0]: keep[k][2] for k in keep}
     present = {s: torch.ones(len(index), dtype=torch.bool) for s in stacked}
     spec = dataclasses.replace(spec, inputs=tuple(stacked))
@@ -85,7 +107,6 @@ def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
     """Train (label budget), val and test splits of a real benchmark, read fully into memory."""
     from msgfm.datasets.benchmarks import create_benchmark
 
-    chip_px = params.model.chip_px
     splits: dict[str, TaskSplit] = {}
     spec = None
     num_classes = 0
@@ -98,7 +119,7 @@ def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
             if split == "train"
             else np.arange(len(ds))
         )
-        splits[split], spec = _benchmark_split(ds, index, chip_px)
+        splits[split], spec = _benchmark_split(ds, index, params)
         num_classes = int(getattr(ds, "num_classes", 0) or len(getattr(ds, "class_names", ())) or 0)
     if spec.kind == "segmentation" and not num_classes:
         num_classes = int(splits["train"].target[splits["train"].target < 255].max()) + 1
