@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field, field_validator
 
+from flows.concurrent import run_concurrently
 from msgfm.config import ParamsError, load_params
 
 # Stages that train models: never retried (a failed run is a bug or a resource problem, and a retry
@@ -270,6 +271,7 @@ def pipeline(
     force_stages: list[str] | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
     repo_dir: str = ".",
+    concurrency: int = 1,
 ) -> list[StageRun]:
     """Run the selected DVC stages upstream first; DVC skips each one whose inputs did not change.
 
@@ -282,6 +284,9 @@ def pipeline(
         force_stages: re-run only these stages even if unchanged.
         retry: retries with exponential backoff for the stages that read the network.
         repo_dir: the msgfm repository (where dvc.yaml is).
+        concurrency: stages run at once where DVC's graph permits (the pretraining variants, the four
+            fine-tuning tasks); 1 (the default, right for 2 cores) runs them one after another with
+            `dvc repro`. See flows/concurrent.py.
     """
     repo = check_repo_dir(repo_dir)
     logger = get_run_logger()
@@ -292,14 +297,26 @@ def pipeline(
     applied = apply_overrides(repo, overrides) if overrides else []
     forced = set(force_stages or [])
     io = set(retry.io_stages)
-    results = []
-    for stage in order:
+    if concurrency < 1:
+        raise PipelineError(f"concurrency must be at least 1, got {concurrency}")
+
+    def retry_options(stage: str) -> dict:
         is_io = stage in io or _stage_base(stage) in io
-        runner = run_stage.with_options(
-            retries=retry.retries if is_io else 0,
-            retry_delay_seconds=exponential_backoff(backoff_factor=retry.backoff_s) if is_io and retry.retries else 0,
-        )
-        results.append(runner(stage, repo, force=force or stage in forced or _stage_base(stage) in forced))
+        return {
+            "retries": retry.retries if is_io else 0,
+            "retry_delay_seconds": exponential_backoff(backoff_factor=retry.backoff_s)
+            if is_io and retry.retries
+            else 0,
+        }
+
+    def is_forced(stage: str) -> bool:
+        return force or stage in forced or _stage_base(stage) in forced
+
+    if concurrency > 1:
+        done = run_concurrently(order, repo, _stage_env(repo), concurrency, is_forced, retry_options)
+        results = [StageRun(**r) for r in done]
+    else:
+        results = [run_stage.with_options(**retry_options(s))(s, repo, force=is_forced(s)) for s in order]
     if applied:
         _save_experiment(repo, logger)
     create_markdown_artifact(

@@ -158,6 +158,42 @@ def test_params_override_reruns_and_is_saved_as_experiment(simulated_repo):
     assert run([*DVC, "exp", "list", "--name-only"], sim_repo).split() == [run_name]
 
 
+_STEP = (
+    'python -c "import sys, time, json, pathlib; s = time.time(); time.sleep(3); '
+    'pathlib.Path(sys.argv[1]).write_text(json.dumps([s, time.time(), pathlib.Path(sys.argv[2]).read_text()]))"'
+)
+
+
+@pytest.fixture()
+def diamond_repo(tmp_path) -> Path:
+    """a -> (b, c) -> d: b and c depend only on a, so they may run at once; each step takes 3 s."""
+    stages = {
+        "a": {"cmd": "python -c \"import pathlib; pathlib.Path('a.txt').write_text('a')\"", "outs": ["a.txt"]},
+        "b": {"cmd": f"{_STEP} b.json a.txt", "deps": ["a.txt"], "outs": ["b.json"]},
+        "c": {"cmd": f"{_STEP} c.json a.txt", "deps": ["a.txt"], "outs": ["c.json"]},
+        "d": {"cmd": f"{_STEP} d.json b.json", "deps": ["b.json", "c.json"], "outs": ["d.json"]},
+    }
+    return make_repo(tmp_path / "repo", {"stages": stages}, _tiny_params())
+
+
+@pytest.mark.slow
+def test_independent_stages_run_at_once_and_dvc_lock_is_as_dvc_repro_writes_it(diamond_repo, tmp_path):
+    """concurrency=2: b and c overlap, d waits for both, and dvc.lock records what a shell `dvc repro` would:
+    `dvc status` is clean afterwards, the second run skips every stage."""
+    results = pipeline(repo_dir=str(diamond_repo), concurrency=2)
+    assert [(r.stage, r.status) for r in results] == [("a", "ran"), ("b", "ran"), ("c", "ran"), ("d", "ran")]
+    b, c, d = (json.loads((diamond_repo / f"{x}.json").read_text()) for x in "bcd")
+    assert b[0] < c[1] and c[0] < b[1], f"b and c did not overlap: {b[:2]} {c[:2]}"
+    assert d[0] >= max(b[1], c[1]), "d started before both of its dependencies finished"
+    assert run([*DVC, "status", "--json"], diamond_repo).strip().endswith("{}")
+    lock = yaml.safe_load((diamond_repo / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set("abcd") and lock["d"]["deps"][0]["path"] == "b.json"
+    again = pipeline(repo_dir=str(diamond_repo), concurrency=2)
+    assert {r.status for r in again} == {"skipped"}
+    with pytest.raises(PipelineError, match="concurrency must be at least 1"):
+        pipeline(repo_dir=str(diamond_repo), concurrency=0)
+
+
 def test_bad_override_is_rejected_and_params_left_intact(sim_repo):
     original = (sim_repo / "params.yaml").read_text()
     for bad in ({"simulate.no_such_key": 1}, {"simulate.size_px": -5}):
