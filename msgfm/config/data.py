@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from msgfm.config.base import Section
 
@@ -170,8 +170,23 @@ class SourceParams(Section):
             "dsm": ["dsm"],
             "landcover": ["map", "map_fine"],
         },
-        description="sensor -> asset keys to download (and that the raw gate requires)",
+        description="sensor -> asset keys to download (and that the raw gate requires); any case or alias "
+        "(vv, blue, b02, scl), matched as the registry's band names (msgfm.sensors.canonical_band)",
     )
+
+    @field_validator("assets")
+    @classmethod
+    def _canonical_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from msgfm.sensors import canonical_band
+
+        out = {}
+        for sensor, keys in value.items():
+            names = [canonical_band(sensor, k) for k in keys]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"source.assets.{sensor}: {twice} listed more than once (aliases of one band)")
+            out[sensor] = names
+        return out
 
     @model_validator(mode="after")
     def _kind_complete(self) -> SourceParams:

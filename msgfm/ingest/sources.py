@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import inside
 from msgfm.ingest.reader import ReadRefused, is_url, read_json, read_yaml
-from msgfm.sensors import SENSORS
+from msgfm.sensors import SENSORS, canonical_band
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ def record_from_item(
     elif sensor not in KNOWN_SENSORS:
         error = f"item {item_id} has unknown sensor {sensor!r}; known: {list(KNOWN_SENSORS)}"
 
-    item = json.loads(json.dumps(item))  # a private copy whose hrefs we rewrite
+    item = json.loads(json.dumps(item))  # a private copy whose hrefs and asset keys we rewrite
+    if sensor:
+        item["assets"] = canonical_assets(sensor, item.get("assets"))
     wanted = set(cfg.assets.get(sensor, [])) if sensor else set()
     assets: dict[str, AssetRecord] = {}
     for key, asset in (item.get("assets") or {}).items():
@@ -167,6 +169,24 @@ def record_from_item(
         collection=collection,
         error=error,
     )
+
+
+def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
+    """An item's assets keyed by the registry's band names (`vv` -> `VV`, `blue` -> `B02`, `scl` -> `SCL`).
+
+    A key that is already the canonical name wins over an alias of the same band; a later alias keeps its
+    own key (so it is not fetched twice). Each renamed asset remembers its catalog key in `msgfm:key`.
+    """
+    if not isinstance(assets, dict):
+        return {}
+    entries = [(k, a, canonical_band(sensor, k, a if isinstance(a, dict) else None)) for k, a in assets.items()]
+    out: dict[str, Any] = {}
+    for key, asset, canon in sorted(entries, key=lambda e: e[0] != e[2]):  # exact names first, stable
+        if canon in out or canon == key:
+            out.setdefault(key, asset)
+            continue
+        out[canon] = {**asset, "msgfm:key": key} if isinstance(asset, dict) else asset
+    return out
 
 
 def _sensor_of_collection(collection: str | None, cfg: SourceParams) -> str | None:
