@@ -54,3 +54,63 @@ def test_a_catalog_with_both_a_canonical_key_and_its_alias_fetches_it_once(tmp_p
     assert assets["B02"] == {"href": "b"} and assets["blue"] == {"href": "a"}
     assert canonical_assets("s1", {"vv": {"href": "c"}}) == {"VV": {"href": "c", "msgfm:key": "vv"}}
     assert set(PLACES) == {"87_48", "36_85", "4_55", "69_24"}
+
+
+def test_places_without_msgfm_aoi_get_one_aoi_each_on_their_utm_grid(tmp_path, repo_root):
+    """Four real places (three UTM zones, two patches 50 km apart in one zone): four AOIs, nothing quarantined."""
+    root = _project(tmp_path, repo_root, list(PLACES))
+    _run(root, "download", "validate_raw", "coregister")
+    ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
+    by_place = {"_".join(iid.split("_")[-2:]): aoi for iid, aoi in zip(ledger["id"], ledger["aoi"], strict=True)}
+    assert by_place == {
+        "87_48": "aoi_32633_400_5340",
+        "36_85": "aoi_32629_640_5790",
+        "4_55": "aoi_32629_600_5830",
+        "69_24": "aoi_32636_370_6960",  # 35VPK's patch lies east of 30 E: the UTM zone of its place is 36
+    }
+    assert ledger.groupby("aoi")["sensor"].apply(sorted).tolist() == [["s1", "s2"]] * 4  # each S1 with its S2
+    rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
+    assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
+    for aoi, epsg in [("aoi_32633_400_5340", 32633), ("aoi_32636_370_6960", 32635)]:  # the S2 tile's own grid
+        grid = json.loads((root / "data/coreg" / aoi / "grids.json").read_text())["s10"]
+        assert grid["crs"] == f"EPSG:{epsg}" and grid["width"] == grid["height"] == 120
+
+
+def test_one_aoi_for_all_when_aoi_tile_m_is_null(tmp_path, repo_root):
+    root = _project(tmp_path, repo_root, ["87_48", "69_24"], aoi_tile_m=None, aoi="ben")
+    run_stage(root, "download")
+    assert set(pd.read_parquet(root / "data/raw/acquisitions.parquet")["aoi"]) == {"ben"}
+
+
+def test_an_s2_in_epsg4326_gets_a_metric_aoi_grid(tmp_path, repo_root):
+    """An S2 exported in degrees (GEE-style) is co-registered on the 10 m UTM grid of its place, not in degrees."""
+    root = _project(tmp_path, repo_root, ["69_24"])
+    item_dir = next((root / "data/source/sentinel-2-l2a").iterdir())
+    for band_file in item_dir.glob("*.tif"):
+        _to_epsg4326(band_file)
+    item_path = item_dir / f"{item_dir.name}.json"
+    item = json.loads(item_path.read_text())
+    item["properties"]["proj:epsg"] = 4326
+    item_path.write_text(json.dumps(item))
+    _run(root, "download", "validate_raw", "coregister")
+    rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
+    assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
+    aoi = rasters["aoi"].iloc[0]
+    grid = json.loads((root / "data/coreg" / aoi / "grids.json").read_text())["s10"]
+    assert grid["crs"] == "EPSG:32636" and grid["transform"][0] == 10.0, grid  # the UTM zone of its centre
+
+
+def _to_epsg4326(path: Path) -> None:
+    """Rewrite a raster in EPSG:4326 (bilinear; nodata 0 outside the rotated footprint), as a GEE export would be."""
+    import numpy as np
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(path) as src:
+        tf, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
+        out = np.zeros((1, h, w), src.dtypes[0])
+        reproject(src.read(), out, src_transform=src.transform, src_crs=src.crs, dst_transform=tf,
+                  dst_crs="EPSG:4326", dst_nodata=0, resampling=Resampling.bilinear)  # fmt: skip
+        profile = {**src.profile, "crs": "EPSG:4326", "transform": tf, "width": w, "height": h, "nodata": 0}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(out)

@@ -161,7 +161,15 @@ class SourceParams(Section):
     max_items: int = Field(500, ge=1, le=100000, description="stac_api: most items fetched from a search")
     sign: Literal["none", "planetary_computer"] = Field("none", description="href-signing hook for API assets")
     path: Path | None = Field(None, description="folder: directory of GeoTIFFs, each with a .json/.yaml sidecar")
-    aoi: str = Field("aoi", pattern=r"^[a-z0-9_]+$", description="AOI name for items without msgfm:aoi")
+    aoi: str = Field("aoi", pattern=r"^[a-z0-9_]+$", description="AOI name (prefix) for items without msgfm:aoi")
+    aoi_tile_m: int | None = Field(
+        10000,
+        ge=1000,
+        le=1_000_000,
+        multiple_of=1000,
+        description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
+        "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
+    )
     assets: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "s1": ["VV", "VH"],

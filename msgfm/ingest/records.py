@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import SourceParams
+from msgfm.ingest.aois import derive_aoi
 from msgfm.ingest.reader import is_url
 from msgfm.sensors import SENSORS, canonical_band
 
@@ -108,13 +109,14 @@ def record_from_item(
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
         )
     bbox = item.get("bbox")
+    bbox_4326 = [float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None
     return ItemRecord(
         id=item_id,
         sensor=sensor,
-        aoi=str(props.get("msgfm:aoi") or cfg.aoi),  # the ledger's aoi column holds text; download checks the name
+        aoi=str(props.get("msgfm:aoi") or derive_aoi(bbox_4326, cfg)),  # text; download checks the name
         biome=props.get("msgfm:biome"),
         datetime=props.get("datetime") or props.get("start_datetime"),
-        bbox=[float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None,
+        bbox=bbox_4326,
         crs=_crs_of(props),
         assets=assets,
         item=item,
