@@ -114,3 +114,17 @@ def _to_epsg4326(path: Path) -> None:
         profile = {**src.profile, "crs": "EPSG:4326", "transform": tf, "width": w, "height": h, "nodata": 0}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(out)
+
+
+def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo_root):
+    """BigEarthNet S1 and S2 share one grid: each S1 is left unshifted, with the reason; the coreg gate accepts it."""
+    root = _project(tmp_path, repo_root, list(PLACES))
+    _run(root, "download", "validate_raw", "coregister", "validate_coreg")
+    s1 = pd.read_parquet(root / "data/coreg/rasters.parquet").query("sensor == 's1'")
+    assert len(s1) == 4 and (s1["status"] == "ok").all()
+    for r in s1.itertuples():
+        applied = (r.shift_dx_px**2 + r.shift_dy_px**2) ** 0.5
+        assert applied < 0.5 or r.shift_note, r  # issue 13: |shift| < 0.5 px or "not applied"
+        assert r.shift_confidence < 0.5 and "not applied" in r.shift_note and applied == 0.0
+    gate = pd.read_parquet(root / "data/gates/coreg.parquet").set_index("id")
+    assert gate["accepted"].all(), gate["reasons"].tolist()

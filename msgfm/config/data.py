@@ -107,6 +107,9 @@ class CoregisterParams(Section):
     match_px: int = Field(512, ge=32, le=8192, description="side of the centred window where shifts are matched")
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
     max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
+    min_shift_confidence: float = Field(
+        0.5, ge=0, le=1, description="a shift whose correlation peak is less unique than this is not applied"
+    )
     compress: Literal["deflate", "lzw", "zstd", "none"] = "none"
     reference_dates: int = Field(3, ge=1, description="the S2 (RGB) reference averages this many clearest dates")
     max_source_px: int = Field(
