@@ -310,7 +310,7 @@ def test_bigearthnet_patch_real_layout(tmp_path, test_data):
     """A real BigEarthNet v1.0 S2 patch (bands at 10/20/60 m) and its S1 patch on the S2 10 m grid.
 
     BigEarthNet ships S1 and S2 on one grid: the S1 shift estimates of this 120 px patch's quadrants disagree
-    by about 3 px (confidence about 0.26), so the estimate is not applied and the row says why.
+    (confidence about 0.36), so the estimate is not applied and the row says why.
     """
     raw = test_data / "bigearthnet-v1"
     s2_dir = raw / "BigEarthNet-v1.0" / "S2B_MSIL2A_20170924T93020_69_24"

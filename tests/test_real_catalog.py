@@ -8,6 +8,7 @@ Planetary Computer's or Earth Search's items: lower-case `vv`/`vh`, per-band S2 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -128,3 +129,64 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
         assert r.shift_confidence < 0.5 and "not applied" in r.shift_note and applied == 0.0
     gate = pd.read_parquet(root / "data/gates/coreg.parquet").set_index("id")
     assert gate["accepted"].all(), gate["reasons"].tolist()
+
+
+def _sen12ms_folder(root: Path, test_data: Path) -> Path:
+    """The real SEN12MS-CR triplet (stacked S1 VV/VH and 13-band S2 L1C files) as a folder source with sidecars."""
+    import shutil
+
+    folder = root / "data" / "source"
+    for sub, sensor, when in (("s1", "s1", "2017-10-02T10:00:00Z"), ("s2", "s2", "2017-10-01T10:00:00Z"),
+                              ("s2_cloudy", "s2", "2017-10-11T10:00:00Z")):  # fmt: skip
+        tif = next((test_data / "sen12ms-cr").glob(f"ROIs1970_fall_{sub}/*/*.tif"))
+        (folder / sub).mkdir(parents=True)
+        shutil.copyfile(tif, folder / sub / tif.name)
+        (folder / sub / tif.with_suffix(".json").name).write_text(json.dumps({"sensor": sensor, "datetime": when}))
+    return folder
+
+
+def test_stacked_geotiffs_are_split_into_bands_and_none_vanishes(tmp_path, repo_root, test_data):
+    """SEN12MS-CR's stacked files: each band becomes its own asset (publisher's order) and every item gets a row."""
+    folder = _sen12ms_folder(tmp_path, test_data)
+    params = pc_params(tiny_params(repo_root), folder)
+    params["source"] |= {"kind": "folder", "path": str(folder)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(tmp_path, "download", "validate_raw", "coregister")
+    ledger = pd.read_parquet(tmp_path / "data/raw/acquisitions.parquet")
+    assert (ledger["status"] == "ok").all(), ledger["error"].tolist()
+    s1 = ledger[ledger["sensor"] == "s1"].iloc[0]
+    vh = tmp_path / "data/raw" / json.loads(s1["assets"])["VH"]
+    import rasterio
+
+    source_s1 = next(folder.glob("s1/*.tif"))
+    with rasterio.open(vh) as one, rasterio.open(source_s1) as stacked:
+        assert one.count == 1 and (one.read(1) == stacked.read(2)).all()  # VH is the publisher's 2nd band
+    assert pd.read_parquet(tmp_path / "data/gates/raw.parquet")["accepted"].all()
+    rasters = pd.read_parquet(tmp_path / "data/coreg/rasters.parquet")
+    assert set(rasters["item_id"]) == set(ledger["id"])  # no accepted item vanishes
+    assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
+
+
+def test_unnamed_stacked_file_and_unmatched_keys_are_refused_with_the_reason(tmp_path, repo_root):
+    """A 3-band S1 file cannot be named: a failed row says so; an item with none of the wanted keys is no success."""
+    import numpy as np
+    import rasterio
+
+    from msgfm.config import SourceParams
+    from msgfm.ingest.records import record_from_item
+    from msgfm.ingest.sources import iter_items
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    profile = dict(driver="GTiff", width=8, height=8, count=3, dtype="float32", crs="EPSG:32632",
+                   transform=rasterio.transform.from_origin(600000, 5340000, 10, 10))  # fmt: skip
+    with rasterio.open(folder / "s1.tif", "w", **profile) as dst:
+        dst.write(np.full((3, 8, 8), -12.0, np.float32))
+    (folder / "s1.json").write_text(json.dumps({"sensor": "s1", "datetime": "2024-05-01T00:00:00Z"}))
+    (rec,) = iter_items(SourceParams(kind="folder", path=folder))
+    assert re.fullmatch(r".*s1\.tif: 3 bands without names, and sensor s1 has 2 \(VV, VH\); give them .*", rec.error)
+    item = {"id": "x", "properties": {"msgfm:sensor": "s1"}, "assets": {"hh": {"href": "hh.tif"}}}
+    rec = record_from_item(item, str(tmp_path / "x.json"), SourceParams())
+    assert (
+        rec.error == "item x: none of the wanted asset keys ['VH', 'VV'] (source.assets.s1) is among its assets ['hh']"
+    )

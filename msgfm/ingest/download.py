@@ -39,7 +39,7 @@ from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.redact import redact
-from msgfm.ingest.sources import ItemRecord, Signer, iter_items
+from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            written += fetcher.fetch(asset, dest, rec.root)
+            written += _fetch_asset(fetcher, asset, dest, rec.root)
         except DownloadError as e:
             errors.append(str(e))
             continue
@@ -178,6 +178,39 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
     item_path = item_dir / "item.json"
     atomic_write_json(item_path, local_item)
     return _ledger_row(rec, assets, item_path.relative_to(out_dir).as_posix(), ""), written
+
+
+def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> int:
+    """Fetch one asset to `dest`; a band of a stacked file (`asset.band`) is fetched whole, then extracted."""
+    if asset.band is None:
+        return fetcher.fetch(asset, dest, root)
+    stacked = dest.with_name(f"{dest.stem}.stacked.tif")
+    try:
+        written = fetcher.fetch(asset, stacked, root)
+        extract_band(stacked, asset.band, dest)
+    finally:
+        stacked.unlink(missing_ok=True)
+    return written
+
+
+def extract_band(stacked: Path, band: int, dest: Path) -> None:
+    """Write band `band` (1-based) of a multi-band GeoTIFF as a one-band GeoTIFF at `dest`, atomically."""
+    import rasterio
+    import rasterio.errors
+
+    try:
+        with rasterio.open(stacked) as src:
+            if not 1 <= band <= src.count:
+                raise DownloadError(f"{dest.stem}: band {band} asked of a file with {src.count} bands")
+            profile = {**src.profile, "count": 1, "driver": "GTiff"}
+            data = src.read([band])
+            description = src.descriptions[band - 1]
+    except rasterio.errors.RasterioError as e:
+        raise DownloadError(f"{dest.stem}: stacked file unreadable: {e}") from None
+    with atomic_path(dest, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as out:
+        out.write(data)
+        if description:
+            out.set_band_description(1, description)
 
 
 def download(

@@ -1,7 +1,9 @@
 """A folder of GeoTIFFs as a source: each file with a sidecar `NAME.json` or `NAME.yaml`.
 
-The sidecar gives at least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`); files
-sharing an `id` form one item. Sidecars are read within the `download` limits (msgfm/ingest/reader.py).
+The sidecar gives at least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`, `bands`); files
+sharing an `id` form one item. A multi-band S1/S2 file (SEN12MS, Sen1Floods11) gives one asset per band
+(`msgfm:band`, its 1-based index), named by `bands:`, the file's band descriptions or the publisher's order.
+Sidecars are read within the `download` limits (msgfm/ingest/reader.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.ingest.reader import ReadRefused, read_json, read_yaml
 from msgfm.ingest.records import ItemRecord, SourceError, failed_record, record_from_item
+from msgfm.sensors import SENSORS, canonical_band
 
 
 def iter_folder(cfg: SourceParams, limits: DownloadParams) -> Iterator[ItemRecord]:
@@ -61,10 +64,16 @@ def _folder_record(item_id: str, members: list[tuple[Path, dict[str, Any]]], fol
     meta = members[0][1]
     sensor = str(meta["sensor"])
     wanted = cfg.assets.get(sensor, [])
-    assets = {}
+    assets: dict[str, Any] = {}
     for tif, side in members:
-        key = str(side.get("asset") or (wanted[0] if len(wanted) == 1 else tif.stem))
-        assets[key] = {"href": str(tif), "type": "image/tiff; application=geotiff", "roles": ["data"]}
+        entry = {"href": str(tif), "type": "image/tiff; application=geotiff", "roles": ["data"]}
+        names, error = stacked_band_names(tif, sensor, side)
+        if error:
+            return failed_record(item_id, error)
+        if names:  # a stacked file (SEN12MS, Sen1Floods11): one asset per band, extracted by download
+            assets |= {name: {**entry, "msgfm:band": i} for i, name in enumerate(names, start=1)}
+            continue
+        assets[str(side.get("asset") or (wanted[0] if len(wanted) == 1 else tif.stem))] = entry
     props: dict[str, Any] = {"datetime": str(meta["datetime"]), "msgfm:sensor": sensor}
     if meta.get("aoi"):
         props["msgfm:aoi"] = str(meta["aoi"])
@@ -84,6 +93,46 @@ def _folder_record(item_id: str, members: list[tuple[Path, dict[str, Any]]], fol
         "links": [],
     }
     return record_from_item(item, str(folder / "sidecar.json"), cfg, root=str(folder))
+
+
+def stacked_band_names(tif: Path, sensor: str, side: dict[str, Any]) -> tuple[list[str], str]:
+    """The band names of a multi-band file of a band-split sensor (S1, S2), and why not ('' when known).
+
+    From the sidecar's `bands:` list, else the file's band descriptions, else the publisher's order when the
+    file has all the sensor's bands (SEN12MS and Sen1Floods11 store S1 as VV, VH and S2 as B01 ... B12 with
+    B8A after B08: the registry's order). ([], '') for a one-band file, another sensor, or an `asset:` key.
+    """
+    import rasterio
+
+    spec = SENSORS.get(sensor)
+    if spec is None or len(spec.bands) < 2 or side.get("asset"):
+        return [], ""
+    try:
+        with rasterio.open(tif) as src:
+            count, descriptions = src.count, list(src.descriptions)
+    except (OSError, rasterio.errors.RasterioError):
+        return [], ""  # the raw gate names an unreadable file
+    listed = side.get("bands")
+    if count < 2 and not listed:
+        return [], ""
+    if isinstance(listed, list) and listed:
+        names, origin = [canonical_band(sensor, str(b)) for b in listed], "the sidecar's bands list"
+    elif all(descriptions):
+        names, origin = [canonical_band(sensor, str(d)) for d in descriptions], "the file's band descriptions"
+    elif count == len(spec.bands):
+        return list(spec.band_names), ""
+    else:
+        return [], (
+            f"{tif}: {count} bands without names, and sensor {sensor} has {len(spec.bands)} "
+            f"({', '.join(spec.band_names)}); give them in the sidecar as bands: [...]"
+        )
+    unknown = [n for n in names if n not in spec.band_names]
+    if len(names) != count or unknown or len(set(names)) != len(names):
+        return [], (
+            f"{tif}: {origin} {names} does not name its {count} bands once each as bands of {sensor} "
+            f"({', '.join(spec.band_names)})"
+        )
+    return names, ""
 
 
 def _raster_footprint(paths: list[Path]) -> tuple[list[float] | None, str | None]:

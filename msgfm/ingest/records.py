@@ -39,6 +39,8 @@ class AssetRecord:
     size: int | None = None
     checksum: str | None = None
     """`file:checksum` multihash (hex), for example `1220` + SHA-256."""
+    band: int | None = None
+    """`msgfm:band`: the asset is this 1-based band of a stacked file; download extracts it into its own file."""
 
 
 @dataclass
@@ -107,6 +109,13 @@ def record_from_item(
             href=absolute,
             size=int(size) if isinstance(size, int | float) else None,
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
+            band=asset["msgfm:band"] if isinstance(asset.get("msgfm:band"), int) else None,
+        )
+    if not error and wanted and not assets:
+        found = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and a.get("href"))
+        error = (
+            f"item {item_id}: none of the wanted asset keys {sorted(wanted)} (source.assets.{sensor}) is among "
+            f"its assets {found}"
         )
     bbox = item.get("bbox")
     bbox_4326 = [float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None
