@@ -8,19 +8,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from msgfm.config import SourceParams
+from msgfm.config import DownloadParams, SourceParams
 from msgfm.ingest.records import ItemRecord, Signer, SourceError, record_from_item
 
 
-def iter_api(cfg: SourceParams, signer: Signer) -> Iterator[ItemRecord]:
-    """Search a STAC API with pystac-client and sign each item's hrefs."""
+def iter_api(cfg: SourceParams, signer: Signer, limits: DownloadParams) -> Iterator[ItemRecord]:
+    """Search a STAC API with pystac-client and sign each item's hrefs; each request within `download.timeout_s`.
+
+    A server that accepts the connection and never answers ends the search with a SourceError naming it.
+    """
     import pystac_client
     from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError, ParametersError
     from pystac_client.warnings import DoesNotConformTo
 
     try:
-        client = pystac_client.Client.open(cfg.url)
+        client = pystac_client.Client.open(cfg.url, timeout=limits.timeout_s)
         search = client.search(
             collections=sorted(set(cfg.collections.values())),
             bbox=cfg.bbox,
@@ -36,7 +39,9 @@ def iter_api(cfg: SourceParams, signer: Signer) -> Iterator[ItemRecord]:
             f"{cfg.url}: not a searchable STAC API ({e}); for a static catalog use source.kind: static"
         ) from None
     except (APIError, ParametersError, ClientTypeError, NotImplementedError, OSError, ValueError) as e:
-        raise SourceError(f"{cfg.url}: STAC API search failed: {e}") from None
+        raise SourceError(
+            f"{cfg.url}: STAC API search failed (each request may take download.timeout_s {limits.timeout_s:g} s): {e}"
+        ) from None
 
 
 def _self_href(item: dict[str, Any], fallback: str) -> str:

@@ -54,7 +54,7 @@ def iter_items(
     if cfg.kind == "static":
         yield from _iter_static(cfg, limits)
     elif cfg.kind == "stac_api":
-        yield from iter_api(cfg, signer if signer is not None else make_signer(cfg.sign))
+        yield from iter_api(cfg, signer if signer is not None else make_signer(cfg.sign), limits)
     else:
         yield from iter_folder(cfg, limits)
 
