@@ -190,3 +190,40 @@ def test_unnamed_stacked_file_and_unmatched_keys_are_refused_with_the_reason(tmp
     assert (
         rec.error == "item x: none of the wanted asset keys ['VH', 'VV'] (source.assets.s1) is among its assets ['hh']"
     )
+
+
+@pytest.mark.parametrize("declared", ["linear", None])
+def test_linear_power_s1_is_converted_to_db_on_download(tmp_path, repo_root, declared):
+    """sentinel-1-rtc in linear power (declared by raster:bands unit, or undeclared: the collection's) lands in dB."""
+    import numpy as np
+    import rasterio
+
+    root = _project(tmp_path, repo_root, ["87_48"])
+    item_dir = next((root / "data/source/sentinel-1-rtc").iterdir())
+    original = {}
+    for pol in ("VV", "VH"):
+        with rasterio.open(item_dir / f"{pol}.tif") as src:
+            original[pol], profile = src.read(1), src.profile
+        with rasterio.open(item_dir / f"{pol}.tif", "w", **profile) as dst:
+            dst.write((10 ** (original[pol] / 10)).astype(np.float32)[None])
+    item_path = item_dir / f"{item_dir.name}.json"
+    item = json.loads(item_path.read_text())
+    for asset in item["assets"].values():
+        asset["raster:bands"] = [{"data_type": "float32", "nodata": -32768, **({"unit": declared} if declared else {})}]
+    item_path.write_text(json.dumps(item))
+    _run(root, "download", "validate_raw")
+    ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet").set_index("sensor")
+    for pol, rel in json.loads(ledger.loc["s1", "assets"]).items():
+        with rasterio.open(root / "data/raw" / rel) as src:
+            np.testing.assert_allclose(src.read(1), original[pol], atol=1e-3)
+    stored = json.loads((root / "data/raw" / ledger.loc["s1", "item_path"]).read_text())
+    assert stored["assets"]["VV"]["raster:bands"][0]["unit"] == "dB"
+    assert pd.read_parquet(root / "data/gates/raw.parquet")["accepted"].all()
+
+
+def test_linear_units_are_read_from_raster_bands_before_the_collection():
+    from msgfm.ingest.records import is_linear
+
+    assert is_linear({"raster:bands": [{"unit": "linear"}]}, "sentinel-1-grd")
+    assert not is_linear({"raster:bands": [{"unit": "dB"}]}, "sentinel-1-rtc")
+    assert is_linear({}, "sentinel-1-rtc") and not is_linear({}, "sentinel-1-grd")

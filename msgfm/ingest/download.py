@@ -37,6 +37,7 @@ import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
+from msgfm.ingest.convert import one_band
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
@@ -172,6 +173,8 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         assets[key] = dest.relative_to(out_dir).as_posix()
         entry = dict(rec.item["assets"][key])
         entry["href"] = f"./{name}"
+        if asset.linear:
+            entry |= {"raster:bands": [{"data_type": "float32", "unit": "dB"}], "msgfm:converted": "linear power to dB"}
         local_item["assets"][key] = entry
     if errors:
         return _ledger_row(rec, assets, "", "; ".join(errors)), written
@@ -181,36 +184,16 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
 
 
 def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> int:
-    """Fetch one asset to `dest`; a band of a stacked file (`asset.band`) is fetched whole, then extracted."""
-    if asset.band is None:
+    """Fetch one asset to `dest`; a band of a stacked file, or linear S1, is fetched whole, then converted."""
+    if asset.band is None and not asset.linear:
         return fetcher.fetch(asset, dest, root)
-    stacked = dest.with_name(f"{dest.stem}.stacked.tif")
+    staged = dest.with_name(f"{dest.stem}.source.tif")
     try:
-        written = fetcher.fetch(asset, stacked, root)
-        extract_band(stacked, asset.band, dest)
+        written = fetcher.fetch(asset, staged, root)
+        one_band(staged, asset.band or 1, dest, to_db=asset.linear)
     finally:
-        stacked.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
     return written
-
-
-def extract_band(stacked: Path, band: int, dest: Path) -> None:
-    """Write band `band` (1-based) of a multi-band GeoTIFF as a one-band GeoTIFF at `dest`, atomically."""
-    import rasterio
-    import rasterio.errors
-
-    try:
-        with rasterio.open(stacked) as src:
-            if not 1 <= band <= src.count:
-                raise DownloadError(f"{dest.stem}: band {band} asked of a file with {src.count} bands")
-            profile = {**src.profile, "count": 1, "driver": "GTiff"}
-            data = src.read([band])
-            description = src.descriptions[band - 1]
-    except rasterio.errors.RasterioError as e:
-        raise DownloadError(f"{dest.stem}: stacked file unreadable: {e}") from None
-    with atomic_path(dest, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as out:
-        out.write(data)
-        if description:
-            out.set_band_description(1, description)
 
 
 def download(

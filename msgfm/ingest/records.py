@@ -41,6 +41,8 @@ class AssetRecord:
     """`file:checksum` multihash (hex), for example `1220` + SHA-256."""
     band: int | None = None
     """`msgfm:band`: the asset is this 1-based band of a stacked file; download extracts it into its own file."""
+    linear: bool = False
+    """S1 backscatter in linear power (declared or by collection): download converts it to dB."""
 
 
 @dataclass
@@ -110,6 +112,7 @@ def record_from_item(
             size=int(size) if isinstance(size, int | float) else None,
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
             band=asset["msgfm:band"] if isinstance(asset.get("msgfm:band"), int) else None,
+            linear=sensor == "s1" and is_linear(asset, collection),
         )
     if not error and wanted and not assets:
         found = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and a.get("href"))
@@ -133,6 +136,19 @@ def record_from_item(
         collection=collection,
         error=error,
     )
+
+
+LINEAR_S1_COLLECTIONS = ("sentinel-1-rtc",)
+"""S1 collections whose assets are linear power (gamma0) unless their `raster:bands` unit says otherwise."""
+
+
+def is_linear(asset: dict[str, Any], collection: str | None) -> bool:
+    """True when an S1 asset holds linear power: its `raster:bands` unit says so, or, undeclared, its collection."""
+    bands = asset.get("raster:bands")
+    unit = bands[0].get("unit") if isinstance(bands, list) and bands and isinstance(bands[0], dict) else None
+    if isinstance(unit, str) and unit.strip():
+        return unit.strip().lower() in ("linear", "linear power", "power", "amplitude squared", "1")
+    return collection in LINEAR_S1_COLLECTIONS
 
 
 def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
