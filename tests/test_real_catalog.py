@@ -227,3 +227,22 @@ def test_linear_units_are_read_from_raster_bands_before_the_collection():
     assert is_linear({"raster:bands": [{"unit": "linear"}]}, "sentinel-1-grd")
     assert not is_linear({"raster:bands": [{"unit": "dB"}]}, "sentinel-1-rtc")
     assert is_linear({}, "sentinel-1-rtc") and not is_linear({}, "sentinel-1-grd")
+
+
+def test_int16_s2_is_accepted_when_lossless(tmp_path, repo_root):
+    """A Google Earth Engine-style int16 S2 export (same values) passes the raw gate and is co-registered as uint16."""
+    import numpy as np
+    import rasterio
+
+    root = _project(tmp_path, repo_root, ["87_48"])
+    item_dir = next((root / "data/source/sentinel-2-l2a").iterdir())
+    for band_file in item_dir.glob("*.tif"):
+        with rasterio.open(band_file) as src:
+            data, profile = src.read(), src.profile
+        with rasterio.open(band_file, "w", **(profile | {"dtype": "int16"})) as dst:
+            dst.write(data.astype(np.int16))
+    _run(root, "download", "validate_raw", "coregister")
+    gate = pd.read_parquet(root / "data/gates/raw.parquet")
+    assert gate["accepted"].all(), gate["reasons"].tolist()
+    rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
+    assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
