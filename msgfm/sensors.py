@@ -129,7 +129,7 @@ SENTINEL2 = Sensor(
     title="Sentinel-2 MSI (13 L1C bands; L2A has 12, without B10), reflectance x 10000",
     bands=tuple(Band(n, g, "uint16", 0, m, s, w, "reflectance x 10000") for n, g, w, m, s in _S2),
     unit="reflectance x 10000",
-    valid_range=(0.0, 10000.0),
+    valid_range=(0.0, 15000.0),  # plausible, not physical: snow and bright clouds exceed reflectance 1 (10000)
     fine_grid=False,
     mission_start=dt.date(2015, 6, 23),  # Sentinel-2A launch
 )

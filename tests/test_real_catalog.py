@@ -246,3 +246,21 @@ def test_int16_s2_is_accepted_when_lossless(tmp_path, repo_root):
     assert gate["accepted"].all(), gate["reasons"].tolist()
     rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
     assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
+
+
+def test_bright_l2a_over_snow_is_not_out_of_range(tmp_path, repo_root):
+    """A real patch whose visible bands read 10000-14000 on a tenth of its pixels (fresh snow) passes the raw gate."""
+    import numpy as np
+    import rasterio
+
+    root = _project(tmp_path, repo_root, ["87_48"])
+    item_dir = next((root / "data/source/sentinel-2-l2a").iterdir())
+    for band in ("B02", "B03", "B04"):
+        with rasterio.open(item_dir / f"{band}.tif") as src:
+            data, profile = src.read(), src.profile
+        data[:, :12, :] = np.linspace(10000, 14000, data.shape[2]).astype(np.uint16)  # top 10 %: snow
+        with rasterio.open(item_dir / f"{band}.tif", "w", **profile) as dst:
+            dst.write(data)
+    _run(root, "download", "validate_raw")
+    gate = pd.read_parquet(root / "data/gates/raw.parquet")
+    assert gate["accepted"].all(), gate["reasons"].tolist()
