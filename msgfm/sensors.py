@@ -129,7 +129,7 @@ SENTINEL2 = Sensor(
     title="Sentinel-2 MSI (13 L1C bands; L2A has 12, without B10), reflectance x 10000",
     bands=tuple(Band(n, g, "uint16", 0, m, s, w, "reflectance x 10000") for n, g, w, m, s in _S2),
     unit="reflectance x 10000",
-    valid_range=(0.0, 10000.0),
+    valid_range=(0.0, 15000.0),  # plausible, not physical: snow and bright clouds exceed reflectance 1 (10000)
     fine_grid=False,
     mission_start=dt.date(2015, 6, 23),  # Sentinel-2A launch
 )
@@ -164,6 +164,57 @@ S2_L2A_BANDS: tuple[str, ...] = tuple(n for n in SENTINEL2.band_names if n != "B
 
 PAIRS: tuple[tuple[str, str], ...] = (("s1", "s2"), ("rgb", "dsm"))
 """Sensors that are co-located and paired for cross-sensor reconstruction."""
+
+
+S2_COMMON_NAMES: dict[str, str] = {
+    "coastal": "B01",
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "rededge1": "B05",
+    "rededge2": "B06",
+    "rededge3": "B07",
+    "nir": "B08",
+    "nir08": "B8A",
+    "nir09": "B09",
+    "cirrus": "B10",
+    "swir16": "B11",
+    "swir22": "B12",
+    "scl": "SCL",
+}
+"""Earth Search's (element84) Sentinel-2 asset keys, the STAC eo common names, -> the registry's band names."""
+
+AUXILIARY_ASSETS: dict[str, tuple[str, ...]] = {"s2": ("SCL", "cloud_mask")}
+"""Assets of a band-split sensor that are not bands: the L2A scene classification, the simulator's cloud mask."""
+
+
+def canonical_band(sensor: str, key: str, asset: dict | None = None) -> str:
+    """The registry's name for a catalog's asset key or band name of `sensor` (`key` itself when unknown).
+
+    The one alias table of the project: any case (`vv`, `b02`), unpadded S2 numbers (`B1`, `B8a`), Earth
+    Search's common names (`blue`, `nir08`, `swir16`, `scl`), then the asset's single `eo:bands` entry
+    (`name` or `common_name`) when the key says nothing (`image_b2`).
+    """
+    spec = SENSORS.get(sensor)
+    if spec is None:
+        return key
+    names = {n.lower(): n for n in (*spec.band_names, *AUXILIARY_ASSETS.get(sensor, ()))}
+    low = key.strip().lower()
+    if sensor == "s2":
+        low = S2_COMMON_NAMES.get(low, low).lower()
+        if len(low) == 2 and low[0] == "b" and low[1].isdigit():
+            low = f"b0{low[1]}"  # B1 -> B01
+    if low in names:
+        return names[low]
+    bands = (asset or {}).get("eo:bands")
+    if isinstance(bands, list) and len(bands) == 1 and isinstance(bands[0], dict):
+        for field in ("name", "common_name"):
+            named = bands[0].get(field)
+            if isinstance(named, str) and named and named != key:
+                found = canonical_band(sensor, named)
+                if found.lower() in names:
+                    return found
+    return key
 
 
 def get_sensor(name: str) -> Sensor:

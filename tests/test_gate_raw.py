@@ -44,7 +44,7 @@ EXPECTED_REASONS = {
     "s2_tiny_20240510": r"^nodata fraction 1\.000 in B02 above gates\.max_nodata_fraction 0\.5$",
     "s1_tiny_20240511": r"^8 NaN/inf pixels in VV$",
     "s2_tiny_20240520": r"^wrong dtype: B08 is float32 \(expected uint16\)$",
-    "s2_tiny_20240530": r"of pixels in B11 outside the sensor range \[0, 10000\] \(min \d+, max 2\d{4}\)$",
+    "s2_tiny_20240530": r"of pixels in B11 outside the sensor range \[0, 15000\] \(min \d+, max 2\d{4}\)$",
     "s1_tiny_20240601": r"^VV: HTTP 404 Not Found for http://127\.0\.0\.1:\d+/gone/VV\.tif",
     "s1_tiny_20240602": r"^VV: gave up after 2 attempts: timed out after 0\.5 s",
     "s1_tiny_20240603": r"^VV: href .*outside\.tif points outside the catalog folder .*; refused",

@@ -114,6 +114,38 @@ def test_stac_api_unreachable_is_a_source_error():
         list(iter_items(cfg))
 
 
+def test_a_silent_stac_api_times_out_with_download_timeout_s():
+    """A server that accepts connections and never answers: the search fails within download.timeout_s (issue 19)."""
+    import socket
+    import threading
+    import time
+
+    from msgfm.config import DownloadParams
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/stac/v1"
+    cfg = SourceParams(kind="stac_api", url=url, collections={"s2": "sentinel-2-l2a"})
+    outcome: list[BaseException | None] = []
+
+    def search() -> None:
+        try:
+            list(iter_items(cfg, limits=DownloadParams(timeout_s=0.5)))
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome.append(e)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=search, daemon=True)
+    worker.start()
+    worker.join(15)
+    silent.close()
+    assert not worker.is_alive(), "the STAC API search still hangs after 15 s"
+    assert isinstance(outcome[0], SourceError) and "download.timeout_s 0.5 s" in str(outcome[0]), outcome
+    assert time.monotonic() - start < 10
+
+
 def test_static_catalog_given_as_an_api_is_a_clear_error(world):
     with LoopbackServer(world.parent) as srv:
         cfg = SourceParams(kind="stac_api", url=f"{srv.url}/catalog.json", collections={"s2": "sentinel-2-l2a"})

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from msgfm.config.base import Section
 
@@ -107,6 +107,9 @@ class CoregisterParams(Section):
     match_px: int = Field(512, ge=32, le=8192, description="side of the centred window where shifts are matched")
     normalization: Literal["phase"] | None = Field(None, description="phase: phase correlation; null: plain")
     max_shift_px: float = Field(6.0, gt=0, description="largest plausible misregistration: the peak search radius")
+    min_shift_confidence: float = Field(
+        0.5, ge=0, le=1, description="a shift whose correlation peak is less unique than this is not applied"
+    )
     compress: Literal["deflate", "lzw", "zstd", "none"] = "none"
     reference_dates: int = Field(3, ge=1, description="the S2 (RGB) reference averages this many clearest dates")
     max_source_px: int = Field(
@@ -161,7 +164,15 @@ class SourceParams(Section):
     max_items: int = Field(500, ge=1, le=100000, description="stac_api: most items fetched from a search")
     sign: Literal["none", "planetary_computer"] = Field("none", description="href-signing hook for API assets")
     path: Path | None = Field(None, description="folder: directory of GeoTIFFs, each with a .json/.yaml sidecar")
-    aoi: str = Field("aoi", pattern=r"^[a-z0-9_]+$", description="AOI name for items without msgfm:aoi")
+    aoi: str = Field("aoi", pattern=r"^[a-z0-9_]+$", description="AOI name (prefix) for items without msgfm:aoi")
+    aoi_tile_m: int | None = Field(
+        10000,
+        ge=1000,
+        le=1_000_000,
+        multiple_of=1000,
+        description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
+        "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
+    )
     assets: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "s1": ["VV", "VH"],
@@ -170,8 +181,23 @@ class SourceParams(Section):
             "dsm": ["dsm"],
             "landcover": ["map", "map_fine"],
         },
-        description="sensor -> asset keys to download (and that the raw gate requires)",
+        description="sensor -> asset keys to download (and that the raw gate requires); any case or alias "
+        "(vv, blue, b02, scl), matched as the registry's band names (msgfm.sensors.canonical_band)",
     )
+
+    @field_validator("assets")
+    @classmethod
+    def _canonical_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from msgfm.sensors import canonical_band
+
+        out = {}
+        for sensor, keys in value.items():
+            names = [canonical_band(sensor, k) for k in keys]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"source.assets.{sensor}: {twice} listed more than once (aliases of one band)")
+            out[sensor] = names
+        return out
 
     @model_validator(mode="after")
     def _kind_complete(self) -> SourceParams:

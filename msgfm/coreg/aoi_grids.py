@@ -1,6 +1,7 @@
 """The grids of an AOI: the Sentinel-2 10 m grid and the fine grid, how they are chosen, and grids.json.
 
-Per AOI one CRS, the UTM zone of its Sentinel-2 tile: S2 and S1 go on the S2 grid most acquisitions
+Per AOI one CRS, the UTM zone of its Sentinel-2 tile (an S2 in degrees, an EPSG:4326 export, is given the
+10 m grid of the UTM zone of its centre: AOI grids are always in metres): S2 and S1 go on the S2 grid most acquisitions
 agree on (`consensus_s2_grid`: north-up only; a rotated S2, or one far from that grid, is refused with
 its reason), without S2 on a 10 m grid covering the first RGB acquisition in its UTM zone; RGB and the
 DSM go on one fine grid in the same CRS at `coregister.fine_gsd_m`, covering the first RGB acquisition
@@ -120,7 +121,17 @@ def _s2_grid(item: Item) -> tuple[Grid | None, str]:
             f"{key} ({path}) is not north-up (transform {tuple(transform)[:6]} is rotated, sheared or flipped); "
             "an S2 L2A raster always is"
         )
+    if not crs.is_projected or crs.linear_units_factor[1] != 1.0:
+        grid = _metric_grid(path)  # degrees (EPSG:4326 exports) or feet: the AOI grid is in metres all the same
     return grid, ""
+
+
+def _metric_grid(path: Path) -> Grid:
+    """The 10 m grid in the UTM zone of a raster's centre covering it: an AOI grid is always in metres."""
+    with rasterio.open(path) as src:
+        left, bottom, right, top = bounds_in(src, "EPSG:4326")
+        crs = utm_crs((left + right) / 2, (bottom + top) / 2)
+        return Grid.covering(crs, bounds_in(src, crs), 10.0)
 
 
 def _utm_grid(item: Item) -> Grid | None:
@@ -129,9 +140,7 @@ def _utm_grid(item: Item) -> Grid | None:
     with rasterio.open(path) as src:
         if src.crs is None:
             return None
-        left, bottom, right, top = bounds_in(src, "EPSG:4326")
-        crs = utm_crs((left + right) / 2, (bottom + top) / 2)
-        return Grid.covering(crs, bounds_in(src, crs), 10.0)
+    return _metric_grid(path)
 
 
 def _fine_grid(item: Item, s10: Grid, fine_gsd_m: float) -> Grid | None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 RASTER_COLUMNS = [
     "id", "item_id", "aoi", "biome", "sensor", "kind", "datetime", "date", "path", "grid", "crs", "transform",
     "width", "height", "count", "band_names", "nodata", "reference_id", "shift_dx_px", "shift_dy_px",
-    "shift_error", "truth_dx_px", "truth_dy_px", "valid_fraction", "status", "error",
+    "shift_error", "shift_confidence", "shift_note", "truth_dx_px", "truth_dy_px", "valid_fraction", "status", "error",
 ]  # fmt: skip
 """Columns of data/coreg/rasters.parquet (see docs/data-layout.md)."""
 
@@ -81,6 +81,8 @@ def empty_row(item: Item, raster_id: str, kind: str, grid: str) -> dict[str, Any
         "shift_dx_px": float("nan"),
         "shift_dy_px": float("nan"),
         "shift_error": float("nan"),
+        "shift_confidence": float("nan"),
+        "shift_note": "",
         "truth_dx_px": float("nan"),
         "truth_dy_px": float("nan"),
         "valid_fraction": 0.0,

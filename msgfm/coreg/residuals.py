@@ -16,7 +16,7 @@ import rasterio
 from affine import Affine
 
 from msgfm.coreg.features import mean_reference, moving_feature, reference_feature
-from msgfm.coreg.shifts import estimate_shift_with, match_window
+from msgfm.coreg.shifts import estimate_shift_with, match_window, shift_confidence
 from msgfm.geo.grids import Grid
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ Feature = tuple[np.ndarray, np.ndarray]
 """A reference acquisition's (feature, valid) in the match window."""
 
 
-def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams) -> dict[str, tuple[float, float]]:
+def measure_residuals(
+    table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams
+) -> dict[str, tuple[float, float] | None]:
     """Shift (dx, dy) left in each corrected S1/DSM output against the reference features rebuilt from the outputs.
 
     The same estimator as the correction, run on the written files against the same reference acquisitions
@@ -35,7 +37,7 @@ def measure_residuals(table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams)
     """
     out_dir = Path(out_dir)
     ok = table[table["status"] == "ok"]
-    residuals: dict[str, tuple[float, float]] = {}
+    residuals: dict[str, tuple[float, float] | None] = {}
     for _, group in ok.groupby("aoi"):
         shifted = group[group["sensor"].isin(["s1", "dsm"])]
         features = _reference_features(group, shifted, out_dir, cfg)
@@ -78,8 +80,11 @@ def _reference_features(
     return features
 
 
-def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParams) -> tuple[float, float]:
-    """Shift (dx, dy) of one written S1/DSM raster (a rasters.parquet row) against its rebuilt reference."""
+def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParams) -> tuple[float, float] | None:
+    """Shift (dx, dy) of one written S1/DSM raster (a rasters.parquet row) against its rebuilt reference.
+
+    None when its confidence is below `coregister.min_shift_confidence`: then nothing can be measured.
+    """
     win = _window(r, cfg.match_px)
     with rasterio.open(out_dir / r.path) as src:
         data = src.read()[:, win[0], win[1]].astype(np.float32)
@@ -89,5 +94,8 @@ def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParam
         valid &= np.all(data != nodata, axis=0)
     if r.sensor == "s1":
         data = data[[list(r.band_names).index(b) for b in cfg.s1_feature_bands]]
-    dx, dy, _ = estimate_shift_with(cfg, reference, moving_feature(r.sensor, data, valid, cfg))
+    feature = moving_feature(r.sensor, data, valid, cfg)
+    dx, dy, _ = estimate_shift_with(cfg, reference, feature)
+    if shift_confidence(cfg, reference, feature, (dx, dy)) < cfg.min_shift_confidence:
+        return None  # the quadrants disagree: the residual cannot be measured (the gate says so)
     return dx, dy

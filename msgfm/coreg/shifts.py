@@ -43,7 +43,49 @@ def estimate_shift(
     if max_shift_px is None or math.hypot(shift[0], shift[1]) <= max_shift_px:
         return float(-shift[1]), float(-shift[0]), float(error)
     dy, dx = _windowed_peak(ref, mov, max_shift_px, upsample_factor, normalization)
+    norm = math.hypot(dx, dy)
+    if norm > max_shift_px:  # the +-1 px refinement around a peak at the radius may step past it: clip
+        dx, dy = dx * max_shift_px / norm, dy * max_shift_px / norm
     return float(-dx), float(-dy), float(error)
+
+
+def shift_confidence(
+    cfg: CoregisterParams, reference: np.ndarray, moving: np.ndarray, shift: tuple[float, float]
+) -> float:
+    """How far the quadrants of the match window agree with `shift`: 1 / (1 + d), two of four within d px.
+
+    The shift of a raster is the same everywhere in it, so a real misregistration is found again in the
+    quadrants that have structure (a DSM's flat quadrants may not: two of four must agree). Measured: the
+    simulated worlds' S1 and DSM within 0.2 px (confidence >= 0.83); BigEarthNet's co-located S1 patches,
+    where speckle is matched against optical edges, 1.3-5.6 px (confidence 0.15-0.43).
+    """
+    h, w = reference.shape[0] // 2, reference.shape[1] // 2
+    apart = []
+    for r0 in (0, reference.shape[0] - h):
+        for c0 in (0, reference.shape[1] - w):
+            win = (slice(r0, r0 + h), slice(c0, c0 + w))
+            dx, dy, _ = estimate_shift_with(cfg, reference[win], moving[win])
+            apart.append(math.hypot(dx - shift[0], dy - shift[1]))
+    return 1.0 / (1.0 + sorted(apart)[1])  # two of the four agree within this: flat quadrants may not
+
+
+def confident_shift(
+    cfg: CoregisterParams, reference: np.ndarray, moving: np.ndarray
+) -> tuple[tuple[float, float, float], float, str]:
+    """(dx, dy, error) to apply, the estimate's confidence, and why it is not applied ('' when it is).
+
+    Below `coregister.min_shift_confidence` the quadrants of the match window disagree: the estimate is
+    noise, the shift applied is (0, 0) and the note gives the estimate that was refused.
+    """
+    dx, dy, error = estimate_shift_with(cfg, reference, moving)
+    confidence = shift_confidence(cfg, reference, moving, (dx, dy))
+    if confidence >= cfg.min_shift_confidence:
+        return (dx, dy, error), confidence, ""
+    note = (
+        f"shift estimate ({dx:.2f}, {dy:.2f}) px not applied: confidence {confidence:.2f} (quadrants disagree) "
+        f"< coregister.min_shift_confidence {cfg.min_shift_confidence}"
+    )
+    return (0.0, 0.0, error), confidence, note
 
 
 def estimate_shift_with(cfg: CoregisterParams, reference: np.ndarray, moving: np.ndarray) -> tuple[float, float, float]:

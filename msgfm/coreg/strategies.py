@@ -24,7 +24,7 @@ from msgfm.coreg.aoi_grids import FINE, S10
 from msgfm.coreg.features import mean_reference, moving_feature, reference_feature
 from msgfm.coreg.inputs import Item
 from msgfm.coreg.records import RasterStore, empty_row, file_stamp, params_key, raster_name
-from msgfm.coreg.shifts import estimate_shift_with, match_window
+from msgfm.coreg.shifts import confident_shift, match_window
 from msgfm.coreg.warp import warp_files
 from msgfm.geo.grids import Grid, bounds_in, intersects, warp_to_grid
 from msgfm.sensors import S2_L2A_BANDS, get_sensor
@@ -295,8 +295,9 @@ def coregister_shifted(ctx: AOIContext, item: Item, spec: ShiftedSensor) -> Outc
         if shift is None:
             row["error"] = "all nodata on the AOI grid after warping"
             return Outcome([row])
-        row.update(shift_dx_px=shift[0], shift_dy_px=shift[1], shift_error=shift[2])
-        data = bands.warp(paths, shift[:2], grid)
+        (dx, dy, error), confidence, note = shift
+        row.update(shift_dx_px=dx, shift_dy_px=dy, shift_error=error, shift_confidence=confidence, shift_note=note)
+        data = bands.warp(paths, (dx, dy), grid)
     valid = bands.valid(data)
     row["valid_fraction"] = float(valid.mean())
     if not valid.any():
@@ -314,12 +315,14 @@ def _placement_problem(first: DatasetReader, path: Path, grid: Grid, grid_name: 
     return ""
 
 
-def _estimate(ctx: AOIContext, item: Item, spec: ShiftedSensor, bands: _Bands) -> tuple[float, float, float] | None:
-    """(dx, dy, error) against the grid's reference, matched in the match window; None if the window is all nodata."""
+def _estimate(
+    ctx: AOIContext, item: Item, spec: ShiftedSensor, bands: _Bands
+) -> tuple[tuple[float, float, float], float, str] | None:
+    """`confident_shift` against the grid's reference in the match window; None if the window is all nodata."""
     _, match_grid = match_window(ctx.grids[spec.grid], ctx.cfg.match_px)
     moving = bands.warp([item.assets[b] for b in spec.feature_bands], (0.0, 0.0), match_grid)
     moving_valid = bands.valid(moving)
     if not moving_valid.any():
         return None
     feature = moving_feature(item.sensor, moving, moving_valid, ctx.cfg)
-    return estimate_shift_with(ctx.cfg, ctx.references[spec.grid], feature)
+    return confident_shift(ctx.cfg, ctx.references[spec.grid], feature)

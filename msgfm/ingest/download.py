@@ -37,9 +37,10 @@ import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
+from msgfm.ingest.convert import one_band
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.redact import redact
-from msgfm.ingest.sources import ItemRecord, Signer, iter_items
+from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            written += fetcher.fetch(asset, dest, rec.root)
+            written += _fetch_asset(fetcher, asset, dest, rec.root)
         except DownloadError as e:
             errors.append(str(e))
             continue
@@ -172,12 +173,27 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         assets[key] = dest.relative_to(out_dir).as_posix()
         entry = dict(rec.item["assets"][key])
         entry["href"] = f"./{name}"
+        if asset.linear:
+            entry |= {"raster:bands": [{"data_type": "float32", "unit": "dB"}], "msgfm:converted": "linear power to dB"}
         local_item["assets"][key] = entry
     if errors:
         return _ledger_row(rec, assets, "", "; ".join(errors)), written
     item_path = item_dir / "item.json"
     atomic_write_json(item_path, local_item)
     return _ledger_row(rec, assets, item_path.relative_to(out_dir).as_posix(), ""), written
+
+
+def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> int:
+    """Fetch one asset to `dest`; a band of a stacked file, or linear S1, is fetched whole, then converted."""
+    if asset.band is None and not asset.linear:
+        return fetcher.fetch(asset, dest, root)
+    staged = dest.with_name(f"{dest.stem}.source.tif")
+    try:
+        written = fetcher.fetch(asset, staged, root)
+        one_band(staged, asset.band or 1, dest, to_db=asset.linear)
+    finally:
+        staged.unlink(missing_ok=True)
+    return written
 
 
 def download(

@@ -4,7 +4,8 @@ The table has one row per row of `data/coreg/rasters.parquet`, re-measured from 
 readable or why not; the file's CRS, transform and shape against the AOI's reference grid
 (`data/coreg/{aoi}/grids.json`: S2 10 m grid or fine grid); the share of valid pixels; and, for the
 shift-corrected sensors (S1, DSM), the residual misregistration re-estimated on the corrected file
-against the reference features rebuilt from the S2 and RGB outputs. The GX suite decides per raster
+against the reference features rebuilt from the S2 and RGB outputs (not measurable, `residual_note`, when the
+quadrants of the match window disagree: `coregister.min_shift_confidence`). The GX suite decides per raster
 (see `coreg_checks`); the pair stage reads only accepted rasters.
 """
 
@@ -96,7 +97,13 @@ def build_coreg_table(coreg_dir: str | Path, coregister: CoregisterParams) -> pd
     except (rasterio.errors.RasterioError, OSError, ValueError) as e:
         log.warning("residual measurement failed: %s", e)
         residuals = {}
-    table["residual_px"] = [round(math.hypot(*residuals[i]), 4) if i in residuals else None for i in table["id"]]
+    table["residual_px"] = [round(math.hypot(*residuals[i]), 4) if residuals.get(i) else None for i in table["id"]]
+    table["residual_note"] = [
+        "the match window's quadrants disagree: residual not measurable"
+        if i in residuals and residuals[i] is None
+        else ""
+        for i in table["id"]
+    ]
     for col in ("readable", "grid_matches"):
         table[col] = table[col].astype(object)
     for col in ("valid_fraction", "residual_px"):
@@ -149,6 +156,7 @@ def validate_coreg(
         "n": int(len(measured)),
         "median": round(float(measured.median()), 4) if len(measured) else None,
         "max": round(float(measured.max()), 4) if len(measured) else None,
+        "not_measurable": int((table["residual_note"] != "").sum()),
     }
     write_gate(result, gates_dir=gates_dir, reports_dir=reports_dir)
     return result

@@ -109,6 +109,26 @@ def _empty_row(rec: dict[str, Any], item: dict[str, Any], keys: list[str], asset
     }
 
 
+def lossless(info: dict[str, Any], expected: str) -> bool:
+    """True when an integer asset of another integer type holds only values the expected type can hold.
+
+    int16 Sentinel-2 (Google Earth Engine exports) with no negative value is reflectance x 10000 like uint16;
+    judged on the gate's (possibly decimated) read, and coregister writes the registry's dtype.
+    """
+    import numpy as np
+
+    try:
+        got, want = np.dtype(info["dtype"]), np.dtype(expected)
+    except TypeError:
+        return False  # several dtypes in one file, or none numpy knows
+    if got.kind not in "iu" or want.kind not in "iu":
+        return False
+    if info.get("value_min") is None:
+        return True  # no valid pixel: the nodata check speaks
+    limits = np.iinfo(want)
+    return limits.min <= info["value_min"] and info["value_max"] <= limits.max
+
+
 @dataclass
 class _AssetTally:
     """What an item's assets hold, summed over them: the problems by asset and the band-asset statistics."""
@@ -143,10 +163,11 @@ class _AssetTally:
             self.nonfinite_assets.append(key)
         if info["out_of_range"]:
             self.out_of_range_assets.append(key)
-        self.dtypes.add(info["dtype"])
+        same = info["dtype"] == layout.dtype or lossless(info, layout.dtype)
+        self.dtypes.add(layout.dtype if same else info["dtype"])  # int16 holding uint16 values counts as uint16
         self.foreign_codes.update(info.get("foreign_codes", []))
         self.expected_dtypes.add(layout.dtype)
-        if info["dtype"] != layout.dtype:
+        if not same:
             self.dtype_detail.append(f"{key} is {info['dtype']}")
         if info["nodata_fraction"] > self.worst[0]:
             self.worst = (info["nodata_fraction"], key)

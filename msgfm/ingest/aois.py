@@ -1,0 +1,40 @@
+"""AOIs of items that carry no `msgfm:aoi` (real catalogs never do): squares of a UTM tile grid.
+
+An item belongs to the `source.aoi_tile_m` square, in the UTM zone of its place, that holds the centre
+of its footprint (clipped to `source.bbox` when one is set, so the scenes of one small search share one
+AOI whatever their size). Names are stable and say where the square is: `{source.aoi}_{EPSG}_{E}_{N}`,
+the square's south-west corner in km (`aoi_32633_400_5340`). `aoi_tile_m: null` gives every such item
+the one AOI `source.aoi`. The AOI's grid is then chosen by coregister, always in metres (msgfm.coreg.aoi_grids).
+"""
+
+from __future__ import annotations
+
+import math
+
+from msgfm.config import SourceParams
+from msgfm.geo.grids import utm_crs
+
+
+def derive_aoi(bbox: list[float] | None, cfg: SourceParams) -> str:
+    """The AOI name of an item without `msgfm:aoi` whose WGS84 footprint is `bbox` (see module docstring)."""
+    if cfg.aoi_tile_m is None or bbox is None or not all(math.isfinite(v) for v in bbox):
+        return cfg.aoi
+    west, south, east, north = _clipped(bbox, cfg.bbox)
+    lon, lat = (west + east) / 2, (south + north) / 2
+    if not (-180 <= lon <= 180 and -80 <= lat <= 84):
+        return cfg.aoi  # outside UTM's latitudes (or not degrees): the raw gate and coregister say why
+    from rasterio.warp import transform
+
+    crs = utm_crs(lon, lat)
+    (x,), (y,) = transform("EPSG:4326", crs, [lon], [lat])
+    tile = cfg.aoi_tile_m
+    east_km, north_km = math.floor(x / tile) * tile // 1000, math.floor(y / tile) * tile // 1000
+    return f"{cfg.aoi}_{crs.removeprefix('EPSG:')}_{east_km:.0f}_{north_km:.0f}"
+
+
+def _clipped(bbox: list[float], search: list[float] | None) -> list[float]:
+    """`bbox` intersected with the search box, when they overlap; `bbox` otherwise."""
+    if search is None:
+        return bbox
+    clip = [max(bbox[0], search[0]), max(bbox[1], search[1]), min(bbox[2], search[2]), min(bbox[3], search[3])]
+    return clip if clip[0] <= clip[2] and clip[1] <= clip[3] else bbox

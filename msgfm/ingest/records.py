@@ -1,0 +1,191 @@
+"""What every source yields: an `ItemRecord` per acquisition, built from a STAC item dict.
+
+The item's asset keys are renamed to the registry's band names here (msgfm.sensors.canonical_band:
+`vv` -> `VV`, `blue` -> `B02`), so download, the gates and coregister all see one name per band; the
+AOI of an item without `msgfm:aoi` is derived from its footprint (msgfm.ingest.aois).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from msgfm.config import SourceParams
+from msgfm.ingest.aois import derive_aoi
+from msgfm.ingest.reader import is_url
+from msgfm.sensors import SENSORS, canonical_band
+
+KNOWN_SENSORS = (*SENSORS, "landcover")
+"""Sensors an item may belong to: the four of the registry plus the land-cover label source."""
+
+Signer = Callable[[dict[str, Any]], dict[str, Any]]
+"""Turns a STAC item dict into one whose asset hrefs can be fetched (for example with SAS tokens)."""
+
+
+class SourceError(RuntimeError):
+    """The source as a whole cannot be read (catalog or API unreachable, folder missing)."""
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    """One asset to fetch: absolute href and what the publisher says its bytes are."""
+
+    key: str
+    href: str
+    size: int | None = None
+    checksum: str | None = None
+    """`file:checksum` multihash (hex), for example `1220` + SHA-256."""
+    band: int | None = None
+    """`msgfm:band`: the asset is this 1-based band of a stacked file; download extracts it into its own file."""
+    linear: bool = False
+    """S1 backscatter in linear power (declared or by collection): download converts it to dB."""
+
+
+@dataclass
+class ItemRecord:
+    """One acquisition as every source reports it; `error` is set when the item itself is unusable."""
+
+    id: str
+    sensor: str | None
+    aoi: str | None
+    biome: str | None
+    datetime: str | None
+    """As published (RFC 3339 text); parsed by download and checked by the raw gate."""
+    bbox: list[float] | None
+    crs: str | None
+    assets: dict[str, AssetRecord]
+    item: dict[str, Any]
+    """The STAC item dict with absolute asset hrefs."""
+    root: str | None = None
+    """For local sources: the folder all asset files must lie in."""
+    collection: str | None = None
+    error: str = ""
+
+
+def record_from_item(
+    item: dict[str, Any],
+    base_href: str,
+    cfg: SourceParams,
+    *,
+    root: str | None = None,
+) -> ItemRecord:
+    """Build an ItemRecord from a STAC item dict whose relative hrefs are relative to `base_href`."""
+    from pystac.utils import make_absolute_href
+
+    item_id = str(item.get("id") or "")
+    props = item.get("properties") or {}
+    collection = item.get("collection")
+    sensor = props.get("msgfm:sensor") or _sensor_of_collection(collection, cfg)
+    error = ""
+    if not item_id:
+        error = f"item at {base_href} has no id"
+        item_id = Path(urlparse(base_href).path).stem or "unnamed"
+    elif sensor is None:
+        error = (
+            f"cannot tell the sensor of item {item_id}: no msgfm:sensor property and collection "
+            f"{collection!r} is not in source.collections"
+        )
+    elif sensor not in KNOWN_SENSORS:
+        error = f"item {item_id} has unknown sensor {sensor!r}; known: {list(KNOWN_SENSORS)}"
+
+    item = json.loads(json.dumps(item))  # a private copy whose hrefs and asset keys we rewrite
+    if sensor:
+        item["assets"] = canonical_assets(sensor, item.get("assets"))
+    wanted = set(cfg.assets.get(sensor, [])) if sensor else set()
+    assets: dict[str, AssetRecord] = {}
+    for key, asset in (item.get("assets") or {}).items():
+        href = asset.get("href")
+        if not isinstance(href, str) or not href:
+            continue
+        absolute = href if is_url(href) else make_absolute_href(href, base_href)
+        asset["href"] = absolute
+        size = asset.get("file:size")
+        if key not in wanted:
+            continue
+        assets[key] = AssetRecord(
+            key=key,
+            href=absolute,
+            size=int(size) if isinstance(size, int | float) else None,
+            checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
+            band=asset["msgfm:band"] if isinstance(asset.get("msgfm:band"), int) else None,
+            linear=sensor == "s1" and is_linear(asset, collection),
+        )
+    if not error and wanted and not assets:
+        found = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and a.get("href"))
+        error = (
+            f"item {item_id}: none of the wanted asset keys {sorted(wanted)} (source.assets.{sensor}) is among "
+            f"its assets {found}"
+        )
+    bbox = item.get("bbox")
+    bbox_4326 = [float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None
+    return ItemRecord(
+        id=item_id,
+        sensor=sensor,
+        aoi=str(props.get("msgfm:aoi") or derive_aoi(bbox_4326, cfg)),  # text; download checks the name
+        biome=props.get("msgfm:biome"),
+        datetime=props.get("datetime") or props.get("start_datetime"),
+        bbox=bbox_4326,
+        crs=_crs_of(props),
+        assets=assets,
+        item=item,
+        root=root,
+        collection=collection,
+        error=error,
+    )
+
+
+LINEAR_S1_COLLECTIONS = ("sentinel-1-rtc",)
+"""S1 collections whose assets are linear power (gamma0) unless their `raster:bands` unit says otherwise."""
+
+
+def is_linear(asset: dict[str, Any], collection: str | None) -> bool:
+    """True when an S1 asset holds linear power: its `raster:bands` unit says so, or, undeclared, its collection."""
+    bands = asset.get("raster:bands")
+    unit = bands[0].get("unit") if isinstance(bands, list) and bands and isinstance(bands[0], dict) else None
+    if isinstance(unit, str) and unit.strip():
+        return unit.strip().lower() in ("linear", "linear power", "power", "amplitude squared", "1")
+    return collection in LINEAR_S1_COLLECTIONS
+
+
+def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
+    """An item's assets keyed by the registry's band names (`vv` -> `VV`, `blue` -> `B02`, `scl` -> `SCL`).
+
+    A key that is already the canonical name wins over an alias of the same band; a later alias keeps its
+    own key (so it is not fetched twice). Each renamed asset remembers its catalog key in `msgfm:key`.
+    """
+    if not isinstance(assets, dict):
+        return {}
+    entries = [(k, a, canonical_band(sensor, k, a if isinstance(a, dict) else None)) for k, a in assets.items()]
+    out: dict[str, Any] = {}
+    for key, asset, canon in sorted(entries, key=lambda e: e[0] != e[2]):  # exact names first, stable
+        if canon in out or canon == key:
+            out.setdefault(key, asset)
+            continue
+        out[canon] = {**asset, "msgfm:key": key} if isinstance(asset, dict) else asset
+    return out
+
+
+def _sensor_of_collection(collection: str | None, cfg: SourceParams) -> str | None:
+    for sensor, coll in cfg.collections.items():
+        if coll == collection:
+            return sensor
+    return None
+
+
+def _crs_of(props: dict[str, Any]) -> str | None:
+    if props.get("proj:code"):
+        return str(props["proj:code"])
+    if props.get("proj:epsg"):
+        return f"EPSG:{int(props['proj:epsg'])}"
+    if props.get("proj:wkt2"):
+        return str(props["proj:wkt2"])
+    return None
+
+
+def failed_record(item_id: str, error: str) -> ItemRecord:
+    """The record of an item that cannot be used at all: its id and why."""
+    return ItemRecord(item_id, None, None, None, None, None, None, {}, {}, error=error)
