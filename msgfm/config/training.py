@@ -167,8 +167,8 @@ class FinetuneParams(Section):
 class EvaluateParams(Section):
     """`msgfm evaluate`: test metrics of every variant, modality ablations, generalisation, plots and report."""
 
-    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v}}")
-    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v}}}")
+    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v, n, ci}}")
+    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v, n, ci}}}")
     ablations: Path = Field(Path("data/metrics/ablations.json"), description="{task: {condition: {metric: v}}}")
     generalisation: Path = Field(Path("data/metrics/generalisation.json"), description="held-out AOI and dates")
     comparisons: Path = Field(Path("data/metrics/comparisons.json"), description="paired differences and verdicts")

@@ -1,16 +1,19 @@
 """`msgfm evaluate`: test metrics of the fine-tuned models, baselines, modality ablations, generalisation, report.
 
-Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes:
+Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes, each entry
+`{metric: value, "n": {chips, positions, blocks, unit}, "ci": {metric: [lo, hi]}}` (msgfm.evaluation.scoring):
 
-- `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's scalar test metrics
-  `{task: {metric: value}}`, the file flows/retrain.py's champion/challenger gate compares;
-- `evaluate.baselines`: `{variant: {task: {metric: value}}}` for pretrained, scratch and single-sensor
-  (a variant without a checkpoint gets `{"missing": reason}`);
-- `evaluate.ablations`: `{task: {condition: {metric: value}}}` for the pretrained model with each input
+- `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's test entries
+  `{task: entry}`, the file flows/retrain.py's champion/challenger gate compares;
+- `evaluate.baselines`: `{variant: {task: entry}}` for pretrained, scratch, single-sensor (a variant
+  without a checkpoint gets `{"missing": reason}`) and each task's trivial baselines (scoring.TRIVIAL);
+- `evaluate.comparisons`: `{task: {"pretrained vs <other>" | "clean vs <condition>": gain, ci, verdict}}`,
+  paired bootstrap differences on the primary metric (msgfm.evaluation.intervals);
+- `evaluate.ablations`: `{task: {condition: entry}}` for the pretrained model with each input
   sensor dropped (missing modality), corrupted by Gaussian noise, misregistered by `shift_px` pixels, and
   (optical sensors) covered by a synthetic cloud (msgfm.evaluation.ablations); `"clean"` is the
   unmodified test set;
-- `evaluate.generalisation`: `{task: {"test"|"holdout_aoi"|"later": {metric: value}}}` for the pretrained
+- `evaluate.generalisation`: `{task: {"test"|"holdout_aoi"|"later": entry}}` for the pretrained
   model on the held-out biome's AOIs and on chips dated after `finetune.train_until`;
 - plots in `evaluate.plots_dir` (PNG and DVC plot tables; msgfm.evaluation.plots) and the Markdown
   report `evaluate.report` (msgfm.evaluation.report), which states which of the paper's claims held on
