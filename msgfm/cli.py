@@ -386,7 +386,8 @@ def evaluate(params: ParamsOption = Path("params.yaml"), device: DeviceOption = 
     with _lock_outputs("evaluate", p.evaluate.report.parent), _stage_errors(EvaluateError, TaskDataError):
         metrics = run_evaluate(p)
     for task, values in metrics.items():
-        typer.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
+        scalar = sorted((k, v) for k, v in values.items() if isinstance(v, float))
+        typer.echo(f"{task} (n {values['n']['chips']} chips): " + ", ".join(f"{k} {v:.4f}" for k, v in scalar))
     typer.echo(f"report: {p.evaluate.report}")
 
 

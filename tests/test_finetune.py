@@ -36,6 +36,7 @@ from msgfm.datasets.tasks import (
 )
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.report import render_report
+from msgfm.evaluation.scoring import TRIVIAL
 from msgfm.inference.predict import predict
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
@@ -257,7 +258,7 @@ def test_trials_run_in_parallel_on_ray_workers_sharing_a_journal(project: Path) 
 def _cli(project: Path, *args: str) -> tuple[int, str]:
     with working_directory(project):
         result = CliRunner().invoke(app, [*args, "--params", "params.yaml"])
-    return result.exit_code, result.output
+    return result.exit_code, result.output + (repr(result.exception) if result.exit_code else "")
 
 
 def test_bad_inputs_are_clear_errors(project: Path) -> None:
@@ -282,19 +283,35 @@ def test_benchmark_finetune_on_real_bigearthnet_samples(project: Path, test_data
     assert code == 1 and "not sensors of the registry" in out
 
 
-def test_report_states_the_claims_from_the_numbers() -> None:
+def test_report_states_the_claims_from_the_intervals() -> None:
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    n = {"chips": 24, "positions": 8, "blocks": 2, "unit": "position"}
     baselines = {
-        "pretrained": {"classification": {"mAP_micro": 0.8}, "cloud_removal": {"MAE": 0.05}},
+        "pretrained": {"classification": {"mAP_micro": 0.8, "n": n, "ci": {"mAP_micro": [0.7, 0.9]}},
+                       "cloud_removal": {"MAE": 0.05}},
         "scratch": {"classification": {"mAP_micro": 0.6}, "cloud_removal": {"MAE": 0.04}},
         "single_sensor": {t: {"missing": "no model"} for t in TASKS},
-    }
-    text = render_report(params, baselines, {}, {}, {})
-    assert "Pretraining helps at 10% labels (pretrained beats scratch): HELD on 1 of 2 tasks" in text
-    assert "classification: held: 0.8000 vs 0.6000" in text and "cloud_removal: did not hold" in text
+        "class_prior": {"classification": {"mAP_micro": 0.85}},
+    }  # fmt: skip
+    comparisons = {
+        "classification": {
+            "pretrained vs scratch": {"metric": "mAP_micro", "gain": 0.2, "ci": [0.05, 0.3], "verdict": "held"},
+            "pretrained vs class_prior": {"metric": "mAP_micro", "gain": -0.05, "ci": [-0.1, 0.02],
+                                          "verdict": "inconclusive"},
+        },
+        "cloud_removal": {
+            "pretrained vs scratch": {"metric": "MAE", "gain": -0.01, "ci": [-0.02, 0.005], "verdict": "inconclusive"}
+        },
+    }  # fmt: skip
+    text = render_report(params, baselines, {}, {}, {}, comparisons)
+    assert "Pretraining helps at 10% labels (pretrained beats scratch): HELD on 1 of 2 tasks (1 inconclusive)" in text
+    assert "classification: held: 0.8000 vs 0.6000 (mAP_micro, max is better), gain +0.2000 [+0.0500, +0.3000]" in text
+    assert "cloud_removal: inconclusive: 0.0500 vs 0.0400" in text
     assert "Cross-sensor pretraining beats single-sensor pretraining: NOT TESTED" in text
-    tie = render_report(params, {**baselines, "scratch": {"classification": {"mAP_micro": 0.79999}}}, {}, {}, {})
-    assert "classification: did not hold: 0.8000 vs 0.8000 (mAP_micro, max is better); a tie" in tie
+    top = text.split("## Claims on this run")[0]
+    assert "classification: the fine-tuned msGFM does not beat the trivial `class_prior` baseline" in top
+    assert "| pretrained | classification | 24 / 8 / 2 |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE column empty
+    assert "segmentation: the fine-tuned" not in top  # nothing compared there
 
 
 def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
@@ -307,12 +324,22 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     assert code == 0, out
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert set(metrics) == set(TASKS)
-    for task, values in metrics.items():  # the retrain gate's shape: {task: {metric: value}}
-        assert PRIMARY_METRIC[task] in values and set(values) <= set(METRIC_DIRECTIONS)
-        assert all(math.isfinite(v) for v in values.values())
+    for task, values in metrics.items():  # the retrain gate's shape: {task: {metric: value, n, ci}}
+        scalars = {k: v for k, v in values.items() if k not in ("n", "ci")}
+        assert PRIMARY_METRIC[task] in values and set(scalars) <= set(METRIC_DIRECTIONS)
+        assert all(math.isfinite(v) for v in scalars.values())
+        assert values["n"]["chips"] >= values["n"]["positions"] >= values["n"]["blocks"] >= 1
+        lo, hi = values["ci"][PRIMARY_METRIC[task]]
+        assert values["n"]["positions"] < 2 or lo <= values[PRIMARY_METRIC[task]] <= hi
     baselines = json.loads((project / "data/metrics/baselines.json").read_text())
     assert baselines["pretrained"] == metrics and set(baselines["scratch"]) == set(TASKS)
-    assert baselines["input"]["pansharpening"]["PSNR"] > 0 and "missing" in baselines["input"]["segmentation"]
+    assert baselines["hpf"]["pansharpening"]["PSNR"] > baselines["bicubic"]["pansharpening"]["PSNR"] > 0
+    assert set(baselines["input"]) == {"cloud_removal"} and set(baselines["majority_class"]) == {"segmentation"}
+    assert 0 < baselines["class_prior"]["classification"]["mAP_micro"] <= 1
+    comparisons = json.loads((project / "data/metrics/comparisons.json").read_text())
+    for task in TASKS:
+        assert {"pretrained vs scratch", *(f"pretrained vs {t}" for t in TRIVIAL[task])} <= set(comparisons[task])
+        assert all(c["verdict"] in ("held", "did not hold", "inconclusive") for c in comparisons[task].values())
     assert all("missing" in v for v in baselines["single_sensor"].values())
     ablations = json.loads((project / "data/metrics/ablations.json").read_text())
     assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])
@@ -327,8 +354,8 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     assert set(pd.read_csv(plots / "confusion.csv").columns) == {"actual", "predicted"}
     assert len(pd.read_csv(plots / "optuna_segmentation.csv")) == 2  # one trial of each of two variants
     report = (project / "data/reports/report.md").read_text()
-    for task in TASKS:  # the verdict printed for each task follows the numbers
+    for task in TASKS:  # the verdict printed for each task is the interval's
         metric = PRIMARY_METRIC[task]
         a, b = baselines["pretrained"][task][metric], baselines["scratch"][task][metric]
-        held = ((a > b) if METRIC_DIRECTIONS[metric] == "max" else (a < b)) and abs(a - b) > 0.001 * abs(b)
-        assert f"  - {task}: {'held' if held else 'did not hold'}: {a:.4f} vs {b:.4f}" in report
+        verdict = comparisons[task]["pretrained vs scratch"]["verdict"]
+        assert f"  - {task}: {verdict}: {a:.4f} vs {b:.4f}" in report

@@ -430,14 +430,20 @@ def _registry(repo: Path) -> dict:
 
 
 def _assert_decision_follows_the_table(entry: dict, champion: dict, challenger: dict, tolerance: float) -> None:
-    """The history entry compares every champion metric with the challenger's, and decides by the table alone."""
+    """The history entry compares every champion metric with the challenger's, and decides by the table alone:
+    a gated (primary) metric is acceptable unless its gain interval lies below zero (tolerance without one)."""
     rows = {(r["task"], r["metric"]): r for r in entry["comparison"]}
-    assert {(t, m) for t, table in champion.items() for m in table} <= set(rows)
+    assert {(t, m) for t, table in champion.items() for m in table if m not in ("n", "ci")} <= set(rows)
     for (task, metric), row in rows.items():
         assert row["champion"] == champion.get(task, {}).get(metric)
         assert row["challenger"] == challenger[task][metric]
-        if row["champion"] is not None:
-            assert row["acceptable"] == (row["relative_change"] >= -tolerance)
+        if row["champion"] is not None and row["gated"]:
+            if row["gain_ci"] is not None:
+                assert row["acceptable"] == (row["gain_ci"][1] >= 0)
+            else:
+                assert row["acceptable"] == (row["relative_change"] >= -tolerance)
+        elif row["champion"] is not None:
+            assert row["acceptable"]
     assert entry["promoted"] == all(r["acceptable"] for r in rows.values())
     assert entry["metrics"] == challenger
 
@@ -501,6 +507,6 @@ def test_worse_challenger_is_not_promoted(champion_repo, news_repo):
     evaluated = json.loads((repo / cfg.metrics_path).read_text())
     _assert_decision_follows_the_table(entry, before["champion"]["metrics"], evaluated, cfg.tolerance)
     worse = [f"{r['task']}.{r['metric']}" for r in entry["comparison"] if not r["acceptable"]]
-    assert worse and entry["reason"].startswith("worse than the champion beyond tolerance on")
+    assert worse and entry["reason"].startswith("worse than the champion beyond the interval on")
     assert all(name in entry["reason"] for name in worse)
     assert "not promoted: " + entry["reason"] in state.message

@@ -7,11 +7,15 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import average_precision_score, f1_score
 
 from msgfm.metrics import (
+    PSNR_CAP_DB,
     classification_metrics,
     cloud_removal_metrics,
     is_better,
     pansharpening_metrics,
+    per_image,
+    per_image_psnr,
     segmentation_metrics,
+    wang_bovik_q,
 )
 
 
@@ -116,3 +120,45 @@ def test_is_better_respects_direction_and_tolerance() -> None:
     assert not is_better("mIoU", 0.40, 0.51, tolerance=0.05)
     assert is_better("MAE", 0.030, 0.029, tolerance=0.05)
     assert not is_better("MAE", 0.040, 0.029, tolerance=0.05)
+
+
+def test_q_is_wang_bovik_on_8x8_windows_by_hand() -> None:
+    # one 8x8 window: x = 0..63, y = 2x + 1; cov = 2 var, var y = 4 var, mean y = 2 mx + 1
+    x = torch.arange(64, dtype=torch.float64).reshape(1, 1, 8, 8) / 100
+    y = 2 * x + 0.01
+    mx, var = float(x.mean()), float(x.var(unbiased=False))
+    my = 2 * mx + 0.01
+    expected = 4 * (2 * var) * mx * my / ((var + 4 * var) * (mx**2 + my**2))
+    assert float(wang_bovik_q(y.float(), x.float())[0]) == pytest.approx(expected, rel=1e-5)
+    assert float(wang_bovik_q(x.float(), x.float())[0]) == pytest.approx(1.0, abs=1e-6)
+    # 9x8: two windows (rows 0-7 and 1-8), averaged; a constant pair of equal value is 1 (img_qi.m)
+    flat = torch.full((1, 1, 9, 8), 0.3)
+    assert float(wang_bovik_q(flat, flat)[0]) == pytest.approx(1.0)
+    m = pansharpening_metrics(ratio=4)
+    m.update(torch.cat([y, y], dim=1).float(), torch.cat([x, x], dim=1).float())  # two bands (SAM needs them)
+    assert m.compute()["Q"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_psnr_of_a_perfect_prediction_is_capped() -> None:
+    target = torch.rand(2, 3, 16, 16)
+    m = cloud_removal_metrics()
+    m.update(target, target)
+    assert m.compute()["PSNR"] == pytest.approx(PSNR_CAP_DB)
+    assert float(per_image_psnr(target * 0.5, target).max()) < PSNR_CAP_DB
+
+
+@pytest.mark.parametrize("task", ["cloud_removal", "pansharpening"])
+def test_per_image_values_average_to_the_task_metrics(task: str) -> None:
+    rng = np.random.default_rng(4)
+    target = torch.tensor(rng.uniform(0.05, 0.6, size=(5, 4, 32, 32)), dtype=torch.float32)
+    preds = (target + torch.tensor(rng.normal(0, 0.03, size=target.shape), dtype=torch.float32)).clamp(0, 1)
+    m = cloud_removal_metrics() if task == "cloud_removal" else pansharpening_metrics(ratio=4)
+    m.update(preds[:2], target[:2])
+    m.update(preds[2:], target[2:])
+    streamed = m.compute()
+    values = per_image(task, preds, target)
+    for name, v in values.items():
+        if name == "MSE":
+            assert float(v.mean().sqrt()) == pytest.approx(streamed["RMSE"], rel=1e-4)
+        else:
+            assert float(v.mean()) == pytest.approx(streamed[name], rel=1e-4), name

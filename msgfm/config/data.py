@@ -67,7 +67,9 @@ class RetrainParams(Section):
         description="when the retrain-on-new-acquisitions deployment polls the source (5-field cron)",
     )
     timezone: str = Field("UTC", description="IANA time zone the cron schedule is read in")
-    tolerance: float = Field(0.02, ge=0, le=1, description="largest relative loss on any metric still promoted")
+    tolerance: float = Field(
+        0.02, ge=0, le=1, description="relative loss still promoted on a gated metric without intervals"
+    )
     lock_path: Path = Field(Path("data/retrain.lock"), description="file lock held while a retraining run works")
     lock_wait_s: float = Field(0, ge=0, le=86400, description="wait this long for a running retrain, then exit")
     registry_path: Path = Path("data/models/registry.json")

@@ -184,13 +184,19 @@ class FinetuneParams(Section):
 class EvaluateParams(Section):
     """`msgfm evaluate`: test metrics of every variant, modality ablations, generalisation, plots and report."""
 
-    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v}}")
-    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v}}}")
+    metrics: Path = Field(Path("data/metrics/evaluate.json"), description="msGFM pretrained {task: {metric: v, n, ci}}")
+    baselines: Path = Field(Path("data/metrics/baselines.json"), description="{variant: {task: {metric: v, n, ci}}}")
     ablations: Path = Field(Path("data/metrics/ablations.json"), description="{task: {condition: {metric: v}}}")
     generalisation: Path = Field(Path("data/metrics/generalisation.json"), description="held-out AOI and dates")
+    comparisons: Path = Field(Path("data/metrics/comparisons.json"), description="paired differences and verdicts")
     plots_dir: Path = Field(Path("data/plots/evaluate"), description="PNG figures and DVC plot tables")
     report: Path = Field(Path("data/reports/report.md"), description="the Markdown report")
     noise_std: float = Field(1.0, ge=0, description="ablation: Gaussian noise std added to a sensor (normalised units)")
     shift_px: int = Field(4, ge=1, le=64, description="ablation: misregistration of a sensor, pixels")
     cloud_cover: float = Field(0.4, gt=0, le=1, description="ablation: share of an optical chip covered by cloud")
     examples: int = Field(3, ge=1, le=16, description="chips in the example PNGs")
+    bootstrap_unit: Literal["position", "block"] = Field(
+        "position", description="what a bootstrap resample draws: chip positions (all dates of a place) or blocks"
+    )
+    bootstrap_resamples: int = Field(1000, ge=1, le=100000, description="bootstrap resamples per interval")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of every interval")

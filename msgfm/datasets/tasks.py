@@ -251,11 +251,16 @@ def _cloud_removal(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, 
     return TaskSplit(images, bands, present, target, list(anchors["id"]))
 
 
+def wald_ms_upsampled(reference: torch.Tensor) -> torch.Tensor:
+    """Wald's protocol on reflectance (B, C, H, W): degraded by PAN_RATIO (block mean), upsampled bicubically."""
+    ms_low = F.avg_pool2d(reference, PAN_RATIO)
+    return F.interpolate(ms_low, size=reference.shape[-2:], mode="bicubic", align_corners=False)
+
+
 def wald_pansharpening_input(reference: torch.Tensor) -> torch.Tensor:
     """Wald's protocol on reflectance (B, 4, H, W): MS degraded by PAN_RATIO, upsampled, plus PAN high-pass detail."""
     size = reference.shape[-2:]
-    ms_low = F.avg_pool2d(reference, PAN_RATIO)
-    ms_up = F.interpolate(ms_low, size=size, mode="bicubic", align_corners=False)
+    ms_up = wald_ms_upsampled(reference)
     pan = reference.mean(dim=1, keepdim=True)
     pan_low = F.interpolate(F.avg_pool2d(pan, PAN_RATIO), size=size, mode="bicubic", align_corners=False)
     return ms_up + (pan - pan_low)

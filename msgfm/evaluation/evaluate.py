@@ -1,16 +1,19 @@
 """`msgfm evaluate`: test metrics of the fine-tuned models, baselines, modality ablations, generalisation, report.
 
-Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes:
+Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes, each entry
+`{metric: value, "n": {chips, positions, blocks, unit}, "ci": {metric: [lo, hi]}}` (msgfm.evaluation.scoring):
 
-- `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's scalar test metrics
-  `{task: {metric: value}}`, the file flows/retrain.py's champion/challenger gate compares;
-- `evaluate.baselines`: `{variant: {task: {metric: value}}}` for pretrained, scratch and single-sensor
-  (a variant without a checkpoint gets `{"missing": reason}`);
-- `evaluate.ablations`: `{task: {condition: {metric: value}}}` for the pretrained model with each input
+- `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's test entries
+  `{task: entry}`, the file flows/retrain.py's champion/challenger gate compares;
+- `evaluate.baselines`: `{variant: {task: entry}}` for pretrained, scratch, single-sensor (a variant
+  without a checkpoint gets `{"missing": reason}`) and each task's trivial baselines (scoring.TRIVIAL);
+- `evaluate.comparisons`: `{task: {"pretrained vs <other>" | "clean vs <condition>": gain, ci, verdict}}`,
+  paired bootstrap differences on the primary metric (msgfm.evaluation.intervals);
+- `evaluate.ablations`: `{task: {condition: entry}}` for the pretrained model with each input
   sensor dropped (missing modality), corrupted by Gaussian noise, misregistered by `shift_px` pixels, and
   (optical sensors) covered by a synthetic cloud (msgfm.evaluation.ablations); `"clean"` is the
   unmodified test set;
-- `evaluate.generalisation`: `{task: {"test"|"holdout_aoi"|"later": {metric: value}}}` for the pretrained
+- `evaluate.generalisation`: `{task: {"test"|"holdout_aoi"|"later": entry}}` for the pretrained
   model on the held-out biome's AOIs and on chips dated after `finetune.train_until`;
 - plots in `evaluate.plots_dir` (PNG and DVC plot tables; msgfm.evaluation.plots) and the Markdown
   report `evaluate.report` (msgfm.evaluation.report), which states which of the paper's claims held on
@@ -26,13 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from msgfm.datasets.tasks import TASKS, TaskData, TaskSplit, accepted_chips, build_task_data, get_task
+from msgfm.datasets.tasks import TASKS, TaskData, accepted_chips, build_task_data, get_task
 from msgfm.evaluation.ablations import ablation_conditions
 from msgfm.evaluation.plots import ablation_plot, image_examples, optuna_history, segmentation_plots
 from msgfm.evaluation.report import render_report
+from msgfm.evaluation.scoring import TRIVIAL, Evidence, Scored, evidence, score, score_outputs, trivial_outputs
 from msgfm.geo.io import atomic_write_json, atomic_write_text
-from msgfm.inference.predict import evaluate_split
-from msgfm.metrics import scalars
 from msgfm.models.device import resolve_device
 from msgfm.models.finetuned import BEST_FILE, VARIANTS, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model
 from msgfm.models.heads import TaskModel
@@ -62,64 +64,62 @@ def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, 
     return model.to(resolve_device(params.finetune.device)).eval(), best
 
 
-def input_as_prediction(data: TaskData, split: TaskSplit) -> dict[str, float]:
-    """Image tasks: metrics of the residual input itself as the prediction (the cloudy chip, the HPF fusion)."""
-    spec = data.spec
-    metrics = spec.metrics(data.num_classes)
-    order = [split.bands[spec.residual].index(b) for b in spec.out_bands]
-    metrics.update(spec.to_metric_space(split.images[spec.residual][:, order]), spec.to_metric_space(split.target))
-    return scalars(metrics.compute())
-
-
 @dataclass
 class _Results:
     """Everything `msgfm evaluate` writes, filled task by task."""
 
-    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
-    baselines: dict[str, dict[str, Any]] = field(default_factory=lambda: {v: {} for v in (*VARIANTS, "input")})
+    evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {v: {} for v in (*VARIANTS, *dict.fromkeys(n for t in TRIVIAL.values() for n in t))}
+    )
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
     generalisation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _score_pretrained(
-    params: Params, data: TaskData, model: TaskModel, metrics: dict[str, Any], results: _Results
-) -> None:
-    """The pretrained model's test metrics, ablations, generalisation sets and plots."""
+def _score_pretrained(params: Params, data: TaskData, model: TaskModel, clean: Scored, ev: Evidence, loaded: Any,
+                      results: _Results) -> None:  # fmt: skip
+    """The pretrained model's test metrics, ablations (each paired with the clean set), generalisation sets, plots."""
     task, test, plots = data.spec.name, data.splits["test"], params.evaluate.plots_dir
-    results.evaluate[task] = scalars(metrics)
+    results.evaluate[task] = record = ev.record(clean)
     ablations = results.ablations[task] = {}
     for name, condition in ablation_conditions(params, data, test).items():
         if isinstance(condition, str):
             ablations[name] = {"n/a": condition}
         elif condition is test:  # "clean": the test metrics just computed
-            ablations[name] = scalars(metrics)
+            ablations[name] = record
         else:
-            ablations[name] = scalars(evaluate_split(model, data, condition, 32))
-    results.generalisation[task] = {"test": scalars(metrics)}
+            scored = score(model, data, condition, 32)
+            ablations[name] = ev.record(scored)
+            results.comparisons[task][f"clean vs {name}"] = ev.compare(clean, scored, task).record()
+    results.generalisation[task] = {"test": record}
     for name in ("holdout_aoi", "later"):
         split = data.splits.get(name)
         results.generalisation[task][name] = (
-            scalars(evaluate_split(model, data, split, 32))
+            evidence(params, loaded[1], split).record(score(model, data, split, 32))
             if split is not None
             else {"n/a": data.notes.get(name, "no chips")}
         )
     if task == "segmentation":
-        segmentation_plots(model, data, test, metrics, plots, params.seed)
+        segmentation_plots(model, data, test, clean.metrics, plots, params.seed)
     elif data.spec.kind == "image":
         image_examples(model, data, test, params.evaluate.examples, plots / f"{task}_examples.png")
 
 
 def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) -> None:
-    """Every variant of one task on its test split; the pretrained model also under ablations."""
+    """Every variant and trivial baseline of one task on its test split, paired against the pretrained model."""
     data = build_task_data(params, task, loaded=loaded)
     results.notes[task] = dict(data.notes)
     test = data.splits.get("test")
     if test is None:
         raise EvaluateError(f"{params.finetune.manifest}: no {task} test chips")
-    results.baselines["input"][task] = (
-        input_as_prediction(data, test) if data.spec.kind == "image" else {"missing": "not an image task"}
-    )
+    ev = evidence(params, loaded[1], test)
+    results.comparisons[task] = {}
+    scored: dict[str, Scored] = {}
+    for name in TRIVIAL[task]:
+        scored[name] = score_outputs(data, test, trivial_outputs(name, data, test))
+        results.baselines[name][task] = ev.record(scored[name])
     for variant in VARIANTS:
         found = load_finetuned(params, task, variant)
         if isinstance(found, str):
@@ -134,10 +134,15 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
                 f"from the data's {list(data.class_codes)}; re-run `msgfm finetune --task {task}`"
             )
         log.info("evaluate %s/%s on %d test chips", task, variant, len(test))
-        metrics = evaluate_split(model, data, test, params.finetune.eval_batch_size)
-        results.baselines[variant][task] = scalars(metrics)
+        scored[variant] = score(model, data, test, params.finetune.eval_batch_size)
+        results.baselines[variant][task] = ev.record(scored[variant])
         if variant == "pretrained":
-            _score_pretrained(params, data, model, metrics, results)
+            _score_pretrained(params, data, model, scored[variant], ev, loaded, results)
+    for other in [*VARIANTS[1:], *TRIVIAL[task]]:
+        if other in scored:
+            results.comparisons[task][f"pretrained vs {other}"] = ev.compare(
+                scored["pretrained"], scored[other], task
+            ).record()
     optuna_history(params, task, params.evaluate.plots_dir)
 
 
@@ -155,6 +160,9 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     atomic_write_json(cfg.baselines, results.baselines)
     atomic_write_json(cfg.ablations, results.ablations)
     atomic_write_json(cfg.generalisation, results.generalisation)
-    report = render_report(params, results.baselines, results.ablations, results.generalisation, results.notes)
+    atomic_write_json(cfg.comparisons, results.comparisons)
+    report = render_report(
+        params, results.baselines, results.ablations, results.generalisation, results.notes, results.comparisons
+    )
     atomic_write_text(cfg.report, report)
     return results.evaluate

@@ -1,8 +1,10 @@
 """The Markdown report of `msgfm evaluate`: which of the paper's claims held on this run, and every number.
 
-A claim holds on a task when the pretrained msGFM beats the other variant on the task's primary metric
-by more than TIE_TOLERANCE (relative); the report then lists the test metrics of every variant, the
-modality ablations and the generalisation sets.
+Every claim is a paired difference on the task's primary metric with its bootstrap interval over the
+test set's independent units (msgfm.evaluation.intervals): "held" when the interval lies on the better
+side of zero, "did not hold" when none of it does, "inconclusive" otherwise. Every number carries its
+interval and n (chips / positions / blocks). A task whose pretrained model is not shown to beat its
+trivial baselines (msgfm.evaluation.scoring.TRIVIAL) is named at the top.
 """
 
 from __future__ import annotations
@@ -10,89 +12,118 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from msgfm.datasets.tasks import TASKS
-from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC, is_better
+from msgfm.evaluation.scoring import TRIVIAL, best_trivial_gap
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 
 if TYPE_CHECKING:
     from msgfm.config import Params
 
-TIE_TOLERANCE = 0.001
-"""Relative difference below which two variants tie: a claim needs a difference larger than this."""
+
+def _ci(row: dict[str, Any], metric: str) -> str:
+    """`value [lo, hi]` of a metric of a record (the value alone when it has no interval)."""
+    value = row[metric]
+    lo, hi = (row.get("ci", {}).get(metric) or [None, None])[:2]
+    return f"{value:.4f}" if lo is None or hi is None else f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def claim(task: str, a: dict[str, Any], b: dict[str, Any]) -> tuple[bool | None, str]:
-    """Whether a beats b on the task's primary metric (None when either is missing), and the numbers."""
+def _n(row: dict[str, Any]) -> str:
+    n = row.get("n")
+    return "" if not n else f"{n['chips']} / {n['positions']} / {n['blocks']}"
+
+
+def _gain(c: dict[str, Any]) -> str:
+    lo, hi = c["ci"]
+    interval = "no interval" if lo is None or hi is None else f"[{lo:+.4f}, {hi:+.4f}]"
+    return f"gain {c['gain']:+.4f} {interval}"
+
+
+def claim(task: str, a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any] | None) -> tuple[str, str]:
+    """The verdict of a over b on the task's primary metric ("not tested" when missing) and its numbers."""
     metric = PRIMARY_METRIC[task]
-    if metric not in a or metric not in b:
-        return None, "missing"
-    text = f"{a[metric]:.4f} vs {b[metric]:.4f} ({metric}, {METRIC_DIRECTIONS[metric]} is better)"
-    if abs(a[metric] - b[metric]) <= TIE_TOLERANCE * abs(b[metric]):
-        return False, f"{text}; a tie (within {TIE_TOLERANCE:.1%})"
-    return is_better(metric, a[metric], b[metric]), text
+    if metric not in a or metric not in b or comparison is None:
+        return "not tested", "missing"
+    text = f"{a[metric]:.4f} vs {b[metric]:.4f} ({metric}, {METRIC_DIRECTIONS[metric]} is better), {_gain(comparison)}"
+    return comparison["verdict"], text
 
 
-def _claims(fraction: float, baselines: dict) -> list[str]:
-    """One verdict line per claim, and under it one line per task with the numbers."""
+def _claims(fraction: float, baselines: dict, comparisons: dict) -> list[str]:
+    """One verdict line per claim, and under it one line per task with the numbers and the interval."""
     lines = []
     for title, other in (
         (f"Pretraining helps at {fraction:.0%} labels (pretrained beats scratch)", "scratch"),
         ("Cross-sensor pretraining beats single-sensor pretraining", "single_sensor"),
     ):
-        verdicts = {t: claim(t, baselines["pretrained"].get(t, {}), baselines[other].get(t, {})) for t in TASKS}
-        known = [v for v, _ in verdicts.values() if v is not None]
+        verdicts = {
+            t: claim(t, baselines["pretrained"].get(t, {}), baselines.get(other, {}).get(t, {}),
+                     comparisons.get(t, {}).get(f"pretrained vs {other}"))
+            for t in TASKS
+        }  # fmt: skip
+        known = [v for v, _ in verdicts.values() if v != "not tested"]
         if not known:
             summary = "NOT TESTED (baseline missing)"
         else:
-            summary = (
-                f"HELD on {sum(known)} of {len(known)} tasks"
-                if any(known)
-                else f"DID NOT HOLD on any of {len(known)} tasks"
-            )
+            held, unsure = known.count("held"), known.count("inconclusive")
+            summary = f"HELD on {held} of {len(known)} tasks ({unsure} inconclusive)"
         lines.append(f"- **{title}: {summary}.**")
-        for task, (held, text) in verdicts.items():
-            word = {True: "held", False: "did not hold", None: "not tested"}[held]
-            lines.append(f"  - {task}: {word}: {text}")
+        lines += [f"  - {task}: {word}: {text}" for task, (word, text) in verdicts.items()]
+    return lines
+
+
+def _trivial_warnings(comparisons: dict) -> list[str]:
+    """A line per task whose pretrained model is not shown to beat one of its trivial baselines."""
+    lines = []
+    for task in (t for t in TASKS if comparisons.get(t)):
+        for name in best_trivial_gap(task, comparisons.get(task, {})):
+            c = comparisons.get(task, {}).get(f"pretrained vs {name}")
+            what = f"{c['verdict']}, {_gain(c)}" if c else "not compared"
+            lines.append(f"- **{task}: the fine-tuned msGFM does not beat the trivial `{name}` baseline** ({what}).")
     return lines
 
 
 def _variant_table(baselines: dict) -> list[str]:
-    """Test metrics of every variant and task, one column per scalar metric."""
+    """Test metrics (with intervals) of every variant and trivial baseline, one column per scalar metric."""
     metrics_order = sorted({m for v in baselines.values() for t in v.values() for m in t if m in METRIC_DIRECTIONS})
-    lines = ["| variant | task | " + " | ".join(metrics_order) + " |", "|---|---|" + "---|" * len(metrics_order)]
+    lines = [
+        "| variant | task | n | " + " | ".join(metrics_order) + " |",
+        "|---|---|---|" + "---|" * len(metrics_order),
+    ]
     for variant, tasks in baselines.items():
         for task in TASKS:
-            row = tasks.get(task, {})
-            if "missing" in row and variant == "input":
+            if task not in tasks:
                 continue
+            row = tasks[task]
             if "missing" in row:
-                lines.append(f"| {variant} | {task} | missing: {row['missing']} |")
+                lines.append(f"| {variant} | {task} | | missing: {row['missing']} |")
                 continue
-            cells = [f"{row[m]:.4f}" if m in row else "" for m in metrics_order]
-            lines.append(f"| {variant} | {task} | " + " | ".join(cells) + " |")
+            cells = [_ci(row, m) if m in row else "" for m in metrics_order]
+            lines.append(f"| {variant} | {task} | {_n(row)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _ablation_table(ablations: dict) -> list[str]:
-    """The primary metric of every task under every condition, and its change against the clean test set."""
-    lines = ["| task | condition | value | change vs clean |", "|---|---|---|---|"]
+def _ablation_table(ablations: dict, comparisons: dict) -> list[str]:
+    """The primary metric under every condition, and the clean set's gain over it (paired) with its verdict."""
+    lines = ["| task | condition | value | clean's gain over it | the sensor matters |", "|---|---|---|---|---|"]
     for task, conditions in ablations.items():
         metric = PRIMARY_METRIC[task]
-        clean = conditions.get("clean", {}).get(metric)
         for name, values in conditions.items():
             if "n/a" in values:
-                lines.append(f"| {task} | {name} | n/a: {values['n/a']} | |")
-            else:
-                delta = values[metric] - clean if clean is not None else float("nan")
-                lines.append(f"| {task} | {name} | {values[metric]:.4f} ({metric}) | {delta:+.4f} |")
+                lines.append(f"| {task} | {name} | n/a: {values['n/a']} | | |")
+                continue
+            c = comparisons.get(task, {}).get(f"clean vs {name}")
+            gain, word = (_gain(c), c["verdict"]) if c else ("", "")
+            lines.append(f"| {task} | {name} | {_ci(values, metric)} ({metric}) | {gain} | {word} |")
     return lines
 
 
 def _generalisation_table(generalisation: dict) -> list[str]:
-    """The primary metric of every task on the test set, the held-out AOIs and the later dates."""
+    """The primary metric (with interval and n) of every task on the test set, held-out AOIs and later dates."""
     lines = ["| task | test | held-out AOIs | later dates |", "|---|---|---|---|"]
     for task, sets in generalisation.items():
         metric = PRIMARY_METRIC[task]
         cells = [
-            f"{sets[s][metric]:.4f}" if metric in sets.get(s, {}) else f"n/a ({sets.get(s, {}).get('n/a', 'missing')})"
+            f"{_ci(sets[s], metric)} (n {_n(sets[s])})"
+            if metric in sets.get(s, {})
+            else f"n/a ({sets.get(s, {}).get('n/a', 'missing')})"
             for s in ("test", "holdout_aoi", "later")
         ]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
@@ -100,30 +131,48 @@ def _generalisation_table(generalisation: dict) -> list[str]:
 
 
 def render_report(
-    params: Params, baselines: dict, ablations: dict, generalisation: dict, notes: dict[str, dict[str, str]]
+    params: Params,
+    baselines: dict,
+    ablations: dict,
+    generalisation: dict,
+    notes: dict[str, dict[str, str]],
+    comparisons: dict | None = None,
 ) -> str:
-    """The Markdown report: tables of every number and, plainly, which claims held on this run."""
-    cfg = params.finetune
+    """The Markdown report: tables of every number with its interval and, plainly, which claims held."""
+    cfg, ev = params.finetune, params.evaluate
+    comparisons = comparisons or {}
+    warnings = _trivial_warnings(comparisons)
     lines = [
         "# msGFM evaluation report",
         "",
+        *(["## Tasks that do not beat their trivial baseline", "", *warnings, ""] if warnings else []),
         f"Label budget: {cfg.label_fraction:.0%} of the training chips; {cfg.trials} Optuna trials per task and "
-        f"variant, {cfg.epochs} epochs each; held-out AOIs {cfg.holdout_aois}; "
-        f"later dates after {cfg.train_until}.",
+        f"variant, {cfg.epochs} epochs each, one fine-tuning seed ({params.seed}); held-out AOIs "
+        f"{cfg.holdout_aois}; later dates after {cfg.train_until}.",
+        "",
+        f"Intervals: {ev.confidence:.0%} percentile bootstrap, {ev.bootstrap_resamples} resamples of the test "
+        f"set's chip {ev.bootstrap_unit}s (every chip of a drawn {ev.bootstrap_unit} comes with it; a comparison "
+        "resamples both models' chips together). n = chips / positions / blocks. A claim *held* when the "
+        "interval of the gain lies above zero, *did not hold* when none of it does, else it is *inconclusive*.",
         "",
         "## Claims on this run",
         "",
-        *_claims(cfg.label_fraction, baselines),
+        *_claims(cfg.label_fraction, baselines, comparisons),
         "",
         "## Test metrics per variant",
         "",
-        "`input`: the image tasks' input taken as the prediction (the cloudy chip; the HPF-fused MS), no network.",
+        "Trivial baselines, no learned weights: "
+        + "; ".join(f"{t}: {', '.join(n)}" for t, n in TRIVIAL.items())
+        + " (`class_prior`: the labelled training chips' class frequencies for every chip; `majority_class`: "
+        "their most frequent pixel class everywhere; `input`: the cloudy chip; `hpf`: the HPF-fused MS the "
+        "network corrects; `bicubic`: the degraded MS upsampled). Q is Wang-Bovik's on 8x8 sliding windows, "
+        "UIQI_gauss torchmetrics' Gaussian-window variant; PSNR is capped at 100 dB per image.",
         "",
         *_variant_table(baselines),
         "",
         "## Modality ablations (pretrained msGFM, primary metric)",
         "",
-        *_ablation_table(ablations),
+        *_ablation_table(ablations, comparisons),
         "",
         "## Generalisation (pretrained msGFM, primary metric)",
         "",

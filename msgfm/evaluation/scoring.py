@@ -1,0 +1,118 @@
+"""A model (or a trivial predictor) scored on a split with the evidence behind each number.
+
+`score` runs the model once and keeps both the torchmetrics values (msgfm.metrics) and the per-chip
+statistics (msgfm.evaluation.chipstats); `Evidence` knows the split's independent units (chip positions or
+spatial blocks, `evaluate.bootstrap_unit`) and their bootstrap draws, so `record` writes a metrics entry with
+its n and intervals and `compare` a paired difference with its verdict. The trivial predictors of each task
+(`TRIVIAL`) need no network: the class prior, the majority class, the input itself, HPF and bicubic fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from msgfm.datasets.tasks import IGNORE_INDEX, TaskData, TaskSplit, wald_ms_upsampled
+from msgfm.evaluation.chipstats import ChipStats, chip_stats
+from msgfm.evaluation.intervals import Comparison, Resamples, intervals, paired, resample
+from msgfm.inference.predict import predict
+from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.models.heads import TaskModel
+
+if TYPE_CHECKING:
+    from msgfm.config import Params
+
+TRIVIAL: dict[str, tuple[str, ...]] = {
+    "classification": ("class_prior",),
+    "cloud_removal": ("input",),
+    "pansharpening": ("hpf", "bicubic"),
+    "segmentation": ("majority_class",),
+}
+"""Each task's trivial baselines: predictors that look at no learned weights."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's metrics on a split (torchmetrics) and the per-chip statistics they are made of."""
+
+    metrics: dict[str, Any]
+    stats: ChipStats
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The independent units of one split and their bootstrap draws."""
+
+    draws: Resamples
+    n: dict[str, Any]
+
+    def record(self, scored: Scored) -> dict[str, Any]:
+        """The split's scalar metrics, n (chips, positions, blocks, the bootstrap unit) and each metric's interval."""
+        found = intervals(scored.stats.statistic, self.draws)
+        values = {k: float(v) for k, v in scored.metrics.items() if k in METRIC_DIRECTIONS}
+        return {**values, "n": dict(self.n), "ci": {k: found[k].bounds() for k in values if k in found}}
+
+    def compare(self, first: Scored, second: Scored, task: str) -> Comparison:
+        """The gain of `first` over `second` on the task's primary metric (paired over the same chips)."""
+        metric = PRIMARY_METRIC[task]
+        return paired(first.stats.statistic, second.stats.statistic, self.draws, metric, METRIC_DIRECTIONS[metric])
+
+
+def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit) -> Evidence:
+    """Units of the split's chips (from the manifest rows, by chip id) and their seeded bootstrap draws."""
+    cfg = params.evaluate
+    found = rows.drop_duplicates("id").set_index("id").reindex(split.ids)
+    if found["aoi"].isna().any():
+        missing = [i for i, a in zip(split.ids, found["aoi"], strict=True) if pd.isna(a)][:3]
+        raise ValueError(f"{params.finetune.manifest}: chips {missing} of the split are not in the manifest")
+    position = found["aoi"].astype(str) + "/" + found["grid"].astype(str) + "/" + found["row"].astype(str)
+    position = position + "/" + found["col"].astype(str)
+    block = found["aoi"].astype(str) + "/" + found["block"].astype(str)
+    units = position if cfg.bootstrap_unit == "position" else block
+    draws = resample(list(units), cfg.bootstrap_resamples, params.seed, cfg.confidence)
+    n = {"chips": len(split), "positions": int(position.nunique()), "blocks": int(block.nunique()),
+         "unit": cfg.bootstrap_unit}  # fmt: skip
+    return Evidence(draws, n)
+
+
+def score_outputs(data: TaskData, split: TaskSplit, outputs: torch.Tensor) -> Scored:
+    """Metrics and per-chip statistics of outputs: logits, or images in metric space (reflectance 0..1)."""
+    spec = data.spec
+    metrics = spec.metrics(data.num_classes)
+    target = spec.to_metric_space(split.target) if spec.kind == "image" else split.target
+    metrics.update(outputs, target if spec.kind == "image" else target.long())
+    return Scored(metrics.compute(), chip_stats(spec, data.num_classes, outputs, target))
+
+
+def score(model: TaskModel, data: TaskData, split: TaskSplit, batch_size: int) -> Scored:
+    """Run the model once over the split and score its outputs."""
+    outputs = predict(model, split, batch_size)
+    return score_outputs(data, split, data.spec.to_metric_space(outputs) if data.spec.kind == "image" else outputs)
+
+
+def trivial_outputs(name: str, data: TaskData, split: TaskSplit) -> torch.Tensor:
+    """What trivial predictor `name` outputs on the split (logits, or images in metric space)."""
+    spec, train = data.spec, data.splits["train"]
+    if name == "class_prior":  # the labelled training chips' class frequencies, for every chip
+        prior = train.target.float().mean(0).clamp(1e-4, 1 - 1e-4)
+        return torch.logit(prior).expand(len(split), -1).clone()
+    if name == "majority_class":  # the most frequent class of the labelled training pixels, everywhere
+        labels = train.target[train.target != IGNORE_INDEX].long()
+        majority = int(torch.bincount(labels, minlength=data.num_classes).argmax())
+        logits = torch.zeros(len(split), data.num_classes, *split.target.shape[-2:])
+        logits[:, majority] = 1.0
+        return logits
+    if name in ("input", "hpf"):  # the cloudy chip; the HPF-fused MS the network corrects
+        order = [split.bands[spec.residual].index(b) for b in spec.out_bands]
+        return spec.to_metric_space(split.images[spec.residual][:, order])
+    if name == "bicubic":  # the degraded MS upsampled bicubically, no PAN detail
+        return wald_ms_upsampled(spec.to_metric_space(split.target)).clamp(0.0, 1.0)
+    raise ValueError(f"unknown trivial baseline {name!r}; known: {sorted({n for v in TRIVIAL.values() for n in v})}")
+
+
+def best_trivial_gap(task: str, comparisons: dict[str, dict[str, Any]]) -> list[str]:
+    """The trivial baselines of the task the pretrained model is not shown to beat (verdict not "held")."""
+    return [name for name in TRIVIAL[task] if comparisons.get(f"pretrained vs {name}", {}).get("verdict") != "held"]

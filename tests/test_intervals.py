@@ -1,0 +1,78 @@
+"""The bootstrap over spatial units (msgfm.evaluation.intervals) on data whose truth is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msgfm.evaluation.intervals import Interval, intervals, paired, resample, verdict
+
+
+def _mean_of(values: np.ndarray):
+    """A statistic: the weighted mean of per-chip values."""
+
+    def statistic(weights: np.ndarray) -> dict[str, np.ndarray]:
+        return {"MAE": weights @ values / weights.sum(1)}
+
+    return statistic
+
+
+def test_weights_draw_units_not_chips():
+    units = ["a", "a", "a", "b", "c", "c"]
+    draws = resample(units, 200, seed=0)
+    assert draws.units == 3 and draws.weights.shape == (200, 6)
+    w = draws.weights
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 1] == w[:, 2]).all() and (w[:, 4] == w[:, 5]).all()
+    # every resample draws 3 units: the unit counts sum to 3
+    assert (w[:, [0, 3, 4]].sum(1) == 3).all()
+    assert not (w[:, 0] == w[:, 3]).all()
+
+
+def test_one_unit_gives_no_interval_and_no_verdict():
+    values = np.array([0.1, 0.2, 0.3])
+    draws = resample(["x"] * 3, 100, seed=0)
+    iv = intervals(_mean_of(values), draws)["MAE"]
+    assert iv.value == pytest.approx(0.2) and np.isnan(iv.lo) and np.isnan(iv.hi)
+    assert paired(_mean_of(values), _mean_of(values + 1), draws, "MAE", "min").verdict == "inconclusive"
+
+
+def test_a_true_difference_holds_and_no_difference_is_inconclusive():
+    rng = np.random.default_rng(1)
+    units = np.repeat(np.arange(40), 3)  # 40 places, 3 dates each
+    place = rng.normal(0.05, 0.02, 40)[units]  # what a place makes hard, shared by both models
+    base = place + rng.normal(0, 0.01, len(units))
+    better = base - 0.01 + rng.normal(0, 0.005, len(units))  # MAE: lower is better
+    same = base + rng.normal(0, 0.005, len(units))
+    draws = resample(units, 1000, seed=0)
+    held = paired(_mean_of(better), _mean_of(base), draws, "MAE", "min")
+    assert held.verdict == "held" and held.gain.value == pytest.approx(0.01, abs=0.003)
+    assert paired(_mean_of(base), _mean_of(better), draws, "MAE", "min").verdict == "did not hold"
+    assert paired(_mean_of(same), _mean_of(base), draws, "MAE", "min").verdict == "inconclusive"
+
+
+def test_coverage_of_the_mean_is_about_95_percent():
+    rng = np.random.default_rng(2)
+    hits, runs = 0, 300
+    for i in range(runs):
+        units = np.repeat(np.arange(30), 4)
+        values = rng.normal(1.0, 1.0, 30)[units] + rng.normal(0, 0.5, len(units))  # true mean 1.0
+        iv = intervals(_mean_of(values), resample(units, 400, seed=i))["MAE"]
+        hits += iv.lo <= 1.0 <= iv.hi
+    assert 0.88 <= hits / runs <= 0.99
+
+
+def test_clustered_chips_get_the_wider_interval_of_their_places():
+    rng = np.random.default_rng(3)
+    units = np.repeat(np.arange(10), 20)
+    values = rng.normal(0, 1, 10)[units] + rng.normal(0, 0.1, len(units))
+    by_place = intervals(_mean_of(values), resample(units, 1000, seed=0))["MAE"]
+    by_chip = intervals(_mean_of(values), resample(np.arange(len(units)), 1000, seed=0))["MAE"]
+    assert (by_place.hi - by_place.lo) > 3 * (by_chip.hi - by_chip.lo)
+
+
+def test_verdict_follows_the_interval():
+    assert verdict(Interval(0.2, 0.01, 0.3)) == "held"
+    assert verdict(Interval(-0.2, -0.3, -0.01)) == "did not hold"
+    assert verdict(Interval(0.0, 0.0, 0.0)) == "did not hold"  # a certain tie: not better
+    assert verdict(Interval(0.1, -0.01, 0.3)) == "inconclusive"
+    assert verdict(Interval(0.1, float("nan"), float("nan"))) == "inconclusive"
