@@ -107,7 +107,8 @@ def test_pairs_gate_accepts_the_manifest(pipeline_root, tmp_path):  # noqa: F811
     assert result.passed, result.message
     report = json.loads((root / "data/reports/gates/pairs.json").read_text())
     assert report["dataset_checks"] == {
-        "schema": True, "unique_ids": True, "splits_disjoint": True, "classes_in_train": True, "paired_fraction": True,
+        "schema": True, "unique_ids": True, "splits_complete": True, "splits_disjoint": True, "classes_in_train": True,
+        "paired_fraction": True,
     }  # fmt: skip
     assert set(report["chips_by_split"]) == {"train", "val", "test"} and report["paired_fraction"] > 0.3
 
@@ -131,6 +132,20 @@ def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(pipeline_root, 
     assert "store_index outside the store" in decisions.loc[manifest.loc[train[2], "id"], "reasons"]
     few = _gate_pairs(copy_pipeline(pipeline_root, tmp_path / "b"), GatesParams(min_paired_fraction=0.99))
     assert few.failed_dataset_checks == ["paired_fraction"]
+
+
+def test_pairs_gate_fails_a_manifest_without_val_chips(pipeline_root, tmp_path):  # noqa: F811
+    """No val chips: pretraining would train and then fail at its validation; the gate stops it first."""
+    root = copy_pipeline(pipeline_root, tmp_path)
+    path = root / "data/manifest.parquet"
+    manifest = pd.read_parquet(path)
+    manifest = manifest[manifest["split"] != "val"]
+    manifest.to_parquet(path)
+    index = json.loads((root / "data/chips/index.json").read_text())
+    (root / "data/chips/index.json").write_text(json.dumps({**index, MANIFEST_HASH_KEY: sha256_file(path)}))
+    result = _gate_pairs(root)
+    assert not result.passed and "splits_complete" in result.failed_dataset_checks
+    assert "the manifest has no train or no val chips" in result.message
 
 
 def _tiny_world_params(path: Path, repo_root: Path) -> None:

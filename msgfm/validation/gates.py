@@ -148,7 +148,9 @@ def run_gate(
     n_ok = int(sum(accepted))
     pass_rate = n_ok / n if n else 0.0
     failed_dataset = sorted(k for k, ok in outcome.dataset_results.items() if not ok)
-    problems = _problems(n, n_ok, min_pass_rate, failed_dataset, outcome.errors)
+    static = {c.name: c.reason for c in checks if "{" not in c.reason}  # reasons that name no row's values
+    failed = [f"{name!r} failed: {static[name]}" if name in static else f"{name!r} failed" for name in failed_dataset]
+    problems = _problems(n, n_ok, min_pass_rate, failed, outcome.errors)
     passed = not problems
     message = f"gate {gate}: passed, {n_ok}/{n} accepted" if passed else f"gate {gate} failed: " + "; ".join(problems)
     quarantined = [
@@ -200,14 +202,15 @@ def _run_checks(gate: str, df: pd.DataFrame, checks: Sequence[Check]) -> _Outcom
 
 
 def _problems(n: int, n_ok: int, min_pass_rate: float, failed_dataset: list[str], errors: list[str]) -> list[str]:
-    """Why the gate fails (empty when it passes): no rows, too few accepted, failed dataset checks, check errors."""
+    """Why the gate fails (empty when it passes): no rows, too few accepted, failed dataset checks (each "'name'
+    failed", with its reason when that names no row), check errors."""
     problems = []
     if n == 0:
         problems.append("no rows to check (the producing stage wrote nothing)")
     elif n_ok / n < min_pass_rate:
         problems.append(f"accepted fraction {n_ok / n:.3f} ({n_ok}/{n}) is below gates.min_pass_rate {min_pass_rate}")
-    for name in failed_dataset:
-        problems.append(f"dataset-level check {name!r} failed")
+    for check in failed_dataset:
+        problems.append(f"dataset-level check {check}")
     problems.extend(f"check error {e}" for e in errors)
     return problems
 

@@ -3,8 +3,8 @@
 One row per chip of `data/manifest.parquet`, with what the checks need computed beside it: does
 the chip's footprint intersect a chip of another split (same CRS); are its store index and its
 partner valid; are its statistics finite; which of its classes never occur in train. Dataset-level
-checks fail the whole gate: the manifest schema, unique ids, spatially disjoint splits, every class
-present in train, and the share of S1 and RGB chips with a partner at least
+checks fail the whole gate: the manifest schema, unique ids, train and val chips present,
+spatially disjoint splits, every class present in train, and the share of S1 and RGB chips with a partner at least
 `gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips. A manifest
 that is not the one written with the chip store (`chipstore.check_manifest`) is an error, not a verdict.
 """
@@ -99,6 +99,13 @@ def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
         ),
         Check("unique_ids", ex.ExpectColumnValuesToBeUnique(column="id"), "duplicate chip id {id}", "dataset"),
         Check("split_known", ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "unknown split"),
+        Check(
+            "splits_complete",
+            ex.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["train", "val"]),
+            "the manifest has no train or no val chips: pretraining and fine-tuning validate on val "
+            "(see pair.block_m and pair.val_fraction)",
+            "dataset",
+        ),
         Check(
             "splits_disjoint",
             ex.ExpectColumnValuesToBeInSet(column="split_disjoint", value_set=[True]),

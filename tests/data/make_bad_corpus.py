@@ -46,7 +46,7 @@ def corpus_params() -> dict:
         s1_dates=2,
         cloudy_fraction=0.0,
     )
-    params["pair"].update(block_m=320)
+    params["pair"].update(block_m=320, val_fraction=0.3)  # at least one val block: the pairs gate requires val chips
     params["gates"].update(min_pass_rate=0.3)  # most items of this catalog are broken on purpose
     return params
 
