@@ -112,7 +112,9 @@ def test_ray_dashboard_off_and_loopback_by_default(repo_root):
     assert yaml.safe_load((repo_root / "params.yaml").read_text())["ray"]["include_dashboard"] is False  # ... and ours
     assert inspect.signature(ray.init).parameters["dashboard_host"].default == "127.0.0.1"
     inits = [c for p in _sources(repo_root) for c in _calls(p) if _dotted(c.func) == "ray.init"]
-    local = [c for c in inits if not any(k.arg == "address" for k in c.keywords)]  # joining a cluster starts nothing
+    # a local instance: no address, or address="local" (never join another process's `ray start` cluster);
+    # joining a cluster by its address starts nothing
+    local = [c for c in inits if not any(k.arg == "address" for k in c.keywords) or _keyword(c, "address") == "local"]
     assert local, "pretrain starts a local Ray instance with ray.init"
     assert all(_keyword(c, "dashboard_host") == "127.0.0.1" for c in local)
 
