@@ -1,0 +1,81 @@
+"""The tiled inference loop shared by `msgfm embed` and `msgfm predict`: strip by strip, batch by batch.
+
+For each row of windows (tiling.py) every input is read as one strip (rasterio windowed read), cut into
+model-sized windows, normalised per window and run through the model in batches of `batch_size`; the
+outputs go to the `Stitcher`, whose finished rows go to `sink` at once. Memory is one strip of windows
+and one strip of outputs, whatever the raster's size. The windows and their batches depend only on the
+raster's size, so the same input gives the same outputs (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msgfm.inference.rasters import InferenceInputError, RasterInput
+from msgfm.inference.tiling import AxisPlan, Stitcher, window_count
+
+DEVICES = ("auto", "cpu", "cuda")
+Forward = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+"""{sensor: (B, C, W, W) normalised windows on the device} -> (B, D, n, n) outputs."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'; asking for a missing GPU is a clear error."""
+    if device not in DEVICES:
+        raise InferenceInputError(f"--device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InferenceInputError("--device cuda, but torch sees no CUDA device here; use --device cpu or auto")
+    return torch.device(device)
+
+
+def window_batches(
+    inputs: Sequence[RasterInput], plan_y: AxisPlan, plan_x: AxisPlan, k: int, batch_size: int
+) -> list[dict[str, np.ndarray]]:
+    """Window row `k` of every input as batches {sensor: (B, C, W, W) normalised float32}."""
+    size = plan_y.window_px
+    col0, span = plan_x.span_px()
+    strips = {inp.sensor: (inp, inp.read_strip(plan_y.origins[k], size, col0, span)) for inp in inputs}
+    batches = []
+    for start in range(0, len(plan_x.origins), batch_size):
+        offsets = [o - col0 for o in plan_x.origins[start : start + batch_size]]
+        batches.append(
+            {
+                sensor: inp.normalise(np.stack([strip[:, :, o : o + size] for o in offsets]))
+                for sensor, (inp, strip) in strips.items()
+            }
+        )
+    return batches
+
+
+def run_tiled(
+    inputs: Sequence[RasterInput],
+    forward: Forward,
+    plans: tuple[AxisPlan, AxisPlan],
+    channels: int,
+    sink: Callable[[int, np.ndarray], None],
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    desc: str = "tiles",
+) -> None:
+    """Run `forward` over every window of the inputs (one grid); pass finished (row0, (C, rows, W)) blocks to sink."""
+    if batch_size < 1:
+        raise InferenceInputError(f"--batch-size must be at least 1, got {batch_size}")
+    plan_y, plan_x = plans
+    device = torch.device(device)
+    stitcher = Stitcher(plan_y, plan_x, channels)
+    with tqdm(total=window_count(plan_y, plan_x), desc=desc, unit="window", leave=False) as bar:
+        for k in range(len(plan_y.origins)):
+            outputs = []
+            for batch in window_batches(inputs, plan_y, plan_x, k, batch_size):
+                images = {s: torch.from_numpy(x).to(device) for s, x in batch.items()}
+                with torch.inference_mode():
+                    outputs.append(forward(images).float().cpu().numpy())
+                bar.update(len(next(iter(batch.values()))))
+            for row0, block in stitcher.add_row(k, np.concatenate(outputs)):
+                sink(row0, block)
