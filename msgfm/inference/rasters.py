@@ -31,6 +31,15 @@ from msgfm.sensors import get_sensor
 DATETIME_TAGS = ("datetime", "TIFFTAG_DATETIME")
 """GeoTIFF metadata tags read for the acquisition time when --datetime is not given."""
 INT8_MAX = 127
+MAX_BLOCK_BYTES = 8 << 20  # a pixel-interleaved block of 384 float32 bands at 256 px would be 100 MB
+
+
+def block_px(count: int, itemsize: int = 4) -> int:
+    """Tile side (256 down to 16) whose pixel-interleaved block of `count` bands stays under MAX_BLOCK_BYTES."""
+    side = 256
+    while side > 16 and side * side * count * itemsize > MAX_BLOCK_BYTES:
+        side //= 2
+    return side
 
 
 class InferenceInputError(ValueError):
@@ -158,8 +167,8 @@ class GridWriter:
             "crs": self.crs,
             "transform": self.transform,
             "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
+            "blockxsize": block_px(count),
+            "blockysize": block_px(count),
             "BIGTIFF": "IF_SAFER",
         }
 
@@ -205,7 +214,7 @@ class GridWriter:
                 src,
                 tmp,
                 driver="COG",
-                BLOCKSIZE=256,
+                BLOCKSIZE=block_px(self.shape[0]),
                 COMPRESS="DEFLATE",
                 PREDICTOR="YES",
                 OVERVIEWS="AUTO" if overviews else "NONE",

@@ -34,23 +34,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def window_batches(
-    inputs: Sequence[RasterInput], plan_y: AxisPlan, plan_x: AxisPlan, k: int, batch_size: int
-) -> list[dict[str, np.ndarray]]:
-    """Window row `k` of every input as batches {sensor: (B, C, W, W) normalised float32}."""
+def window_row(inputs: Sequence[RasterInput], plan_y: AxisPlan, plan_x: AxisPlan, k: int) -> dict[str, np.ndarray]:
+    """Window row `k` of every input: {sensor: (n_windows_x, C, W, W) normalised float32}."""
     size = plan_y.window_px
     col0, span = plan_x.span_px()
-    strips = {inp.sensor: (inp, inp.read_strip(plan_y.origins[k], size, col0, span)) for inp in inputs}
-    batches = []
-    for start in range(0, len(plan_x.origins), batch_size):
-        offsets = [o - col0 for o in plan_x.origins[start : start + batch_size]]
-        batches.append(
-            {
-                sensor: inp.normalise(np.stack([strip[:, :, o : o + size] for o in offsets]))
-                for sensor, (inp, strip) in strips.items()
-            }
-        )
-    return batches
+    rows = {}
+    for inp in inputs:
+        strip = inp.read_strip(plan_y.origins[k], size, col0, span)
+        rows[inp.sensor] = inp.normalise(np.stack([strip[:, :, o - col0 : o - col0 + size] for o in plan_x.origins]))
+    return rows
 
 
 def run_tiled(
@@ -63,19 +55,44 @@ def run_tiled(
     device: torch.device | str = "cpu",
     desc: str = "tiles",
 ) -> None:
-    """Run `forward` over every window of the inputs (one grid); pass finished (row0, (C, rows, W)) blocks to sink."""
+    """Run `forward` over every window of the inputs (one grid); pass finished (row0, (C, rows, W)) blocks to sink.
+
+    Batches are cut from the row-major sequence of windows, across window rows, so every batch but the
+    last is full; a window row goes to the stitcher as soon as all its windows are through the model.
+    """
     if batch_size < 1:
         raise InferenceInputError(f"--batch-size must be at least 1, got {batch_size}")
     plan_y, plan_x = plans
     device = torch.device(device)
     stitcher = Stitcher(plan_y, plan_x, channels)
+    per_row = len(plan_x.origins)
+    pending: dict[str, list[np.ndarray]] = {inp.sensor: [] for inp in inputs}
+    outputs: list[np.ndarray] = []
+    done_rows = 0
+
+    def run(n: int) -> None:
+        """Run the first n pending windows through the model."""
+        batch = {}
+        for sensor, parts in pending.items():
+            windows = np.concatenate(parts)
+            batch[sensor], pending[sensor] = windows[:n], [windows[n:]]
+        images = {s: torch.from_numpy(x).to(device) for s, x in batch.items()}
+        with torch.inference_mode():
+            outputs.append(forward(images).float().cpu().numpy())
+        bar.update(n)
+
     with tqdm(total=window_count(plan_y, plan_x), desc=desc, unit="window", leave=False) as bar:
         for k in range(len(plan_y.origins)):
-            outputs = []
-            for batch in window_batches(inputs, plan_y, plan_x, k, batch_size):
-                images = {s: torch.from_numpy(x).to(device) for s, x in batch.items()}
-                with torch.inference_mode():
-                    outputs.append(forward(images).float().cpu().numpy())
-                bar.update(len(next(iter(batch.values()))))
-            for row0, block in stitcher.add_row(k, np.concatenate(outputs)):
-                sink(row0, block)
+            for sensor, windows in window_row(inputs, plan_y, plan_x, k).items():
+                pending[sensor].append(windows)
+            waiting = sum(len(p) for p in next(iter(pending.values())))
+            last = k == len(plan_y.origins) - 1
+            while waiting >= batch_size or (last and waiting):
+                run(min(batch_size, waiting))
+                waiting -= min(batch_size, waiting)
+            ready = np.concatenate(outputs) if outputs else np.zeros((0,))
+            while len(ready) >= per_row and done_rows <= k:
+                for row0, block in stitcher.add_row(done_rows, ready[:per_row]):
+                    sink(row0, block)
+                ready, done_rows = ready[per_row:], done_rows + 1
+            outputs = [ready] if len(ready) else []
