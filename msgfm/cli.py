@@ -316,6 +316,32 @@ def embed(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def predict(
+    out: Annotated[Path, typer.Argument(help="output COG (.tif) on the inputs' grid")],
+    model: Annotated[Path, typer.Option(help="fine-tuned model folder: <finetune.out_dir>/<task>/<variant>")],
+    inputs: Annotated[
+        list[str], typer.Option("--input", help="SENSOR=GeoTIFF, one per sensor of the task (e.g. rgb=a.tif)")
+    ],
+    batch_size: BatchOption = 16,
+    device: DeviceOption = "auto",
+    when: Annotated[
+        dt.datetime | None, typer.Option("--datetime", help="acquisition time; default: the file's datetime tag")
+    ] = None,
+) -> None:
+    """Run a fine-tuned segmentation, cloud-removal or pan-sharpening model over GeoTIFFs of any size, tiled."""
+    from msgfm.inference.predict_raster import predict_geotiff
+
+    _setup_logging()
+    pairs = dict(item.partition("=")[::2] for item in inputs)
+    if any(not k or not v for k, v in pairs.items()) or len(pairs) != len(inputs):
+        typer.echo(f"error: --input takes SENSOR=FILE, once per sensor; got {inputs}", err=True)
+        raise typer.Exit(2)
+    with _inference_errors():
+        path = predict_geotiff(pairs, model, out, batch_size=batch_size, device=device, when=when)
+    typer.echo(f"wrote {path}")
+
+
 @contextlib.contextmanager
 def _inference_errors() -> Iterator[None]:
     """A bad input, model or option of `embed`/`predict` exits 2 with its message (it names the file)."""
