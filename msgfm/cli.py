@@ -344,12 +344,16 @@ def predict(
 
 @contextlib.contextmanager
 def _inference_errors() -> Iterator[None]:
-    """A bad input, model or option of `embed`/`predict` exits 2 with its message (it names the file)."""
-    try:
-        yield
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
-        raise typer.Exit(2) from None
+    """A bad input, model or option of `embed`/`predict` exits 2 with its message (it names the file).
+
+    A full, read-only or failing disk exits ENVIRONMENT_EXIT, as the stages do.
+    """
+    with _stage_errors():
+        try:
+            yield
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            typer.echo(f"error: {e.args[0] if isinstance(e, KeyError) else e}", err=True)
+            raise typer.Exit(2) from None
 
 
 @app.command()
