@@ -20,7 +20,14 @@ from pathlib import Path
 from affine import Affine
 
 from msgfm.inference.products import PARQUET_MEDIA_TYPE, write_geoparquet, write_item
-from msgfm.inference.rasters import GridWriter, InferenceInputError, RasterInput, grid_writer, quantisation_scale
+from msgfm.inference.rasters import (
+    GridWriter,
+    InferenceInputError,
+    RasterInput,
+    bounded_gdal_cache,
+    grid_writer,
+    quantisation_scale,
+)
 from msgfm.inference.tiled import resolve_device, run_tiled
 from msgfm.inference.tiling import axis_plan
 from msgfm.models.hub import load_pretrained, read_config
@@ -108,7 +115,7 @@ def embed_geotiff(
     if quantize not in QUANTIZE:
         raise EmbedInputError(f"--quantize must be int8 or not given, got {quantize!r}")
     torch_device = resolve_device(device)
-    with RasterInput(src_path) as inp:
+    with bounded_gdal_cache(), RasterInput(src_path) as inp:
         bind_input(inp, sensor, bands)
         acquired = inp.acquired(when)
         model = load_pretrained(model_dir, device=torch_device)

@@ -24,7 +24,7 @@ import numpy as np
 from msgfm.datasets.tasks import get_task
 from msgfm.inference.embed import COG_MEDIA_TYPE, bind_input
 from msgfm.inference.products import write_item
-from msgfm.inference.rasters import InferenceInputError, RasterInput, check_same_grid, grid_writer
+from msgfm.inference.rasters import InferenceInputError, RasterInput, bounded_gdal_cache, check_same_grid, grid_writer
 from msgfm.inference.tiled import resolve_device, run_tiled
 from msgfm.inference.tiling import axis_plan
 from msgfm.models.finetuned import BEST_FILE, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model
@@ -94,13 +94,14 @@ def predict_geotiff(
             "predict runs segmentation, cloud_removal and pansharpening models"
         )
     model.to(torch_device)
-    opened = _open_inputs(inputs, spec)
-    try:
-        acquired = opened[0].acquired(when)
-        return _predict(opened, model, best, Path(model_dir), out_path, (batch_size, torch_device, acquired))
-    finally:
-        for inp in opened:
-            inp.src.close()
+    with bounded_gdal_cache():
+        opened = _open_inputs(inputs, spec)
+        try:
+            acquired = opened[0].acquired(when)
+            return _predict(opened, model, best, Path(model_dir), out_path, (batch_size, torch_device, acquired))
+        finally:
+            for inp in opened:
+                inp.src.close()
 
 
 def _predict(opened, model: TaskModel, best, model_dir: Path, out_path: Path, run: tuple) -> Path:

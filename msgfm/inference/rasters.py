@@ -31,6 +31,9 @@ from msgfm.sensors import get_sensor
 DATETIME_TAGS = ("datetime", "TIFFTAG_DATETIME")
 """GeoTIFF metadata tags read for the acquisition time when --datetime is not given."""
 INT8_MAX = 127
+GDAL_CACHE_MB = (
+    128  # GDAL's block cache defaults to 5% of RAM: dirty output blocks would fill it, scaling with the raster
+)
 MAX_BLOCK_BYTES = 8 << 20  # a pixel-interleaved block of 384 float32 bands at 256 px would be 100 MB
 
 
@@ -239,6 +242,11 @@ class GridWriter:
         """Remove the scratch folder."""
         self.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """A rasterio environment whose GDAL block cache holds at most GDAL_CACHE_MB."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 @contextlib.contextmanager
