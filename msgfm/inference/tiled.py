@@ -34,14 +34,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def window_row(inputs: Sequence[RasterInput], plan_y: AxisPlan, plan_x: AxisPlan, k: int) -> dict[str, np.ndarray]:
+class StripReader:
+    """Strips of one input cut into chunks of one window step, so rows shared by two window rows are read once."""
+
+    def __init__(self, inp: RasterInput, plan_y: AxisPlan, plan_x: AxisPlan) -> None:
+        origins = plan_y.origins
+        self.inp, self.size = inp, plan_y.window_px
+        self.chunk = origins[1] - origins[0] if len(origins) > 1 else self.size
+        self.col0, self.span = plan_x.span_px()
+        self.chunks: dict[int, np.ndarray] = {}
+
+    def strip(self, row0: int) -> np.ndarray:
+        """(C, window, span) pixels of the window row starting at `row0` (mean-padded, physical units)."""
+        starts = range(row0, row0 + self.size, self.chunk)
+        for r in starts:
+            if r not in self.chunks:
+                self.chunks[r] = self.inp.read_strip(r, self.chunk, self.col0, self.span)
+        for r in [r for r in self.chunks if r < row0]:
+            del self.chunks[r]
+        return np.concatenate([self.chunks[r] for r in starts], axis=1)
+
+
+def window_row(readers: Sequence[StripReader], plan_y: AxisPlan, plan_x: AxisPlan, k: int) -> dict[str, np.ndarray]:
     """Window row `k` of every input: {sensor: (n_windows_x, C, W, W) normalised float32}."""
     size = plan_y.window_px
-    col0, span = plan_x.span_px()
     rows = {}
-    for inp in inputs:
-        strip = inp.read_strip(plan_y.origins[k], size, col0, span)
-        rows[inp.sensor] = inp.normalise(np.stack([strip[:, :, o - col0 : o - col0 + size] for o in plan_x.origins]))
+    for reader in readers:
+        strip = reader.strip(plan_y.origins[k])
+        windows = np.stack([strip[:, :, o - reader.col0 : o - reader.col0 + size] for o in plan_x.origins])
+        rows[reader.inp.sensor] = reader.inp.normalise(windows)
     return rows
 
 
@@ -66,6 +87,7 @@ def run_tiled(
     device = torch.device(device)
     stitcher = Stitcher(plan_y, plan_x, channels)
     per_row = len(plan_x.origins)
+    readers = [StripReader(inp, plan_y, plan_x) for inp in inputs]
     pending: dict[str, list[np.ndarray]] = {inp.sensor: [] for inp in inputs}
     outputs: list[np.ndarray] = []
     done_rows = 0
@@ -83,7 +105,7 @@ def run_tiled(
 
     with tqdm(total=window_count(plan_y, plan_x), desc=desc, unit="window", leave=False) as bar:
         for k in range(len(plan_y.origins)):
-            for sensor, windows in window_row(inputs, plan_y, plan_x, k).items():
+            for sensor, windows in window_row(readers, plan_y, plan_x, k).items():
                 pending[sensor].append(windows)
             waiting = sum(len(p) for p in next(iter(pending.values())))
             last = k == len(plan_y.origins) - 1
