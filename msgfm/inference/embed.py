@@ -1,37 +1,48 @@
-"""`msgfm embed`: patch-level embeddings of a GeoTIFF from a pretrained msGFM encoder, kept georeferenced.
+"""`msgfm embed`: georeferenced embeddings of a GeoTIFF of any size from a pretrained msGFM encoder, tiled.
 
-The raster is normalised with the sensor's registry stats (nodata and NaN become the band mean, i.e.
-0 in normalised units), cut into model-sized chips (edges padded with the mean), encoded, and the chosen
-stage's feature maps are stitched into one grid whose pixel is `stride` input pixels: its transform is
-the input transform scaled by the stride, in the input CRS. Chips are encoded independently, so
-features next to chip borders see only their own chip (as during pretraining).
+The raster is read strip by strip and cut into model-sized windows that overlap by half; each window
+contributes only its centre (tiling.py), so a cell's embedding no longer depends on where a chip border
+fell. Windows are normalised with the sensor's registry stats (nodata, NaN and the outside of the raster
+become the band mean, i.e. 0 in normalised units) and encoded in batches; the chosen stage's cells form
+one grid whose pixel is `stride` input pixels: its transform is the input transform scaled by the stride,
+in the input CRS. Outputs (by suffix): `.tif`, a Cloud-Optimized GeoTIFF with one band per feature (the
+dense grid), or `.parquet`, a GeoParquet table with one row per patch; each gets a STAC item beside it.
+`quantize="int8"` stores int8 codes and one scale (value = code * scale) in the file and the item.
 """
 
 from __future__ import annotations
 
-import io
+import datetime as dt
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import rasterio
-import torch
 from affine import Affine
-from tqdm import tqdm
 
-from msgfm.geo.io import atomic_path, write_cog
-from msgfm.models.hub import load_pretrained
+from msgfm.inference.products import PARQUET_MEDIA_TYPE, write_geoparquet, write_item
+from msgfm.inference.rasters import (
+    GridWriter,
+    InferenceInputError,
+    RasterInput,
+    bounded_gdal_cache,
+    grid_writer,
+    quantisation_scale,
+)
+from msgfm.inference.tiled import resolve_device, run_tiled
+from msgfm.inference.tiling import axis_plan
+from msgfm.models.hub import load_pretrained, read_config
 from msgfm.sensors import SENSORS, get_sensor
 
 log = logging.getLogger(__name__)
 
 SENSOR_TAGS = ("sensor", "MSGFM_SENSOR")
 """GeoTIFF metadata tags read for the sensor name when --sensor is not given."""
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+SUFFIXES = (".tif", ".tiff", ".parquet")
+QUANTIZE = (None, "int8")
 
 
-class EmbedInputError(ValueError):
+class EmbedInputError(InferenceInputError):
     """The input raster cannot be embedded; the message names the file and the problem."""
 
 
@@ -67,37 +78,22 @@ def resolve_sensor_and_bands(
     return sensor, bands
 
 
-def embed_array(
-    model_dir_or_model, image: np.ndarray, sensor: str, bands: Sequence[str], stage: int = -1, batch_size: int = 16
-) -> tuple[np.ndarray, int]:
-    """(C, H, W) normalised image -> ((D, ceil(H/stride), ceil(W/stride)) float32 embeddings, stride in pixels)."""
-    model = load_pretrained(model_dir_or_model) if isinstance(model_dir_or_model, str | Path) else model_dir_or_model
-    encoder = model.encoder.eval()
-    cfg = encoder.config
-    if sensor not in cfg.sensors:
-        raise EmbedInputError(f"the model was not trained on sensor {sensor!r} (it knows {list(cfg.sensors)})")
-    n_stages = len(cfg.depths)
+def bind_input(inp: RasterInput, sensor: str | None, bands: Sequence[str] | None) -> None:
+    """Resolve the input's sensor and band names (options, else the file's tags and descriptions) and bind them."""
+    src = inp.src
+    inp.bind(*resolve_sensor_and_bands(inp.path, src.count, src.descriptions, src.tags(), sensor, bands))
+
+
+def checked_stage(model_config, sensor: str, stage: int) -> int:
+    """The stage index in 0..n-1 for `stage` (negative counts from the end); errors name the valid range."""
+    if sensor not in model_config.sensors:
+        raise EmbedInputError(f"the model was not trained on sensor {sensor!r} (it knows {list(model_config.sensors)})")
+    n_stages = len(model_config.depths)
     if not -n_stages <= stage < n_stages:
         raise EmbedInputError(
             f"stage {stage} out of range: the encoder has stages 0..{n_stages - 1} (or -1 for the last)"
         )
-    stage = stage % n_stages
-    stride = cfg.patch_px * 2**stage
-    chip = cfg.chip_px
-    c, h, w = image.shape
-    rows, cols = math.ceil(h / chip), math.ceil(w / chip)
-    padded = np.zeros((c, rows * chip, cols * chip), dtype=np.float32)
-    padded[:, :h, :w] = image
-    tiles = padded.reshape(c, rows, chip, cols, chip).transpose(1, 3, 0, 2, 4).reshape(rows * cols, c, chip, chip)
-    cell = chip // stride
-    out = np.zeros((rows * cols, cfg.stage_dims[stage], cell, cell), dtype=np.float32)
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(tiles), batch_size), desc="embed", unit="batch", leave=False):
-            batch = torch.from_numpy(tiles[start : start + batch_size])
-            feats = encoder({sensor: batch}, {sensor: tuple(bands)}).features[sensor][stage]
-            out[start : start + batch_size] = feats.numpy()
-    grid = out.reshape(rows, cols, -1, cell, cell).transpose(2, 0, 3, 1, 4).reshape(-1, rows * cell, cols * cell)
-    return np.ascontiguousarray(grid[:, : math.ceil(h / stride), : math.ceil(w / stride)]), stride
+    return stage % n_stages
 
 
 def embed_geotiff(
@@ -108,46 +104,99 @@ def embed_geotiff(
     bands: Sequence[str] | None = None,
     stage: int = -1,
     batch_size: int = 16,
+    device: str = "auto",
+    quantize: str | None = None,
+    when: dt.datetime | None = None,
 ) -> Path:
-    """Write patch-level embeddings of a GeoTIFF as a GeoTIFF (.tif) or .npz, with the patch-grid transform and CRS."""
+    """Embed a GeoTIFF tile by tile into a COG (.tif) or GeoParquet (.parquet) plus its STAC item; returns out_path."""
     src_path, out_path = Path(src_path), Path(out_path)
-    if out_path.suffix.lower() not in (".tif", ".tiff", ".npz"):
-        raise EmbedInputError(f"{out_path}: output must end in .tif, .tiff or .npz")
-    try:
-        with rasterio.open(src_path) as src:
-            pixels = src.read().astype(np.float32)
-            descriptions, tags = src.descriptions, src.tags()
-            transform, crs, nodata = src.transform, src.crs, src.nodata
-    except rasterio.errors.RasterioIOError as e:
-        raise EmbedInputError(f"{src_path}: cannot read raster: {e}") from None
-    if crs is None:
-        raise EmbedInputError(f"{src_path}: the raster has no CRS, so its embeddings cannot be georeferenced")
-    sensor, bands = resolve_sensor_and_bands(src_path, pixels.shape[0], descriptions, tags, sensor, bands)
-    model = load_pretrained(model_dir)
-    sensor_def = get_sensor(sensor)
-    mean, _ = sensor_def.stats(bands)
-    invalid = ~np.isfinite(pixels)
-    if nodata is not None:
-        invalid |= pixels == nodata
-    pixels = np.where(invalid, mean[:, None, None], pixels)
-    normalised = sensor_def.normalise(pixels, bands)
-    log.info("embedding %s (%s, bands %s) with %s", src_path, sensor, ",".join(bands), model_dir)
-    emb, stride = embed_array(model, normalised, sensor, bands, stage=stage, batch_size=batch_size)
-    out_transform = transform @ Affine.scale(stride)
-    meta = {"sensor": sensor, "bands": ",".join(bands), "stage": str(stage), "stride_px": str(stride)}
-    meta["model"] = str(model_dir)
-    if out_path.suffix.lower() == ".npz":
-        buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            embeddings=emb,
-            transform=np.array(out_transform.to_gdal(), dtype=np.float64),
-            crs=np.array(crs.to_wkt()),
-            **{k: np.array(v) for k, v in meta.items()},
+    if out_path.suffix.lower() not in SUFFIXES:
+        raise EmbedInputError(f"{out_path}: output must end in {', '.join(SUFFIXES)}")
+    if quantize not in QUANTIZE:
+        raise EmbedInputError(f"--quantize must be int8 or not given, got {quantize!r}")
+    torch_device = resolve_device(device)
+    with bounded_gdal_cache(), RasterInput(src_path) as inp:
+        bind_input(inp, sensor, bands)
+        acquired = inp.acquired(when)
+        model = load_pretrained(model_dir, device=torch_device)
+        encoder, cfg = model.encoder, model.config
+        stage = checked_stage(cfg, inp.sensor, stage)
+        stride = cfg.patch_px * 2**stage
+        plans = (axis_plan(inp.shape[0], cfg.chip_px, stride), axis_plan(inp.shape[1], cfg.chip_px, stride))
+        dim = cfg.stage_dims[stage]
+        transform = inp.src.transform @ Affine.scale(stride)
+        crs = inp.src.crs
+        log.info(
+            "embedding %s (%s, bands %s) with %s on %s",
+            src_path,
+            inp.sensor,
+            ",".join(inp.bands),
+            model_dir,
+            torch_device,
         )
-        with atomic_path(out_path, suffix=".npz") as tmp:
-            tmp.write_bytes(buf.getvalue())
-    else:
-        names = [f"emb_{i:04d}" for i in range(emb.shape[0])]
-        write_cog(out_path, emb, crs=crs, transform=out_transform, band_names=names, tags=meta)
+        name, sensor_bands = inp.sensor, inp.bands
+
+        def forward(images):
+            return encoder(images, {name: sensor_bands}).features[name][stage]
+
+        shape = (dim, plans[0].out_cells, plans[1].out_cells)
+        with grid_writer(out_path, shape, crs, transform) as grid:
+            run_tiled([inp], forward, plans, dim, grid.write_rows, batch_size, torch_device, desc="embed")
+            grid.close()
+            scale = quantisation_scale(grid.max_abs) if quantize else None
+            meta = {
+                "sensor": name,
+                "bands": ",".join(sensor_bands),
+                "stage": str(stage),
+                "stride_px": str(stride),
+                "model": str(model_dir),
+                "model_id": cfg.name,
+                "model_version": read_config(model_dir)["weights_sha256"][:16],
+                "datetime": acquired.isoformat(),
+            }
+            _write_product(grid, out_path, meta, scale, inp.src.bounds)
     return out_path
+
+
+def _write_product(grid: GridWriter, out_path: Path, meta: dict[str, str], scale: float | None, bounds) -> None:
+    """The finished grid as a COG or GeoParquet, then its STAC item."""
+    when = dt.datetime.fromisoformat(meta["datetime"])
+    dim, height, width = grid.shape
+    properties = {f"msgfm:{k}": v for k, v in meta.items() if k != "datetime"}
+    properties["msgfm:quantization"] = {"dtype": "int8", "scale": scale} if scale is not None else None
+    if out_path.suffix.lower() == ".parquet":
+        columns = {k: meta[k] for k in ("sensor", "model_id", "model_version")}
+        write_geoparquet(
+            out_path,
+            grid.row_blocks(),
+            dim=dim,
+            transform=grid.transform,
+            crs=grid.crs,
+            bounds=tuple(bounds),
+            when=when,
+            columns=columns,
+            scale=scale,
+        )
+        write_item(
+            out_path,
+            media_type=PARQUET_MEDIA_TYPE,
+            crs=grid.crs,
+            transform=grid.transform,
+            shape=(height, width),
+            when=when,
+            properties=properties,
+        )
+        return
+    tags = {**meta, **({"scale": repr(scale)} if scale is not None else {})}
+    grid.to_cog([f"emb_{i:04d}" for i in range(dim)], tags, scale=scale)
+    band = {"data_type": "int8" if scale is not None else "float32", **({"scale": scale} if scale is not None else {})}
+    write_item(
+        out_path,
+        media_type=COG_MEDIA_TYPE,
+        crs=grid.crs,
+        transform=grid.transform,
+        shape=(height, width),
+        when=when,
+        properties=properties,
+        raster_bands=[band] * dim,
+    )
