@@ -299,7 +299,7 @@ def test_embed_rejects_bad_inputs_with_clear_messages(saved, tmp_path) -> None:
         (["--sensor", "s2"], "bands ['VV', 'VH'] are not bands of sensor 's2'"),
         ([], "no sensor given"),
         (["--sensor", "s1", "--stage", "4"], "stage 4 out of range"),
-        (["--sensor", "s1", "--device", "tpu"], "--device must be one of"),
+        (["--sensor", "s1", "--device", "tpu"], "--device: device 'tpu': choose one of"),
         (["--sensor", "s1", "--quantize", "int4"], "--quantize must be int8"),
     ]
     for extra, message in cases:
