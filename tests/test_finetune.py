@@ -314,6 +314,33 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     assert "segmentation: the fine-tuned" not in top  # nothing compared there
 
 
+def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(project: Path) -> None:
+    """Issue 14: the single-sensor baseline has no (untrained) embeddings of the other sensors, fine-tuning
+    and evaluation feed it only the inputs it was pretrained on, and a task it has no input for is skipped."""
+    from msgfm.training.pretrain import build_model, single_sensor_params
+
+    with working_directory(project):
+        params = load_params("params.yaml")
+        baseline = build_model(single_sensor_params(params))
+        assert baseline.config.sensors == ("s2",)
+        assert set(baseline.encoder.patch_embed) == set(baseline.decoders) == {"s2"}
+        assert build_model(params).config.sensors == ("s1", "s2", "rgb", "dsm")
+        save_pretrained(baseline, params.finetune.single_sensor_model)
+        data = build_task_data(params, "classification")
+        only = data.only(("s2",))
+        assert only.spec.inputs == ("s2",) and all(set(sp.images) == {"s2"} for sp in only.splits.values())
+        assert only.splits["test"].ids == data.splits["test"].ids  # the same chips: paired comparisons hold
+        assert "['s1'] left out" in only.notes["inputs"]
+        seg = build_task_data(params, "segmentation")
+        assert "pretrained on ['s2'] only" in seg.only(("s2",))
+        summary = tune_variant(params, data, "single_sensor")
+        assert summary["inputs"] == ["s2"] and summary["trials_finished"] == params.finetune.trials
+        assert "pretrained on ['s2'] only" in tune_variant(params, seg, "single_sensor")["missing"]
+        shutil.rmtree(params.finetune.single_sensor_model)
+        shutil.rmtree(params.finetune.out_dir / "classification" / "single_sensor")
+        shutil.rmtree(params.finetune.out_dir / "segmentation" / "single_sensor", ignore_errors=True)
+
+
 def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     for task in TASKS:
         code, out = _cli(project, "finetune", "--task", task, "--variant", "pretrained", "--variant", "scratch")

@@ -25,6 +25,7 @@ the held-out AOIs (`finetune.holdout_aois`, never in train/val), and chips dated
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -148,6 +149,16 @@ class TaskSplit:
             ids=[self.ids[i] for i in idx.tolist()] if self.ids else [],
         )
 
+    def only(self, sensors: Sequence[str]) -> TaskSplit:
+        """The same samples with only the inputs of `sensors` (the others left out, not zero-filled)."""
+        keep = [s for s in self.images if s in sensors]
+        return dataclasses.replace(
+            self,
+            images={s: self.images[s] for s in keep},
+            bands={s: self.bands[s] for s in keep},
+            present={s: self.present[s] for s in keep},
+        )
+
     def batch(self, index: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """(images, present, target) of the samples at `index`; sensors absent from every sample are left out."""
         present = {s: p[index] for s, p in self.present.items()}
@@ -167,6 +178,25 @@ class TaskData:
     @property
     def num_classes(self) -> int:
         return len(self.class_codes)
+
+    def only(self, sensors: Sequence[str]) -> TaskData | str:
+        """The task fed only the inputs an encoder has trained embeddings for (`sensors`), or why it cannot
+        run on them (none of its inputs, or not the sensor its output corrects)."""
+        kept = tuple(s for s in self.spec.inputs if s in sensors)
+        if kept == self.spec.inputs:
+            return self
+        if not kept or (self.spec.residual and self.spec.residual not in kept):
+            return (
+                f"{self.spec.name} needs {list(self.spec.inputs)}; the encoder was pretrained on {list(sensors)} only"
+            )
+        dropped = [s for s in self.spec.inputs if s not in kept]
+        notes = {**self.notes, "inputs": f"{dropped} left out: the encoder has no trained embedding for them"}
+        return TaskData(
+            dataclasses.replace(self.spec, inputs=kept),
+            {name: split.only(kept) for name, split in self.splits.items()},
+            self.class_codes,
+            notes,
+        )
 
 
 def label_budget(n: int, fraction: float, seed: int) -> np.ndarray:

@@ -133,8 +133,12 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
                 f"{params.finetune.out_dir / task / variant / BEST_FILE}: classes {best['class_codes']} differ "
                 f"from the data's {list(data.class_codes)}; re-run `msgfm finetune --task {task}`"
             )
-        log.info("evaluate %s/%s on %d test chips", task, variant, len(test))
-        scored[variant] = score(model, data, test, params.finetune.eval_batch_size)
+        vdata = data.only(model.encoder.sensors)  # only the inputs the variant's encoder was trained on
+        if isinstance(vdata, str):
+            results.baselines[variant][task] = {"missing": vdata}
+            continue
+        log.info("evaluate %s/%s on %d test chips (inputs %s)", task, variant, len(test), list(vdata.spec.inputs))
+        scored[variant] = score(model, vdata, vdata.splits["test"], params.finetune.eval_batch_size)
         results.baselines[variant][task] = ev.record(scored[variant])
         if variant == "pretrained":
             _score_pretrained(params, data, model, scored[variant], ev, loaded, results)

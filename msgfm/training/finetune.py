@@ -147,12 +147,18 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     if "val" not in data.splits:
         raise FinetuneError(f"{task}: no validation chips (see the pair stage's val_fraction)")
     out = cfg.out_dir / task / variant
+    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
+    if pretrained is not None:  # feed the encoder only the inputs it has trained embeddings for
+        restricted = data.only(pretrained.sensors)
+        if isinstance(restricted, str):
+            log.warning("%s/%s skipped: %s", task, variant, restricted)
+            return {"missing": restricted}
+        data = restricted
     study = open_study(params, data, variant)
     # a kill inside save_best leaves a temporary file that this run may never write over
     remove_stale_temporaries(out / WEIGHTS_FILE, ".safetensors")
     remove_stale_temporaries(out / BEST_FILE)
     fail_stale_trials(study, f"{task}/{variant}")
-    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
     tuning = _Tuning(params, data, variant, out, study, pretrained)
     remaining = cfg.trials - finished_trials(study)
     start = time.perf_counter()
@@ -165,6 +171,7 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     saved = tuning.saved_best()
     return {
         "metric": PRIMARY_METRIC[task],
+        "inputs": list(data.spec.inputs),
         "value": saved["value"],
         "trial": saved["trial"],
         "params": saved["params"],

@@ -91,9 +91,10 @@ def _step_generators(seed: int, rank: int, step: int) -> tuple[np.random.Generat
 
 def build_model(params: Params) -> MSGFM:
     """The model pretraining starts from, initialised from `seed` alone: the same weights on every rank (DDP
-    would broadcast rank 0's anyway) and in every run of the same params."""
+    would broadcast rank 0's anyway) and in every run of the same params. It has embeddings and decoders for
+    `pretrain.sensors` only, so the single-sensor baseline carries no untrained embeddings of other sensors."""
     torch.manual_seed(params.seed)
-    return create_model_from_params(params.model)
+    return create_model_from_params(params.model, sensors=tuple(params.pretrain.sensors))
 
 
 def _train_step(
