@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ import typer
 from msgfm.config import Params, ParamsError, load_params
 from msgfm.ingest.redact import redact
 from msgfm.locks import LockBusy, RunLock
+from msgfm.log_setup import setup_logging
 
 app = typer.Typer(
     name="msgfm",
@@ -32,43 +32,11 @@ app = typer.Typer(
 ENVIRONMENT_EXIT = 3  # the machine (disk full, read-only, no permission), not the data, stopped the stage
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read instead of params.yaml")]
 DeviceOption = Annotated[
-    str | None, typer.Option(help="auto, cpu or cuda (overrides finetune.device; auto: the GPU when there is one)")
+    str | None,
+    typer.Option(
+        help="auto, cpu or cuda (finetune/evaluate: overrides finetune.device; auto: the GPU when there is one)"
+    ),
 ]
-
-
-class _CurrentStderrHandler(logging.StreamHandler):
-    """Logs to whatever sys.stderr is at the time of the record (test runners swap it and close the old one)."""
-
-    @property
-    def stream(self):  # noqa: ANN201 - the base class's attribute, read on every record
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001 - set once by the base class; ignored
-        pass
-
-
-class _Redacting(logging.Filter):
-    """Pass every log record (ours and the libraries') through `redact`: no signed-URL secrets in logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-def _setup_logging() -> None:
-    """INFO logs of our stages on stderr once per process; library chatter only from WARNING."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _CurrentStderrHandler) for h in root.handlers):
-        handler = _CurrentStderrHandler()
-        handler.addFilter(_Redacting())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 @contextlib.contextmanager
@@ -94,7 +62,7 @@ def _stage_errors(*errors: type[Exception], code: int = 1) -> Iterator[None]:
 
 def _load(params_path: Path) -> Params:
     """Load params or exit with the validation message (no traceback)."""
-    _setup_logging()
+    setup_logging()
     for noisy in ("great_expectations", "ray", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with _stage_errors(ParamsError, code=2):
@@ -296,7 +264,6 @@ def pretrain(
     )
 
 
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda")]
 BatchOption = Annotated[int, typer.Option(min=1, help="windows run through the model at once")]
 
 
@@ -314,7 +281,7 @@ def embed(
     ] = None,
     stage: Annotated[int, typer.Option(help="encoder stage whose features are written (-1: last, stride 32)")] = -1,
     batch_size: BatchOption = 16,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     quantize: Annotated[str | None, typer.Option(help="int8: store int8 codes and their scale")] = None,
     when: Annotated[
         dt.datetime | None, typer.Option("--datetime", help="acquisition time; default: the file's datetime tag")
@@ -324,10 +291,10 @@ def embed(
     """Tiled, georeferenced embeddings of a GeoTIFF of any size, with a STAC item (utility, not a stage)."""
     from msgfm.inference.embed import embed_geotiff
 
-    _setup_logging()
+    setup_logging()
     model = model or _load(params).pretrain.out_dir  # params are read only when --model is not given
     band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
-    options = dict(stage=stage, batch_size=batch_size, device=device, quantize=quantize, when=when)
+    options = dict(stage=stage, batch_size=batch_size, device=device or "auto", quantize=quantize, when=when)
     with _inference_errors():
         path = embed_geotiff(src, model, out, sensor=sensor, bands=band_list, **options)
     typer.echo(f"wrote {path}")
@@ -341,7 +308,7 @@ def predict(
         list[str], typer.Option("--input", help="SENSOR=GeoTIFF, one per sensor of the task (e.g. rgb=a.tif)")
     ],
     batch_size: BatchOption = 16,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     when: Annotated[
         dt.datetime | None, typer.Option("--datetime", help="acquisition time; default: the file's datetime tag")
     ] = None,
@@ -349,13 +316,13 @@ def predict(
     """Run a fine-tuned segmentation, cloud-removal or pan-sharpening model over GeoTIFFs of any size, tiled."""
     from msgfm.inference.predict_raster import predict_geotiff
 
-    _setup_logging()
+    setup_logging()
     pairs = dict(item.partition("=")[::2] for item in inputs)
     if any(not k or not v for k, v in pairs.items()) or len(pairs) != len(inputs):
         typer.echo(f"error: --input takes SENSOR=FILE, once per sensor; got {inputs}", err=True)
         raise typer.Exit(2)
     with _inference_errors():
-        path = predict_geotiff(pairs, model, out, batch_size=batch_size, device=device, when=when)
+        path = predict_geotiff(pairs, model, out, batch_size=batch_size, device=device or "auto", when=when)
     typer.echo(f"wrote {path}")
 
 
