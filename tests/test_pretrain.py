@@ -81,6 +81,25 @@ def test_resume_skips_a_checkpoint_cut_off_mid_copy(repo_root: Path, tmp_path: P
     assert latest_checkpoint(run) is None
 
 
+def test_single_sensor_outputs_are_written_from_its_own_checkpoint(tiny_world: Path, tmp_path: Path) -> None:
+    """The baseline's checkpoint holds S2's embedding and decoder only; the stage's outputs load it as such."""
+    from msgfm.training.pretrain import single_sensor_params, write_outputs
+
+    project = _project(tiny_world, tmp_path / "p")
+    with working_directory(project):
+        params = single_sensor_params(load_params("params.yaml"))
+        model = build_model(params)
+        assert model.config.sensors == ("s2",)
+        ckpt = tmp_path / "ckpt"
+        ckpt.mkdir()
+        losses = {"step": 1, "lr": 1e-4, "total": 1.0, "mim/s2": 1.0}
+        state = {"step": 1, "history": [losses], "samples_per_s": 1.0}
+        write_checkpoint(ckpt, model, torch.optim.AdamW(model.parameters()), state)
+        metrics = write_outputs(params, ckpt, wall_s=1.0)
+        assert set(metrics["val"]["terms"]) == {"mim/s2"}
+        assert load_pretrained(params.pretrain.out_dir).config.sensors == ("s2",)
+
+
 def _local_pretrain_loss(params, storage: Path) -> float:
     """The last reported loss of a short pretraining in this process (Ray Train's local mode: no cluster)."""
     from ray.train import RunConfig, ScalingConfig

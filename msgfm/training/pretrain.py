@@ -317,7 +317,7 @@ def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, An
 
     cfg = params.pretrain
     state = json.loads((ckpt_dir / "state.json").read_text())
-    model = create_model_from_params(params.model)
+    model = build_model(params)  # the sensors pretrained on: the single-sensor baseline has only its own
     model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
     model.eval()
     save_pretrained(model, cfg.out_dir, extra={"pretrain": {"steps": state["step"], "sensors": list(cfg.sensors)}})
