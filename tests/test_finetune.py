@@ -35,6 +35,7 @@ from msgfm.datasets.tasks import (
     wald_pansharpening_input,
 )
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
+from msgfm.evaluation.evaluate import load_finetuned
 from msgfm.evaluation.report import render_report
 from msgfm.evaluation.scoring import TRIVIAL
 from msgfm.inference.predict import predict
@@ -336,6 +337,8 @@ def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(projec
         summary = tune_variant(params, data, "single_sensor")
         assert summary["inputs"] == ["s2"] and summary["trials_finished"] == params.finetune.trials
         assert "pretrained on ['s2'] only" in tune_variant(params, seg, "single_sensor")["missing"]
+        model, best = load_finetuned(params, "classification", "single_sensor")  # evaluation rebuilds it as saved
+        assert model.encoder.sensors == ("s2",) and best["variant"] == "single_sensor"
         shutil.rmtree(params.finetune.single_sensor_model)
         shutil.rmtree(params.finetune.out_dir / "classification" / "single_sensor")
         shutil.rmtree(params.finetune.out_dir / "segmentation" / "single_sensor", ignore_errors=True)

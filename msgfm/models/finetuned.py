@@ -9,6 +9,7 @@ weights' SHA-256), which `msgfm evaluate` rebuilds the model from.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, get_args
@@ -86,8 +87,12 @@ def load_encoder(params: Params, variant: str, seed: int) -> MSGFMEncoder:
 
 
 def rebuild_task_model(best: dict[str, Any], spec: HeadSpec) -> TaskModel:
-    """An untrained TaskModel shaped like a saved fine-tuned checkpoint (best.json) of the task `spec`."""
+    """An untrained TaskModel shaped like a saved fine-tuned checkpoint (best.json) of the task `spec`; its
+    head takes only the inputs the encoder has (the single-sensor baseline's checkpoint has S2 alone)."""
     encoder = MSGFMEncoder(MSGFMConfig.from_dict(best["encoder_config"]))
+    inputs = tuple(s for s in spec.inputs if s in encoder.sensors)
+    if inputs != tuple(spec.inputs):
+        spec = dataclasses.replace(spec, inputs=inputs)
     return build_task_model(spec, encoder, len(best["class_codes"]))
 
 

@@ -64,7 +64,9 @@ def load_weights(module: nn.Module, path: str | Path, device: str | torch.device
     except (RuntimeError, OSError) as e:
         raise ValueError(f"{path}: cannot load weights into {type(module).__name__}: {e}") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise ValueError(
+            f"{path}: weights do not fit the model: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
     return module
 
 
