@@ -41,3 +41,25 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_world import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny-world"), REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The model tests' micro msGFM after one optimizer step (so no weight is at its initial value), saved to disk."""
+    import torch
+    from model_fixtures import MICRO
+
+    from msgfm.models import create_model
+    from msgfm.models.hub import save_pretrained
+    from msgfm.sensors import S2_L2A_BANDS
+
+    torch.manual_seed(0)
+    model = create_model("msgfm_tiny", **MICRO)
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": {"s2": torch.randn(2, 12, 32, 32, generator=g)}, "bands": {"s2": S2_L2A_BANDS}}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(batch, generator=g).loss.backward()
+    opt.step()
+    directory = tmp_path_factory.mktemp("model") / "pretrain"
+    save_pretrained(model, directory, extra={"run": "test"})
+    return model.eval(), directory

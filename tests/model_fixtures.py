@@ -1,4 +1,5 @@
-"""What the model tests share: the micro msGFM config and a one-thread torch fixture."""
+"""What the model tests share: the micro msGFM config and a one-thread torch fixture (the saved micro model
+is `saved` in conftest.py)."""
 
 import pytest
 import torch

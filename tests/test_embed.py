@@ -22,26 +22,11 @@ from msgfm.inference.embed import embed_geotiff
 from msgfm.inference.tiling import Stitcher, axis_plan
 from msgfm.models import create_model
 from msgfm.models.hub import save_pretrained
-from msgfm.sensors import S2_L2A_BANDS, get_sensor
+from msgfm.sensors import get_sensor
 
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5300000.0)
 WHEN = ["--datetime", "2024-06-01T10:30:00"]
 S2_SAMPLE = "sen12ms-cr/ROIs1970_fall_s2/s2_139/ROIs1970_fall_s2_139_p839.tif"  # real S2 L1C, 13 bands, 256 px
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A micro model (chip 32) after one optimizer step (so no weight is at its initial value), saved to disk."""
-    torch.manual_seed(0)
-    model = create_model("msgfm_tiny", **MICRO)
-    g = torch.Generator().manual_seed(0)
-    batch = {"images": {"s2": torch.randn(2, 12, 32, 32, generator=g)}, "bands": {"s2": S2_L2A_BANDS}}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    model(batch, generator=g).loss.backward()
-    opt.step()
-    directory = tmp_path_factory.mktemp("model") / "pretrain"
-    save_pretrained(model, directory, extra={"run": "test"})
-    return model.eval(), directory
 
 
 @pytest.fixture(scope="module")

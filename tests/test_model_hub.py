@@ -11,24 +11,9 @@ from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 
 from msgfm.models import create_model
 from msgfm.models.hub import load_pretrained, save_pretrained
-from msgfm.sensors import S2_L2A_BANDS, get_sensor
+from msgfm.sensors import get_sensor
 
 TRANSFORM = Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5300000.0)
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A micro model after one optimizer step (so no weight is at its initial value), saved to disk."""
-    torch.manual_seed(0)
-    model = create_model("msgfm_tiny", **MICRO)
-    g = torch.Generator().manual_seed(0)
-    batch = {"images": {"s2": torch.randn(2, 12, 32, 32, generator=g)}, "bands": {"s2": S2_L2A_BANDS}}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    model(batch, generator=g).loss.backward()
-    opt.step()
-    directory = tmp_path_factory.mktemp("model") / "pretrain"
-    save_pretrained(model, directory, extra={"run": "test"})
-    return model.eval(), directory
 
 
 def test_save_load_gives_identical_outputs(saved) -> None:
