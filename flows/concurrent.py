@@ -12,7 +12,6 @@ holds a lock on its own output folder. The Prefect UI's timeline shows the overl
 
 from __future__ import annotations
 
-import collections
 import json
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.futures import as_completed
+
+from flows.streaming import StageFailed, failure, stream
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -59,8 +60,6 @@ def stage_commands(repo_dir: str | Path, order: list[str]) -> dict[str, str]:
 
 def _dvc(args: list[str], repo_dir: str, env: dict[str, str]) -> str:
     """Run a DVC command in the flow's thread; a failure raises with its output."""
-    from flows.pipeline import StageFailed
-
     done = subprocess.run([*DVC, *args], cwd=repo_dir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise StageFailed(f"dvc {' '.join(args)} exited with code {done.returncode}:\n{done.stdout}{done.stderr}")
@@ -75,28 +74,12 @@ def changed(stage: str, repo_dir: str, env: dict[str, str]) -> bool:
 @task(name="stage-command", task_run_name="{stage}")
 def run_command(stage: str, cmd: str, repo_dir: str, env: dict[str, str]) -> float:
     """Run one stage's command (as `dvc repro` would), streaming its output into the Prefect log; seconds."""
-    from flows.pipeline import StageFailed
-
     logger = get_run_logger()
     logger.info("$ %s  (stage %s, in %s)", cmd, stage, repo_dir)
     started = time.monotonic()
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    proc = subprocess.Popen(
-        cmd, shell=True, cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            if line := raw.rstrip():
-                tail.append(line)
-                logger.info(line)
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    code, lines = stream(cmd, repo_dir, env, logger)
     if code != 0:
-        raise StageFailed(f"stage {stage}: `{cmd}` exited with code {code}; last lines:\n" + "\n".join(tail))
+        raise failure(f"stage {stage}: `{cmd}`", code, lines)
     return time.monotonic() - started
 
 

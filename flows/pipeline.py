@@ -9,7 +9,6 @@ line into the Prefect run log, so a run from the UI or a schedule updates dvc.lo
 
 from __future__ import annotations
 
-import collections
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field, field_validator
 
 from flows.concurrent import run_concurrently
+from flows.streaming import failure, stream
 from msgfm.config import ParamsError, load_params
 
 # Stages that train models: never retried (a failed run is a bug or a resource problem, and a retry
@@ -35,10 +35,6 @@ OverrideValue = str | int | float | bool
 
 class PipelineError(RuntimeError):
     """dvc.yaml, a stage selection or a params override is unusable; the message says which and why."""
-
-
-class StageFailed(RuntimeError):
-    """`dvc repro` of one stage exited non-zero; the message holds the exit code and the last log lines."""
 
 
 class RetryPolicy(BaseModel):
@@ -219,35 +215,13 @@ def run_stage(stage: str, repo_dir: str, force: bool = False) -> StageRun:
     logger.info("$ dvc repro --single-item %s%s  (in %s)", stage, " --force" if force else "", repo_dir)
     started = time.monotonic()
     status: Literal["ran", "skipped", "restored"] = "ran"
-    tail: collections.deque[str] = collections.deque(maxlen=30)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=repo_dir,
-        env=_stage_env(repo_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            if not line:
-                continue
-            tail.append(line)
-            logger.info(line)
-            if "didn't change, skipping" in line:
-                status = "skipped"
-            elif "is cached - skipping run" in line:
-                status = "restored"
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:  # cancelled or crashed while streaming: do not leave dvc running
-            proc.terminate()
-            proc.wait(timeout=30)
+    code, lines = stream(cmd, repo_dir, _stage_env(repo_dir), logger)
     if code != 0:
-        raise StageFailed(f"dvc repro {stage} exited with code {code}; last lines:\n" + "\n".join(tail))
+        raise failure(f"dvc repro {stage}", code, lines)
+    if any("didn't change, skipping" in line for line in lines):
+        status = "skipped"
+    elif any("is cached - skipping run" in line for line in lines):
+        status = "restored"
     return StageRun(
         stage=stage, status=status, seconds=round(time.monotonic() - started, 3), retries=task_run.run_count - 1
     )
