@@ -177,26 +177,19 @@ def _write_product(grid: GridWriter, out_path: Path, meta: dict[str, str], scale
             columns=columns,
             scale=scale,
         )
-        write_item(
-            out_path,
-            media_type=PARQUET_MEDIA_TYPE,
-            crs=grid.crs,
-            transform=grid.transform,
-            shape=(height, width),
-            when=when,
-            properties=properties,
-        )
-        return
-    tags = {**meta, **({"scale": repr(scale)} if scale is not None else {})}
-    grid.to_cog([f"emb_{i:04d}" for i in range(dim)], tags, scale=scale)
-    band = {"data_type": "int8" if scale is not None else "float32", **({"scale": scale} if scale is not None else {})}
+        media_type, raster_bands = PARQUET_MEDIA_TYPE, None
+    else:
+        tags = {**meta, **({"scale": repr(scale)} if scale is not None else {})}
+        grid.to_cog([f"emb_{i:04d}" for i in range(dim)], tags, scale=scale)
+        band = {"data_type": "int8", "scale": scale} if scale is not None else {"data_type": "float32"}
+        media_type, raster_bands = COG_MEDIA_TYPE, [band] * dim
     write_item(
         out_path,
-        media_type=COG_MEDIA_TYPE,
+        media_type=media_type,
         crs=grid.crs,
         transform=grid.transform,
         shape=(height, width),
         when=when,
         properties=properties,
-        raster_bands=[band] * dim,
+        raster_bands=raster_bands,
     )
