@@ -12,6 +12,7 @@ import rasterio
 from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 
 from msgfm.chips.pairing import MANIFEST_COLUMNS, PairError, pair
+from msgfm.chips.positions import chip_classes
 from msgfm.chips.splits import assign_splits, blocks_touched
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
 from msgfm.geo.io import sha256_file
@@ -90,13 +91,25 @@ def test_labels_and_cloud_fraction(built):
     row = manifest[manifest["sensor"] == "s2"].iloc[0]
     label = store.labels(row["grid"], row["label_index"])
     np.testing.assert_array_equal(label, lc[row["row"] : row["row"] + 16, row["col"] : row["col"] + 16])
-    assert list(row["labels"]) == sorted(set(np.unique(label).tolist()) - {0})
+    codes, counts = np.unique(label[label != 0], return_counts=True)
+    assert list(row["labels"]) == [int(c) for c, n in zip(codes, counts, strict=True) if n >= 0.05 * counts.sum()]
     s2 = manifest[manifest["sensor"] == "s2"]
     assert s2.loc[s2["date"] == "2024-05-11", "cloud_fraction"].max() > 0.2  # the cloudy date
     assert s2.loc[s2["date"] != "2024-05-11", "cloud_fraction"].max() == 0
     cloudy = s2.loc[s2["date"] == "2024-05-11"].sort_values("cloud_fraction").iloc[-1]
     mask = store.mask("s2", cloudy["store_index"])
     assert np.isin(mask, [1, 2]).mean() == pytest.approx(cloudy["cloud_fraction"])
+
+
+def test_chip_classes_are_by_area_fraction_of_known_pixels():
+    chip = np.zeros((10, 10), np.uint8)
+    chip[:, :6] = 10  # 60 % of all pixels, 75 % of the known ones
+    chip[:, 6:8] = 40  # 25 % of the known
+    chip[0, 8] = 80  # 1 of 80 known pixels
+    assert chip_classes(chip, 0.05) == [10, 40]
+    assert chip_classes(chip, 0.0) == [10, 40, 80]  # 0: any pixel, the old behaviour
+    assert chip_classes(chip, 0.3) == [10]
+    assert chip_classes(np.zeros((4, 4), np.uint8), 0.05) == []
 
 
 def test_splits_are_spatial_blocks_with_buffer(built):

@@ -29,7 +29,15 @@ from affine import Affine
 from tqdm import tqdm
 
 from msgfm.chips.partners import Raster, choose_partners
-from msgfm.chips.positions import GridKey, Position, chip_footprints, chip_positions, position_classes, window_sum
+from msgfm.chips.positions import (
+    GridKey,
+    Position,
+    chip_classes,
+    chip_footprints,
+    chip_positions,
+    position_classes,
+    window_sum,
+)
 from msgfm.chips.splits import assign_splits
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
 from msgfm.decisions import accepted_ids
@@ -87,7 +95,7 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
     inputs = _group(coreg_dir, load_accepted_rasters(coreg_dir, coreg_gate))
     positions = chip_positions(inputs.grids, cfg.chip_px, cfg.stride_px)
     footprints, origins = chip_footprints(inputs.grids, positions, cfg.chip_px)
-    classes = position_classes(inputs.labels, positions, cfg.chip_px)
+    classes = position_classes(inputs.labels, positions, cfg.chip_px, cfg.label_min_fraction)
     splits = assign_splits(cfg, seed, footprints, origins, classes)
     rasters = inputs.in_store_order()
     _keep_valid_chips(cfg, rasters, positions, splits)
@@ -95,7 +103,7 @@ def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -
         choose_partners(group, cfg.max_days, cfg.fine_max_days)
     counts, label_index = _number_chips(rasters, inputs.labels)
     writer = _open_store(cfg, rasters, counts, label_index)
-    labels = _Labels(label_index, _write_labels(writer, inputs.labels, label_index, cfg.chip_px))
+    labels = _Labels(label_index, _write_labels(writer, inputs.labels, label_index, cfg))
     records = _write_chips(writer, rasters, inputs.grids, splits, labels, cfg.chip_px)
     manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
     _commit(cfg, writer, manifest)
@@ -225,9 +233,10 @@ def _open_store(
 
 
 def _write_labels(
-    writer: ChipStoreWriter, labels: dict[GridKey, Path], label_index: dict[Position, int], size: int
+    writer: ChipStoreWriter, labels: dict[GridKey, Path], label_index: dict[Position, int], cfg: PairParams
 ) -> dict[Position, list[int]]:
-    """Pass 2a: store the label chip of every labelled position; return the classes each holds."""
+    """Pass 2a: store the label chip of every labelled position; return its classes by area (`chip_classes`)."""
+    size = cfg.chip_px
     label_classes: dict[Position, list[int]] = {}
     for key, path in sorted(labels.items()):
         with rasterio.open(path) as src:
@@ -236,7 +245,7 @@ def _write_labels(
             if (aoi, grid_name) == key:
                 chip = lab[r : r + size, c : c + size]
                 writer.write_label(grid_name, idx, chip)
-                label_classes[(aoi, grid_name, r, c)] = sorted(int(v) for v in np.unique(chip) if v != 0)
+                label_classes[(aoi, grid_name, r, c)] = chip_classes(chip, cfg.label_min_fraction)
     return label_classes
 
 

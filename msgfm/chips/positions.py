@@ -43,16 +43,25 @@ def chip_footprints(
     return footprints, origins
 
 
+def chip_classes(chip: np.ndarray, min_fraction: float) -> list[int]:
+    """The chip's multi-label classes: those covering at least `min_fraction` of its known (non-0) pixels,
+    as BigEarthNet labels by area rather than by any pixel (which saturates on large chips)."""
+    codes, counts = np.unique(chip[chip != 0], return_counts=True)
+    if not counts.size:
+        return []
+    return sorted(int(v) for v, n in zip(codes, counts, strict=True) if n >= min_fraction * counts.sum())
+
+
 def position_classes(
-    labels: dict[GridKey, Path], positions: dict[GridKey, list[tuple[int, int]]], size: int
+    labels: dict[GridKey, Path], positions: dict[GridKey, list[tuple[int, int]]], size: int, min_fraction: float
 ) -> dict[Position, set[int]]:
-    """Land-cover classes (0, unknown, left out) inside each chip position of the grids that have a label raster."""
+    """Land-cover classes (`chip_classes`) of each chip position of the grids that have a label raster."""
     classes: dict[Position, set[int]] = {}
     for (aoi, grid_name), path in labels.items():
         with rasterio.open(path) as src:
             lab = src.read(1)
         for r, c in positions.get((aoi, grid_name), []):
-            classes[(aoi, grid_name, r, c)] = {int(v) for v in np.unique(lab[r : r + size, c : c + size])} - {0}
+            classes[(aoi, grid_name, r, c)] = set(chip_classes(lab[r : r + size, c : c + size], min_fraction))
     return classes
 
 

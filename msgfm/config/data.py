@@ -40,6 +40,9 @@ class SimulateParams(Section):
     max_s1_shift_px: float = Field(3.0, ge=0, le=20)
     max_dsm_shift_px: float = Field(3.0, ge=0, le=20)
     until: dt.date | None = Field(None, description="publish only acquisitions up to this date")
+    label_noise: float = Field(
+        0.05, ge=0, le=0.5, description="share of 30 m cells the land-cover map labels with the runner-up class"
+    )
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> SimulateParams:
@@ -144,6 +147,9 @@ class PairParams(Section):
     )
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
+    label_min_fraction: float = Field(
+        0.05, ge=0, le=1, description="a chip's multi-label classes cover at least this share of its known pixels"
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> PairParams:

@@ -24,17 +24,17 @@ from msgfm.sim.world import (
     TREE,
     WATER,
     WETLAND,
-    FourierNoise,
     World,
+    fbm,
     hash_uniform,
 )
 
 # B01  B02  B03  B04  B05  B06  B07  B08  B8A  B09  B11  B12
 SIGNATURES: dict[str, list[float]] = {
-    "broadleaf": [250, 300, 600, 300, 1000, 2900, 3700, 3950, 4100, 3900, 1900, 850],
-    "conifer": [180, 230, 420, 220, 650, 1700, 2150, 2300, 2400, 2300, 1150, 500],
-    "crop": [280, 330, 700, 320, 1150, 3100, 3900, 4200, 4350, 4100, 2100, 950],
-    "grass": [300, 350, 650, 380, 1100, 2600, 3200, 3400, 3500, 3300, 2100, 1050],
+    "broadleaf": [250, 300, 600, 220, 950, 3300, 4200, 4500, 4650, 4400, 1900, 850],
+    "conifer": [180, 230, 420, 180, 650, 2000, 2550, 2750, 2850, 2750, 1150, 500],
+    "crop": [280, 330, 700, 240, 1100, 3500, 4400, 4750, 4900, 4600, 2100, 950],
+    "grass": [300, 350, 650, 300, 1050, 3000, 3700, 3950, 4050, 3850, 2100, 1050],
     "shrub": [350, 420, 650, 600, 1050, 1900, 2250, 2400, 2500, 2400, 2300, 1500],
     "soil": [700, 850, 1150, 1450, 1700, 1900, 2050, 2200, 2300, 2300, 2900, 2400],
     "sand": [1000, 1250, 1750, 2300, 2550, 2700, 2800, 2900, 3000, 2950, 3600, 3100],
@@ -45,6 +45,8 @@ SIGNATURES: dict[str, list[float]] = {
     "snow": [6000, 6300, 6200, 6000, 5800, 5600, 5400, 5200, 5100, 4600, 600, 450],
     "water": [550, 480, 420, 280, 230, 180, 160, 140, 130, 110, 95, 75],
     "wet_ground": [450, 450, 550, 450, 550, 800, 900, 950, 980, 900, 700, 400],
+    "asphalt": [650, 700, 760, 800, 830, 850, 870, 900, 920, 900, 1000, 950],
+    "roof": [1100, 1250, 1400, 1550, 1650, 1750, 1850, 1950, 2000, 1950, 2300, 2100],
     "cloud": [5200, 5300, 5200, 5300, 5400, 5500, 5600, 5600, 5700, 3000, 4300, 3200],
 }
 
@@ -121,18 +123,34 @@ def _luts(world: World) -> tuple[np.ndarray, np.ndarray]:
 
 
 def s2_reflectance(world: World, static: dict[str, np.ndarray], date: dt.date, rng: np.random.Generator) -> np.ndarray:
-    """Cloud-free surface reflectance x 10000, (12, H, W) float32, on the grid of `static` (class, parcel...)."""
-    cls, parcel, texture = static["cls"], static["parcel"], static["texture"]
+    """Cloud-free surface reflectance x 10000, (12, H, W) float32: rendered on the sub-grid of `static`
+    (`sub` x `sub` points per 10 m pixel) and area-averaged, so a pixel mixes the classes and objects it covers."""
+    cls, parcel, texture, f = static["cls"], static["parcel"], static["texture"], int(static["sub"])
     veg, bg = _luts(world)
-    g = greenness(world, cls, parcel, date.timetuple().tm_yday)
-    refl = bg[cls] + g[..., None] * (veg[cls] - bg[cls])  # (H, W, 12)
-    bright = 1 + 0.07 * texture + np.where(cls == CROP, 0.16 * (parcel - 0.5), 0)
+    doy = date.timetuple().tm_yday
+    g = greenness(world, cls, parcel, doy)
+    refl = bg[cls] + g[..., None] * (veg[cls] - bg[cls])  # (H*f, W*f, 12)
+    refl = _built_structure(world, refl, static, doy)
+    bright = 1 + 0.08 * texture + np.where(cls == CROP, 0.16 * (parcel - 0.5), 0)
     bright = np.where(cls == WATER, 1 + 0.2 * texture, bright)
-    bright *= 1 + 0.03 * rng.standard_normal()  # per-date atmosphere/illumination residual
     refl = refl * bright[..., None].astype(np.float32)
+    h, w = cls.shape[0] // f, cls.shape[1] // f
+    refl = refl.reshape(h, f, w, f, refl.shape[-1]).mean(axis=(1, 3))
+    refl *= np.float32(1 + 0.03 * rng.standard_normal())  # per-date atmosphere/illumination residual
     refl *= 1 + 0.012 * rng.standard_normal(refl.shape).astype(np.float32)  # sensor noise
     refl += 12 * rng.standard_normal(refl.shape).astype(np.float32)
     return np.moveaxis(refl, -1, 0).astype(np.float32)
+
+
+def _built_structure(world: World, refl: np.ndarray, static: dict[str, np.ndarray], doy: int) -> np.ndarray:
+    """Built-up sub-pixels by object: asphalt roads, roofs (brightness per roof) and green gardens."""
+    s = {k: np.asarray(v, np.float32) for k, v in SIGNATURES.items()}
+    built = static["cls"] == BUILT
+    garden_g = 0.6 * (0.35 + 0.55 * bell(doy, 165, 65)) * world.biome.veg_vigour
+    garden = s["dry_grass"] + np.float32(garden_g) * (s["grass"] - s["dry_grass"])
+    roof = s["roof"][None] * (0.6 + 0.8 * static["roof"][..., None])
+    obj = np.where(static["road"][..., None], s["asphalt"], np.where(static["building"][..., None], roof, garden))
+    return np.where(built[..., None], obj, refl).astype(np.float32)
 
 
 def add_clouds(
@@ -140,8 +158,14 @@ def add_clouds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blend clouds and their shadows into `refl`; return it with the cloud mask (0 clear, 1 cloud, 2 shadow)."""
     scale = max(half_extent_m, 300.0)
-    field = FourierNoise.create(rng, scale * 0.15, scale * 1.2, n=16, hurst=0.8)
-    detail = FourierNoise.create(rng, 30, 200, n=10)
+    salt = int(rng.integers(1, 2**40))
+
+    def field(px: np.ndarray, py: np.ndarray) -> np.ndarray:  # fractal, so no periodic dot pattern
+        return fbm(salt, px, py, 20.0, scale * 1.2, hurst=0.8)
+
+    def detail(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        return fbm(salt + 7, px, py, 10.0, 160.0, hurst=0.5)
+
     cover = rng.uniform(0.15, 0.6)
     sample = field(x[::4, ::4], y[::4, ::4])
     thr = np.quantile(sample, 1 - cover)

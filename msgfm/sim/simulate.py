@@ -36,6 +36,8 @@ from msgfm.sim.world import CODES, World, rng_for
 
 log = logging.getLogger(__name__)
 
+S2_SUBSAMPLES = 4
+"""S2 is rendered on 4 x 4 points per 10 m pixel (2.5 m) and area-averaged: mixed pixels, roads visible at 10 m."""
 DSM_NODATA = float(get_sensor("dsm").bands[0].nodata)
 RGB_CRS = "EPSG:3857"
 TRUTH_CONVENTION = (
@@ -154,16 +156,23 @@ class _AOIContext:
 
     @property
     def static(self) -> dict[str, np.ndarray]:
-        """Class, parcel key and texture at the S2 pixel centres (computed once per AOI)."""
+        """S2 pixel centres, and class, parcel, texture and urban objects on the S2 sub-grid (once per AOI)."""
         if self._static is None:
-            x, y = self.grids.centres(self.grids.s2, self.grids.size)
-            parcel, _ = self.world.parcels(x, y)
+            g, f = self.grids, S2_SUBSAMPLES
+            x, y = g.centres(g.s2, g.size)
+            sx, sy = g.centres(g.s2 * Affine.scale(1 / f), g.size * f)
+            parcel, _ = self.world.parcels(sx, sy)
+            urban = self.world.urban(sx, sy)
             self._static = {
                 "x": x,
                 "y": y,
-                "cls": self.world.classes(x, y),
+                "sub": np.array(f),
+                "cls": self.world.classes(sx, sy),
                 "parcel": parcel.astype(np.float32),
-                "texture": self.world.texture(x, y) + 0.5 * self.world.pixel_heterogeneity(x, y, 10.0),
+                "texture": self.world.grain(sx, sy),
+                "road": urban["road"],
+                "building": urban["height"] > 0,
+                "roof": urban["roof"],
             }
         return self._static
 
@@ -195,7 +204,7 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
     if acq.sensor == "s2":
         st = ctx.static
         refl = observe.s2_reflectance(w, st, acq.date, rng)
-        mask = np.zeros(st["cls"].shape, np.uint8)
+        mask = np.zeros(st["x"].shape, np.uint8)
         if acq.cloudy:
             refl, mask = observe.add_clouds(refl, st["x"], st["y"], rng, w.half_extent_m)
         for band, img in zip(S2_L2A_BANDS, refl, strict=True):
@@ -229,11 +238,11 @@ def render(ctx: _AOIContext, acq: Acquisition, folder: Path) -> None:
         return
     if acq.sensor == "landcover":
         x, y = g.centres(g.s2, g.size)
-        write_cog(folder / "map.tif", CODES[w.classes(x, y)], crs=crs, transform=g.s2, nodata=NODATA,
-                  band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
+        write_cog(folder / "map.tif", CODES[w.mapped_classes(x, y, ctx.cfg.label_noise)], crs=crs, transform=g.s2,
+                  nodata=NODATA, band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
         x, y = g.centres(g.fine, g.fine_size)
-        write_cog(folder / "map_fine.tif", CODES[w.classes(x, y)], crs=crs, transform=g.fine, nodata=NODATA,
-                  band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
+        write_cog(folder / "map_fine.tif", CODES[w.mapped_classes(x, y, ctx.cfg.label_noise)], crs=crs,
+                  transform=g.fine, nodata=NODATA, band_names=["landcover"], tags=_tags(acq.item_id))  # fmt: skip
         return
     raise ValueError(f"unknown sensor {acq.sensor!r}")
 

@@ -114,6 +114,31 @@ class FourierNoise:
         return out
 
 
+def value_noise(salt: int, x: np.ndarray, y: np.ndarray, cell_m: float) -> np.ndarray:
+    """Smooth lattice noise (hashed corner values, smoothstep-interpolated) of period-free cells of `cell_m`."""
+    u, v = np.asarray(x, np.float64) / cell_m, np.asarray(y, np.float64) / cell_m
+    i, j = np.floor(u), np.floor(v)
+    fu, fv = u - i, v - j
+    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+    corner = [hash_uniform(salt, i + di, j + dj) for di in (0, 1) for dj in (0, 1)]  # (0,0) (0,1) (1,0) (1,1)
+    left = corner[0] + fv * (corner[1] - corner[0])
+    right = corner[2] + fv * (corner[3] - corner[2])
+    return ((left + fu * (right - left)) * 2 - 1).astype(np.float32)
+
+
+def fbm(salt: int, x: np.ndarray, y: np.ndarray, cell_min_m: float, cell_max_m: float, hurst: float = 0.7):
+    """Fractal (fBm) noise of unit variance from octaves of value noise between two cell sizes: a texture
+    with a power-law spectrum and, unlike a sum of a few cosines, no periodic pattern."""
+    out = np.zeros(np.shape(x), np.float32)
+    total, cell, k = 0.0, float(cell_max_m), 0
+    while cell >= cell_min_m * 0.999:
+        amp = (cell / cell_max_m) ** hurst
+        out += np.float32(amp) * value_noise(salt + 101 * k, x, y, cell)
+        total += amp**2
+        cell, k = cell / 2, k + 1
+    return out / np.float32(np.sqrt(total * 0.2))  # value noise on [-1, 1] has variance about 0.2
+
+
 def _affine_steps(x: np.ndarray, y: np.ndarray, tol_m: float = 1e-6):
     """(origin, step per column, step per row) when the 2-D coordinate arrays are affine in (row, col)."""
     if x.ndim != 2 or min(x.shape) < 2 or x.shape != y.shape:
@@ -220,11 +245,18 @@ class World:
         """Land-cover class index (0..8, CODES order) at each point."""
         return self._scores(x, y).argmax(0).astype(np.uint8)
 
-    def pixel_heterogeneity(self, x: np.ndarray, y: np.ndarray, cell_m: float) -> np.ndarray:
-        """Unit-variance noise constant within `cell_m` cells: sub-pixel mixtures seen by a coarse sensor."""
-        i, j = np.floor(x / cell_m), np.floor(y / cell_m)
-        u = hash_uniform(self.salt + 10, i, j) + hash_uniform(self.salt + 11, i, j) - 1.0
-        return (u * np.sqrt(6.0)).astype(np.float32)
+    def mapped_classes(self, x: np.ndarray, y: np.ndarray, noise: float, cell_m: float = 30.0) -> np.ndarray:
+        """The class a land-cover map reports: the true class, except in a share `noise` of `cell_m` cells
+        (grid-independent) where the mapper picked the runner-up class, the plausible confusion."""
+        scores = self._scores(x, y)
+        order = np.argsort(-scores, axis=0)
+        wrong = hash_uniform(self.salt + 12, np.floor(x / cell_m), np.floor(y / cell_m)) < noise
+        runner_up_valid = np.isfinite(np.take_along_axis(scores, order[1:2], 0)[0])
+        return np.where(wrong & runner_up_valid, order[1], order[0]).astype(np.uint8)
+
+    def grain(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Within-class texture seen by S2 (unit-variance fBm from 5 m to 640 m, no periodic pattern)."""
+        return fbm(self.salt + 20, x, y, 5.0, 640.0)
 
     # -- objects -------------------------------------------------------------------------------------
     def parcels(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
