@@ -4,7 +4,8 @@ Layout (docs/data-layout.md): `data/raw/{sensor}/{item_id}/{asset_key}.tif`, the
 beside them as `item.json` (hrefs rewritten to the local files), and `data/raw/acquisitions.parquet`,
 one row per item with its status.
 
-- Concurrent: items are fetched by a thread pool (`download.workers`), with a tqdm bar.
+- Concurrent: items are fetched by a thread pool (`download.workers`), or as Ray tasks when
+  `ray.data_workers > 1` (msgfm.cluster.tasks: the nodes of a cluster fetch into shared storage), with a tqdm bar.
 - Robust: HTTP errors and timeouts are retried with exponential backoff (`retries`, `backoff_s`);
   404/401/403/410 are not. A partly received file is kept as `{asset}.tif.part` and resumed with an
   HTTP Range + If-Range request, on this attempt or on the next run, only while the server's version is
@@ -35,7 +36,8 @@ from typing import Any
 
 import pandas as pd
 
-from msgfm.config import DownloadParams, SourceParams
+from msgfm.cluster.tasks import map_ordered
+from msgfm.config import DownloadParams, RayParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest.convert import one_band
 from msgfm.ingest.fetch import DownloadError, Fetcher
@@ -203,6 +205,7 @@ def download(
     report_path: str | Path | None = "data/reports/download.json",
     signer: Signer | None = None,
     progress: bool = True,
+    ray_cfg: RayParams | None = None,
 ) -> DownloadSummary:
     """Fetch every acquisition not yet complete in the ledger; update the ledger; return what happened."""
     out_dir = Path(cfg.out_dir)
@@ -217,7 +220,18 @@ def download(
         len(plan.todo),
         plan.changed,
     )
-    total_bytes, failed = _fetch_all(plan.todo, out_dir, cfg, ledger, progress)
+    if ray_cfg is not None and ray_cfg.data_workers > 1:
+        results = map_ordered(
+            _fetch_on_worker,
+            [(rec, out_dir, cfg) for rec in plan.todo],
+            workers=ray_cfg.data_workers,
+            ray_cfg=ray_cfg,
+            desc="download",
+            progress=progress,
+        )
+        total_bytes, failed = _record_fetched(results, ledger)
+    else:
+        total_bytes, failed = _fetch_all(plan.todo, out_dir, cfg, ledger, progress)
     _write_ledger(out_dir, list(ledger.values()))
     summary = DownloadSummary(
         items=plan.offered,
@@ -286,11 +300,24 @@ def _fetch_all(
     ):
         futures = {pool.submit(_fetch_item, rec, out_dir, fetcher): rec for rec in todo}
         for future in as_completed(futures):
-            row, nbytes = future.result()
-            ledger[row["id"]] = row
-            total_bytes += nbytes
-            if row["status"] != "ok":
-                failed += 1
-                log.warning("%s: %s", row["id"], row["error"])
+            nbytes, bad = _record_fetched([future.result()], ledger)
+            total_bytes, failed = total_bytes + nbytes, failed + bad
             bar.update(1)
+    return total_bytes, failed
+
+
+def _fetch_on_worker(rec: ItemRecord, out_dir: Path, cfg: DownloadParams) -> tuple[dict[str, Any], int]:
+    """One item fetched as a Ray task, with its own Fetcher (HTTP sessions do not travel between processes)."""
+    return _fetch_item(rec, out_dir, Fetcher(cfg))
+
+
+def _record_fetched(results: list[tuple[dict[str, Any], int]], ledger: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """Put fetched items' ledger rows in `ledger`, warning about failures; (bytes, failed items)."""
+    total_bytes = failed = 0
+    for row, nbytes in results:
+        ledger[row["id"]] = row
+        total_bytes += nbytes
+        if row["status"] != "ok":
+            failed += 1
+            log.warning("%s: %s", row["id"], row["error"])
     return total_bytes, failed

@@ -44,7 +44,7 @@ from msgfm.models.finetuned import (
 )
 from msgfm.models.heads import TaskModel, build_task_model
 from msgfm.training.loop import Hyper, train_model
-from msgfm.training.ray_cluster import RayClusterError, connect_ray
+from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.training.study import fail_stale_trials, finished_trials, open_study, pruned_trials, suggest
 
 if TYPE_CHECKING:

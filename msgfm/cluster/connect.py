@@ -6,7 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from msgfm.training.ray_logging import RUNTIME_ENV
+from msgfm.cluster.quiet import RUNTIME_ENV
 
 if TYPE_CHECKING:
     from msgfm.config import RayParams
