@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import operator
 import threading
 from collections import defaultdict, deque
 from email.utils import format_datetime
@@ -185,6 +186,7 @@ class LoopbackServer:
             "conformsTo": [
                 "https://api.stacspec.org/v1.0.0/core",
                 "https://api.stacspec.org/v1.0.0/item-search",
+                "https://api.stacspec.org/v1.0.0/item-search#query",
             ],
             "links": [
                 {"rel": "self", "href": f"{self.url}/api", "type": "application/json"},
@@ -209,5 +211,21 @@ class LoopbackServer:
                 w, s, e, n = item["bbox"]
                 if w > bbox[2] or e < bbox[0] or s > bbox[3] or n < bbox[1]:
                     continue
+            if not _matches(item, params.get("query")):
+                continue
             features.append(item)
         return {"type": "FeatureCollection", "features": features, "links": []}
+
+
+_QUERY_OPS = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge, "eq": operator.eq}
+
+
+def _matches(item: dict[str, Any], query: Any) -> bool:
+    """The STAC API query extension: every {property: {op: value}} holds; an item without the property fails."""
+    if isinstance(query, str):
+        query = json.loads(query)
+    props = item.get("properties") or {}
+    for prop, ops in (query or {}).items():
+        if prop not in props or not all(_QUERY_OPS[op](props[prop], v) for op, v in ops.items()):
+            return False
+    return True

@@ -175,6 +175,14 @@ class SourceParams(Section):
         description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
         "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
     )
+    max_cloud_cover: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="S2 items whose eo:cloud_cover (percent) exceeds this are not downloaded: a STAC API search "
+        "asks for at most it (query extension), static and folder items are skipped (folder sidecar: "
+        "cloud_cover); items without eo:cloud_cover are kept; null: no filter",
+    )
     assets: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "s1": ["VV", "VH"],

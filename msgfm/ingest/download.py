@@ -39,6 +39,7 @@ from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest.convert import one_band
 from msgfm.ingest.fetch import DownloadError, Fetcher
+from msgfm.ingest.records import cloud_cover_above
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
 
@@ -71,6 +72,8 @@ class DownloadSummary:
     failed: int
     duplicates: int
     bytes: int
+    too_cloudy: int = 0
+    """S2 items skipped because their eo:cloud_cover exceeds source.max_cloud_cover (a STAC API filters them itself)."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -226,6 +229,7 @@ def download(
         failed=failed,
         duplicates=plan.duplicates,
         bytes=total_bytes,
+        too_cloudy=plan.too_cloudy,
     )
     if report_path is not None:
         atomic_write_json(report_path, summary.as_dict())
@@ -241,17 +245,24 @@ class _Plan:
     offered: int
     duplicates: int
     changed: int
+    too_cloudy: int
 
 
 def _plan(
     source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path, cfg: DownloadParams
 ) -> _Plan:
-    """List the source once: skip repeated ids and items complete and unchanged in the ledger; fail folder clashes."""
+    """List the source once: skip too cloudy S2, repeated ids and complete unchanged items; fail folder clashes."""
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
-    duplicates = changed = 0
+    duplicates = changed = too_cloudy = 0
     for rec in iter_items(source, signer=signer, limits=cfg):
+        cover = cloud_cover_above(rec, source.max_cloud_cover)
+        if cover is not None:
+            too_cloudy += 1
+            log.info("item %s skipped: eo:cloud_cover %g > source.max_cloud_cover %g", rec.id, cover,
+                     source.max_cloud_cover)  # fmt: skip
+            continue
         if rec.id in seen:
             duplicates += 1
             log.warning("item %s is listed more than once by the source; the first listing is used", rec.id)
@@ -268,7 +279,7 @@ def _plan(
                 continue
             changed += 1
         todo.append(rec)
-    return _Plan(todo, len(seen), duplicates, changed)
+    return _Plan(todo, len(seen), duplicates, changed, too_cloudy)
 
 
 def _fetch_all(

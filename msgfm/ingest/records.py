@@ -186,6 +186,14 @@ def _crs_of(props: dict[str, Any]) -> str | None:
     return None
 
 
+def cloud_cover_above(rec: ItemRecord, max_cloud_cover: float | None) -> float | None:
+    """The `eo:cloud_cover` of an S2 item when it exceeds `max_cloud_cover` (source.max_cloud_cover), else None."""
+    cover = (rec.item.get("properties") or {}).get("eo:cloud_cover")
+    if max_cloud_cover is None or rec.sensor != "s2" or not isinstance(cover, int | float):
+        return None
+    return float(cover) if cover > max_cloud_cover else None
+
+
 def failed_record(item_id: str, error: str) -> ItemRecord:
     """The record of an item that cannot be used at all: its id and why."""
     return ItemRecord(item_id, None, None, None, None, None, None, {}, {}, error=error)
