@@ -37,7 +37,7 @@ import pandas as pd
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
-from msgfm.ingest.convert import one_band
+from msgfm.ingest.convert import land
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.records import cloud_cover_above
 from msgfm.ingest.redact import redact
@@ -164,7 +164,8 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            written += _fetch_asset(fetcher, asset, dest, rec.root)
+            nbytes, described = _fetch_asset(fetcher, asset, dest, rec.root)
+            written += nbytes
         except DownloadError as e:
             errors.append(str(e))
             continue
@@ -176,9 +177,7 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         assets[key] = dest.relative_to(out_dir).as_posix()
         entry = dict(rec.item["assets"][key])
         entry["href"] = f"./{name}"
-        if asset.linear:
-            entry |= {"raster:bands": [{"data_type": "float32", "unit": "dB"}], "msgfm:converted": "linear power to dB"}
-        local_item["assets"][key] = entry
+        local_item["assets"][key] = entry | described
     if errors:
         return _ledger_row(rec, assets, "", "; ".join(errors)), written
     item_path = item_dir / "item.json"
@@ -186,17 +185,29 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
     return _ledger_row(rec, assets, item_path.relative_to(out_dir).as_posix(), ""), written
 
 
-def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> int:
-    """Fetch one asset to `dest`; a band of a stacked file, or linear S1, is fetched whole, then converted."""
+def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> tuple[int, dict[str, Any]]:
+    """Fetch one asset to `dest`, then land an S1/S2 file (msgfm.ingest.convert: one band, dB, reflectance x 10000).
+
+    A band of a stacked file and linear S1 are fetched under a staging name, since they are always rewritten;
+    other files are fetched in place (resumable as `{name}.part`) and rewritten only when they need it.
+    Returns the bytes fetched and the asset fields that describe a rewritten file.
+    """
     if asset.band is None and not asset.linear:
-        return fetcher.fetch(asset, dest, root)
+        written = fetcher.fetch(asset, dest, root)
+        if asset.sensor not in ("s1", "s2"):
+            return written, {}
+        try:
+            return written, land(dest, dest, asset)
+        except DownloadError:
+            dest.unlink(missing_ok=True)  # refused bytes never stay under the asset's final name
+            raise
     staged = dest.with_name(f"{dest.stem}.source.tif")
     try:
         written = fetcher.fetch(asset, staged, root)
-        one_band(staged, asset.band or 1, dest, to_db=asset.linear)
+        described = land(staged, dest, asset)
     finally:
         staged.unlink(missing_ok=True)
-    return written
+    return written, described
 
 
 def download(

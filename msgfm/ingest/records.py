@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from msgfm.config import SourceParams
 from msgfm.ingest.aois import derive_aoi
 from msgfm.ingest.reader import is_url
-from msgfm.sensors import SENSORS, canonical_band
+from msgfm.sensors import SENSORS, SENTINEL2, canonical_band
 
 KNOWN_SENSORS = (*SENSORS, "landcover")
 """Sensors an item may belong to: the four of the registry plus the land-cover label source."""
@@ -43,6 +43,9 @@ class AssetRecord:
     """`msgfm:band`: the asset is this 1-based band of a stacked file; download extracts it into its own file."""
     linear: bool = False
     """S1 backscatter in linear power (declared or by collection): download converts it to dB."""
+    sensor: str | None = None
+    s2_scaling: tuple[float | None, float] | None = None
+    """An S2 band's (gain, bias) to reflectance x 10000 (gain None: by the file's type); None: not an S2 band."""
 
 
 @dataclass
@@ -113,6 +116,8 @@ def record_from_item(
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
             band=asset["msgfm:band"] if isinstance(asset.get("msgfm:band"), int) else None,
             linear=sensor == "s1" and is_linear(asset, collection),
+            sensor=sensor,
+            s2_scaling=s2_scaling(asset, props) if sensor == "s2" and key in SENTINEL2.band_names else None,
         )
     if not error and wanted and not assets:
         found = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and a.get("href"))
@@ -149,6 +154,36 @@ def is_linear(asset: dict[str, Any], collection: str | None) -> bool:
     if isinstance(unit, str) and unit.strip():
         return unit.strip().lower() in ("linear", "linear power", "power", "amplitude squared", "1")
     return collection in LINEAR_S1_COLLECTIONS
+
+
+HARMONISED_FLAGS = ("earthsearch:boa_offset_applied",)
+"""Item properties saying a publisher already removed the baseline-04.00 offset from the pixels."""
+
+
+def s2_scaling(asset: dict[str, Any], props: dict[str, Any]) -> tuple[float | None, float]:
+    """(gain, bias) taking an S2 band asset's values to reflectance x 10000 (the registry's unit and old baselines).
+
+    Gain: the `raster:bands` scale x 10000 (0.0001 -> 1), None when undeclared (decided by the file's type).
+    Bias: the declared offset x 10000 (Earth Search declares -0.1 -> -1000); undeclared or zero, -1000 for
+    `s2:processing_baseline` 04.00 and later (the BOA_ADD_OFFSET / RADIO_ADD_OFFSET of ESA's products)
+    unless the item says the offset was already applied.
+    """
+    bands = asset.get("raster:bands")
+    band = bands[0] if isinstance(bands, list) and bands and isinstance(bands[0], dict) else {}
+    scale, offset = band.get("scale"), band.get("offset")
+    gain = float(scale) * 10000.0 if isinstance(scale, int | float) and scale > 0 else None
+    bias = float(offset) * 10000.0 if isinstance(offset, int | float) else 0.0
+    if bias == 0.0 and _baseline(props) >= 4.0 and not any(props.get(f) is True for f in HARMONISED_FLAGS):
+        bias = -1000.0
+    return gain, bias
+
+
+def _baseline(props: dict[str, Any]) -> float:
+    """`s2:processing_baseline` ("05.09") as a number; 0 when absent or unreadable (older products)."""
+    try:
+        return float(str(props.get("s2:processing_baseline") or 0))
+    except ValueError:
+        return 0.0
 
 
 def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
