@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -158,8 +158,10 @@ class SourceParams(Section):
     kind: Literal["static", "stac_api", "folder"] = "static"
     href: str = Field("data/source/catalog.json", description="static: catalog.json path or URL")
     url: str | None = Field(None, description="stac_api: the API landing page URL")
-    collections: dict[str, str] = Field(
-        default_factory=dict, description="sensor -> collection id (stac_api; static catalogs without msgfm:sensor)"
+    collections: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="sensor -> collection id or list of ids (s2: [sentinel-2-l2a, sentinel-2-l1c]); stac_api, "
+        "and static catalogs without msgfm:sensor",
     )
     bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="stac_api: WGS84 search box")
     datetime: str | None = Field(None, description="stac_api: RFC 3339 instant or interval, e.g. 2024-03-01/2024-10-31")
@@ -194,6 +196,14 @@ class SourceParams(Section):
         description="sensor -> asset keys to download (and that the raw gate requires); any case or alias "
         "(vv, blue, b02, scl), matched as the registry's band names (msgfm.sensors.canonical_band)",
     )
+
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _collection_lists(cls, value: Any) -> Any:
+        """One collection id or a list of them per sensor; always a list after validation."""
+        if not isinstance(value, dict):
+            return value
+        return {sensor: [ids] if isinstance(ids, str) else ids for sensor, ids in value.items()}
 
     @field_validator("assets")
     @classmethod

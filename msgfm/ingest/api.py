@@ -50,10 +50,10 @@ def _searches(cfg: SourceParams) -> list[tuple[list[str], dict[str, Any] | None]
 
     One search for all would drop every S1 item, since a query on a property an item lacks excludes it.
     """
-    everything = sorted(set(cfg.collections.values()))
+    everything = sorted({c for colls in cfg.collections.values() for c in colls})
     if cfg.max_cloud_cover is None or "s2" not in cfg.collections:
         return [(everything, None)]
-    optical = [cfg.collections["s2"]]
+    optical = sorted(cfg.collections["s2"])
     others = [c for c in everything if c not in optical]
     query = {"eo:cloud_cover": {"lte": cfg.max_cloud_cover}}
     return [(optical, query)] + ([(others, None)] if others else [])

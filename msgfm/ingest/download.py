@@ -59,6 +59,7 @@ LEDGER_COLUMNS = [
     "status",
     "error",
     "fingerprint",
+    "level",
 ]
 
 
@@ -120,6 +121,7 @@ def _ledger_row(rec: ItemRecord, assets: dict[str, str], item_path: str, error: 
         "status": "failed" if error else "ok",
         "error": redact(error),  # every ledger error passes here: no signed-URL secrets stored
         "fingerprint": item_fingerprint(rec),
+        "level": rec.level,
     }
 
 

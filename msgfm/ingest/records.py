@@ -66,6 +66,8 @@ class ItemRecord:
     root: str | None = None
     """For local sources: the folder all asset files must lie in."""
     collection: str | None = None
+    level: str | None = None
+    """Product level (S2: L1C or L2A), from `product_level`; None when nothing says."""
     error: str = ""
 
 
@@ -139,6 +141,7 @@ def record_from_item(
         item=item,
         root=root,
         collection=collection,
+        level=product_level(sensor, collection, props, item_id),
         error=error,
     )
 
@@ -204,9 +207,28 @@ def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
     return out
 
 
+S2_PRODUCT_TYPES = {"S2MSI1C": "L1C", "S2MSI2A": "L2A"}
+"""`s2:product_type` values (ESA's product types) -> product level."""
+
+
+def product_level(sensor: str | None, collection: str | None, props: dict[str, Any], item_id: str) -> str | None:
+    """An S2 item's product level, L1C or L2A: `s2:product_type`, `processing:level`, else the collection or id."""
+    if sensor != "s2":
+        return None
+    level = S2_PRODUCT_TYPES.get(str(props.get("s2:product_type") or "").upper())
+    declared = str(props.get("processing:level") or "").upper()
+    if level is None and declared in ("L1C", "L2A"):
+        level = declared
+    for text in [] if level else [collection or "", item_id]:
+        found = [lv for lv in ("L1C", "L2A") if lv in text.upper()]
+        if len(found) == 1:
+            return found[0]
+    return level
+
+
 def _sensor_of_collection(collection: str | None, cfg: SourceParams) -> str | None:
-    for sensor, coll in cfg.collections.items():
-        if coll == collection:
+    for sensor, colls in cfg.collections.items():
+        if collection in colls:
             return sensor
     return None
 
