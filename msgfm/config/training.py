@@ -90,6 +90,7 @@ class ModelParams(Section):
     mask_ratio: float = Field(0.6, description="share of cells masked per chip, in (0, 1)")
     p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
     decoder: str = Field("unet", description="reconstruction decoder design (msgfm.architectures.DECODER_DESIGNS)")
+    target_norm: str = Field("chip", description="decoder target: chip (visible per-chip mean/std) or none")
     experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
     moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
     moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")
