@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.config import Params
 from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.models.msgfm import MSGFM, create_model_from_params
 from msgfm.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
-from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.training.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
