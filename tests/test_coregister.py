@@ -28,8 +28,8 @@ from msgfm.geo.grids import Grid, utm_crs, warp_to_grid
 from msgfm.sensors import S2_L2A_BANDS
 
 
-def run_stage(root: Path, cfg: CoregisterParams | None = None) -> pd.DataFrame:
-    """Run the stage on a world written under `root` (download's layout)."""
+def run_stage(root: Path, cfg: CoregisterParams | None = None, ray_cfg=None) -> pd.DataFrame:
+    """Run the stage on a world written under `root` (download's layout); `ray_cfg` as the CLI passes params.ray."""
     return coregister(
         cfg or CoregisterParams(),
         ledger=root / "data/raw/acquisitions.parquet",
@@ -38,6 +38,7 @@ def run_stage(root: Path, cfg: CoregisterParams | None = None) -> pd.DataFrame:
         out_dir=root / "data/coreg",
         report=root / "data/reports/coregister.json",
         truth_dir=root / "data/source/truth",
+        ray_cfg=ray_cfg,
     )
 
 
@@ -412,16 +413,7 @@ def test_aois_as_ray_tasks_write_the_same_bytes(tmp_path):
     shutil.copytree(serial / "data", parallel / "data")
     table = run_stage(serial)
     assert set(table["aoi"]) == {"farm", "town"} and (table["status"] == "ok").all()
-    on_ray = coregister(
-        CoregisterParams(),
-        ledger=parallel / "data/raw/acquisitions.parquet",
-        raw_gate=parallel / "data/gates/raw.parquet",
-        raw_dir=parallel / "data/raw",
-        out_dir=parallel / "data/coreg",
-        report=parallel / "data/reports/coregister.json",
-        truth_dir=parallel / "data/source/truth",
-        ray_cfg=RayParams(data_workers=2, num_cpus=2),
-    )
+    on_ray = run_stage(parallel, ray_cfg=RayParams(data_workers=2, num_cpus=2))
     pd.testing.assert_frame_equal(on_ray, table)
     ours, theirs = _files(parallel / "data/coreg"), _files(serial / "data/coreg")
     assert sorted(ours) == sorted(theirs)
