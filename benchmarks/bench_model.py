@@ -1,14 +1,15 @@
-"""Training-step speed of msgfm_tiny on a mixed-sensor batch against a plain timm Swin doing SimMIM.
+"""Training-step speed of msgfm_tiny on a mixed-sensor batch against a plain timm Swin with the same decoder.
 
-Both models have the same width, depths, heads, window, chip size and batch size; the reference is
-timm's SwinTransformer with a SimMIM mask token and 1x1-conv + pixel-shuffle decoder on single-sensor
-(Sentinel-2 L2A, 12 band) chips. msgfm_tiny gets a batch mixing all four sensors (paired, cross-sensor
-decoding with p_cross) and its MoE layers. Steps of the two are interleaved and the median step time of
-each is compared, so load from other processes hits both alike; the ratio of median CPU times
-(process_time, less sensitive to other processes on a shared machine) is printed beside it. Both use
-fused AdamW (one pass over the parameters; msGFM has more of them: four decoders and the experts).
-Also printed: FLOPs per step (torch.utils.flop_counter), achieved FLOP/s against a float32 2048x2048
-matmul measured in the same run, and peak resident memory. Prints one JSON object; target: throughput ratio >= 0.85.
+Both models have the same width, depths, heads, window, chip size, batch size and decoder design (msGFM's
+U-Net over the stride 4-32 maps, msgfm.models.decoders, with the same chip target normalisation); the
+reference is timm's SwinTransformer with a SimMIM mask token on single-sensor (Sentinel-2 L2A, 12 band)
+chips. msgfm_tiny gets a batch mixing all four sensors (paired, cross-sensor decoding with p_cross) and
+its MoE layers. Steps of the two are interleaved and the median step time of each is compared, so load
+from other processes hits both alike; the ratio of median CPU times (process_time, less sensitive to
+other processes on a shared machine) is printed beside it. Both use fused AdamW (one pass over the
+parameters; msGFM has more of them: four decoders and the experts). Also printed: FLOPs per step
+(torch.utils.flop_counter), achieved FLOP/s against a float32 2048x2048 matmul measured in the same run,
+and peak resident memory. Prints one JSON object; target: throughput ratio >= 0.85.
 
     .venv/bin/python benchmarks/bench_model.py [--batch 16] [--steps 10] [--threads 1]
 """
@@ -23,20 +24,21 @@ import time
 
 import psutil
 import torch
-import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from msgfm.models import create_model, masked_l1
-from msgfm.models.msgfm import upsample_mask
+from msgfm.models.decoders import build_decoder
+from msgfm.models.msgfm import upsample_mask, visible_stats
 from msgfm.sensors import S2_L2A_BANDS, SENSORS
 
 TARGET_RATIO = 0.85
 
 
-class TimmSimMIM(nn.Module):
-    """Reference: timm SwinTransformer + SimMIM mask token and linear pixel-shuffle decoder, one sensor."""
+class TimmSwinMIM(nn.Module):
+    """Reference: timm SwinTransformer + SimMIM mask token, one sensor, and msGFM's own decoder design
+    (`build_decoder`, the U-Net over every stage map) and chip target normalisation: like with like."""
 
     def __init__(self, cfg, in_chans: int) -> None:
         super().__init__()
@@ -51,18 +53,19 @@ class TimmSimMIM(nn.Module):
             num_classes=0,
         )
         self.mask_token = nn.Parameter(torch.zeros(cfg.embed_dim))
-        # SimMIM's 1x1-conv decoder, computed as a Linear over NHWC tokens: the same maths, and the
-        # fast path on CPU (mkldnn's 1x1 conv with stride^2 * C outputs is several times slower).
-        self.decoder = nn.Linear(self.swin.num_features, cfg.stride**2 * in_chans)
-        self.stride = cfg.stride
+        self.decoder = build_decoder("s2", cfg)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-        """Masked L1 of the SimMIM reconstruction."""
+        """Masked L1 of the reconstruction from every stage map."""
         t = self.swin.patch_embed(x)
         m = token_mask.unsqueeze(-1).to(t.dtype)
         t = t * (1 - m) + self.mask_token * m
-        z = self.decoder(self.swin.norm(self.swin.layers(t))).permute(0, 3, 1, 2)
-        return masked_l1(F.pixel_shuffle(z, self.stride), x, pixel_mask)
+        maps = []
+        for layer in self.swin.layers:
+            t = layer(t)
+            maps.append(t.permute(0, 3, 1, 2))
+        mean, std = visible_stats(x, pixel_mask)
+        return masked_l1(mean + std * self.decoder(maps, S2_L2A_BANDS), x, pixel_mask)
 
 
 def mixed_batch(batch_size: int, chip: int, generator: torch.Generator) -> dict:
@@ -109,7 +112,7 @@ def main() -> None:
     batch = mixed_batch(args.batch, cfg.chip_px, gen)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
-    ref = TimmSimMIM(cfg, in_chans=len(S2_L2A_BANDS))
+    ref = TimmSwinMIM(cfg, in_chans=len(S2_L2A_BANDS))
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=True)
     ref_x = torch.randn(args.batch, len(S2_L2A_BANDS), cfg.chip_px, cfg.chip_px, generator=gen)
     ref_masks = model.generate_masks({"s2": ref_x}, gen)["s2"]
@@ -151,7 +154,7 @@ def main() -> None:
     throughput = {k: args.batch / v for k, v in median.items()}
     ratio = throughput["msgfm"] / throughput["timm"]
     result = {
-        "benchmark": "train_step_msgfm_tiny_vs_timm_swin_simmim",
+        "benchmark": "train_step_msgfm_tiny_vs_timm_swin_same_decoder",
         "batch": args.batch,
         "chip_px": cfg.chip_px,
         "threads": args.threads,

@@ -16,6 +16,10 @@ from msgfm.sensors import SENSORS
 DECODER_DESIGNS = ("unet", "linear")
 """Reconstruction decoder designs (msgfm.models.decoders): a U-Net/FPN path over every stage, or SimMIM's linear."""
 
+TARGET_NORMS = ("chip", "none")
+"""What a decoder predicts (msgfm.models.msgfm): `chip` the deviation from the target chip's visible per-band mean
+in units of its visible std (MAE's norm_pix_loss with visible-pixel statistics), `none` the pixels themselves."""
+
 
 class MSGFMConfigError(ValueError):
     """A config that cannot build a model; `problems` each start with the field they are about."""
@@ -49,6 +53,7 @@ class MSGFMConfig:
     mask_ratio: float = 0.6
     p_cross: float = 0.5
     decoder: str = "unet"
+    target_norm: str = "chip"
 
     def __post_init__(self) -> None:
         for name in ("sensors", "depths", "num_heads", "moe_stages"):
@@ -82,6 +87,8 @@ class MSGFMConfig:
             problems.append(f"moe_stages {bad_stages} out of range 0..{len(self.depths) - 1}")
         if self.decoder not in DECODER_DESIGNS:
             problems.append(f"decoder {self.decoder!r} is not a design; known are {list(DECODER_DESIGNS)}")
+        if self.target_norm not in TARGET_NORMS:
+            problems.append(f"target_norm {self.target_norm!r} is not known; known are {list(TARGET_NORMS)}")
         if self.moe_every < 1:
             problems.append(f"moe_every {self.moe_every} must be >= 1")
         if problems:

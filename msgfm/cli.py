@@ -157,7 +157,7 @@ def download_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
     p = _load(params)
     with _lock_outputs("download", p.download.out_dir), _stage_errors(SourceError):
-        summary = download(p.source, p.download)
+        summary = download(p.source, p.download, ray_cfg=p.ray)
     typer.echo(
         f"download: {summary.items} items offered, {summary.fetched} fetched, {summary.skipped} already present, "
         f"{summary.failed} failed (see {p.download.out_dir / 'acquisitions.parquet'}), {summary.bytes} bytes"
@@ -196,6 +196,7 @@ def coregister_cmd(params: ParamsOption = Path("params.yaml")) -> None:
             out_dir=cfg.out_dir,
             report=cfg.report,
             truth_dir=cfg.truth_dir,
+            ray_cfg=p.ray,
         )
     ok = int((table["status"] == "ok").sum())
     typer.echo(f"coregister: {ok}/{len(table)} rasters written to {cfg.out_dir} (report: {cfg.report})")

@@ -162,6 +162,16 @@ SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL1, SENTINEL2, RGB, DSM
 S2_L2A_BANDS: tuple[str, ...] = tuple(n for n in SENTINEL2.band_names if n != "B10")
 """The 12 bands of a Sentinel-2 L2A product (B10, the cirrus band, is dropped by Sen2Cor)."""
 
+LEVEL_LACKS: dict[str, dict[str, tuple[str, ...]]] = {"s2": {"L2A": ("B10",), "L1C": ("SCL",)}}
+"""Assets a product level never has: an L2A no B10 (Sen2Cor drops the cirrus band), an L1C no scene classification."""
+
+
+def level_keys(sensor: str, level: str | None, keys: list[str]) -> list[str]:
+    """The wanted asset `keys` that an acquisition of product `level` can have (all, level unknown)."""
+    lacks = LEVEL_LACKS.get(sensor, {}).get(level or "", ())
+    return [k for k in keys if k not in lacks]
+
+
 PAIRS: tuple[tuple[str, str], ...] = (("s1", "s2"), ("rgb", "dsm"))
 """Sensors that are co-located and paired for cross-sensor reconstruction."""
 

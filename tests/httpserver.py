@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import operator
 import threading
 from collections import defaultdict, deque
 from email.utils import format_datetime
@@ -43,6 +44,8 @@ class LoopbackServer:
         self.headers: list[dict[str, str]] = []
         self.honour_if_range = True
         self.validators = True
+        self.bytes_served: dict[str, int] = defaultdict(int)
+        """Body bytes sent per path (GET answers), to measure what a windowed read transfers."""
         self._release = threading.Event()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -85,6 +88,13 @@ class LoopbackServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 self._dispatch("GET", None)
+
+            def do_HEAD(self) -> None:  # noqa: N802 - the file's headers without its body
+                self._head = True
+                try:
+                    self._dispatch("HEAD", None)
+                finally:
+                    self._head = False
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
@@ -136,25 +146,30 @@ class LoopbackServer:
                 validators = server._validators(target, data)
                 if fault == "corrupt":
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
-                start = 0
+                start, end = 0, len(data) - 1
                 rng = self.headers.get("Range")
                 if_range = self.headers.get("If-Range")
                 if if_range and server.honour_if_range and if_range not in validators.values():
                     rng = None  # the file changed since the client's partial copy: send all of it
                 if rng and rng.startswith("bytes="):
-                    start = int(rng[6:].split("-")[0])
+                    first, _, last = rng[6:].partition("-")
+                    start = int(first)
+                    end = min(int(last), len(data) - 1) if last.strip() else end
                     if start >= len(data):
                         return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
-                body = data[start:]
-                self.send_response(206 if start else 200)
+                body = data[start : end + 1]
+                partial = start > 0 or end < len(data) - 1
+                self.send_response(206 if partial else 200)
                 self.send_header("Content-Type", "image/tiff")
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 for k, v in validators.items():
                     self.send_header(k, v)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                if partial:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 self.end_headers()
+                if getattr(self, "_head", False):
+                    return None
                 if fault == "stall":
                     self.wfile.flush()
                     server._release.wait(server.stall_s)
@@ -166,6 +181,7 @@ class LoopbackServer:
                     self.close_connection = True
                     return
                 self.wfile.write(body)
+                server.bytes_served[path] += len(body)
 
         return Handler
 
@@ -185,6 +201,7 @@ class LoopbackServer:
             "conformsTo": [
                 "https://api.stacspec.org/v1.0.0/core",
                 "https://api.stacspec.org/v1.0.0/item-search",
+                "https://api.stacspec.org/v1.0.0/item-search#query",
             ],
             "links": [
                 {"rel": "self", "href": f"{self.url}/api", "type": "application/json"},
@@ -209,5 +226,21 @@ class LoopbackServer:
                 w, s, e, n = item["bbox"]
                 if w > bbox[2] or e < bbox[0] or s > bbox[3] or n < bbox[1]:
                     continue
+            if not _matches(item, params.get("query")):
+                continue
             features.append(item)
         return {"type": "FeatureCollection", "features": features, "links": []}
+
+
+_QUERY_OPS = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge, "eq": operator.eq}
+
+
+def _matches(item: dict[str, Any], query: Any) -> bool:
+    """The STAC API query extension: every {property: {op: value}} holds; an item without the property fails."""
+    if isinstance(query, str):
+        query = json.loads(query)
+    props = item.get("properties") or {}
+    for prop, ops in (query or {}).items():
+        if prop not in props or not all(_QUERY_OPS[op](props[prop], v) for op, v in ops.items()):
+            return False
+    return True

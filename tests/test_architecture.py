@@ -12,7 +12,19 @@ from dvc_repo import REPO_ROOT
 
 # bottom to top; a name is a package folder or a top-level module of msgfm/ ("msgfm": its __init__.py)
 LAYERS = (
-    {"msgfm", "config", "sensors", "landcover", "architectures", "metrics", "decisions", "geo", "faults", "locks"},
+    {
+        "msgfm",
+        "config",
+        "sensors",
+        "landcover",
+        "architectures",
+        "metrics",
+        "decisions",
+        "geo",
+        "faults",
+        "locks",
+        "cluster",
+    },
     {"sim", "ingest", "validation", "coreg", "chips"},
     {"datasets", "models"},
     {"training", "evaluation", "inference"},

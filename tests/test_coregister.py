@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ from msgfm.geo.grids import Grid, utm_crs, warp_to_grid
 from msgfm.sensors import S2_L2A_BANDS
 
 
-def run_stage(root: Path, cfg: CoregisterParams | None = None) -> pd.DataFrame:
-    """Run the stage on a world written under `root` (download's layout)."""
+def run_stage(root: Path, cfg: CoregisterParams | None = None, ray_cfg=None) -> pd.DataFrame:
+    """Run the stage on a world written under `root` (download's layout); `ray_cfg` as the CLI passes params.ray."""
     return coregister(
         cfg or CoregisterParams(),
         ledger=root / "data/raw/acquisitions.parquet",
@@ -37,6 +38,7 @@ def run_stage(root: Path, cfg: CoregisterParams | None = None) -> pd.DataFrame:
         out_dir=root / "data/coreg",
         report=root / "data/reports/coregister.json",
         truth_dir=root / "data/source/truth",
+        ray_cfg=ray_cfg,
     )
 
 
@@ -378,3 +380,44 @@ def test_geographic_raster_onto_utm(tmp_path, test_data):
     # and the phase correlation between the round trip and the original finds no shift
     dx, dy, _ = estimate_shift(gradient_feature(original, both, 1.0), gradient_feature(back, both, 1.0))
     assert np.hypot(dx, dy) < 0.25
+
+
+def _two_aoi_world(root: Path) -> Path:
+    """The default synthetic world twice, as AOIs `farm` and `town` of one download folder."""
+    from coreg_world import default_world
+
+    parts = []
+    for aoi, seed in (("farm", 0), ("town", 1)):
+        world = default_world(root / aoi, aoi=aoi, seed=seed)
+        world.finish()
+        parts.append(root / aoi / "data")
+    for sub in ("raw", "source/truth"):
+        for part in parts:
+            shutil.copytree(part / sub, root / "data" / sub, dirs_exist_ok=True)
+    for table in ("raw/acquisitions.parquet", "gates/raw.parquet"):
+        (root / "data" / table).parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([pd.read_parquet(part / table) for part in parts]).to_parquet(root / "data" / table, index=False)
+    return root
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow  # starts a local Ray instance (5-20 s)
+def test_aois_as_ray_tasks_write_the_same_bytes(tmp_path):
+    """ray.data_workers: 2 runs each AOI as a Ray task; every output file matches the in-process run's bytes."""
+    from msgfm.config import RayParams
+
+    serial, parallel = _two_aoi_world(tmp_path / "serial"), tmp_path / "parallel"
+    shutil.copytree(serial / "data", parallel / "data")
+    table = run_stage(serial)
+    assert set(table["aoi"]) == {"farm", "town"} and (table["status"] == "ok").all()
+    on_ray = run_stage(parallel, ray_cfg=RayParams(data_workers=2, num_cpus=2))
+    pd.testing.assert_frame_equal(on_ray, table)
+    ours, theirs = _files(parallel / "data/coreg"), _files(serial / "data/coreg")
+    assert sorted(ours) == sorted(theirs)
+    assert [p for p in ours if ours[p] != theirs[p]] == []
+    report, expected = (json.loads((r / "data/reports/coregister.json").read_text()) for r in (parallel, serial))
+    assert report.pop("seconds") > 0 and expected.pop("seconds") > 0
+    assert report == expected

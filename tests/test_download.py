@@ -231,6 +231,25 @@ def test_wrong_checksum_never_lands(world, served, tmp_path):
 # --- the simulated world (msgfm simulate) ----------------------------------------------------------
 
 
+@pytest.mark.slow  # starts a local Ray instance (5-20 s)
+def test_items_as_ray_tasks_fetch_the_same_files_and_ledger(world, served, tmp_path):
+    """ray.data_workers: 2 fetches each item in a Ray worker over HTTP (a 500 retried there): same files and ledger."""
+    from msgfm.config import RayParams
+
+    srv, source = served
+    results = {}
+    for name, ray_cfg in (("threads", None), ("ray", RayParams(data_workers=2, num_cpus=2))):
+        srv.fail(_vv(world), "500")
+        raw = tmp_path / name / "raw"
+        cfg = DownloadParams(out_dir=raw, **FAST)
+        summary = download(source, cfg, report_path=None, progress=False, ray_cfg=ray_cfg)
+        assert (summary.fetched, summary.failed) == (3, 0)
+        results[name] = (read_ledger(raw), {k: v[0] for k, v in _files(raw).items()})
+    assert len(srv.requests_for(_vv(world))) == 4  # each run: the 500, then the retry
+    pd.testing.assert_frame_equal(results["ray"][0], results["threads"][0])
+    assert results["ray"][1] == results["threads"][1] and len(results["ray"][1]) == 2  # the source wants S1's VV, VH
+
+
 def test_download_of_a_tiny_simulated_world_is_incremental_and_passes_the_raw_gate(tmp_path):
     from msgfm.config import AOIParams, GatesParams, SimulateParams
     from msgfm.sim.simulate import simulate_world

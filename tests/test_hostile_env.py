@@ -29,11 +29,11 @@ from tiny_world import working_directory
 from typer.testing import CliRunner
 
 from msgfm.cli import ENVIRONMENT_EXIT, app
+from msgfm.cluster.connect import LOCAL_ONLY_ENV
 from msgfm.config import CoregisterParams, DownloadParams, GatesParams, SourceParams
 from msgfm.coreg.stage import coregister
 from msgfm.ingest.download import download, read_ledger
 from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
-from msgfm.training.ray_cluster import LOCAL_ONLY_ENV
 from msgfm.validation.assets import AssetLayout, open_asset
 from msgfm.validation.plausibility import implausible_date, implausible_values
 from msgfm.validation.raw import validate_raw

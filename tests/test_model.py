@@ -17,7 +17,7 @@ from msgfm.models import (
     masked_l1,
 )
 from msgfm.models.moe import MoEMlp
-from msgfm.models.msgfm import upsample_mask
+from msgfm.models.msgfm import upsample_mask, visible_stats
 from msgfm.sensors import S2_L2A_BANDS, SENSORS
 from msgfm.training.mim_baselines import chip_mean_fill
 
@@ -147,9 +147,12 @@ def test_cross_sensor_reconstructs_partner_channels(model) -> None:
     expected = masked_l1(pred, images["s2"][[1, 0]], out.mask["s1"])
     torch.testing.assert_close(out.losses["cross/s1->s2"], expected)
     assert not torch.isclose(out.losses["cross/s1->s2"], masked_l1(pred, images["s2"], out.mask["s1"]))
-    # the prediction is the S2 decoder applied to the S1 chips' features
+    # the prediction is the S2 decoder applied to the S1 chips' features, in units of the partner's visible
+    # per-band std around its visible mean (target_norm chip)
     feats = model.encoder(images, bands, {s: upsample_mask(m, 2) for s, m in masks.items()}).features["s1"]
-    torch.testing.assert_close(pred, model.decoders["s2"](feats, S2_L2A_BANDS), rtol=1e-4, atol=1e-5)
+    mean, std = visible_stats(images["s2"][[1, 0]], out.mask["s1"])
+    decoded = model.decoders["s2"](feats, S2_L2A_BANDS)
+    torch.testing.assert_close(pred, mean + std * decoded, rtol=1e-4, atol=1e-5)
     # random draws: p_cross = 0 never crosses, 1 always crosses every paired chip
     assert not micro_model(p_cross=0.0).draw_cross(partner, g)["s1"].any()
     always = micro_model(p_cross=1.0).draw_cross({"s1": torch.tensor([0, -1, 1])}, g)["s1"]
@@ -224,6 +227,24 @@ def test_base_encoder_is_swin_b_sized() -> None:
     assert 86.5e6 < count_parameters(dense.encoder) < 89e6
     assert 86.5e6 < active < 89e6  # parameters a token uses: Swin-B's
     assert count_parameters(base.encoder) > active + 50e6  # experts add capacity, not per-token compute
+
+
+def test_chip_target_norm_starts_at_the_chip_mean_and_none_predicts_pixels() -> None:
+    """target_norm chip: a decoder that outputs zero predicts each chip's visible per-band mean exactly (the
+    baseline is where learning starts); none: the decoder's output is the prediction."""
+    g = torch.Generator().manual_seed(7)
+    images = {"s2": torch.randn(2, 12, 32, 32, generator=g) * 3.0 + 5.0}
+    batch = {"images": images, "bands": {"s2": S2_L2A_BANDS}}
+    for norm in ("chip", "none"):
+        model = micro_model(target_norm=norm)
+        for p in model.decoders.parameters():
+            torch.nn.init.zeros_(p)
+        masks = model.generate_masks(images, g)
+        out = model(batch, masks=masks)
+        fill = chip_mean_fill(images["s2"], out.mask["s2"]) if norm == "chip" else torch.zeros_like(images["s2"])
+        torch.testing.assert_close(out.pred["s2"], fill)
+    with pytest.raises(ValueError, match="target_norm 'pixel' is not known"):
+        MSGFMConfig(target_norm="pixel")
 
 
 def imagery_like(b: int, c: int, generator: torch.Generator, px: int) -> torch.Tensor:

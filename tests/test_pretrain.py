@@ -155,7 +155,7 @@ def test_pretrain_on_local_ray_learns_and_writes_outputs(tiny_world: Path, tmp_p
         params = load_params("params.yaml")
         metrics = run_pretrain(params)
     # the Train controller's first resource request times out on a busy machine and Ray retries it;
-    # msgfm.training.ray_logging keeps that traceback off a healthy run's output
+    # msgfm.cluster.quiet keeps that traceback off a healthy run's output
     assert "Failed to send resource request" not in capfd.readouterr().err
     assert metrics["steps"] == 40 and metrics["workers"] == 2
     saved = json.loads((project / "data/metrics/pretrain.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -164,8 +164,10 @@ class SourceParams(Section):
     kind: Literal["static", "stac_api", "folder"] = "static"
     href: str = Field("data/source/catalog.json", description="static: catalog.json path or URL")
     url: str | None = Field(None, description="stac_api: the API landing page URL")
-    collections: dict[str, str] = Field(
-        default_factory=dict, description="sensor -> collection id (stac_api; static catalogs without msgfm:sensor)"
+    collections: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="sensor -> collection id or list of ids (s2: [sentinel-2-l2a, sentinel-2-l1c]); stac_api, "
+        "and static catalogs without msgfm:sensor",
     )
     bbox: list[float] | None = Field(None, min_length=4, max_length=4, description="stac_api: WGS84 search box")
     datetime: str | None = Field(None, description="stac_api: RFC 3339 instant or interval, e.g. 2024-03-01/2024-10-31")
@@ -181,6 +183,14 @@ class SourceParams(Section):
         description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
         "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
     )
+    max_cloud_cover: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="S2 items whose eo:cloud_cover (percent) exceeds this are not downloaded: a STAC API search "
+        "asks for at most it (query extension), static and folder items are skipped (folder sidecar: "
+        "cloud_cover); items without eo:cloud_cover are kept; null: no filter",
+    )
     assets: dict[str, list[str]] = Field(
         default_factory=lambda: {
             "s1": ["VV", "VH"],
@@ -192,6 +202,14 @@ class SourceParams(Section):
         description="sensor -> asset keys to download (and that the raw gate requires); any case or alias "
         "(vv, blue, b02, scl), matched as the registry's band names (msgfm.sensors.canonical_band)",
     )
+
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _collection_lists(cls, value: Any) -> Any:
+        """One collection id or a list of them per sensor; always a list after validation."""
+        if not isinstance(value, dict):
+            return value
+        return {sensor: [ids] if isinstance(ids, str) else ids for sensor, ids in value.items()}
 
     @field_validator("assets")
     @classmethod

@@ -19,11 +19,14 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 
 class RayParams(Section):
-    """Where Ray Train runs: a local instance sized to this machine, or an existing cluster."""
+    """Where Ray runs (pretraining, parallel trials, the data stages' tasks): a local instance, or a cluster."""
 
     address: str | None = Field(None, description="join this cluster (host:port or 'auto'); null: RAY_ADDRESS or local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; null: all of this machine's")
     include_dashboard: bool = Field(False, description="start the dashboard (bound to 127.0.0.1) with a local instance")
+    data_workers: int = Field(
+        1, ge=1, le=1024, description="Ray tasks at once for coregister's AOIs and download's items; 1: in process"
+    )
 
 
 class PretrainParams(Section):
@@ -87,6 +90,7 @@ class ModelParams(Section):
     mask_ratio: float = Field(0.6, description="share of cells masked per chip, in (0, 1)")
     p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
     decoder: str = Field("unet", description="reconstruction decoder design (msgfm.architectures.DECODER_DESIGNS)")
+    target_norm: str = Field("chip", description="decoder target: chip (visible per-chip mean/std) or none")
     experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
     moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
     moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import rasterio
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
+from msgfm.cluster.tasks import map_ordered
 from msgfm.coreg.aoi_grids import FINE, S10, choose_grids, write_grids
 from msgfm.coreg.inputs import CoregisterError, Item, load_accepted_items, load_truth, refusal
 from msgfm.coreg.records import RASTER_COLUMNS, RasterStore, empty_row, raster_name
@@ -53,7 +53,7 @@ from msgfm.coreg.strategies import (
 from msgfm.geo.io import atomic_path, atomic_write_json, environment_fault
 
 if TYPE_CHECKING:
-    from msgfm.config import CoregisterParams
+    from msgfm.config import CoregisterParams, RayParams
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,13 @@ def coregister(
     out_dir: Path,
     report: Path,
     truth_dir: Path | None = None,
+    ray_cfg: RayParams | None = None,
 ) -> pd.DataFrame:
-    """Run the stage: co-register all accepted acquisitions, write rasters.parquet and the report."""
+    """Run the stage: co-register all accepted acquisitions, write rasters.parquet and the report.
+
+    The AOIs are independent: with `ray_cfg.data_workers > 1` each is a Ray task (msgfm.cluster.tasks);
+    their rows are gathered in AOI order, so the outputs are the same bytes as in process.
+    """
     start = time.perf_counter()
     items = load_accepted_items(Path(ledger), Path(raw_gate), Path(raw_dir))
     if not items:
@@ -87,22 +92,25 @@ def coregister(
             rows.append(_refused_row(item, reason))
         else:
             by_aoi.setdefault(item.aoi, []).append(item)
-    # one GDAL environment for the whole run instead of one per open/warp call, and single-threaded BLAS: the
-    # phase correlation's small matrix DFTs cost ten times more CPU when OpenBLAS threads contend for 2 cores
-    with (
-        rasterio.Env(),
-        threadpool_limits(1, user_api="blas"),
-        tqdm(total=len(items) - len(rows), desc="coregister", unit="raster") as progress,
-    ):
-        for aoi, group in sorted(by_aoi.items()):
-            log.info("AOI %s: %d acquisitions", aoi, len(group))
-            rows.extend(run_aoi(cfg, store, truth_dir, aoi, group, progress))
+    jobs = [(cfg, Path(out_dir), truth_dir, aoi, group) for aoi, group in sorted(by_aoi.items())]
+    done = map_ordered(
+        coregister_aoi,
+        jobs,
+        workers=ray_cfg.data_workers if ray_cfg else 1,
+        ray_cfg=ray_cfg,
+        weights=[len(job[-1]) for job in jobs],
+        desc="coregister",
+        unit="raster",
+    )
+    for aoi_rows, _ in done:
+        rows.extend(aoi_rows)
     table = pd.DataFrame(rows, columns=RASTER_COLUMNS)
     table["datetime"] = pd.to_datetime(table["datetime"], utc=True)
     with atomic_path(Path(out_dir) / "rasters.parquet", suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
     seconds = time.perf_counter() - start
-    atomic_write_json(report, shift_report(table, pixels=store.pixels, seconds=seconds))
+    pixels = sum(p for _, p in done)
+    atomic_write_json(report, shift_report(table, pixels=pixels, seconds=seconds))
     log.info(
         "coregister: %d rasters ok, %d failed",
         int((table["status"] == "ok").sum()),
@@ -111,13 +119,25 @@ def coregister(
     return table
 
 
+def coregister_aoi(
+    cfg: CoregisterParams, out_dir: Path, truth_dir: Path | None, aoi: str, items: list[Item]
+) -> tuple[list[dict], int]:
+    """One AOI's rows and the pixels it wrote: the unit of work, in process or as a Ray task."""
+    store = RasterStore(out_dir, cfg.compress)
+    log.info("AOI %s: %d acquisitions", aoi, len(items))
+    # one GDAL environment per AOI instead of one per open/warp call, and single-threaded BLAS: the phase
+    # correlation's small matrix DFTs cost ten times more CPU when OpenBLAS threads contend for 2 cores
+    with rasterio.Env(), threadpool_limits(1, user_api="blas"):
+        rows = run_aoi(cfg, store, truth_dir, aoi, items)
+    return rows, store.pixels
+
+
 def run_aoi(
     cfg: CoregisterParams,
     store: RasterStore,
     truth_dir: Path | None,
     aoi: str,
     items: list[Item],
-    progress: tqdm | None = None,
 ) -> list[dict]:
     """Co-register every accepted acquisition of one AOI; failures become rows with a reason.
 
@@ -132,15 +152,13 @@ def run_aoi(
     truth = load_truth(truth_dir, aoi)
     grids, s2_items, refused = choose_grids(by_sensor, cfg.fine_gsd_m)
     refused_rows += [_refused_row(i, refused[i.id]) for i in by_sensor.get("s2", []) if i.id in refused]
-    if progress is not None:
-        progress.update(len(refused_rows))
     ctx = AOIContext(cfg, store, aoi, biome, truth, grids)
     references = {
         "rgb": [(item, functools.partial(coregister_rgb, order=i)) for i, item in enumerate(by_sensor.get("rgb", []))],
         "landcover": [(item, coregister_landcover) for item in by_sensor.get("landcover", [])],
         "s2": [(item, functools.partial(coregister_s2, order=i)) for i, item in enumerate(s2_items)],
     }
-    done = _run_tasks(ctx, references, progress)
+    done = _run_tasks(ctx, references)
     for grid_name, sensor in ((S10, "s2"), (FINE, "rgb")):
         chosen: list[Candidate] = []
         for outcome in done[sensor]:
@@ -151,7 +169,7 @@ def run_aoi(
         sensor: [(item, functools.partial(coregister_shifted, spec=spec)) for item in by_sensor.get(sensor, [])]
         for sensor, spec in shifted_sensors(cfg).items()
     }
-    done |= _run_tasks(ctx, shifted, progress)
+    done |= _run_tasks(ctx, shifted)
     rows = [r for sensor in TABLE_ORDER for outcome in done[sensor] for r in outcome.rows]
     write_grids(store.out_dir, aoi, grids)
     return rows + refused_rows + _unknown_sensor_rows(by_sensor)
@@ -172,14 +190,12 @@ def _name_clashes(items: list[Item]) -> tuple[list[Item], list[dict]]:
     return kept, refused
 
 
-def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]], progress: tqdm | None) -> dict[str, list[Outcome]]:
+def _run_tasks(ctx: AOIContext, groups: dict[str, list[Task]]) -> dict[str, list[Outcome]]:
     """Run each group's tasks in order; their outcomes by group."""
     results: dict[str, list[Outcome]] = {name: [] for name in groups}
     for name, tasks in groups.items():
         for item, strategy in tasks:
             results[name].append(_guarded(ctx, item, strategy))
-            if progress is not None:
-                progress.update(1)
     return results
 
 

@@ -1,7 +1,7 @@
 """Per-sensor handling: how each sensor's acquisitions go onto the AOI grids, and which are references.
 
-S2 (all 12 L2A bands, 20 m and 60 m ones resampled, and the cloud mask) and RGB are warped by their
-georeference alone and are the references: each offers its match window as a `Candidate`, from which
+S2 (all 12 L2A bands, 20 m and 60 m ones resampled, and its cloud mask: msgfm/coreg/clouds.py) and RGB
+are warped by their georeference alone and are the references: each offers its match window as a `Candidate`, from which
 the stage keeps the clearest dates. S1 and the DSM are shift-corrected: their residual shift against
 the reference feature of their grid is estimated, then folded into their single warp. Land cover is
 warped onto both grids. Each function takes one acquisition and returns an `Outcome`, its rows of
@@ -21,6 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 
 from msgfm.coreg.aoi_grids import FINE, S10
+from msgfm.coreg.clouds import CLEAR, NODATA, cloud_mask_on_grid, mask_asset
 from msgfm.coreg.features import mean_reference, moving_feature, reference_feature
 from msgfm.coreg.inputs import Item
 from msgfm.coreg.records import RasterStore, empty_row, file_stamp, params_key, raster_name
@@ -101,14 +102,13 @@ def coregister_s2(ctx: AOIContext, item: Item, order: int) -> Outcome:
         row["error"] = f"missing S2 band assets {missing}"
         return Outcome([row])
     paths = [item.assets[b] for b in S2_L2A_BANDS]
-    has_cloud = "cloud_mask" in item.assets
-    key = params_key(ctx.cfg, grid.to_dict(), file_stamp(paths + ([item.assets["cloud_mask"]] if has_cloud else [])))
-    reused = ctx.store.reuse(rel, key)
-    cloud_reused = ctx.store.reuse(cloud_rel, key) if has_cloud else None
-    if reused is not None and (cloud_reused is not None or not has_cloud):
-        data = ctx.store.read(rel)
-        cloud = ctx.store.read(cloud_rel)[0] if has_cloud else None
-        rows = [reused] + ([cloud_reused] if has_cloud else [])
+    mask_key = mask_asset(item.assets)
+    mask_path = item.assets[mask_key] if mask_key else None
+    key = params_key(ctx.cfg, grid.to_dict(), file_stamp(paths + ([mask_path] if mask_path else [])))
+    reused, cloud_reused = ctx.store.reuse(rel, key), ctx.store.reuse(cloud_rel, key)
+    if reused is not None and cloud_reused is not None:
+        data, cloud = ctx.store.read(rel), ctx.store.read(cloud_rel)[0]
+        rows = [reused, cloud_reused]
     else:
         resampling = Resampling[ctx.cfg.s2_resampling]
         with contextlib.ExitStack() as stack:
@@ -120,29 +120,21 @@ def coregister_s2(ctx: AOIContext, item: Item, order: int) -> Outcome:
         if not valid.any():
             row["error"] = "all nodata on the AOI grid after warping"
             return Outcome([row])
-        rows = [ctx.store.write(rel, key, data, grid, row, nodata=0)]
-        cloud = None
-        if has_cloud:
-            cloud_row, cloud = _cloud_mask(ctx, item, cloud_rel, key)
-            rows.append(cloud_row)
-    valid = np.all(data != 0, axis=0)
-    if cloud is not None:
-        valid &= cloud == 0
+        cloud = cloud_mask_on_grid(mask_path, mask_key, grid, data)
+        rows = [ctx.store.write(rel, key, data, grid, row, nodata=0), _cloud_row(ctx, item, cloud_rel, key, cloud)]
+    valid = np.all(data != 0, axis=0) & (cloud == CLEAR)
     feature_idx = [S2_L2A_BANDS.index(b) for b in ctx.cfg.s2_feature_bands]
     win, _ = match_window(grid, ctx.cfg.match_px)
     # copies of the window only: a candidate must not keep the whole raster alive
     return Outcome(rows, Candidate(item.id, order, "s2", data[feature_idx, win[0], win[1]], valid[win].copy()))
 
 
-def _cloud_mask(ctx: AOIContext, item: Item, rel: str, key: str) -> tuple[dict, np.ndarray]:
-    """Write an S2 acquisition's cloud mask on the 10 m grid (nodata 255); its row and its (H, W) pixels."""
-    grid = ctx.grids[S10]
-    with rasterio.open(item.assets["cloud_mask"]) as src:
-        cloud = warp_to_grid(src, grid, resampling=Resampling.nearest, dtype="uint8", nodata=255)
+def _cloud_row(ctx: AOIContext, item: Item, rel: str, key: str, cloud: np.ndarray) -> dict:
+    """Write an S2 acquisition's (H, W) cloud mask on the 10 m grid (nodata 255) and return its row."""
     row = empty_row(item, f"{item.id}_cloud", "cloud_mask", S10)
     row["band_names"] = ["cloud_mask"]
-    row["valid_fraction"] = float((cloud[0] != 255).mean())
-    return ctx.store.write(rel, key, cloud, grid, row, nodata=255), cloud[0]
+    row["valid_fraction"] = float((cloud != NODATA).mean())
+    return ctx.store.write(rel, key, cloud[None], ctx.grids[S10], row, nodata=NODATA)
 
 
 def coregister_rgb(ctx: AOIContext, item: Item, order: int) -> Outcome:

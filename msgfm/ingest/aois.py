@@ -17,19 +17,31 @@ from msgfm.geo.grids import utm_crs
 
 def derive_aoi(bbox: list[float] | None, cfg: SourceParams) -> str:
     """The AOI name of an item without `msgfm:aoi` whose WGS84 footprint is `bbox` (see module docstring)."""
-    if cfg.aoi_tile_m is None or bbox is None or not all(math.isfinite(v) for v in bbox):
+    square = aoi_square(bbox, cfg)
+    if square is None:
         return cfg.aoi
+    crs, (west, south, _, _) = square
+    return f"{cfg.aoi}_{crs.removeprefix('EPSG:')}_{west // 1000:.0f}_{south // 1000:.0f}"
+
+
+def aoi_square(bbox: list[float] | None, cfg: SourceParams) -> tuple[str, tuple[float, float, float, float]] | None:
+    """(UTM CRS, square bounds in metres) of the AOI an item of WGS84 footprint `bbox` belongs to; None: no square.
+
+    The square is also the window download reads of a remote COG (msgfm.ingest.window).
+    """
+    if cfg.aoi_tile_m is None or bbox is None or not all(math.isfinite(v) for v in bbox):
+        return None
     west, south, east, north = _clipped(bbox, cfg.bbox)
     lon, lat = (west + east) / 2, (south + north) / 2
     if not (-180 <= lon <= 180 and -80 <= lat <= 84):
-        return cfg.aoi  # outside UTM's latitudes (or not degrees): the raw gate and coregister say why
+        return None  # outside UTM's latitudes (or not degrees): the raw gate and coregister say why
     from rasterio.warp import transform
 
     crs = utm_crs(lon, lat)
     (x,), (y,) = transform("EPSG:4326", crs, [lon], [lat])
     tile = cfg.aoi_tile_m
-    east_km, north_km = math.floor(x / tile) * tile // 1000, math.floor(y / tile) * tile // 1000
-    return f"{cfg.aoi}_{crs.removeprefix('EPSG:')}_{east_km:.0f}_{north_km:.0f}"
+    x0, y0 = math.floor(x / tile) * tile, math.floor(y / tile) * tile
+    return crs, (float(x0), float(y0), float(x0 + tile), float(y0 + tile))
 
 
 def _clipped(bbox: list[float], search: list[float] | None) -> list[float]:

@@ -4,7 +4,8 @@ Layout (docs/data-layout.md): `data/raw/{sensor}/{item_id}/{asset_key}.tif`, the
 beside them as `item.json` (hrefs rewritten to the local files), and `data/raw/acquisitions.parquet`,
 one row per item with its status.
 
-- Concurrent: items are fetched by a thread pool (`download.workers`), with a tqdm bar.
+- Concurrent: items are fetched by a thread pool (`download.workers`), or as Ray tasks when
+  `ray.data_workers > 1` (msgfm.cluster.tasks: the nodes of a cluster fetch into shared storage), with a tqdm bar.
 - Robust: HTTP errors and timeouts are retried with exponential backoff (`retries`, `backoff_s`);
   404/401/403/410 are not. A partly received file is kept as `{asset}.tif.part` and resumed with an
   HTTP Range + If-Range request, on this attempt or on the next run, only while the server's version is
@@ -35,10 +36,12 @@ from typing import Any
 
 import pandas as pd
 
-from msgfm.config import DownloadParams, SourceParams
+from msgfm.cluster.tasks import map_ordered
+from msgfm.config import DownloadParams, RayParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
-from msgfm.ingest.convert import one_band
+from msgfm.ingest.convert import land
 from msgfm.ingest.fetch import DownloadError, Fetcher
+from msgfm.ingest.records import cloud_cover_above
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
 
@@ -58,6 +61,7 @@ LEDGER_COLUMNS = [
     "status",
     "error",
     "fingerprint",
+    "level",
 ]
 
 
@@ -71,6 +75,8 @@ class DownloadSummary:
     failed: int
     duplicates: int
     bytes: int
+    too_cloudy: int = 0
+    """S2 items skipped because their eo:cloud_cover exceeds source.max_cloud_cover (a STAC API filters them itself)."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -117,6 +123,7 @@ def _ledger_row(rec: ItemRecord, assets: dict[str, str], item_path: str, error: 
         "status": "failed" if error else "ok",
         "error": redact(error),  # every ledger error passes here: no signed-URL secrets stored
         "fingerprint": item_fingerprint(rec),
+        "level": rec.level,
     }
 
 
@@ -161,7 +168,8 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            written += _fetch_asset(fetcher, asset, dest, rec.root)
+            nbytes, described = _fetch_asset(fetcher, asset, dest, rec.root)
+            written += nbytes
         except DownloadError as e:
             errors.append(str(e))
             continue
@@ -173,9 +181,7 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         assets[key] = dest.relative_to(out_dir).as_posix()
         entry = dict(rec.item["assets"][key])
         entry["href"] = f"./{name}"
-        if asset.linear:
-            entry |= {"raster:bands": [{"data_type": "float32", "unit": "dB"}], "msgfm:converted": "linear power to dB"}
-        local_item["assets"][key] = entry
+        local_item["assets"][key] = entry | described
     if errors:
         return _ledger_row(rec, assets, "", "; ".join(errors)), written
     item_path = item_dir / "item.json"
@@ -183,17 +189,29 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
     return _ledger_row(rec, assets, item_path.relative_to(out_dir).as_posix(), ""), written
 
 
-def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> int:
-    """Fetch one asset to `dest`; a band of a stacked file, or linear S1, is fetched whole, then converted."""
+def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | None) -> tuple[int, dict[str, Any]]:
+    """Fetch one asset to `dest`, then land an S1/S2 file (msgfm.ingest.convert: one band, dB, reflectance x 10000).
+
+    A band of a stacked file and linear S1 are fetched under a staging name, since they are always rewritten;
+    other files are fetched in place (resumable as `{name}.part`) and rewritten only when they need it.
+    Returns the bytes fetched and the asset fields that describe a rewritten file.
+    """
     if asset.band is None and not asset.linear:
-        return fetcher.fetch(asset, dest, root)
+        written = fetcher.fetch(asset, dest, root)
+        if asset.sensor not in ("s1", "s2"):
+            return written, {}
+        try:
+            return written, land(dest, dest, asset)
+        except DownloadError:
+            dest.unlink(missing_ok=True)  # refused bytes never stay under the asset's final name
+            raise
     staged = dest.with_name(f"{dest.stem}.source.tif")
     try:
         written = fetcher.fetch(asset, staged, root)
-        one_band(staged, asset.band or 1, dest, to_db=asset.linear)
+        described = land(staged, dest, asset)
     finally:
         staged.unlink(missing_ok=True)
-    return written
+    return written, described
 
 
 def download(
@@ -203,6 +221,7 @@ def download(
     report_path: str | Path | None = "data/reports/download.json",
     signer: Signer | None = None,
     progress: bool = True,
+    ray_cfg: RayParams | None = None,
 ) -> DownloadSummary:
     """Fetch every acquisition not yet complete in the ledger; update the ledger; return what happened."""
     out_dir = Path(cfg.out_dir)
@@ -217,7 +236,18 @@ def download(
         len(plan.todo),
         plan.changed,
     )
-    total_bytes, failed = _fetch_all(plan.todo, out_dir, cfg, ledger, progress)
+    if ray_cfg is not None and ray_cfg.data_workers > 1:
+        results = map_ordered(
+            _fetch_on_worker,
+            [(rec, out_dir, cfg) for rec in plan.todo],
+            workers=ray_cfg.data_workers,
+            ray_cfg=ray_cfg,
+            desc="download",
+            progress=progress,
+        )
+        total_bytes, failed = _record_fetched(results, ledger)
+    else:
+        total_bytes, failed = _fetch_all(plan.todo, out_dir, cfg, ledger, progress)
     _write_ledger(out_dir, list(ledger.values()))
     summary = DownloadSummary(
         items=plan.offered,
@@ -226,6 +256,7 @@ def download(
         failed=failed,
         duplicates=plan.duplicates,
         bytes=total_bytes,
+        too_cloudy=plan.too_cloudy,
     )
     if report_path is not None:
         atomic_write_json(report_path, summary.as_dict())
@@ -241,17 +272,24 @@ class _Plan:
     offered: int
     duplicates: int
     changed: int
+    too_cloudy: int
 
 
 def _plan(
     source: SourceParams, signer: Signer | None, ledger: dict[str, dict[str, Any]], out_dir: Path, cfg: DownloadParams
 ) -> _Plan:
-    """List the source once: skip repeated ids and items complete and unchanged in the ledger; fail folder clashes."""
+    """List the source once: skip too cloudy S2, repeated ids and complete unchanged items; fail folder clashes."""
     todo: list[ItemRecord] = []
     seen: set[str] = set()
     folders: dict[str, str] = {}
-    duplicates = changed = 0
+    duplicates = changed = too_cloudy = 0
     for rec in iter_items(source, signer=signer, limits=cfg):
+        cover = cloud_cover_above(rec, source.max_cloud_cover)
+        if cover is not None:
+            too_cloudy += 1
+            log.info("item %s skipped: eo:cloud_cover %g > source.max_cloud_cover %g", rec.id, cover,
+                     source.max_cloud_cover)  # fmt: skip
+            continue
         if rec.id in seen:
             duplicates += 1
             log.warning("item %s is listed more than once by the source; the first listing is used", rec.id)
@@ -268,7 +306,7 @@ def _plan(
                 continue
             changed += 1
         todo.append(rec)
-    return _Plan(todo, len(seen), duplicates, changed)
+    return _Plan(todo, len(seen), duplicates, changed, too_cloudy)
 
 
 def _fetch_all(
@@ -286,11 +324,24 @@ def _fetch_all(
     ):
         futures = {pool.submit(_fetch_item, rec, out_dir, fetcher): rec for rec in todo}
         for future in as_completed(futures):
-            row, nbytes = future.result()
-            ledger[row["id"]] = row
-            total_bytes += nbytes
-            if row["status"] != "ok":
-                failed += 1
-                log.warning("%s: %s", row["id"], row["error"])
+            nbytes, bad = _record_fetched([future.result()], ledger)
+            total_bytes, failed = total_bytes + nbytes, failed + bad
             bar.update(1)
+    return total_bytes, failed
+
+
+def _fetch_on_worker(rec: ItemRecord, out_dir: Path, cfg: DownloadParams) -> tuple[dict[str, Any], int]:
+    """One item fetched as a Ray task, with its own Fetcher (HTTP sessions do not travel between processes)."""
+    return _fetch_item(rec, out_dir, Fetcher(cfg))
+
+
+def _record_fetched(results: list[tuple[dict[str, Any], int]], ledger: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """Put fetched items' ledger rows in `ledger`, warning about failures; (bytes, failed items)."""
+    total_bytes = failed = 0
+    for row, nbytes in results:
+        ledger[row["id"]] = row
+        total_bytes += nbytes
+        if row["status"] != "ok":
+            failed += 1
+            log.warning("%s: %s", row["id"], row["error"])
     return total_bytes, failed

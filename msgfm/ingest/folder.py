@@ -1,9 +1,10 @@
 """A folder of GeoTIFFs as a source: each file with a sidecar `NAME.json` or `NAME.yaml`.
 
-The sidecar gives at least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`, `bands`); files
-sharing an `id` form one item. A multi-band S1/S2 file (SEN12MS, Sen1Floods11) gives one asset per band
-(`msgfm:band`, its 1-based index), named by `bands:`, the file's band descriptions or the publisher's order.
-Sidecars are read within the `download` limits (msgfm/ingest/reader.py).
+The sidecar gives at least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`, `bands`,
+`cloud_cover` in percent, read as eo:cloud_cover, `level`: L1C or L2A); files sharing an `id` form one
+item. A multi-band S1/S2 file (SEN12MS, Sen1Floods11) gives one asset per band (`msgfm:band`, its 1-based
+index), named by `bands:`, the file's band descriptions or the publisher's order. Sidecars are read within
+the `download` limits (msgfm/ingest/reader.py).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def _folder_record(item_id: str, members: list[tuple[Path, dict[str, Any]]], fol
         props["msgfm:aoi"] = str(meta["aoi"])
     if meta.get("biome"):
         props["msgfm:biome"] = str(meta["biome"])
+    if meta.get("level"):
+        props["processing:level"] = str(meta["level"])
+    if isinstance(meta.get("cloud_cover"), int | float):
+        props["eo:cloud_cover"] = float(meta["cloud_cover"])
     bbox, crs = _raster_footprint([m[0] for m in members])
     if crs:
         props["proj:code"] = crs

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from msgfm.config import SourceParams
 from msgfm.ingest.aois import derive_aoi
 from msgfm.ingest.reader import is_url
-from msgfm.sensors import SENSORS, canonical_band
+from msgfm.sensors import SENSORS, SENTINEL2, canonical_band
 
 KNOWN_SENSORS = (*SENSORS, "landcover")
 """Sensors an item may belong to: the four of the registry plus the land-cover label source."""
@@ -43,6 +43,9 @@ class AssetRecord:
     """`msgfm:band`: the asset is this 1-based band of a stacked file; download extracts it into its own file."""
     linear: bool = False
     """S1 backscatter in linear power (declared or by collection): download converts it to dB."""
+    sensor: str | None = None
+    s2_scaling: tuple[float | None, float] | None = None
+    """An S2 band's (gain, bias) to reflectance x 10000 (gain None: by the file's type); None: not an S2 band."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class ItemRecord:
     root: str | None = None
     """For local sources: the folder all asset files must lie in."""
     collection: str | None = None
+    level: str | None = None
+    """Product level (S2: L1C or L2A), from `product_level`; None when nothing says."""
     error: str = ""
 
 
@@ -113,6 +118,8 @@ def record_from_item(
             checksum=asset.get("file:checksum") if isinstance(asset.get("file:checksum"), str) else None,
             band=asset["msgfm:band"] if isinstance(asset.get("msgfm:band"), int) else None,
             linear=sensor == "s1" and is_linear(asset, collection),
+            sensor=sensor,
+            s2_scaling=s2_scaling(asset, props) if sensor == "s2" and key in SENTINEL2.band_names else None,
         )
     if not error and wanted and not assets:
         found = sorted(k for k, a in (item.get("assets") or {}).items() if isinstance(a, dict) and a.get("href"))
@@ -134,6 +141,7 @@ def record_from_item(
         item=item,
         root=root,
         collection=collection,
+        level=product_level(sensor, collection, props, item_id),
         error=error,
     )
 
@@ -149,6 +157,36 @@ def is_linear(asset: dict[str, Any], collection: str | None) -> bool:
     if isinstance(unit, str) and unit.strip():
         return unit.strip().lower() in ("linear", "linear power", "power", "amplitude squared", "1")
     return collection in LINEAR_S1_COLLECTIONS
+
+
+HARMONISED_FLAGS = ("earthsearch:boa_offset_applied",)
+"""Item properties saying a publisher already removed the baseline-04.00 offset from the pixels."""
+
+
+def s2_scaling(asset: dict[str, Any], props: dict[str, Any]) -> tuple[float | None, float]:
+    """(gain, bias) taking an S2 band asset's values to reflectance x 10000 (the registry's unit and old baselines).
+
+    Gain: the `raster:bands` scale x 10000 (0.0001 -> 1), None when undeclared (decided by the file's type).
+    Bias: the declared offset x 10000 (Earth Search declares -0.1 -> -1000); undeclared or zero, -1000 for
+    `s2:processing_baseline` 04.00 and later (the BOA_ADD_OFFSET / RADIO_ADD_OFFSET of ESA's products)
+    unless the item says the offset was already applied.
+    """
+    bands = asset.get("raster:bands")
+    band = bands[0] if isinstance(bands, list) and bands and isinstance(bands[0], dict) else {}
+    scale, offset = band.get("scale"), band.get("offset")
+    gain = float(scale) * 10000.0 if isinstance(scale, int | float) and scale > 0 else None
+    bias = float(offset) * 10000.0 if isinstance(offset, int | float) else 0.0
+    if bias == 0.0 and _baseline(props) >= 4.0 and not any(props.get(f) is True for f in HARMONISED_FLAGS):
+        bias = -1000.0
+    return gain, bias
+
+
+def _baseline(props: dict[str, Any]) -> float:
+    """`s2:processing_baseline` ("05.09") as a number; 0 when absent or unreadable (older products)."""
+    try:
+        return float(str(props.get("s2:processing_baseline") or 0))
+    except ValueError:
+        return 0.0
 
 
 def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
@@ -169,9 +207,28 @@ def canonical_assets(sensor: str, assets: Any) -> dict[str, Any]:
     return out
 
 
+S2_PRODUCT_TYPES = {"S2MSI1C": "L1C", "S2MSI2A": "L2A"}
+"""`s2:product_type` values (ESA's product types) -> product level."""
+
+
+def product_level(sensor: str | None, collection: str | None, props: dict[str, Any], item_id: str) -> str | None:
+    """An S2 item's product level, L1C or L2A: `s2:product_type`, `processing:level`, else the collection or id."""
+    if sensor != "s2":
+        return None
+    level = S2_PRODUCT_TYPES.get(str(props.get("s2:product_type") or "").upper())
+    declared = str(props.get("processing:level") or "").upper()
+    if level is None and declared in ("L1C", "L2A"):
+        level = declared
+    for text in [] if level else [collection or "", item_id]:
+        found = [lv for lv in ("L1C", "L2A") if lv in text.upper()]
+        if len(found) == 1:
+            return found[0]
+    return level
+
+
 def _sensor_of_collection(collection: str | None, cfg: SourceParams) -> str | None:
-    for sensor, coll in cfg.collections.items():
-        if coll == collection:
+    for sensor, colls in cfg.collections.items():
+        if collection in colls:
             return sensor
     return None
 
@@ -184,6 +241,14 @@ def _crs_of(props: dict[str, Any]) -> str | None:
     if props.get("proj:wkt2"):
         return str(props["proj:wkt2"])
     return None
+
+
+def cloud_cover_above(rec: ItemRecord, max_cloud_cover: float | None) -> float | None:
+    """The `eo:cloud_cover` of an S2 item when it exceeds `max_cloud_cover` (source.max_cloud_cover), else None."""
+    cover = (rec.item.get("properties") or {}).get("eo:cloud_cover")
+    if max_cloud_cover is None or rec.sensor != "s2" or not isinstance(cover, int | float):
+        return None
+    return float(cover) if cover > max_cloud_cover else None
 
 
 def failed_record(item_id: str, error: str) -> ItemRecord:

@@ -10,7 +10,8 @@ was found.
 - stac_api (msgfm/ingest/api.py): a STAC API searched with pystac-client (collections, bbox,
   datetime), with an optional href-signing hook (Planetary Computer's SAS tokens).
 - folder (msgfm/ingest/folder.py): GeoTIFFs, each with a sidecar `NAME.json` or `NAME.yaml` giving at
-  least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`); files sharing an `id` form one item.
+  least `sensor` and `datetime` (optional: `id`, `asset`, `aoi`, `biome`, `bands`,
+  `cloud_cover`); files sharing an `id` form one item.
 
 Hrefs are resolved to absolute URLs or paths here; whether they may be read is decided in download.
 Every document is read within the `download` limits (msgfm/ingest/reader.py: deadline, byte cap,

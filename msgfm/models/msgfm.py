@@ -49,6 +49,9 @@ probability p_cross, also decoded by its partner's decoder and compared with the
 under the same mask (``cross/<a>-><b>``): the encoder sees the masked input of one sensor and must
 produce the other. The encoder runs once per chip; the cross term costs one extra light decoder pass.
 Decoders (msgfm.models.decoders, `config.decoder`) read every stage map: `decoder(maps, bands)`.
+With `config.target_norm` "chip" a decoder's output is in units of the target chip's visible per-band std
+around its visible mean (for a cross term: the partner's pixels at a's visible cells, the statistics the
+chip-mean baseline uses), so the model learns structure, not each chip's level (S2 under cloud, season).
 """
 
 from __future__ import annotations
@@ -96,6 +99,17 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor
     weight = pixel_mask.to(pred.dtype).unsqueeze(1)
     denom = weight.sum() * pred.shape[1]
     return ((pred - target).abs() * weight).sum() / denom.clamp(min=1.0)
+
+
+def visible_stats(
+    image: torch.Tensor, pixel_mask: torch.Tensor, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-chip, per-band mean and std (B, C, 1, 1) over the visible pixels (pixel_mask True = masked)."""
+    visible = (~pixel_mask).to(image.dtype).unsqueeze(1)
+    count = visible.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
+    mean = (image * visible).sum(dim=(2, 3), keepdim=True) / count
+    var = (((image - mean) * visible) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    return mean, (var + eps).sqrt()
 
 
 def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
@@ -207,14 +221,15 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
             stages = [torch.cat(maps) for maps in zip(*parts, strict=True)] if keys else parts[0]
             decoded = self.decoders[target](stages, bands[target])
             outputs = decoded.split([p[0].shape[0] for p in parts])
-            preds[target] = outputs[0]
-            losses[f"mim/{target}"] = masked_l1(outputs[0], image, pixel_masks[target])
+            preds[target] = self._pixels(outputs[0], image, pixel_masks[target])
+            losses[f"mim/{target}"] = masked_l1(preds[target], image, pixel_masks[target])
             for key, pred in zip(keys, outputs[1:], strict=True):
                 source = key.split("->")[0]
                 rows = cross_index[key]
-                cross_pred[key] = pred
                 target_px = image.index_select(0, partner[source].index_select(0, rows))
-                losses[f"cross/{key}"] = masked_l1(pred, target_px, pixel_masks[source].index_select(0, rows))
+                mask = pixel_masks[source].index_select(0, rows)
+                cross_pred[key] = self._pixels(pred, target_px, mask)
+                losses[f"cross/{key}"] = masked_l1(cross_pred[key], target_px, mask)
 
         recon = torch.stack(list(losses.values())).mean()
         losses["recon"] = recon
@@ -228,6 +243,15 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
             cross_pred=cross_pred,
             cross_index=cross_index,
         )
+
+    def _pixels(self, decoded: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """The decoder's output in pixel units: with target_norm `chip`, scaled by the visible pixels' std and
+        shifted by their mean, so a zero output is the per-chip visible-mean predictor and the decoder learns
+        structure rather than each chip's level and contrast."""
+        if self.config.target_norm == "none":
+            return decoded
+        mean, std = visible_stats(target, pixel_mask)
+        return mean + std * decoded
 
 
 def create_model(name: str = "msgfm_tiny", **overrides: Any) -> MSGFM:

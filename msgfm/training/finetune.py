@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.config import Params
 from msgfm.datasets.tasks import TaskData, build_task_data, get_task
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries
@@ -44,7 +45,6 @@ from msgfm.models.finetuned import (
 )
 from msgfm.models.heads import TaskModel, build_task_model
 from msgfm.training.loop import Hyper, train_model
-from msgfm.training.ray_cluster import RayClusterError, connect_ray
 from msgfm.training.study import fail_stale_trials, finished_trials, open_study, pruned_trials, suggest
 
 if TYPE_CHECKING:

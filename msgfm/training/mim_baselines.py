@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from msgfm.models.msgfm import visible_stats
+
 
 def global_mean_fill(means: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(C,) per-band means broadcast to the shape of `like` (B, C, H, W)."""
@@ -24,9 +26,7 @@ def global_mean_fill(means: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def chip_mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Every pixel of a chip set to its per-band mean over the visible pixels (mask (B, H, W), True = masked)."""
-    visible = (~mask).to(image.dtype).unsqueeze(1)
-    count = visible.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
-    mean = (image * visible).sum(dim=(2, 3), keepdim=True) / count
+    mean, _ = visible_stats(image, mask)
     return mean.expand_as(image)
 
 

@@ -11,7 +11,7 @@ a crash or a kill finds the same run and Ray Train hands the latest checkpoint t
 and masks are drawn from generators seeded by (seed, rank, step), so a resumed run sees the same data
 as an uninterrupted one, and the initial weights are drawn from `seed` alone, so every rank and every
 run of the same params start from the same model. The learning rate follows
-msgfm.training.schedule (linear warmup, cosine decay); msgfm.training.ray_logging keeps Ray's noise
+msgfm.training.schedule (linear warmup, cosine decay); msgfm.cluster.quiet keeps Ray's noise
 of healthy runs off the output.
 """
 
@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.config import Params
 from msgfm.datasets.pretrain import load_pretrain_chips
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.models.msgfm import MSGFM, create_model_from_params
 from msgfm.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
-from msgfm.training.ray_cluster import RayClusterError, connect_ray
 from msgfm.training.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)

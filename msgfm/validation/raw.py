@@ -23,7 +23,7 @@ import pandas as pd
 
 from msgfm.config import GatesParams, SourceParams
 from msgfm.ingest.download import read_ledger
-from msgfm.sensors import SENSORS
+from msgfm.sensors import SENSORS, level_keys
 from msgfm.validation.assets import AssetLayout, asset_layout, crs_mismatch, open_asset
 from msgfm.validation.gates import Check, GateResult, run_gate, write_gate
 from msgfm.validation.plausibility import implausible_date, implausible_values
@@ -46,7 +46,7 @@ def build_raw_table(raw_dir: str | Path, source: SourceParams, gates: GatesParam
 def _describe_item(rec: dict[str, Any], raw_dir: Path, source: SourceParams, gates: GatesParams) -> dict[str, Any]:
     """The raw-table row of one ledger item: its download outcome, then what its asset files hold."""
     sensor = rec.get("sensor") or ""
-    keys = list(source.assets.get(sensor, []))
+    keys = level_keys(sensor, rec.get("level"), list(source.assets.get(sensor, [])))
     assets = json.loads(rec.get("assets") or "{}")
     item = _item_json(rec, raw_dir)
     row = _empty_row(rec, item, keys, assets)

@@ -6,7 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from msgfm.training.ray_logging import RUNTIME_ENV
+from msgfm.cluster.quiet import runtime_env
 
 if TYPE_CHECKING:
     from msgfm.config import RayParams
@@ -35,7 +35,7 @@ def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) ->
         return False
     if address:
         try:
-            ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env())
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RayClusterError(
                 f"cannot join the Ray cluster at {address!r} (ray.address / RAY_ADDRESS): {e}"
@@ -56,6 +56,6 @@ def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) ->
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         log_to_driver=True,
-        runtime_env=RUNTIME_ENV,
+        runtime_env=runtime_env(),
     )
     return True

@@ -1,6 +1,6 @@
 """Ray's log noise around pretraining: warnings Ray logs on every healthy run, silenced at their loggers.
 
-`RUNTIME_ENV` is the runtime environment of the Ray job pretraining starts or joins; its setup hook runs
+`runtime_env()` is the runtime environment of the Ray job a stage starts or joins; its setup hook runs
 in every Ray worker process of the job (the Train controller and the training workers).
 """
 
@@ -38,5 +38,7 @@ def quiet_ray_workers() -> None:
     logging.getLogger(COORDINATOR_CLIENT).addFilter(DropCoordinatorStartupTimeout())
 
 
-RUNTIME_ENV = {"worker_process_setup_hook": quiet_ray_workers}
-"""Runtime environment of the Ray job pretraining starts or joins."""
+def runtime_env() -> dict:
+    """A fresh runtime environment for each `ray.init`: Ray writes the exported hook into the dict it is given,
+    and a second `ray.init` in the same process would then refuse the stale hook as a conflicting one."""
+    return {"worker_process_setup_hook": quiet_ray_workers}
