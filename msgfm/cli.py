@@ -351,7 +351,8 @@ def finetune(
         list[str] | None, typer.Option(help="pretrained, scratch, single_sensor (repeatable; default: params)")
     ] = None,
     benchmark: Annotated[
-        str | None, typer.Option(help="fine-tune on a real benchmark instead (bigearthnet, sen12ms_cr, vaihingen)")
+        str | None,
+        typer.Option(help="fine-tune on a real benchmark (bigearthnet, sen12ms_cr, spacenet_pansharpen, vaihingen)"),
     ] = None,
     root: Annotated[Path | None, typer.Option(help="the benchmark's local folder (with --benchmark)")] = None,
     device: DeviceOption = None,

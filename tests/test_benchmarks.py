@@ -28,7 +28,7 @@ from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen, hash_fraction
 from msgfm.datasets.benchmarks.vaihingen import COLOURS, IGNORE_INDEX, Vaihingen, colours_to_mask, window_starts
 from msgfm.geo.io import write_cog
 from msgfm.metrics import PRIMARY_METRIC
-from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
+from msgfm.sensors import ADDED_SENSORS, S2_L2A_BANDS, SENSORS, SENTINEL2
 
 # Hand-checked from each patch's labels_metadata.json and the BigEarthNet-19 table (Sumbul et al. 2021).
 BEN_EXPECTED = {
@@ -282,7 +282,7 @@ def test_sen12mscr_errors_name_the_patch(test_data: Path, tmp_path: Path) -> Non
 def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
     root = test_data / "spacenet"
     ds = SpaceNetPansharpen(root, "all")
-    assert len(ds) == 3 and ds.band_names["ms"][4] == "Red"
+    assert len(ds) == 18 and ds.band_names["ms"][4] == "Red"
     for i, tile in enumerate(ds.tiles):
         sample = ds[i]
         assert {k: tuple(v.shape) for k, v in sample.items()} == {
@@ -444,7 +444,8 @@ def test_registry_and_factory(test_data: Path) -> None:
     assert set(BENCHMARKS) == {"bigearthnet", "sen12ms_cr", "spacenet_pansharpen", "vaihingen"}
     for cls in BENCHMARKS.values():
         assert cls.task in PRIMARY_METRIC
-        assert all(sensor is None or sensor in SENSORS for sensor in cls.inputs.values())
+        assert all(sensor is None or sensor in {*SENSORS, *ADDED_SENSORS} for sensor in cls.inputs.values())
+        assert cls.target_sensor is None or cls.target_sensor in cls.inputs.values()
     ds = create_benchmark("vaihingen", test_data / "vaihingen", "val", crop_size=None)
     assert isinstance(ds, Vaihingen) and set(ds[0]) == set(ds.inputs) | {ds.target_key}
     with pytest.raises(BenchmarkDataError, match="unknown benchmark 'bigearth'; known benchmarks: bigearthnet"):

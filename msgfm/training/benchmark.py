@@ -9,6 +9,7 @@ under `<finetune.out_dir>/benchmarks/<name>/`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, get_task, label_budget
+from msgfm.datasets.tasks import PAN_RATIO, TaskData, TaskSpec, TaskSplit, get_task, hpf_fuse, label_budget
+from msgfm.evaluation.intervals import resample
+from msgfm.evaluation.scoring import TRIVIAL, Evidence, score, score_outputs, trivial_outputs
 from msgfm.geo.io import atomic_write_json
-from msgfm.models.finetuned import variant_missing
+from msgfm.models.device import resolve_device
+from msgfm.models.finetuned import BEST_FILE, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model, variant_missing
+from msgfm.models.hub import load_weights
 from msgfm.sensors import get_sensor
 from msgfm.training.finetune import FinetuneError, tune_variant
 
@@ -68,15 +73,43 @@ def _input_size(native: tuple[int, int], asked: int | None, multiple: int) -> tu
     return rounded
 
 
+def _benchmark_spec(ds: Any) -> TaskSpec:
+    """The task spec of a benchmark: the task's, with the dataset's own target sensor and bands when it names one
+    (SpaceNet's WorldView MS: the head corrects the HPF-fused `wv_ms` input)."""
+    spec = get_task(ds.task)
+    if ds.target_sensor is None:
+        return spec
+    bands = ds.band_names[ds.target_key]
+    return dataclasses.replace(spec, out_sensor=ds.target_sensor, out_bands=bands, residual=ds.target_sensor)
+
+
+def _hpf_input(ds: Any, sample: dict[str, torch.Tensor], spec: TaskSpec, tile: str) -> dict[str, torch.Tensor]:
+    """A pan-sharpening sample whose low-resolution MS is replaced by its HPF fusion with the PAN (msgfm.datasets.
+    tasks.hpf_fuse) at the target's size, the image the head corrects, as on the embedded world."""
+    ms_key = next(k for k, s in ds.inputs.items() if s == spec.residual)
+    pan_key = next(k for k in ds.inputs if k != ms_key)
+    ms, pan = sample[ms_key], sample[pan_key]
+    if tuple(pan.shape[-2:]) != tuple(d * PAN_RATIO for d in ms.shape[-2:]):
+        raise FinetuneError(
+            f"benchmark {ds.name} sample {tile}: PAN {tuple(pan.shape[-2:])} px is not {PAN_RATIO} x the MS "
+            f"{tuple(ms.shape[-2:])} px; pan-sharpening here assumes WorldView's ratio {PAN_RATIO}"
+        )
+    full = get_sensor(spec.residual).full_scale
+    fused = hpf_fuse(ms[None].float(), pan[None].float())[0].clamp(0.0, full)
+    return {**sample, ms_key: fused}
+
+
 def _benchmark_split(ds: Any, index: np.ndarray, params: Params) -> tuple[TaskSplit, TaskSpec]:
     """Samples `index` of a benchmark dataset as a TaskSplit (at native resolution unless `finetune.benchmark_px`
     says otherwise), and the task spec for it."""
-    spec = get_task(ds.task)
+    spec = _benchmark_spec(ds)
     keep = _known_bands(ds)
     images: dict[str, list[torch.Tensor]] = {keep[k][0]: [] for k in keep}
     targets = []
     for i in index.tolist():
         sample = ds[int(i)]
+        if spec.name == "pansharpening":
+            sample = _hpf_input(ds, sample, spec, str(i))
         for key, (sensor, channels, names) in keep.items():
             pixels = sample[key][channels].numpy()
             images[sensor].append(torch.from_numpy(get_sensor(sensor).normalise(pixels, names)))
@@ -126,8 +159,33 @@ def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
     return TaskData(spec=spec, splits=splits, class_codes=tuple(range(num_classes)) if spec.kind != "image" else ())
 
 
+def benchmark_test_scores(params: Params, data: TaskData, out: Path, variants: list[str]) -> dict[str, Any]:
+    """Test metrics (n, bootstrap interval over samples) of each tuned variant's checkpoint under `out` and of the
+    task's trivial baselines (pan-sharpening: HPF and bicubic), and each variant's paired gain over each baseline."""
+    test, cfg = data.splits["test"], params.evaluate
+    ids = test.ids or [str(i) for i in range(len(test))]
+    ev = Evidence(resample(ids, cfg.bootstrap_resamples, params.seed, cfg.confidence), {"samples": len(test)})
+    scored = {name: score_outputs(data, test, trivial_outputs(name, data, test)) for name in TRIVIAL[data.spec.name]}
+    results: dict[str, Any] = {name: ev.record(s) for name, s in scored.items()}
+    for variant in variants:
+        folder = out / data.spec.name / variant
+        if checkpoint_mismatch(folder):
+            continue
+        best = json.loads((folder / BEST_FILE).read_text())
+        model = load_weights(rebuild_task_model(best, data.spec), folder / WEIGHTS_FILE)
+        vdata = data.only(model.encoder.sensors)
+        if isinstance(vdata, str):
+            continue
+        mine = score(model.to(resolve_device(params.finetune.device)), vdata, vdata.splits["test"], 32)
+        results[variant] = ev.record(mine)
+        for name in TRIVIAL[data.spec.name]:
+            results[f"{variant} vs {name}"] = ev.compare(mine, scored[name], data.spec.name).record()
+    return results
+
+
 def run_benchmark_finetune(params: Params, name: str, root: Path, variants: list[str] | None = None) -> dict[str, Any]:
-    """Tune every variant on a real benchmark; outputs under <finetune.out_dir>/benchmarks/<name>/."""
+    """Tune every variant on a real benchmark, then score them and the trivial baselines on its test split;
+    outputs under <finetune.out_dir>/benchmarks/<name>/."""
     cfg = params.finetune
     torch.set_num_threads(cfg.threads)
     data = benchmark_task_data(params, name, Path(root))
@@ -140,5 +198,7 @@ def run_benchmark_finetune(params: Params, name: str, root: Path, variants: list
             summary[variant] = {"missing": missing}
             continue
         summary[variant] = tune_variant(bench_params, data, variant)
+    tuned = [v for v in variants or cfg.variants if "value" in summary.get(v, {})]
+    summary["test"] = benchmark_test_scores(params, data, out, tuned)
     atomic_write_json(out / f"{data.spec.name}.json", summary)
     return summary

@@ -43,15 +43,16 @@ from msgfm.datasets.benchmarks._common import (
     read_with_profile,
     require_dir,
 )
+from msgfm.sensors import WORLDVIEW_MS
 
 MS_FOLDERS: tuple[str, ...] = ("MS", "MUL")
 """Accepted names of the multispectral folder (and file prefix)."""
 
 MS_BAND_NAMES: dict[int, tuple[str, ...]] = {
     4: ("Blue", "Green", "Red", "NIR1"),
-    8: ("Coastal", "Blue", "Green", "Yellow", "Red", "RedEdge", "NIR1", "NIR2"),
+    8: WORLDVIEW_MS.band_names,
 }
-"""WorldView-2/3 multispectral band names by band count, in file order."""
+"""WorldView-2/3 multispectral band names (the registry's, msgfm.sensors.WORLDVIEW_MS) by band count, in file order."""
 
 SPLIT_FRACTIONS: dict[str, tuple[float, float]] = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 """Each split's interval of the tile-id hash mapped to [0, 1)."""
@@ -79,8 +80,9 @@ class SpaceNetPansharpen(BenchmarkDataset):
 
     name = "spacenet_pansharpen"
     task = "pansharpening"
-    inputs: ClassVar[dict[str, str | None]] = {"pan": None, "ms": None}
+    inputs: ClassVar[dict[str, str | None]] = {"pan": "wv_pan", "ms": "wv_ms"}
     target_key = "target"
+    target_sensor = "wv_ms"
     splits = ("train", "val", "test", "all")
 
     def __init__(
