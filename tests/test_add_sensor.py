@@ -4,7 +4,9 @@ grown encoder (msgfm.sensors.ADDED_SENSORS, msgfm.models.patch_embed, msgfm.mode
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,7 +115,7 @@ def test_borrowed_embedding_sees_like_its_donor_where_a_random_one_does_not() ->
     assert abs(random - unrelated) < 0.2, (random, unrelated)
 
 
-def test_a_fine_tuned_checkpoint_with_added_sensors_rebuilds(tmp_path) -> None:
+def test_a_fine_tuned_checkpoint_with_added_sensors_rebuilds() -> None:
     from msgfm.datasets.tasks import get_task
     from msgfm.models.heads import build_task_model
 
@@ -146,3 +148,24 @@ def test_register_sensor_checks_names_and_wavelengths() -> None:
     with pytest.raises(ValueError, match="no wavelength_nm"):
         register_sensor(no_wavelength)
     assert "planetscope" not in ADDED_SENSORS
+
+
+def test_spacenet_samples_feed_the_hpf_fused_ms_and_refuse_another_ratio(test_data: Path) -> None:
+    from msgfm.config import load_params
+    from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen
+    from msgfm.datasets.tasks import hpf_fuse
+    from msgfm.training.benchmark import _benchmark_split
+    from msgfm.training.finetune import FinetuneError
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    ds = SpaceNetPansharpen(test_data / "spacenet", "test")
+    split, spec = _benchmark_split(ds, np.arange(len(ds)), params)
+    assert (spec.inputs, spec.out_sensor, spec.residual) == (("wv_pan", "wv_ms"), "wv_ms", "wv_ms")
+    assert spec.out_bands == WORLDVIEW_MS.band_names and len(split) == 3
+    sample = ds[0]
+    fused = hpf_fuse(sample["ms"][None], sample["pan"][None])[0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(get_sensor("wv_ms").denormalise(split.images["wv_ms"][0].numpy()), fused, atol=1e-5)
+    bicubic = torch.nn.functional.interpolate(sample["ms"][None], size=(16, 16), mode="bicubic")[0].numpy()
+    assert np.abs(fused - bicubic).max() > 0.01  # the PAN's detail is in the input
+    with pytest.raises(FinetuneError, match=r"sample AOI_9_Synthetic_img\d+: PAN \(16, 16\) px is not 4 x the MS"):
+        _benchmark_split(SpaceNetPansharpen(test_data / "spacenet", "test", ratio=2), np.arange(1), params)

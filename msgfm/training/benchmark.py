@@ -3,7 +3,11 @@
 A benchmark split is read fully into memory as a `TaskSplit` at its native size (or `finetune.benchmark_px`), its bands
 restricted to those of the sensor registry (msgfm.sensors) and normalised like the chip store's; the
 training split is the label budget. Every variant is then tuned as on the embedded world, with outputs
-under `<finetune.out_dir>/benchmarks/<name>/`.
+under `<finetune.out_dir>/benchmarks/<name>/`, and scored with the task's trivial baselines on the test split
+(`"test"` in `<task>.json`: n, bootstrap intervals over samples, paired gains; msgfm.evaluation.scoring).
+A benchmark whose inputs are sensors added for fine-tuning (SpaceNet's WorldView PAN/MS) gets them grown on
+every variant's encoder (msgfm.models.extend); a pan-sharpening sample's MS input is its HPF fusion with the
+PAN, as on the embedded world.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def _benchmark_split(ds: Any, index: np.ndarray, params: Params) -> tuple[TaskSp
     for i in index.tolist():
         sample = ds[int(i)]
         if spec.name == "pansharpening":
-            sample = _hpf_input(ds, sample, spec, str(i))
+            sample = _hpf_input(ds, sample, spec, str(ds.tiles[int(i)] if hasattr(ds, "tiles") else i))
         for key, (sensor, channels, names) in keep.items():
             pixels = sample[key][channels].numpy()
             images[sensor].append(torch.from_numpy(get_sensor(sensor).normalise(pixels, names)))
@@ -169,12 +173,15 @@ def benchmark_test_scores(params: Params, data: TaskData, out: Path, variants: l
     results: dict[str, Any] = {name: ev.record(s) for name, s in scored.items()}
     for variant in variants:
         folder = out / data.spec.name / variant
-        if checkpoint_mismatch(folder):
+        mismatch = checkpoint_mismatch(folder)
+        if mismatch:
+            results[variant] = {"missing": mismatch}
             continue
         best = json.loads((folder / BEST_FILE).read_text())
         model = load_weights(rebuild_task_model(best, data.spec), folder / WEIGHTS_FILE)
         vdata = data.only(model.encoder.sensors)
         if isinstance(vdata, str):
+            results[variant] = {"missing": vdata}
             continue
         mine = score(model.to(resolve_device(params.finetune.device)), vdata, vdata.splits["test"], 32)
         results[variant] = ev.record(mine)
