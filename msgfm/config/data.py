@@ -259,6 +259,14 @@ class DownloadParams(Section):
     max_asset_bytes: int = Field(
         20 << 30, ge=1, description="largest asset body accepted when the item declares no file:size"
     )
+    windowed: bool = Field(
+        True,
+        description="http(s) assets of items with a derived AOI square: read only the square (plus the margin) "
+        "with range requests (msgfm.ingest.window); false: fetch whole files",
+    )
+    window_margin_m: float = Field(
+        200.0, ge=0, le=10_000, description="a windowed read's margin around the AOI square (co-registration), m"
+    )
 
 
 class GatesParams(Section):

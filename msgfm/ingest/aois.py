@@ -15,9 +15,8 @@ from msgfm.config import SourceParams
 from msgfm.geo.grids import utm_crs
 
 
-def derive_aoi(bbox: list[float] | None, cfg: SourceParams) -> str:
-    """The AOI name of an item without `msgfm:aoi` whose WGS84 footprint is `bbox` (see module docstring)."""
-    square = aoi_square(bbox, cfg)
+def aoi_name(square: tuple[str, tuple[float, float, float, float]] | None, cfg: SourceParams) -> str:
+    """`{source.aoi}_{EPSG}_{E km}_{N km}` of a square; `source.aoi` when there is none."""
     if square is None:
         return cfg.aoi
     crs, (west, south, _, _) = square
