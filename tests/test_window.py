@@ -10,6 +10,8 @@ pixels under the AOI square plus the margin.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +183,61 @@ def test_windowed_false_fetches_whole_files(scenes, tmp_path):
         summary = _run(_source(srv), tmp_path / "raw", windowed=False)
         assert summary.failed == 0
         assert srv.bytes_served["/B04.tif"] == (scenes / "B04.tif").stat().st_size
+
+
+def _crop(scene: Path, dest: Path, col: int, row: int, size: int) -> None:
+    """A small COG cut from `scene` (a second, smaller acquisition inside one square)."""
+    with rasterio.open(scene) as src:
+        window = Window(col, row, size, size)
+        profile = src.profile | {"driver": "GTiff", "width": size, "height": size}
+        profile["transform"] = src.window_transform(window)
+        data = src.read(window=window)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(data)
+        with mem.open() as tmp:
+            copy_raster(tmp, dest, driver="COG", blocksize=512, compress="deflate")
+
+
+def test_a_search_bbox_is_tiled_into_squares_and_an_item_feeds_every_square_it_overlaps(scenes, tmp_path):
+    """A 4 x 2 km bbox covers 3 x 2 squares of 2 km: both 36 km scenes feed all six, a 1 km scene one."""
+    _crop(scenes / "B04.tif", tmp_path / "small.tif", col=1610, row=1890, size=100)  # x 420.5-421.5 km
+    shutil.copy(tmp_path / "small.tif", scenes / "small.tif")
+    west, south, east, north = transform_bounds("EPSG:32633", "EPSG:4326", 419_500, 5_321_500, 423_500, 5_323_500)
+    squares = {f"ben_32633_{x}_{y}" for x in (418, 420, 422) for y in (5320, 5322)}
+    with LoopbackServer(scenes) as srv:
+        _served(srv, scenes, wrong_size=False)
+        small = _item("S2B_MSIL2A_20170616T100029_R122_T33UUP", "s2", "B04", f"{srv.url}/small.tif?sig=secret",
+                      scenes / "small.tif", "2017-06-16T10:00:29Z")  # fmt: skip
+        srv.items.append(small)
+        source = _source(srv).model_copy(update={"bbox": [west, south, east, north]})
+        listed = _listing(source)
+        assert _listing(source) == listed  # stable names
+        summary = _run(source, tmp_path / "raw")
+    by_item: dict[str, set[str]] = {}
+    for record_id, aoi, square in listed:
+        by_item.setdefault(re.sub(r"_\d+_\d+$", "", record_id), set()).add(aoi)
+        assert aoi == f"ben_32633_{square[1][0] // 1000:.0f}_{square[1][1] // 1000:.0f}"
+    assert by_item == {"S2A_MSIL2A_20170613T101031_R022_T33UUP": squares, small["id"]: {"ben_32633_420_5322"},
+                       "S1A_IW_GRDH_1SDV_20170613T165043_33UUP": squares}  # fmt: skip
+    assert small["id"] in {i for i, _, _ in listed}  # an item in one square keeps its id
+    assert "S2A_MSIL2A_20170613T101031_R022_T33UUP_418_5320" in {i for i, _, _ in listed}
+    ledger = read_ledger(tmp_path / "raw")
+    assert summary.failed == 0 and len(ledger) == 13 and set(ledger["aoi"]) == squares
+    for row in ledger[ledger["sensor"] == "s2"].itertuples():
+        dest = tmp_path / "raw" / json.loads(row.assets)["B04"]
+        record = json.loads(dest.with_name("B04.window.json").read_text())
+        west_m, south_m = (float(v) * 1000 for v in row.aoi.split("_")[2:])
+        assert record["square"]["bounds"] == [west_m, south_m, west_m + TILE_M, south_m + TILE_M]
+        with rasterio.open(dest) as got:
+            left, bottom, right, top = got.bounds
+        if row.id != small["id"]:  # each square's window, with its margin
+            assert (left, bottom, right, top) == (west_m - MARGIN_M, south_m - MARGIN_M, west_m + TILE_M + MARGIN_M,
+                                                  south_m + TILE_M + MARGIN_M)  # fmt: skip
+
+
+def _listing(source: SourceParams) -> list:
+    """(record id, AOI, square) of every record a search yields."""
+    from msgfm.ingest.sources import iter_items
+
+    return [(r.id, r.aoi, r.square) for r in iter_items(source, limits=DownloadParams())]

@@ -45,6 +45,7 @@ from msgfm.cluster.tasks import map_ordered
 from msgfm.config import DownloadParams, RayParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
 from msgfm.ingest import window
+from msgfm.ingest.aois import Square
 from msgfm.ingest.convert import land
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.records import cloud_cover_above
@@ -223,13 +224,13 @@ def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | N
     return written, described
 
 
-def window_square(rec: ItemRecord, asset: AssetRecord, cfg: DownloadParams) -> tuple | None:
+def window_square(rec: ItemRecord, asset: AssetRecord, cfg: DownloadParams) -> Square | None:
     """The AOI square to read of an asset when it is read by window (remote http(s), derived AOI); else None."""
     remote = urlparse(asset.href).scheme.lower() in ("http", "https")
     return rec.square if cfg.windowed and remote else None
 
 
-def _fetch_window(asset: AssetRecord, dest: Path, square: tuple, cfg: DownloadParams) -> tuple[int, dict[str, Any]]:
+def _fetch_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -> tuple[int, dict[str, Any]]:
     """Read the AOI's window of a remote COG and land it like a fetched file (msgfm.ingest.window).
 
     A window already read for this request and intact on disk is kept (0 bytes); returns the bytes written

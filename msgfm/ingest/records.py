@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import SourceParams
-from msgfm.ingest.aois import aoi_name, aoi_square
+from msgfm.ingest.aois import Square, aoi_name, aoi_square
 from msgfm.ingest.reader import is_url
 from msgfm.sensors import SENSORS, SENTINEL2, canonical_band
 
@@ -68,7 +68,7 @@ class ItemRecord:
     collection: str | None = None
     level: str | None = None
     """Product level (S2: L1C or L2A), from `product_level`; None when nothing says."""
-    square: tuple[str, tuple[float, float, float, float]] | None = None
+    square: Square | None = None
     """The derived AOI's UTM square (msgfm.ingest.aois), the window read of a remote COG; None: `msgfm:aoi` or none."""
     error: str = ""
 

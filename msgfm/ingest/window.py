@@ -32,12 +32,10 @@ from rasterio.windows import Window
 
 from msgfm.config import DownloadParams
 from msgfm.geo.io import atomic_path, atomic_write_json, sha256_file
+from msgfm.ingest.aois import Square
 from msgfm.ingest.fetch import DownloadError
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord
-
-Square = tuple[str, tuple[float, float, float, float]]
-"""(UTM CRS, (west, south, east, north) in metres): an AOI square (msgfm.ingest.aois.aoi_square)."""
 
 ROWS_PER_READ = 1024
 """Rows of the window read and written at a time: memory stays bounded for large fine-resolution AOIs."""
