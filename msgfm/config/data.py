@@ -180,8 +180,9 @@ class SourceParams(Section):
         ge=1000,
         le=1_000_000,
         multiple_of=1000,
-        description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
-        "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
+        description="items without msgfm:aoi: AOIs are squares of this side on a UTM grid (msgfm.ingest.aois): a "
+        "stac_api bbox is tiled into them, other items get the square of their footprint's centre; null: they "
+        "all get the one AOI `aoi`",
     )
     max_cloud_cover: float | None = Field(
         None,
