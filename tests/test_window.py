@@ -241,3 +241,16 @@ def _listing(source: SourceParams) -> list:
     from msgfm.ingest.sources import iter_items
 
     return [(r.id, r.aoi, r.square) for r in iter_items(source, limits=DownloadParams())]
+
+
+def test_a_server_error_is_retried_and_a_missing_file_fails_its_item_by_name(scenes, tmp_path):
+    with LoopbackServer(scenes) as srv:
+        _served(srv, scenes, wrong_size=False)
+        srv.fail("/B04.tif", "500")  # the first HEAD: a transient error, retried
+        srv.fail("/vv.tif", "404", "404", "404")
+        summary = _run(_source(srv), tmp_path / "raw")
+        heads = [r for r in srv.requests_for("/vv.tif") if r[0] == "HEAD"]
+    ledger = read_ledger(tmp_path / "raw").set_index("sensor")
+    assert summary.failed == 1 and ledger.loc["s2", "status"] == "ok"
+    assert "HTTP 404" in ledger.loc["s1", "error"] and "/vv.tif" in ledger.loc["s1", "error"]
+    assert "sig=secret" not in ledger.loc["s1", "error"] and len(heads) == 1  # a 404 is not retried
