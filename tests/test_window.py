@@ -210,10 +210,13 @@ def test_a_search_bbox_is_tiled_into_squares_and_an_item_feeds_every_square_it_o
         small = _item("S2B_MSIL2A_20170616T100029_R122_T33UUP", "s2", "B04", f"{srv.url}/small.tif?sig=secret",
                       scenes / "small.tif", "2017-06-16T10:00:29Z")  # fmt: skip
         srv.items.append(small)
+        srv.page_size = 2  # the 3 items come on 2 pages, the second through the first's `next` link
         source = _source(srv).model_copy(update={"bbox": [west, south, east, north]})
         listed = _listing(source)
         assert _listing(source) == listed  # stable names
         summary = _run(source, tmp_path / "raw")
+        pages = len(srv.requests_for("/api/search"))
+    assert pages == 3 * 2  # three searches (two listings and the download), two pages each
     by_item: dict[str, set[str]] = {}
     for record_id, aoi, square in listed:
         by_item.setdefault(re.sub(r"_\d+_\d+$", "", record_id), set()).add(aoi)
