@@ -32,25 +32,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 
 from msgfm.cluster.tasks import map_ordered
 from msgfm.config import DownloadParams, RayParams, SourceParams
 from msgfm.geo.io import aoi_problem, atomic_path, atomic_write_json, environment_fault, inside, safe_name
-from msgfm.ingest import window
-from msgfm.ingest.aois import Square
 from msgfm.ingest.convert import land
 from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.records import cloud_cover_above
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
+from msgfm.ingest.window import fetch_window, window_square
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +172,8 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            if window_square(rec, asset, fetcher.cfg) is not None:
-                nbytes, described = _fetch_window(asset, dest, rec.square, fetcher.cfg)
+            if (square := window_square(rec, asset, fetcher.cfg)) is not None:
+                nbytes, described = fetch_window(asset, dest, square, fetcher.cfg)
             else:
                 nbytes, described = _fetch_asset(fetcher, asset, dest, rec.root)
             written += nbytes
@@ -222,41 +219,6 @@ def _fetch_asset(fetcher: Fetcher, asset: AssetRecord, dest: Path, root: str | N
     finally:
         staged.unlink(missing_ok=True)
     return written, described
-
-
-def window_square(rec: ItemRecord, asset: AssetRecord, cfg: DownloadParams) -> Square | None:
-    """The AOI square to read of an asset when it is read by window (remote http(s), derived AOI); else None."""
-    remote = urlparse(asset.href).scheme.lower() in ("http", "https")
-    return rec.square if cfg.windowed and remote else None
-
-
-def _fetch_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -> tuple[int, dict[str, Any]]:
-    """Read the AOI's window of a remote COG and land it like a fetched file (msgfm.ingest.window).
-
-    A window already read for this request and intact on disk is kept (0 bytes); returns the bytes written
-    and the asset fields that describe the file (its window, and a conversion when `land` made one).
-    """
-    done = window.completed(dest, asset, square, cfg)
-    if done is not None:
-        return 0, done
-    staged = dest.with_name(f"{dest.stem}.source.tif")
-    try:
-        read = window.read_window(asset, staged, square, cfg)
-        if asset.sensor in ("s1", "s2") or asset.band is not None:
-            described = land(staged, dest, asset)
-        else:
-            os.replace(staged, dest)
-            described = {}
-    finally:
-        staged.unlink(missing_ok=True)
-    pixels = read["window"]
-    described |= {
-        "msgfm:window": {"of": redact(asset.href), **pixels},
-        "proj:shape": [pixels["height"], pixels["width"]],
-        "proj:transform": read["transform"],
-    }
-    window.write_record(dest, asset, square, cfg, read | {"asset_fields": described})
-    return dest.stat().st_size, described
 
 
 def download(

@@ -4,8 +4,9 @@ A real scene is a 110 km Sentinel-2 tile or a 250 km Sentinel-1 swath; an AOI is
 square of it (msgfm.ingest.aois). For an http(s) asset of an item whose AOI square is known (derived
 from its footprint), download reads through GDAL's `/vsicurl/` only the pixels of the square grown by
 `download.window_margin_m` (room for co-registration shifts and the resampling kernel), snapped outwards
-to the asset's own pixel grid (no resampling), and writes them as a tiled GeoTIFF. A cloud-optimised file
-is tiled, so GDAL fetches the header and the tiles under the window, nothing else.
+to the asset's own pixel grid (no resampling), and writes them as a tiled GeoTIFF, landed like a whole
+fetched file (S1 dB, S2 scaling: msgfm.ingest.convert). A cloud-optimised file is tiled, so GDAL fetches
+the header and the tiles under the window, nothing else.
 
 - Verified: a HEAD request gives the file's size, checked against `file:size` when the item declares it
   (`file:checksum` covers the whole file and cannot be checked on a window), and its validators (ETag,
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import rasterio
 import rasterio.errors
@@ -33,9 +36,10 @@ from rasterio.windows import Window
 from msgfm.config import DownloadParams
 from msgfm.geo.io import atomic_path, atomic_write_json, sha256_file
 from msgfm.ingest.aois import Square
+from msgfm.ingest.convert import land
 from msgfm.ingest.fetch import DownloadError
 from msgfm.ingest.redact import redact
-from msgfm.ingest.sources import AssetRecord
+from msgfm.ingest.sources import AssetRecord, ItemRecord
 
 ROWS_PER_READ = 1024
 """Rows of the window read and written at a time: memory stays bounded for large fine-resolution AOIs."""
@@ -50,14 +54,49 @@ class Remote:
     last_modified: str | None
 
 
-def record_path(dest: Path) -> Path:
+def window_square(rec: ItemRecord, asset: AssetRecord, cfg: DownloadParams) -> Square | None:
+    """The AOI square to read of an asset when it is read by window (remote http(s), derived AOI); else None."""
+    remote = urlparse(asset.href).scheme.lower() in ("http", "https")
+    return rec.square if cfg.windowed and remote else None
+
+
+def fetch_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -> tuple[int, dict[str, Any]]:
+    """Read the AOI's window of a remote COG and land it like a fetched file (msgfm.ingest.convert.land).
+
+    A window already read for this request and intact on disk is kept (0 bytes); returns the bytes written
+    and the asset fields that describe the file (its window, and a conversion when `land` made one).
+    """
+    done = _completed(dest, asset, square, cfg)
+    if done is not None:
+        return 0, done
+    staged = dest.with_name(f"{dest.stem}.source.tif")
+    try:
+        read = _read_window(asset, staged, square, cfg)
+        if asset.sensor in ("s1", "s2") or asset.band is not None:
+            described = land(staged, dest, asset)
+        else:
+            os.replace(staged, dest)
+            described = {}
+    finally:
+        staged.unlink(missing_ok=True)
+    pixels = read["window"]
+    described |= {
+        "msgfm:window": {"of": redact(asset.href), **pixels},
+        "proj:shape": [pixels["height"], pixels["width"]],
+        "proj:transform": read["transform"],
+    }
+    _write_record(dest, asset, square, cfg, read | {"asset_fields": described})
+    return dest.stat().st_size, described
+
+
+def _record_path(dest: Path) -> Path:
     """`{asset}.window.json` beside the asset file `{asset}.tif`."""
     return dest.with_name(f"{dest.stem}.window.json")
 
 
-def completed(dest: Path, asset: AssetRecord, square: Square, cfg: DownloadParams) -> dict[str, Any] | None:
+def _completed(dest: Path, asset: AssetRecord, square: Square, cfg: DownloadParams) -> dict[str, Any] | None:
     """The asset fields of a window already read for this request and intact on disk; None: read it."""
-    path = record_path(dest)
+    path = _record_path(dest)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -73,11 +112,11 @@ def completed(dest: Path, asset: AssetRecord, square: Square, cfg: DownloadParam
     return record.get("asset_fields") or {}
 
 
-def write_record(dest: Path, asset: AssetRecord, square: Square, cfg: DownloadParams, read: dict[str, Any]) -> None:
+def _write_record(dest: Path, asset: AssetRecord, square: Square, cfg: DownloadParams, read: dict[str, Any]) -> None:
     """Record a finished window (what was asked, what the server had, what landed) as `{asset}.window.json`."""
     record = _request(asset, square, cfg) | read
     record["local"] = {"bytes": dest.stat().st_size, "sha256": sha256_file(dest)}
-    atomic_write_json(record_path(dest), record)
+    atomic_write_json(_record_path(dest), record)
 
 
 def _request(asset: AssetRecord, square: Square, cfg: DownloadParams) -> dict[str, Any]:
@@ -86,7 +125,7 @@ def _request(asset: AssetRecord, square: Square, cfg: DownloadParams) -> dict[st
     return {"href": redact(asset.href), "square": {"crs": crs, "bounds": list(bounds)}, "margin_m": cfg.window_margin_m}
 
 
-def read_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -> dict[str, Any]:
+def _read_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -> dict[str, Any]:
     """Write the asset's pixels under the AOI square (plus margin) to `dest`; return what the record keeps.
 
     Network failures are retried (`download.retries`, `backoff_s`); the server's file is HEAD-checked before
@@ -159,8 +198,10 @@ def _read(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadParams) -
             }
             with atomic_path(dest, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as out:
                 _copy(src, out, window)
-    except rasterio.errors.RasterioIOError as e:
+    except rasterio.errors.RasterioIOError as e:  # network or not (yet) readable: worth another attempt
         raise _Transient(f"reading {url}: {redact(str(e))}") from None
+    except rasterio.errors.RasterioError as e:  # readable but unusable (a CRS GDAL cannot use, ...)
+        raise DownloadError(f"{asset.key}: cannot cut the AOI's window from {url}: {redact(str(e))}") from None
     pixels = {k: int(getattr(window, k)) for k in ("col_off", "row_off", "width", "height")}
     return {"window": pixels, "transform": list(profile["transform"])[:6]}
 
