@@ -36,12 +36,12 @@ SQUARE = (420_000.0, 5_322_000.0, 422_000.0, 5_324_000.0)  # the 2 km UTM square
 FAST = {"retries": 1, "backoff_s": 0.01, "timeout_s": 5, "workers": 2}
 
 
-def _scene(patch: Path, dest: Path) -> None:
-    """A SCENE_PX COG of a real 120 px patch mirrored out from its own origin (same CRS, transform, dtype)."""
+def _scene(patch: Path, dest: Path, side: int = SCENE_PX) -> None:
+    """A `side` px COG of a real patch mirrored out from its own origin (same CRS, transform, dtype)."""
     with rasterio.open(patch) as src:
         data, profile = src.read(1), src.profile
-    big = np.pad(data, ((0, SCENE_PX - data.shape[0]), (0, SCENE_PX - data.shape[1])), mode="symmetric")
-    profile |= {"driver": "GTiff", "width": SCENE_PX, "height": SCENE_PX}
+    big = np.pad(data, ((0, side - data.shape[0]), (0, side - data.shape[1])), mode="symmetric")
+    profile |= {"driver": "GTiff", "width": side, "height": side}
     with MemoryFile() as mem:
         with mem.open(**profile) as tmp:
             tmp.write(big, 1)
