@@ -65,7 +65,8 @@ def pair(
 ) -> pd.DataFrame:
     """Run the stage: chips, pairs, splits, store and manifest. Returns the manifest."""
     coreg_dir = Path(coreg_dir)
-    inputs = _group(coreg_dir, load_accepted_rasters(coreg_dir, coreg_gate))
+    # Ray workers get absolute paths: a worker's working directory need not be this process's
+    inputs = _group(coreg_dir.resolve(), load_accepted_rasters(coreg_dir, coreg_gate))
     positions = chip_positions(inputs.grids, cfg.chip_px, cfg.stride_px)
     footprints, origins = chip_footprints(inputs.grids, positions, cfg.chip_px)
     classes = position_classes(inputs.labels, positions, cfg.chip_px, cfg.label_min_fraction)
@@ -87,7 +88,7 @@ def pair(
     writer = ChipStoreWriter(cfg.out_dir, cfg.chip_px)
     per_aoi = [_by_aoi(d) for d in (inputs.labels, label_index, inputs.grids, splits)]
     cuts = [
-        (cfg, writer.tmp, f"{n:05d}", g, *(d.get(a, {}) for d in per_aoi))
+        (cfg, writer.tmp.resolve(), f"{n:05d}", g, *(d.get(a, {}) for d in per_aoi))
         for n, (a, g) in enumerate((a, g) for a, g in groups.items() if any(r.chips for r in g))
     ]
     cut = map_ordered(cut_aoi, cuts, weights=[len(job[3]) for job in cuts], desc="pair: chips", **run)
