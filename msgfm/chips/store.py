@@ -43,7 +43,7 @@ import pandas as pd
 
 from msgfm.decisions import accepted_ids
 from msgfm.geo.io import atomic_write_json, sha256_file
-from msgfm.sensors import get_sensor
+from msgfm.sensors import Normaliser, get_sensor
 
 STORE_VERSION = 2
 MASK_VALID, MASK_CLOUD, MASK_SHADOW, MASK_NODATA = 0, 1, 2, 255
@@ -215,7 +215,8 @@ class ChipStore:
             raise ChipStoreError(f"{index_path}: store version {self.index.get('version')}, expected {STORE_VERSION}")
         self.chip_px: int = int(self.index["chip_px"])
         self._layouts = {name: self._build_layout(name) for name in self._array_names()}
-        self._open: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._open: OrderedDict[tuple[str, int], tuple[np.memmap, np.ndarray]] = OrderedDict()
+        self._normalisers: dict[str, Normaliser] = {}
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -292,11 +293,12 @@ class ChipStore:
             self._open.popitem(last=False)
         return mapped
 
-    def _take(self, name: str, index: Any) -> np.ndarray:
+    def _take(self, name: str, index: Any, normalise: Normaliser | None = None) -> np.ndarray:
         """Rows `index` (an int or ints) of array `name`, in the caller's order, copied out of the shards.
 
-        Rows of one shard: one fancy-indexed gather. Rows of several: a copy per row straight into its place
-        (grouping by shard and scattering would copy every row twice).
+        Rows of one shard: one fancy-indexed gather. Rows of several, or normalised rows: row by row straight
+        into place (grouping by shard and scattering would copy every row twice; a normalised row is cast and
+        normalised while it is in cache).
         """
         layout = self._layout_of(name)
         idx = np.asarray(index, dtype=np.int64)
@@ -305,14 +307,17 @@ class ChipStore:
             bad = flat[(flat < 0) | (flat >= layout.total)][0]
             raise IndexError(f"{self.root}: {name} has no row {bad} (it has {layout.total})")
         part = np.searchsorted(layout.stops, flat, side="right")
-        if flat.size and (part == part[0]).all():
+        if normalise is None and flat.size and (part == part[0]).all():
             out = self._mapped(name, int(part[0]))[1][flat - layout.starts[part[0]]]
         else:
-            out = np.empty((flat.size, *layout.row_shape), layout.dtype)
+            out = np.empty((flat.size, *layout.row_shape), layout.dtype if normalise is None else np.float32)
             parts = part.tolist()
             views = {k: self._mapped(name, k)[1] for k in set(parts)}
             for i, (k, row) in enumerate(zip(parts, (flat - layout.starts[part]).tolist(), strict=True)):
-                out[i] = views[k][row]
+                if normalise is None:
+                    out[i] = views[k][row]
+                else:
+                    normalise(views[k][row], out[i])
         return out.reshape(*idx.shape, *layout.row_shape)
 
     def raw(self, sensor: str, index: Any) -> np.ndarray:
@@ -321,11 +326,15 @@ class ChipStore:
         return self._take(sensor, index)
 
     def read(self, sensor: str, index: Any, *, normalise: bool = True) -> np.ndarray:
-        """Chips as float32, normalised with the registry statistics unless `normalise=False`."""
-        pixels = self.raw(sensor, index)
-        if normalise:
-            return get_sensor(sensor).normalise(pixels, self.bands(sensor))
-        return pixels.astype(np.float32)
+        """Chips as float32, normalised with the registry statistics (`Sensor.normalise`) unless `normalise=False`."""
+        if not normalise:
+            return self.raw(sensor, index).astype(np.float32)
+        self._check_sensor(sensor)
+        normaliser = self._normalisers.get(sensor)
+        if normaliser is None:  # its constants once per store, as planes of the chip size
+            normaliser = get_sensor(sensor).normaliser(self.bands(sensor), (self.chip_px, self.chip_px))
+            self._normalisers[sensor] = normaliser
+        return self._take(sensor, index, normaliser)
 
     def mask(self, sensor: str, index: Any) -> np.ndarray:
         """uint8 masks: 0 valid, 1 cloud, 2 shadow, 255 nodata."""
