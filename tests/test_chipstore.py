@@ -4,6 +4,7 @@ shards, streaming shard by shard, clear errors."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -69,6 +70,14 @@ def test_streaming_shard_by_shard(store_dir):
     streamed = np.concatenate([store.raw("s2", rows) for rows in store.shard_ranges("s2")])
     assert streamed[:, 0, 5, 5].tolist() == [1000, 1001, 1002, 1003, 1004]
     assert [s["aoi"] for s in store.index["shards"]] == ["a", "b"]
+
+
+def test_a_pickled_store_leaves_its_mapped_shards_behind(store_dir):
+    store = ChipStore(store_dir)
+    expected = store.read("s2", [4, 0])
+    copy = pickle.loads(pickle.dumps(store))  # what a spawned DataLoader or Ray worker gets
+    assert len(pickle.dumps(store)) < 8 * 12 * 8 * 8  # not even one shard's pixels travel
+    np.testing.assert_array_equal(copy.read("s2", [4, 0]), expected)
 
 
 def test_out_of_range_indices_name_the_array(store_dir):

@@ -218,6 +218,11 @@ class ChipStore:
         self._open: OrderedDict[tuple[str, int], tuple[np.memmap, np.ndarray]] = OrderedDict()
         self._normalisers: dict[str, Normaliser] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the mapped shards (a pickled memmap carries its whole array) or the normalisers' planes:
+        a DataLoader or Ray worker that unpickles the store maps the shards it reads itself."""
+        return {**self.__dict__, "_open": OrderedDict(), "_normalisers": {}}
+
     @property
     def sensors(self) -> tuple[str, ...]:
         return tuple(self.index["sensors"])
