@@ -225,7 +225,11 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     p = _load(params)
     with _lock_outputs("pair", p.pair.out_dir), _stage_errors(PairError, code=2):
         manifest = pair(
-            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=gate_table(p.gates.dir, "coreg"), seed=p.seed
+            p.pair,
+            coreg_dir=p.coregister.out_dir,
+            coreg_gate=gate_table(p.gates.dir, "coreg"),
+            seed=p.seed,
+            ray_cfg=p.ray,
         )
     typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
 

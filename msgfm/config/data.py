@@ -134,7 +134,7 @@ class CoregisterParams(Section):
 class PairParams(Section):
     """`msgfm pair`: chips per AOI and date, S1-S2 and RGB-DSM pairs, spatial-block splits, the chip store."""
 
-    out_dir: Path = Field(Path("data/chips"), description="the chip store (memory-mapped .npy per sensor)")
+    out_dir: Path = Field(Path("data/chips"), description="the chip store (a shard of memory-mapped .npy per AOI)")
     manifest: Path = Path("data/manifest.parquet")
     chip_px: int = Field(64, ge=8, le=1024, description="chip side in pixels, the same for every sensor")
     stride_px: int = Field(64, ge=1, le=1024, description="step between chip origins, pixels")
