@@ -59,6 +59,8 @@ class MSGFMConfig:
     p_cross: float = 0.5
     decoder: str = "unet"
     target_norm: str = "chip"
+    # The objective before the joint design (params.yaml's defaults are joint and [4, 8, 16]): a saved config.json
+    # without these keys is such a model.
     cross_design: str = "translate"
     fill_scales_px: tuple[int, ...] = ()
 

@@ -16,15 +16,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, h, w), zero outside the chip."""
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
-    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+def _gaussian_matrix(n: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """(n, n) 1-D Gaussian blur as a matrix (zero outside the chip): a separable blur is G @ x @ G.T, one small
+    matrix product instead of a depthwise convolution with a wide kernel (slow on CPU)."""
+    t = torch.arange(n, dtype=like.dtype, device=like.device)
+    g = torch.exp(-0.5 * ((t[:, None] - t[None, :]) / sigma) ** 2)
+    return g / g.sum(dim=1, keepdim=True).max()
 
 
 def visible_fill(image: torch.Tensor, hidden: torch.Tensor, scales_px: Sequence[int], cell_px: int) -> torch.Tensor:
@@ -37,8 +34,9 @@ def visible_fill(image: torch.Tensor, hidden: torch.Tensor, scales_px: Sequence[
     chip_mean = (image * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True).clamp(min=1.0)
     fills = []
     for scale in scales_px:
-        sigma = scale / cell_px
-        num, den = _gaussian_blur(pooled_x, sigma), _gaussian_blur(pooled_v, sigma)
+        rows = _gaussian_matrix(pooled_x.shape[-2], scale / cell_px, image)
+        cols = _gaussian_matrix(pooled_x.shape[-1], scale / cell_px, image)
+        num, den = rows @ pooled_x @ cols.T, rows @ pooled_v @ cols.T
         eps = 1e-3
         fill = (num + eps * chip_mean) / (den + eps)
         fills.append(F.interpolate(fill, size=(h, w), mode="bilinear", align_corners=False))
