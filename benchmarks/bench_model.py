@@ -2,17 +2,19 @@
 
 Both models have the same width, depths, heads, window, chip size, batch size and decoder design (msGFM's
 U-Net over the stride 4-32 maps, msgfm.models.decoders, with the same chip target normalisation); the
-reference is timm's SwinTransformer with a SimMIM mask token on single-sensor (Sentinel-2 L2A, 12 band)
-chips. msgfm_tiny gets a batch mixing all four sensors (paired, cross-sensor decoding with p_cross) and
-its MoE layers, with the pipeline's objective (params.yaml's `model` defaults: the joint cross term's fused
-inputs and the visible-pixel fill; `--cross-design translate --no-fill` for the objective before them). Steps of the two are interleaved and the median step time of each is compared, so load
-from other processes hits both alike; the ratio of median CPU times (process_time, less sensitive to
-other processes on a shared machine) is printed beside it. Both use fused AdamW (one pass over the
-parameters; msGFM has more of them: four decoders and the experts). Also printed: FLOPs per step
-(torch.utils.flop_counter), achieved FLOP/s against a float32 2048x2048 matmul measured in the same run,
-and peak resident memory. Prints one JSON object; target: throughput ratio >= 0.85.
+reference is timm's SwinTransformer with a SimMIM mask token on single-sensor (Sentinel-2 L2A, 12 band) chips.
+msgfm_tiny gets a batch mixing all four sensors (paired, cross-sensor decoding with p_cross) and its MoE
+layers, with the pipeline's objective (params.yaml's `model` defaults: the joint cross term's fused inputs and
+the visible-pixel fill; `--cross-design translate --no-fill` for the objective before them). Steps of the two
+are interleaved and the median step time of each is compared, so load from other processes hits both alike;
+the ratio of median CPU times (process_time, less sensitive to other processes on a shared machine) is printed
+beside it. Both use fused AdamW (one pass over the parameters; msGFM has more of them: four decoders and the
+experts). Also printed: FLOPs per step (torch.utils.flop_counter), achieved FLOP/s against a float32 2048x2048
+matmul measured in the same run, and peak resident memory. Prints one JSON object; target: throughput ratio >=
+0.85.
 
-    .venv/bin/python benchmarks/bench_model.py [--batch 16] [--steps 10] [--threads 1] [--cross-design translate] [--no-fill]
+    .venv/bin/python benchmarks/bench_model.py [--batch 16] [--steps 10] [--threads 1]
+        [--cross-design translate] [--no-fill]
 """
 
 from __future__ import annotations
