@@ -20,6 +20,11 @@ TARGET_NORMS = ("chip", "none")
 """What a decoder predicts (msgfm.models.msgfm): `chip` the deviation from the target chip's visible per-band mean
 in units of its visible std (MAE's norm_pix_loss with visible-pixel statistics), `none` the pixels themselves."""
 
+CROSS_DESIGNS = ("joint", "translate")
+"""How a paired chip is reconstructed across sensors (msgfm.models.msgfm): `joint` (MultiMAE-style) encodes the visible
+cells of both chips in one fused input and scores b's masked cells that a shows; `translate` encodes a's masked chip
+alone and scores b at a's masked cells."""
+
 
 class MSGFMConfigError(ValueError):
     """A config that cannot build a model; `problems` each start with the field they are about."""
@@ -54,9 +59,13 @@ class MSGFMConfig:
     p_cross: float = 0.5
     decoder: str = "unet"
     target_norm: str = "chip"
+    # The objective before the joint design (params.yaml's defaults are joint and [4, 8, 16]): a saved config.json
+    # without these keys is such a model.
+    cross_design: str = "translate"
+    fill_scales_px: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("sensors", "depths", "num_heads", "moe_stages"):
+        for name in ("sensors", "depths", "num_heads", "moe_stages", "fill_scales_px"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
         known = [*SENSORS, *ADDED_SENSORS]
@@ -90,6 +99,10 @@ class MSGFMConfig:
             problems.append(f"decoder {self.decoder!r} is not a design; known are {list(DECODER_DESIGNS)}")
         if self.target_norm not in TARGET_NORMS:
             problems.append(f"target_norm {self.target_norm!r} is not known; known are {list(TARGET_NORMS)}")
+        if self.cross_design not in CROSS_DESIGNS:
+            problems.append(f"cross_design {self.cross_design!r} is not known; known are {list(CROSS_DESIGNS)}")
+        if any(x < self.patch_px for x in self.fill_scales_px):
+            problems.append(f"fill_scales_px {list(self.fill_scales_px)} must each be >= patch_px {self.patch_px}")
         if self.moe_every < 1:
             problems.append(f"moe_every {self.moe_every} must be >= 1")
         if problems:

@@ -2,9 +2,11 @@
 
 The world, the data stages and the pretraining are the repository's params.yaml unchanged (what `make
 pipeline` runs), on a real local Ray instance. The baseline is the strict one of data/metrics/pretrain.json:
-per chip and band the mean of the visible pixels (for a cross term a->b, b's pixels at a's visible cells,
-which the model never sees). The same run with `model.target_norm: none` ends at 1.01 overall and 1.66 on
-s1->s2 (docs/model.md), so these bounds fail a model that learns only chip levels.
+per chip and band the mean of the visible pixels (for a joint cross term a->b, b's visible pixels, which the
+fused input shows). The default design (joint cross
+term, visible-pixel fill) ends at 0.73 overall and at most 0.82 on any term (docs/model.md "Cross-sensor design");
+the design before it (translate, no fill) at 0.88 and 0.99, and with `model.target_norm: none` at 1.01 and 1.66,
+so these bounds fail both.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ def test_default_pretraining_beats_the_per_chip_visible_mean(repo_root: Path, tm
     val = metrics["val"]
     terms = val["terms"]
     assert {"mim/s1", "mim/s2", "mim/rgb", "mim/dsm"} <= set(terms) and len(terms) == 8
-    assert val["ratio_to_chip_mean"] < 0.95, val
+    assert val["ratio_to_chip_mean"] < 0.78, val
     for key, term in terms.items():
-        # every MIM term beats the visible mean; a cross term is at least no worse than it
-        bound = 0.97 if key.startswith("mim/") else 1.05
-        assert term["ratio_chip_mean"] < bound, (key, term)
+        assert term["ratio_chip_mean"] < 0.87, (key, term)  # every sensor and cross direction beats the visible mean

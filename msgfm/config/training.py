@@ -91,6 +91,8 @@ class ModelParams(Section):
     p_cross: float = Field(0.5, description="probability a paired chip also reconstructs its partner")
     decoder: str = Field("unet", description="reconstruction decoder design (msgfm.architectures.DECODER_DESIGNS)")
     target_norm: str = Field("chip", description="decoder target: chip (visible per-chip mean/std) or none")
+    cross_design: str = Field("joint", description="cross-sensor term: joint (both visible) or translate")
+    fill_scales_px: list[int] = Field([4, 8, 16], description="scales (px) of the visible-pixel fill decoders add to")
     experts: int = Field(4, le=64, description="experts per MoE MLP; 0 = dense model")
     moe_stages: list[int] = Field([2, 3], description="encoder stages (0-based) whose blocks may be MoE")
     moe_every: int = Field(2, le=8, description="every n-th block of those stages is MoE")

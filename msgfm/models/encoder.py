@@ -129,37 +129,61 @@ class MSGFMEncoder(nn.Module):
         """Channel widths of the stage outputs."""
         return self.config.stage_dims
 
+    def _check_size(self, sensor: str, image: torch.Tensor, first: torch.Tensor | None) -> None:
+        """Chips must be whole patches and every sensor of a batch must share one size."""
+        size, p = tuple(image.shape[-2:]), self.config.patch_px
+        if size[0] % p or size[1] % p or min(size) == 0:
+            raise ValueError(
+                f"sensor {sensor!r}: height and width must be multiples of the patch size {p} px, got {size}"
+            )
+        if first is not None and tuple(first.shape[-2:]) != size:
+            raise ValueError(
+                f"sensor {sensor!r}: {size} px, but another sensor in the same batch is "
+                f"{tuple(first.shape[-2:])} px; one batch, one size"
+            )
+
     def embed(
-        self, images: Mapping[str, torch.Tensor], bands: Mapping[str, Sequence[str]], token_masks: Mapping | None
+        self,
+        images: Mapping[str, torch.Tensor],
+        bands: Mapping[str, Sequence[str]],
+        token_masks: Mapping | None,
+        fused: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
-        """Embed, mask and sensor-tag each sensor's chips; concatenate along the batch axis."""
-        tokens, ids, sizes = [], [], []
+        """Embed, mask and sensor-tag each sensor's chips, then the fused pairs; concatenate along the batch axis.
+
+        `fused` maps "a+b" to rows of images[a] and images[b] (co-located chips): each such pair is also one
+        input whose token is the mean of the two sensors' visible tokens, the mask token where neither is visible
+        (MultiMAE-style; routed as sensor a)."""
+        tokens, ids, sizes, visible_tokens, visible = [], [], [], {}, {}
+        first = None
         for sensor, image in images.items():
             if sensor not in self.sensor_index:
                 raise KeyError(f"sensor {sensor!r} is not in this model; it knows {list(self.sensors)}")
             if sensor not in bands:
                 raise KeyError(f"batch has images for {sensor!r} but no band list for it")
-            size = tuple(image.shape[-2:])
-            if size[0] % self.config.patch_px or size[1] % self.config.patch_px or min(size) == 0:
-                raise ValueError(
-                    f"sensor {sensor!r}: height and width must be multiples of the patch size "
-                    f"{self.config.patch_px} px, got {size}"
-                )
-            if sizes and tokens and tuple(tokens[0].shape[1:3]) != tuple(d // self.config.patch_px for d in size):
-                raise ValueError(
-                    f"sensor {sensor!r}: {size} px, but {sizes[0][0]!r} in the same batch is "
-                    f"{tuple(d * self.config.patch_px for d in tokens[0].shape[1:3])} px; one batch, one size"
-                )
+            self._check_size(sensor, image, first)
+            first = image if first is None else first
             x = self.patch_embed[sensor](image, bands[sensor])
+            tag = self.sensor_embed[self.sensor_index[sensor]]
             if token_masks is not None and sensor in token_masks:
-                m = token_masks[sensor].to(x.dtype).unsqueeze(-1)
-                x = x * (1.0 - m) + self.mask_token * m
-            x = x + self.sensor_embed[self.sensor_index[sensor]]
+                m = token_masks[sensor].to(x.dtype)
+                visible_tokens[sensor], visible[sensor] = x + tag, 1.0 - m
+                x = x * (1.0 - m.unsqueeze(-1)) + self.mask_token * m.unsqueeze(-1)
+            x = x + tag
             tokens.append(x)
             ids.append(torch.full((x.shape[0],), self.sensor_index[sensor], dtype=torch.long, device=x.device))
             sizes.append((sensor, x.shape[0]))
         if not tokens:
             raise ValueError("batch has no images")
+        for key, (rows_a, rows_b) in (fused or {}).items():
+            a, b = key.split("+")
+            va, vb = visible[a].index_select(0, rows_a).unsqueeze(-1), visible[b].index_select(0, rows_b).unsqueeze(-1)
+            both = va * visible_tokens[a].index_select(0, rows_a) + vb * visible_tokens[b].index_select(0, rows_b)
+            seen = va + vb
+            hidden = (self.mask_token + self.sensor_embed[self.sensor_index[a]]) * (seen == 0).to(both.dtype)
+            tokens.append(both / seen.clamp(min=1.0) + hidden)
+            ids.append(torch.full((both.shape[0],), self.sensor_index[a], dtype=torch.long, device=both.device))
+            sizes.append((key, both.shape[0]))
         return torch.cat(tokens), torch.cat(ids), sizes
 
     def forward(
@@ -167,9 +191,11 @@ class MSGFMEncoder(nn.Module):
         images: Mapping[str, torch.Tensor],
         bands: Mapping[str, Sequence[str]],
         token_masks: Mapping[str, torch.Tensor] | None = None,
+        fused: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> EncoderOutput:
-        """Encode every sensor's (B_s, C_s, H, W) normalised chips; token_masks: (B_s, H/p, W/p) bool, True=masked."""
-        x, sensor_ids, sizes = self.embed(images, bands, token_masks)
+        """Encode every sensor's (B_s, C_s, H, W) normalised chips; token_masks: (B_s, H/p, W/p) bool, True=masked.
+        `fused` (see embed) adds one fused input per listed pair, its features under the key "a+b"."""
+        x, sensor_ids, sizes = self.embed(images, bands, token_masks, fused)
         per_stage, aux = [], []
         for i, (down, blocks) in enumerate(zip(self.downsample, self.stages, strict=True)):
             x = down(x)

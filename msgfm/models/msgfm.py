@@ -68,7 +68,8 @@ from torch import nn
 from msgfm.architectures import MSGFMConfig, get_config
 from msgfm.models.decoders import build_decoder
 from msgfm.models.encoder import MSGFMEncoder
-from msgfm.sensors import PAIRS, partner_of
+from msgfm.models.fill import visible_fill
+from msgfm.sensors import PAIRS
 
 if TYPE_CHECKING:
     from msgfm.config import ModelParams
@@ -92,6 +93,8 @@ class PretrainOutput:
     mask: dict[str, torch.Tensor]
     cross_pred: dict[str, torch.Tensor]
     cross_index: dict[str, torch.Tensor]
+    cross_mask: dict[str, torch.Tensor]
+    cross_context: dict[str, torch.Tensor]
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
@@ -152,6 +155,12 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
         self.config = config
         self.encoder = MSGFMEncoder(config)
         self.decoders = nn.ModuleDict({s: build_decoder(s, config) for s in config.sensors})
+        n_fill = len(config.fill_scales_px)
+        self.fill_gain = (
+            nn.ParameterDict({s: nn.Parameter(torch.full((n_fill,), 1.0 / max(n_fill, 1))) for s in config.sensors})
+            if n_fill
+            else None
+        )
 
     def generate_masks(
         self, images: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
@@ -198,38 +207,45 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
 
         token_masks = {s: upsample_mask(m, cfg.mask_patch_px // cfg.patch_px) for s, m in masks.items()}
         pixel_masks = {s: upsample_mask(m, cfg.mask_patch_px) for s, m in masks.items()}
-        encoded = self.encoder(images, bands, token_masks)
-
-        # Chips drawn for cross-sensor reconstruction: rows of images[a] whose partner in b is decoded too.
-        cross_index: dict[str, torch.Tensor] = {}
-        for sensor in images:
-            other = partner_of(sensor) if any(sensor in p for p in PAIRS) else None
-            if other is None or other not in images or sensor not in partner or sensor not in cross:
-                continue
-            rows = torch.nonzero(cross[sensor] & (partner[sensor] >= 0)).flatten()
-            if rows.numel():
-                cross_index[f"{sensor}->{other}"] = rows
+        cross_index = self._cross_rows(images, partner, cross)
+        fused = {}
+        if cfg.cross_design == "joint":
+            fused = {
+                f"{a}+{b}": (cross_index[f"{a}->{b}"], cross_index[f"{b}->{a}"])
+                for a, b in PAIRS
+                if f"{a}->{b}" in cross_index
+            }
+        encoded = self.encoder(images, bands, token_masks, fused)
 
         losses: dict[str, torch.Tensor] = {}
         preds: dict[str, torch.Tensor] = {}
         cross_pred: dict[str, torch.Tensor] = {}
+        cross_mask: dict[str, torch.Tensor] = {}
+        cross_context: dict[str, torch.Tensor] = {}
         for target, image in images.items():
             # One decoder pass per sensor over its own chips and the cross chips it reconstructs.
             keys = [k for k in cross_index if k.endswith(f"->{target}")]
             parts = [encoded.features[target]]  # each a list of stage maps
-            parts += [[f.index_select(0, cross_index[k]) for f in encoded.features[k.split("->")[0]]] for k in keys]
+            parts += [self._cross_features(encoded.features, k, cross_index[k]) for k in keys]
             stages = [torch.cat(maps) for maps in zip(*parts, strict=True)] if keys else parts[0]
             decoded = self.decoders[target](stages, bands[target])
             outputs = decoded.split([p[0].shape[0] for p in parts])
-            preds[target] = self._pixels(outputs[0], image, pixel_masks[target])
+            preds[target] = self._pixels(outputs[0], image, pixel_masks[target], target, fill=True)
             losses[f"mim/{target}"] = masked_l1(preds[target], image, pixel_masks[target])
             for key, pred in zip(keys, outputs[1:], strict=True):
                 source = key.split("->")[0]
                 rows = cross_index[key]
-                target_px = image.index_select(0, partner[source].index_select(0, rows))
-                mask = pixel_masks[source].index_select(0, rows)
-                cross_pred[key] = self._pixels(pred, target_px, mask)
-                losses[f"cross/{key}"] = masked_l1(cross_pred[key], target_px, mask)
+                target_rows = partner[source].index_select(0, rows)
+                target_px = image.index_select(0, target_rows)
+                source_mask = pixel_masks[source].index_select(0, rows)
+                if cfg.cross_design == "joint":  # b's masked cells that a shows; b's visible pixels give the level
+                    cross_context[key] = pixel_masks[target].index_select(0, target_rows)
+                    cross_mask[key] = cross_context[key] & ~source_mask
+                else:  # b at a's masked cells; b's pixels at a's visible cells give the level
+                    cross_context[key] = cross_mask[key] = source_mask
+                joint = cfg.cross_design == "joint"
+                cross_pred[key] = self._pixels(pred, target_px, cross_context[key], target, fill=joint)
+                losses[f"cross/{key}"] = masked_l1(cross_pred[key], target_px, cross_mask[key])
 
         recon = torch.stack(list(losses.values())).mean()
         losses["recon"] = recon
@@ -242,15 +258,52 @@ class MSGFM(nn.Module, ModelHubMixin, library_name="msgfm", tags=["remote-sensin
             mask=pixel_masks,
             cross_pred=cross_pred,
             cross_index=cross_index,
+            cross_mask=cross_mask,
+            cross_context=cross_context,
         )
 
-    def _pixels(self, decoded: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    def _cross_rows(
+        self, images: Mapping[str, torch.Tensor], partner: Mapping[str, torch.Tensor], cross: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Rows of images[a] reconstructed as their partner in b, per direction "a->b". `joint` draws per pair (by
+        the pair's first sensor a) and uses each drawn pair in both directions, b's rows in the order of a's."""
+        found: dict[str, torch.Tensor] = {}
+        for a, b in PAIRS:
+            if a not in images or b not in images:
+                continue
+            for src, dst in ((a, b), (b, a)):
+                drawn = src if self.config.cross_design == "translate" else a
+                if drawn not in partner or drawn not in cross:
+                    continue
+                rows = torch.nonzero(cross[drawn] & (partner[drawn] >= 0)).flatten()
+                if src != drawn:
+                    rows = partner[drawn].index_select(0, rows)
+                if rows.numel():
+                    found[f"{src}->{dst}"] = rows
+        return found
+
+    def _cross_features(
+        self, features: Mapping[str, list[torch.Tensor]], key: str, rows: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The stage maps a cross direction decodes: the source chips' own (translate) or the fused pair's (joint)."""
+        src, dst = key.split("->")
+        if self.config.cross_design == "joint":
+            return features[f"{src}+{dst}" if (src, dst) in PAIRS else f"{dst}+{src}"]
+        return [f.index_select(0, rows) for f in features[src]]
+
+    def _pixels(
+        self, decoded: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor, sensor: str, fill: bool
+    ) -> torch.Tensor:
         """The decoder's output in pixel units: with target_norm `chip`, scaled by the visible pixels' std and
         shifted by their mean, so a zero output is the per-chip visible-mean predictor and the decoder learns
-        structure rather than each chip's level and contrast."""
-        if self.config.target_norm == "none":
-            return decoded
-        mean, std = visible_stats(target, pixel_mask)
+        structure rather than each chip's level and contrast. With fill_scales_px and `fill` (the target's
+        visible pixels are input the model sees), the decoder adds to a learned mix of visible-pixel fills."""
+        cfg = self.config
+        mean, std = visible_stats(target, hidden) if cfg.target_norm == "chip" else (0.0, 1.0)
+        if fill and self.fill_gain is not None:
+            fills = visible_fill(target, hidden, cfg.fill_scales_px, cfg.patch_px)
+            gain = self.fill_gain[sensor].to(decoded.dtype).view(-1, 1, 1, 1, 1)
+            decoded = decoded + (gain * (fills - mean) / std).sum(0)
         return mean + std * decoded
 
 

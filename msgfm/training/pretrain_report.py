@@ -34,14 +34,17 @@ def _ratio(model: float, baseline: float) -> float:
     return round(model / max(baseline, 1e-9), 4)
 
 
-def _term_baselines(target: torch.Tensor, mask: torch.Tensor, means: torch.Tensor, mim: bool) -> dict[str, float]:
-    """Masked L1 of each baseline predictor of `target` (msgfm.training.mim_baselines) under `mask`."""
+def _term_baselines(
+    target: torch.Tensor, context: torch.Tensor, scored: torch.Tensor, means: torch.Tensor, idw: bool
+) -> dict[str, float]:
+    """Masked L1 on the `scored` pixels of each baseline predictor of `target` (msgfm.training.mim_baselines),
+    given the target pixels outside `context` (True = hidden), the ones the chip-level baselines may use."""
     found = {
-        "mean_baseline": masked_l1(global_mean_fill(means, target), target, mask),
-        "chip_mean_baseline": masked_l1(chip_mean_fill(target, mask), target, mask),
+        "mean_baseline": masked_l1(global_mean_fill(means, target), target, scored),
+        "chip_mean_baseline": masked_l1(chip_mean_fill(target, context), target, scored),
     }
-    if mim:  # interpolating the chip's own visible pixels; a cross term's target pixels are never visible
-        found["idw_baseline"] = masked_l1(idw_fill(target, mask), target, mask)
+    if idw:  # interpolating the target's visible pixels: for a cross term only when the model sees them (joint)
+        found["idw_baseline"] = masked_l1(idw_fill(target, context), target, scored)
     return {k: float(v) for k, v in found.items()}
 
 
@@ -66,13 +69,15 @@ def evaluate_reconstruction(
             continue
         if key.startswith("mim/"):
             sensor = key.split("/")[1]
-            target, mask = batch["images"][sensor], out.mask[sensor]
+            target, context = batch["images"][sensor], out.mask[sensor]
+            scored = context
         else:
-            src, dst = key.split("/")[1].split("->")
-            rows = out.cross_index[f"{src}->{dst}"]
-            target = batch["images"][dst].index_select(0, batch["partner"][src].index_select(0, rows))
-            mask, sensor = out.mask[src].index_select(0, rows), dst
-        baselines = _term_baselines(target, mask, means[sensor], mim=key.startswith("mim/"))
+            src, sensor = key.split("/")[1].split("->")
+            rows = out.cross_index[f"{src}->{sensor}"]
+            target = batch["images"][sensor].index_select(0, batch["partner"][src].index_select(0, rows))
+            context, scored = out.cross_context[f"{src}->{sensor}"], out.cross_mask[f"{src}->{sensor}"]
+        idw = key.startswith("mim/") or model.config.cross_design == "joint"
+        baselines = _term_baselines(target, context, scored, means[sensor], idw=idw)
         terms[key] = {"model": round(float(value), 5)}
         for name, loss in baselines.items():
             terms[key][name] = round(loss, 5)
@@ -149,10 +154,10 @@ def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: i
         rows_idx = out.cross_index[key]
         for j in range(min(n_chips, pred.shape[0])):
             i = int(rows_idx[j])
-            mask = out.mask[src][i].numpy()
             src_img, src_cmap = _display(src, tuple(batch["bands"][src]), batch["images"][src][i])
             src_img = src_img.copy()
-            src_img[mask] = 0.5
+            src_img[out.mask[src][i].numpy()] = 0.5
+            mask = out.cross_mask[key][j].numpy()  # the pixels the term scores
             partner = int(batch["partner"][src][i])
             target, cmap = _display(dst, tuple(batch["bands"][dst]), batch["images"][dst][partner])
             recon, _ = _display(dst, tuple(batch["bands"][dst]), pred[j], like=batch["images"][dst][partner])
@@ -169,8 +174,10 @@ def plot_reconstructions(model: MSGFM, val: PretrainChips, n_chips: int, seed: i
             if r == 0:
                 ax.set_title(["input (masked)", "mask", "reconstruction", "target"][c], fontsize=9)
         axes[r, 0].set_ylabel(label, fontsize=8)
+    seen = "a's and b's visible cells" if model.config.cross_design == "joint" else "a's masked input"
     fig.suptitle(
-        "msGFM pretraining: validation reconstructions\n(a->b rows: b's pixels from a's masked input)", fontsize=10
+        f"msGFM pretraining: validation reconstructions\n(a->b rows: b's pixels from {seen}; mask: pixels scored)",
+        fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=80, format="png")
