@@ -63,6 +63,9 @@ class PretrainParams(Section):
     single_sensor: Literal["s1", "s2", "rgb", "dsm"] = Field(
         "s2", description="sensor of the single-sensor baseline (`msgfm pretrain --single-sensor`)"
     )
+    exclude_holdout_aois: bool = Field(
+        True, description="leave the chips of finetune.holdout_aois out of pretraining (an unseen held-out biome)"
+    )
 
     @model_validator(mode="after")
     def _mix_covers_sensors(self) -> PretrainParams:
