@@ -158,7 +158,7 @@ class FinetuneParams(Section):
         15, ge=1, description="cloud removal: the clear target is at most this many days later"
     )
     holdout_aois: list[str] = Field(["alps"], description="AOIs never fine-tuned on (held-out biome test)")
-    train_until: dt.date | None = Field(None, description="chips after this date are held out (later-date test)")
+    train_until: dt.date | None = Field(None, description="val/test chips after this date: the later-date test")
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")

@@ -3,6 +3,10 @@
 Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes, each entry
 `{metric: value, "n": {chips, positions, blocks, unit}, "ci": {metric: [lo, hi]}}` (msgfm.evaluation.scoring):
 
+Entries of the tasks with classes (classification, segmentation) also list `absent_from_train`: the
+split's classes that no training chip has, with their chips (pixels) and share; the model has no output for
+them, so its metrics cannot score them, and the report names them.
+
 - `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's test entries
   `{task: entry}`, the file flows/retrain.py's champion/challenger gate compares;
 - `evaluate.baselines`: `{variant: {task: entry}}` for pretrained, scratch, single-sensor (a variant
@@ -78,6 +82,11 @@ class _Results:
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+def _absent(data: TaskData, split: str) -> dict[str, Any] | None:
+    """The split's classes absent from training ({} when none), None for a task without classes."""
+    return data.absent.get(split, {}) if data.spec.kind != "image" else None
+
+
 def _score_pretrained(params: Params, data: TaskData, model: TaskModel, clean: Scored, ev: Evidence, loaded: Any,
                       results: _Results) -> None:  # fmt: skip
     """The pretrained model's test metrics, ablations (each paired with the clean set), generalisation sets, plots."""
@@ -97,7 +106,7 @@ def _score_pretrained(params: Params, data: TaskData, model: TaskModel, clean: S
     for name in ("holdout_aoi", "later"):
         split = data.splits.get(name)
         results.generalisation[task][name] = (
-            evidence(params, loaded[1], split).record(score(model, data, split, 32))
+            evidence(params, loaded[1], split, _absent(data, name)).record(score(model, data, split, 32))
             if split is not None
             else {"n/a": data.notes.get(name, "no chips")}
         )
@@ -114,7 +123,7 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
     test = data.splits.get("test")
     if test is None:
         raise EvaluateError(f"{params.finetune.manifest}: no {task} test chips")
-    ev = evidence(params, loaded[1], test)
+    ev = evidence(params, loaded[1], test, _absent(data, "test"))
     results.comparisons[task] = {}
     scored: dict[str, Scored] = {}
     for name in TRIVIAL[task]:

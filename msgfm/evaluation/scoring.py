@@ -34,6 +34,10 @@ TRIVIAL: dict[str, tuple[str, ...]] = {
 """Each task's trivial baselines: predictors that look at no learned weights."""
 
 
+ABSENT_KEY = "absent_from_train"
+"""Key of an entry's `{code: {class, chips | pixels, share}}`: classes of the split that no training chip has."""
+
+
 @dataclass(frozen=True)
 class Scored:
     """A model's metrics on a split (torchmetrics) and the per-chip statistics they are made of."""
@@ -48,12 +52,16 @@ class Evidence:
 
     draws: Resamples
     n: dict[str, Any]
+    absent: dict[str, Any] | None = None
+    """The split's classes that no training chip has (TaskData.absent), None for a task without classes."""
 
     def record(self, scored: Scored) -> dict[str, Any]:
-        """The split's scalar metrics, n (chips, positions, blocks, the bootstrap unit) and each metric's interval."""
+        """The split's scalar metrics, n (chips, positions, blocks, the bootstrap unit), each metric's interval
+        and, for a task with classes, the classes absent from training (unscored: the model has no output)."""
         found = intervals(scored.stats.statistic, self.draws)
         values = {k: float(v) for k, v in scored.metrics.items() if k in METRIC_DIRECTIONS}
-        return {**values, "n": dict(self.n), "ci": {k: found[k].bounds() for k in values if k in found}}
+        record = {**values, "n": dict(self.n), "ci": {k: found[k].bounds() for k in values if k in found}}
+        return record if self.absent is None else {**record, ABSENT_KEY: dict(self.absent)}
 
     def compare(self, first: Scored, second: Scored, task: str) -> Comparison:
         """The gain of `first` over `second` on the task's primary metric (paired over the same chips)."""
@@ -61,8 +69,9 @@ class Evidence:
         return paired(first.stats.statistic, second.stats.statistic, self.draws, metric, METRIC_DIRECTIONS[metric])
 
 
-def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit) -> Evidence:
-    """Units of the split's chips (from the manifest rows, by chip id) and their seeded bootstrap draws."""
+def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit, absent: dict[str, Any] | None = None) -> Evidence:
+    """Units of the split's chips (from the manifest rows, by chip id), their seeded bootstrap draws, and the
+    split's classes absent from training (`absent`, recorded with every entry)."""
     cfg = params.evaluate
     found = rows.drop_duplicates("id").set_index("id").reindex(split.ids)
     if found["aoi"].isna().any():
@@ -75,7 +84,7 @@ def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit) -> Evidence:
     draws = resample(list(units), cfg.bootstrap_resamples, params.seed, cfg.confidence)
     n = {"chips": len(split), "positions": int(position.nunique()), "blocks": int(block.nunique()),
          "unit": cfg.bootstrap_unit}  # fmt: skip
-    return Evidence(draws, n)
+    return Evidence(draws, n, absent)
 
 
 def score_outputs(data: TaskData, split: TaskSplit, outputs: torch.Tensor) -> Scored:
