@@ -37,7 +37,7 @@ from msgfm.datasets.tasks import (
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.evaluate import load_finetuned
 from msgfm.evaluation.report import render_report
-from msgfm.evaluation.scoring import ABSENT_KEY, TRIVIAL
+from msgfm.evaluation.scoring import ABSENT_KEY, TRIVIAL, evidence, score
 from msgfm.inference.predict import predict
 from msgfm.landcover import SHORT_NAMES
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
@@ -46,7 +46,7 @@ from msgfm.models.finetuned import BEST_FILE, checkpoint_mismatch, load_encoder
 from msgfm.models.heads import build_task_model
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
-from msgfm.training.finetune import tune_variant
+from msgfm.training.finetune import finetune_task_data, tune_variant
 from msgfm.training.study import finished_trials, open_study, study_fingerprint
 
 FAST = {
@@ -353,6 +353,40 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     assert "classification: the fine-tuned msGFM does not beat the trivial `class_prior` baseline" in top
     assert "| pretrained | classification | 24 / 8 / 2 |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE column empty
     assert "segmentation: the fine-tuned" not in top  # nothing compared there
+
+
+def test_fine_tuning_seeds_are_trained_once_and_averaged_with_seed_intervals(project: Path) -> None:
+    """finetune.seeds (issue 15 item 1): each offset retrains the best trial's hyperparameters with another seed,
+    once; evaluation's entry is the mean over seeds with n.seeds and a seed x unit interval."""
+    with working_directory(project):
+        params = load_params("params.yaml")
+        params.finetune.seeds = [0, 1]
+        params.finetune.out_dir = Path("data/models_seeds")  # its own studies: the other tests' stay as they are
+        data = finetune_task_data(params, "classification")
+        summary = tune_variant(params, data, "pretrained")
+        out = params.finetune.out_dir / "classification" / "pretrained"
+        best, extra = (json.loads((d / BEST_FILE).read_text()) for d in (out, out / "seed_1"))
+        assert set(summary["seeds"]) == {"0", "1"} and summary["seeds"]["0"] == summary["value"] == best["value"]
+        assert extra["seed"] == 1 and (extra["trial"], extra["params"]) == (best["trial"], best["params"])
+        assert extra["sha256"] != best["sha256"]  # another seed trains other weights
+        stamp = (out / "seed_1" / "model.safetensors").stat().st_mtime_ns
+        assert tune_variant(params, data, "pretrained")["seeds"] == summary["seeds"]  # resumed: nothing retrained
+        assert (out / "seed_1" / "model.safetensors").stat().st_mtime_ns == stamp
+        models = [load_finetuned(params, "classification", "pretrained", s)[0] for s in params.finetune.seeds]
+        _, rows = accepted_chips(params)
+    test = data.splits["train"]  # the tiny world's test set is one position: no interval; train has many
+    runs = [score(m, data, test, 8) for m in models]
+    ev = evidence(params, rows, test)
+    record = ev.record(runs)
+    assert record["n"]["seeds"] == 2 and ev.draws.weights.shape[1] == 2 * len(test)
+    assert record["mAP_micro"] == pytest.approx(np.mean([float(r.metrics["mAP_micro"]) for r in runs]), abs=1e-6)
+    lo, hi = record["ci"]["mAP_micro"]
+    assert record["n"]["positions"] >= 2, record["n"]  # else there is no interval to check
+    assert lo <= record["mAP_micro"] <= hi
+    same = ev.compare(runs, runs, "classification")
+    assert same.gain.value == 0 and same.verdict == "did not hold"  # a model never beats itself
+    with pytest.raises(ValueError, match="3 scored runs for 2"):
+        ev.record(runs + runs[:1])
 
 
 def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(project: Path) -> None:

@@ -145,6 +145,12 @@ class FinetuneParams(Section):
     )
     label_fraction: float = Field(0.1, gt=0, le=1, description="share of training labels used (label budget)")
     trials: int = Field(3, ge=1, le=10000, description="Optuna trials per task and variant")
+    seeds: list[int] = Field(
+        [0],
+        min_length=1,
+        description="fine-tuning seeds: each trains the best trial's hyperparameters with the trial's seed plus "
+        "this offset (0: the best trial itself); evaluation averages over them",
+    )
     epochs: int = Field(4, ge=1, le=1000, description="epochs per trial (the pruner sees the val metric each)")
     min_steps_per_epoch: int = Field(4, ge=1, description="an epoch is at least this many steps (tiny budgets)")
     batch_sizes: list[int] = Field([8, 16], min_length=1, description="batch sizes Optuna chooses from")
@@ -185,6 +191,8 @@ class FinetuneParams(Section):
             raise ValueError("finetune.layer_decay_range must stay within (0, 1]")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"finetune.batch_sizes must be positive, got {self.batch_sizes}")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"finetune.seeds must be distinct offsets >= 0, got {self.seeds}")
         return self
 
 

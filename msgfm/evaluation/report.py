@@ -28,7 +28,8 @@ def _ci(row: dict[str, Any], metric: str) -> str:
 
 def _n(row: dict[str, Any]) -> str:
     n = row.get("n")
-    return "" if not n else f"{n['chips']} / {n['positions']} / {n['blocks']}"
+    seeds = f" x {n['seeds']} seeds" if n and n.get("seeds", 1) > 1 else ""
+    return "" if not n else f"{n['chips']} / {n['positions']} / {n['blocks']}{seeds}"
 
 
 def _gain(c: dict[str, Any]) -> str:
@@ -147,6 +148,13 @@ def _absent_lines(generalisation: dict) -> list[str]:
     return lines
 
 
+def _seeds(seeds: list[int]) -> str:
+    """How many fine-tuning seeds every fine-tuned number averages over."""
+    if len(seeds) == 1:
+        return f"one fine-tuning seed per model (offset {seeds[0]}: no interval covers the seed-to-seed spread)"
+    return f"{len(seeds)} fine-tuning seeds per model (offsets {seeds}): values are their mean"
+
+
 def render_report(
     params: Params,
     baselines: dict,
@@ -164,13 +172,16 @@ def render_report(
         "",
         *(["## Tasks that do not beat their trivial baseline", "", *warnings, ""] if warnings else []),
         f"Label budget: {cfg.label_fraction:.0%} of the training chips; {cfg.trials} Optuna trials per task and "
-        f"variant, {cfg.epochs} epochs each, one fine-tuning seed ({params.seed}); held-out AOIs "
+        f"variant, {cfg.epochs} epochs each; {_seeds(cfg.seeds)}; held-out AOIs "
         f"{cfg.holdout_aois} ({'left out of' if params.pretrain.exclude_holdout_aois else 'seen by'} pretraining); "
         f"later dates: val/test places after {cfg.train_until}.",
         "",
         f"Intervals: {ev.confidence:.0%} percentile bootstrap, {ev.bootstrap_resamples} resamples of the test "
-        f"set's chip {ev.bootstrap_unit}s (every chip of a drawn {ev.bootstrap_unit} comes with it; a comparison "
-        "resamples both models' chips together). n = chips / positions / blocks. A claim *held* when the "
+        f"set's chip {ev.bootstrap_unit}s (every chip of a drawn {ev.bootstrap_unit} comes with it"
+        + ("" if len(cfg.seeds) == 1 else ", and of the fine-tuning seeds: a seed x chip interval")
+        + "; a comparison resamples both models' chips (and seeds) together). n = chips / positions / blocks"
+        + ("" if len(cfg.seeds) == 1 else " x seeds")
+        + ". A claim *held* when the "
         "interval of the gain lies above zero, *did not hold* when none of it does, else it is *inconclusive*.",
         "",
         "## Claims on this run",
