@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # dvc runs the stages' `msgfm ...` commands through the shell: the venv's commands must be on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-slow test-all lint format bench lock clean
+.PHONY: setup pipeline study test test-slow test-all lint format bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ setup: $(STAMP)
 ## Run the whole pipeline on the embedded default (the simulated world).
 pipeline: setup
 	$(BIN)/dvc repro
+
+## The study profile (params-study.yaml over params.yaml, docs/results.md) as the DVC experiment `study`, run in
+## a temporary copy (the workspace keeps the default run); its report is copied to docs/study-report.md.
+study: setup
+	args=$$(mktemp); trap 'rm -f "$$args"' EXIT; \
+	$(BIN)/python scripts/study_overrides.py params-study.yaml > "$$args" && \
+	time xargs -0 -a "$$args" $(BIN)/dvc exp run --temp -f -n study
+	sha=$$(git rev-parse HEAD); git show "refs/exps/$${sha:0:2}/$${sha:2}/study:data/reports/report.md" > docs/study-report.md
 
 ## Lint, then the test suite (without the tests marked slow).
 test: setup lint

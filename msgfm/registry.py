@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from msgfm.metrics import Direction
 
 Metrics = dict[str, dict[str, Any]]
-EVIDENCE_KEYS = ("n", "ci")
-"""Keys of a task's table that hold the evidence (sample sizes, intervals) rather than a metric."""
+EVIDENCE_KEYS = ("n", "ci", "absent_from_train")
+"""Keys of a task's table that hold the evidence (sample sizes, intervals, unscored classes), not a metric."""
 
 
 class RegistryError(ValueError):

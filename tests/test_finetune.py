@@ -37,15 +37,16 @@ from msgfm.datasets.tasks import (
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.evaluate import load_finetuned
 from msgfm.evaluation.report import render_report
-from msgfm.evaluation.scoring import TRIVIAL
+from msgfm.evaluation.scoring import ABSENT_KEY, TRIVIAL, evidence, score
 from msgfm.inference.predict import predict
+from msgfm.landcover import SHORT_NAMES
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
 from msgfm.models.finetuned import BEST_FILE, checkpoint_mismatch, load_encoder
 from msgfm.models.heads import build_task_model
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
-from msgfm.training.finetune import tune_variant
+from msgfm.training.finetune import finetune_task_data, tune_variant
 from msgfm.training.study import finished_trials, open_study, study_fingerprint
 
 FAST = {
@@ -162,11 +163,44 @@ def test_holdout_aois_and_later_dates_stay_out_of_training(project: Path) -> Non
         store, rows = accepted_chips(params)
     day = rows.set_index("id")["day"]
     aoi = rows.set_index("id")["aoi"]
+    split = rows.set_index("id")["split"]
+    place = rows.set_index("id")[["aoi", "grid", "row", "col"]].apply(tuple, axis=1)
     for name in ("train", "val", "test"):
         ids = data.splits[name].ids if name in data.splits else []
         assert all(aoi[i] != "harbour" and str(day[i]) <= "2024-07-12" for i in ids)
     assert data.splits["holdout_aoi"].ids and all(aoi[i] == "harbour" for i in data.splits["holdout_aoi"].ids)
-    assert data.splits["later"].ids and all(str(day[i]) > "2024-07-12" for i in data.splits["later"].ids)
+    later = data.splits["later"].ids
+    assert later and all(str(day[i]) > "2024-07-12" for i in later)
+    # later dates come from val/test places only: a train place seen again under its static labels is no test
+    train_places = set(place[rows.loc[rows["split"] == "train", "id"]])
+    assert all(split[i] in ("val", "test") and place[i] not in train_places for i in later)
+    assert len(later) < (rows.loc[rows["sensor"] == "s2", "day"] > dt.date(2024, 7, 12)).sum()  # fewer than before
+
+
+def test_classes_absent_from_training_are_listed_per_set(project: Path) -> None:
+    """The held-out AOI's classes that training lacks are counted, not silently dropped (issue 15 item 5)."""
+    with working_directory(project):
+        params = load_params("params.yaml")
+        params.finetune.holdout_aois = ["harbour"]
+        datas = {t: build_task_data(params, t) for t in ("classification", "segmentation", "pansharpening")}
+        store, rows = accepted_chips(params)
+        seg_rows = rows.set_index("id").loc[datas["segmentation"].splits["holdout_aoi"].ids]
+        pixels = store.labels("fine", seg_rows["label_index"].tolist())
+    labels = rows.set_index("id")["labels"]
+    cls = datas["classification"]
+    held = cls.splits["holdout_aoi"].ids
+    expected = {}
+    for code in sorted({int(c) for i in held for c in labels[i]} - set(cls.class_codes)):
+        chips = sum(code in set(labels[i]) for i in held)
+        expected[str(code)] = {"class": SHORT_NAMES[code], "chips": chips, "share": round(chips / len(held), 4)}
+    assert cls.absent["holdout_aoi"] == expected
+    seg = datas["segmentation"]
+    unseen = sorted(set(np.unique(pixels).tolist()) - set(seg.class_codes) - {0})
+    assert sorted(int(c) for c in seg.absent["holdout_aoi"]) == unseen
+    for code in unseen:
+        assert seg.absent["holdout_aoi"][str(code)]["pixels"] == int((pixels == code).sum())
+    assert expected or unseen  # the tiny world's harbour has classes farmland lacks
+    assert datas["pansharpening"].absent == {}
 
 
 def test_corruptions_change_exactly_what_they_say(project: Path) -> None:
@@ -328,7 +362,13 @@ def test_report_states_the_claims_from_the_intervals() -> None:
             "pretrained vs scratch": {"metric": "MAE", "gain": -0.01, "ci": [-0.02, 0.005], "verdict": "inconclusive"}
         },
     }  # fmt: skip
-    text = render_report(params, baselines, {}, {}, {}, comparisons)
+    snow = {"70": {"class": "snow", "chips": 6, "share": 0.25}}
+    generalisation = {"classification": {"test": {"mAP_micro": 0.8, ABSENT_KEY: {}},
+                                         "holdout_aoi": {"mAP_micro": 0.5, ABSENT_KEY: snow}}}  # fmt: skip
+    text = render_report(params, baselines, {}, generalisation, {}, comparisons)
+    assert "- classification, held-out AOIs: snow (70): 6 chips, 25.0% of the set" in text
+    assert "classification, test set" not in text  # nothing absent there
+    assert "- none: every class" in render_report(params, baselines, {}, {}, {}, comparisons)
     assert "Pretraining helps at 10% labels (pretrained beats scratch): HELD on 1 of 2 tasks (1 inconclusive)" in text
     assert "classification: held: 0.8000 vs 0.6000 (mAP_micro, max is better), gain +0.2000 [+0.0500, +0.3000]" in text
     assert "cloud_removal: inconclusive: 0.0500 vs 0.0400" in text
@@ -337,6 +377,40 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     assert "classification: the fine-tuned msGFM does not beat the trivial `class_prior` baseline" in top
     assert "| pretrained | classification | 24 / 8 / 2 |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE column empty
     assert "segmentation: the fine-tuned" not in top  # nothing compared there
+
+
+def test_fine_tuning_seeds_are_trained_once_and_averaged_with_seed_intervals(project: Path) -> None:
+    """finetune.seeds (issue 15 item 1): each offset retrains the best trial's hyperparameters with another seed,
+    once; evaluation's entry is the mean over seeds with n.seeds and a seed x unit interval."""
+    with working_directory(project):
+        params = load_params("params.yaml")
+        params.finetune.seeds = [0, 1]
+        params.finetune.out_dir = Path("data/models_seeds")  # its own studies: the other tests' stay as they are
+        data = finetune_task_data(params, "classification")
+        summary = tune_variant(params, data, "pretrained")
+        out = params.finetune.out_dir / "classification" / "pretrained"
+        best, extra = (json.loads((d / BEST_FILE).read_text()) for d in (out, out / "seed_1"))
+        assert set(summary["seeds"]) == {"0", "1"} and summary["seeds"]["0"] == summary["value"] == best["value"]
+        assert extra["seed"] == 1 and (extra["trial"], extra["params"]) == (best["trial"], best["params"])
+        assert extra["sha256"] != best["sha256"]  # another seed trains other weights
+        stamp = (out / "seed_1" / "model.safetensors").stat().st_mtime_ns
+        assert tune_variant(params, data, "pretrained")["seeds"] == summary["seeds"]  # resumed: nothing retrained
+        assert (out / "seed_1" / "model.safetensors").stat().st_mtime_ns == stamp
+        models = [load_finetuned(params, "classification", "pretrained", s)[0] for s in params.finetune.seeds]
+        _, rows = accepted_chips(params)
+    test = data.splits["train"]  # the tiny world's test set is one position: no interval; train has many
+    runs = [score(m, data, test, 8) for m in models]
+    ev = evidence(params, rows, test)
+    record = ev.record(runs)
+    assert record["n"]["seeds"] == 2 and ev.draws.weights.shape[1] == 2 * len(test)
+    assert record["mAP_micro"] == pytest.approx(np.mean([float(r.metrics["mAP_micro"]) for r in runs]), abs=1e-6)
+    lo, hi = record["ci"]["mAP_micro"]
+    assert record["n"]["positions"] >= 2, record["n"]  # else there is no interval to check
+    assert lo <= record["mAP_micro"] <= hi
+    same = ev.compare(runs, runs, "classification")
+    assert same.gain.value == 0 and same.verdict == "did not hold"  # a model never beats itself
+    with pytest.raises(ValueError, match="3 scored runs for 2"):
+        ev.record(runs + runs[:1])
 
 
 def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(project: Path) -> None:
@@ -379,12 +453,13 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert set(metrics) == set(TASKS)
     for task, values in metrics.items():  # the retrain gate's shape: {task: {metric: value, n, ci}}
-        scalars = {k: v for k, v in values.items() if k not in ("n", "ci")}
+        scalars = {k: v for k, v in values.items() if k not in ("n", "ci", ABSENT_KEY)}
         assert PRIMARY_METRIC[task] in values and set(scalars) <= set(METRIC_DIRECTIONS)
         assert all(math.isfinite(v) for v in scalars.values())
         assert values["n"]["chips"] >= values["n"]["positions"] >= values["n"]["blocks"] >= 1
         lo, hi = values["ci"][PRIMARY_METRIC[task]]
         assert values["n"]["positions"] < 2 or lo <= values[PRIMARY_METRIC[task]] <= hi
+        assert isinstance(values.get(ABSENT_KEY), dict) == (task in ("classification", "segmentation"))
     baselines = json.loads((project / "data/metrics/baselines.json").read_text())
     assert baselines["pretrained"] == metrics and set(baselines["scratch"]) == set(TASKS)
     assert baselines["hpf"]["pansharpening"]["PSNR"] > baselines["bicubic"]["pansharpening"]["PSNR"] > 0

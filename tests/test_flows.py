@@ -33,6 +33,7 @@ from flows.pipeline import PipelineError, RetryPolicy, pipeline, plan_stages
 from flows.retrain import new_acquisitions, retrain
 from msgfm.config import load_params
 from msgfm.geo.io import sha256_file
+from msgfm.registry import EVIDENCE_KEYS
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -433,7 +434,7 @@ def _assert_decision_follows_the_table(entry: dict, champion: dict, challenger: 
     """The history entry compares every champion metric with the challenger's, and decides by the table alone:
     a gated (primary) metric is acceptable unless its gain interval lies below zero (tolerance without one)."""
     rows = {(r["task"], r["metric"]): r for r in entry["comparison"]}
-    assert {(t, m) for t, table in champion.items() for m in table if m not in ("n", "ci")} <= set(rows)
+    assert {(t, m) for t, table in champion.items() for m in table if m not in EVIDENCE_KEYS} <= set(rows)
     for (task, metric), row in rows.items():
         assert row["champion"] == champion.get(task, {}).get(metric)
         assert row["challenger"] == challenger[task][metric]

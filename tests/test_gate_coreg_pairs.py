@@ -107,7 +107,7 @@ def test_pairs_gate_accepts_the_manifest(pipeline_root, tmp_path):  # noqa: F811
     assert result.passed, result.message
     report = json.loads((root / "data/reports/gates/pairs.json").read_text())
     assert report["dataset_checks"] == {
-        "schema": True, "unique_ids": True, "splits_complete": True, "splits_disjoint": True, "classes_in_train": True,
+        "schema": True, "unique_ids": True, "splits_complete": True, "splits_disjoint": True, "train_has_classes": True,
         "paired_fraction": True,
     }  # fmt: skip
     assert set(report["chips_by_split"]) == {"train", "val", "test"} and report["paired_fraction"] > 0.3
@@ -146,6 +146,43 @@ def test_pairs_gate_fails_a_manifest_without_val_chips(pipeline_root, tmp_path):
     result = _gate_pairs(root)
     assert not result.passed and "splits_complete" in result.failed_dataset_checks
     assert "the manifest has no train or no val chips" in result.message
+
+
+def _write_manifest(root: Path, manifest: pd.DataFrame) -> None:
+    """Replace the manifest, as if pair had written it with the store."""
+    path = root / "data/manifest.parquet"
+    manifest.to_parquet(path)
+    index = json.loads((root / "data/chips/index.json").read_text())
+    (root / "data/chips/index.json").write_text(json.dumps({**index, MANIFEST_HASH_KEY: sha256_file(path)}))
+
+
+def test_pairs_gate_reports_classes_absent_from_train_and_keeps_their_chips(pipeline_root, tmp_path):  # noqa: F811
+    """A class seen only in val/test is listed with its chips per split, not a gate failure (issue 15 item 5)."""
+    root = copy_pipeline(pipeline_root, tmp_path)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    train = manifest["split"] == "train"
+    held_classes = set().union(*manifest.loc[~train, "labels"].map(set))
+    code = max(held_classes)
+    manifest.loc[train, "labels"] = manifest.loc[train, "labels"].map(lambda x: [c for c in x if c != code])
+    _write_manifest(root, manifest)
+    result = _gate_pairs(root)
+    assert result.passed, result.message  # the old `classes_in_train` check failed the gate here
+    report = json.loads((root / "data/reports/gates/pairs.json").read_text())
+    expected = manifest.loc[manifest["labels"].map(lambda x: code in x), "split"].value_counts().to_dict()
+    assert report["classes_absent_from_train"] == {str(code): expected}
+    assert set(expected) <= {"val", "test"} and sum(expected.values()) > 0
+    assert result.decisions.set_index("id").loc[manifest.loc[~train, "id"], "accepted"].all()
+
+
+def test_pairs_gate_fails_when_train_has_no_class_at_all(pipeline_root, tmp_path):  # noqa: F811
+    root = copy_pipeline(pipeline_root, tmp_path)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    train = manifest["split"] == "train"
+    manifest.loc[train, "labels"] = manifest.loc[train, "labels"].map(lambda x: [])
+    _write_manifest(root, manifest)
+    result = _gate_pairs(root)
+    assert not result.passed and result.failed_dataset_checks == ["train_has_classes"]
+    assert "no train chip has a land-cover class" in result.message
 
 
 def _tiny_world_params(path: Path, repo_root: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msgfm.evaluation.intervals import Interval, intervals, paired, resample, verdict
+from msgfm.evaluation.intervals import Interval, intervals, over_seeds, paired, resample, verdict
 
 
 def _mean_of(values: np.ndarray):
@@ -76,3 +76,28 @@ def test_verdict_follows_the_interval():
     assert verdict(Interval(0.0, 0.0, 0.0)) == "did not hold"  # a certain tie: not better
     assert verdict(Interval(0.1, -0.01, 0.3)) == "inconclusive"
     assert verdict(Interval(0.1, float("nan"), float("nan"))) == "inconclusive"
+
+
+def test_seeds_average_and_their_spread_widens_the_interval():
+    """Several fine-tuning seeds: the estimate is their mean; a seed x unit bootstrap carries the seed spread."""
+    rng = np.random.default_rng(4)
+    units = np.repeat(np.arange(40), 3)
+    base = rng.normal(0.05, 0.01, 40)[units]
+    seeds = [base + offset for offset in (-0.02, 0.0, 0.02)]  # seeds disagree much more than places do
+    stats = [_mean_of(v) for v in seeds]
+    draws = resample(units, 1000, seed=0, seeds=3)
+    assert draws.weights.shape == (1000, 3 * len(units)) and draws.seeds == 3
+    iv = intervals(over_seeds(stats), draws)["MAE"]
+    assert iv.value == pytest.approx(np.mean([v.mean() for v in seeds]))
+    units_only = intervals(_mean_of(np.mean(seeds, axis=0)), resample(units, 1000, seed=0))["MAE"]
+    assert units_only.value == pytest.approx(iv.value)
+    assert (iv.hi - iv.lo) > 3 * (units_only.hi - units_only.lo)  # a unit-only bootstrap hides the seed spread
+    # one statistic repeated (a deterministic baseline) gives back its single-seed interval
+    same = intervals(over_seeds([stats[1]] * 3), draws)["MAE"]
+    single = intervals(stats[1], resample(units, 1000, seed=0))["MAE"]
+    assert (same.value, same.lo, same.hi) == pytest.approx((single.value, single.lo, single.hi))
+    # paired over seeds: seed k of one model against seed k of the other
+    better = [_mean_of(v - 0.005) for v in seeds]
+    assert paired(over_seeds(better), over_seeds(stats), draws, "MAE", "min").verdict == "held"
+    with pytest.raises(ValueError, match="seeds must be"):
+        resample(units, 10, seed=0, seeds=0)

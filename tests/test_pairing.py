@@ -136,18 +136,38 @@ def test_splits_are_spatial_blocks_with_buffer(built):
     assert set().union(*manifest["labels"].map(set)) <= train
 
 
+def _square_blocks(rows: int, cols: int) -> dict:
+    """One 80 m chip footprint inside each 100 m block of a rows x cols lattice."""
+    return {("a", "s10", r, c): (c * 100.0 + 10, r * 100.0 + 10, c * 100.0 + 90, r * 100.0 + 90)
+            for r in range(rows) for c in range(cols)}  # fmt: skip
+
+
 def test_assign_splits_turns_a_block_train_for_a_missing_class():
-    """A class that only occurs in a held-out block forces that block into train."""
+    """A class that only occurs in one of two val (or test) blocks forces that block into train."""
     cfg = pair_params(Path("."), val_fraction=0.25, test_fraction=0.25, block_m=100, buffer_m=1)
-    footprints = {("a", "s10", r, c): (c * 100.0 + 10, r * 100.0 + 10, c * 100.0 + 90, r * 100.0 + 90)
-                  for r in range(2) for c in range(2)}  # fmt: skip
+    footprints = _square_blocks(2, 4)
     classes = {p: {10} for p in footprints}
     first = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
+    assert sorted(s for s, _ in first.values()) == ["test", "test", "train", "train", "train", "train", "val", "val"]
     held_out = next(p for p, (s, _) in first.items() if s != "train")
     classes[held_out] = {70}
     second = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
     assert second[held_out][0] == "train"
-    assert sorted(s for s, _ in first.values()) == ["test", "train", "train", "val"]
+    assert {s for s, _ in second.values()} == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("held", ["val", "test"])
+def test_assign_splits_never_empties_a_split_to_cover_a_class(held):
+    """A class only in the lone val (test) block stays absent from train: the split keeps its block (issue 15)."""
+    cfg = pair_params(Path("."), val_fraction=0.25, test_fraction=0.25, block_m=100, buffer_m=1)
+    footprints = _square_blocks(2, 2)
+    classes = {p: {10} for p in footprints}
+    first = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
+    lone = next(p for p, (s, _) in first.items() if s == held)
+    classes[lone] = {10, 70}
+    second = assign_splits(cfg, 0, footprints, {"a": (0.0, 0.0)}, classes)
+    assert second == first  # the old rule turned it train and left that split empty
+    assert sorted(s for s, _ in second.values()) == ["test", "train", "train", "val"]
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -21,7 +21,7 @@ import yaml
 from tiny_world import working_directory
 
 from msgfm.config import ParamsError, load_params
-from msgfm.datasets.pretrain import load_pretrain_chips
+from msgfm.datasets.pretrain import PretrainDataError, load_pretrain_chips
 from msgfm.models.hub import load_pretrained
 from msgfm.training.checkpoints import latest_checkpoint, write_checkpoint
 from msgfm.training.pretrain import PretrainError, build_model, run_pretrain, train_loop
@@ -138,6 +138,26 @@ def test_batches_mix_sensors_and_keep_pairs_aligned(tiny_world: Path) -> None:
     # every S1 chip in this world has an accepted S2 partner, and the partner index points at it
     s1_partner = batch["partner"]["s1"]
     assert (s1_partner >= 0).all() and int(s1_partner.max()) < batch["images"]["s2"].shape[0]
+
+
+def test_held_out_aois_stay_out_of_pretraining(tiny_world: Path) -> None:
+    """finetune.holdout_aois are left out of pretraining by default, every split (issue 15 item 5)."""
+    manifest = pd.read_parquet(tiny_world / "data/manifest.parquet")
+    with_val = set(manifest.loc[manifest["split"] == "val", "aoi"])
+    kept = sorted(with_val)[0]  # an AOI with val chips stays, so pretraining can still validate
+    held = sorted(set(manifest["aoi"]) - {kept})
+    with working_directory(tiny_world):
+        params = load_params("params.yaml")
+        params.finetune.holdout_aois = held
+        for split in ("train", "val"):
+            aois = set(load_pretrain_chips(params, split).rows["aoi"])
+            assert aois == {kept}, split
+        params.pretrain.exclude_holdout_aois = False
+        assert set(load_pretrain_chips(params, "train").rows["aoi"]) == {"farmland", "harbour"}
+        params.pretrain.exclude_holdout_aois = True
+        params.finetune.holdout_aois = ["farmland", "harbour"]
+        with pytest.raises(PretrainDataError, match="outside the held-out AOIs"):
+            load_pretrain_chips(params, "train")
 
 
 def test_single_sensor_pretraining_has_no_partners(tiny_world: Path) -> None:

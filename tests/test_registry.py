@@ -103,6 +103,17 @@ def test_worse_within_the_interval_is_promoted_and_beyond_it_is_not(tmp_path):
     assert "| segmentation | mIoU | higher | 0.6 [0.55, 0.65] | 0.4 [0.38, 0.42] |" in decision.to_markdown()
 
 
+def test_classes_absent_from_train_are_evidence_not_a_metric():
+    """evaluate.json entries list `absent_from_train` (issue 15 item 5); the gate reads past it."""
+    champion = _ci(json.loads(json.dumps(CHAMPION)), "segmentation", "mIoU", 0.55, 0.65)
+    challenger = json.loads(json.dumps(champion))
+    for table in (champion, challenger):
+        table["segmentation"]["absent_from_train"] = {"70": {"class": "snow", "pixels": 120, "share": 0.01}}
+    decision = compare(champion, challenger, tolerance=0.02)
+    assert decision.promote, decision.reason
+    assert {r.metric for r in decision.rows if r.task == "segmentation"} == {"mIoU"}
+
+
 def test_missing_task_blocks_promotion_and_bad_values_are_errors():
     challenger = {k: v for k, v in CHAMPION.items() if k != "segmentation"}
     decision = compare(CHAMPION, challenger, tolerance=0.5)

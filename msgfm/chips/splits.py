@@ -3,10 +3,11 @@
 Each AOI is cut into square blocks of `pair.block_m` anchored at its S2 grid corner; blocks get train,
 val or test by a seeded shuffle (`assign_splits`: val/test take their share of the blocks holding
 fine-grid chips and of those holding S2-grid chips only, every AOI keeps train blocks, and a block
-turns train when a land-cover class would otherwise be missing from train). A chip gets the split of
-every block its footprint, grown by `pair.buffer_m`, overlaps; a chip that would overlap blocks of two
-splits is dropped, so no two chips of different splits ever share a pixel. The same blocks cut the
-10 m and the fine grid, so the rule holds across grids.
+turns train when a land-cover class would otherwise be missing from train, unless that would leave a
+split without chips of a grid: then the class stays absent from train, and the pairs gate reports it).
+A chip gets the split of every block its footprint, grown by `pair.buffer_m`, overlaps; a chip that
+would overlap blocks of two splits is dropped, so no two chips of different splits ever share a pixel.
+The same blocks cut the 10 m and the fine grid, so the rule holds across grids.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def assign_splits(
     Blocks are shuffled with the seed and grouped by the grids whose chips they hold (blocks with fine-grid
     chips and blocks with S2-grid chips only); test and val take their share of each group, at most
     `1 - train share` of any one AOI's blocks (so every AOI keeps train blocks). Then, while a land-cover
-    class occurs in kept chips but in no train chip, the val/test block holding most such chips turns train.
+    class occurs in kept chips but in no train chip, the val/test block holding most such chips turns train,
+    unless that leaves a split (val or test) without chips of a grid that had some.
     """
     blocks = _locate(cfg, footprints, origins)
     split = _draw(cfg, seed, blocks)
@@ -119,7 +121,11 @@ def _kept(split: dict[Block, str], blocks: _Blocks) -> dict[Position, str]:
 
 
 def _cover_train_classes(split: dict[Block, str], blocks: _Blocks, classes: dict[Position, set[int]]) -> None:
-    """Turn val/test blocks train, most-affected first, until every class of a kept chip occurs in train."""
+    """Turn val/test blocks train, most-affected first, while a class of a kept chip is missing from train.
+
+    A block turns train only if every split and grid that has val/test chips keeps some afterwards: an empty
+    val or test set costs more than a class absent from train, which the pairs gate and evaluation report.
+    """
     while True:
         survivors = _kept(split, blocks)
         train = set().union(*(classes.get(p, set()) for p, sp in survivors.items() if sp == "train"))
@@ -130,11 +136,26 @@ def _cover_train_classes(split: dict[Block, str], blocks: _Blocks, classes: dict
         for p, sp in survivors.items():
             if sp != "train" and classes.get(p, set()) & missing:
                 score[blocks.home[p]] += 1
-        if not score:
+        held = _held_out_cells(survivors)
+        flip = next(
+            (
+                b
+                for b in sorted(sorted(score), key=lambda b: -score[b])
+                if _held_out_cells(_kept({**split, b: "train"}, blocks)) == held
+            ),
+            None,
+        )
+        if flip is None:
+            log.warning("pair: classes %s occur in no train chip (turning a block train would empty a split)",
+                        sorted(missing))  # fmt: skip
             return
-        flip = max(sorted(score), key=lambda b: score[b])
         log.info("pair: block %s turns train so classes %s occur in train", flip, sorted(missing))
         split[flip] = "train"
+
+
+def _held_out_cells(kept: dict[Position, str]) -> set[tuple[str, str]]:
+    """The (split, grid) pairs of val/test that hold at least one kept chip."""
+    return {(sp, pos[1]) for pos, sp in kept.items() if sp != "train"}
 
 
 def blocks_touched(

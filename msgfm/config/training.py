@@ -63,6 +63,9 @@ class PretrainParams(Section):
     single_sensor: Literal["s1", "s2", "rgb", "dsm"] = Field(
         "s2", description="sensor of the single-sensor baseline (`msgfm pretrain --single-sensor`)"
     )
+    exclude_holdout_aois: bool = Field(
+        True, description="leave the chips of finetune.holdout_aois out of pretraining (an unseen held-out biome)"
+    )
 
     @model_validator(mode="after")
     def _mix_covers_sensors(self) -> PretrainParams:
@@ -144,6 +147,12 @@ class FinetuneParams(Section):
     )
     label_fraction: float = Field(0.1, gt=0, le=1, description="share of training labels used (label budget)")
     trials: int = Field(3, ge=1, le=10000, description="Optuna trials per task and variant")
+    seeds: list[int] = Field(
+        [0],
+        min_length=1,
+        description="fine-tuning seeds: each trains the best trial's hyperparameters with the trial's seed plus "
+        "this offset (0: the best trial itself); evaluation averages over them",
+    )
     epochs: int = Field(4, ge=1, le=1000, description="epochs per trial (the pruner sees the val metric each)")
     min_steps_per_epoch: int = Field(4, ge=1, description="an epoch is at least this many steps (tiny budgets)")
     batch_sizes: list[int] = Field([8, 16], min_length=1, description="batch sizes Optuna chooses from")
@@ -157,7 +166,7 @@ class FinetuneParams(Section):
         15, ge=1, description="cloud removal: the clear target is at most this many days later"
     )
     holdout_aois: list[str] = Field(["alps"], description="AOIs never fine-tuned on (held-out biome test)")
-    train_until: dt.date | None = Field(None, description="chips after this date are held out (later-date test)")
+    train_until: dt.date | None = Field(None, description="val/test chips after this date: the later-date test")
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
@@ -184,6 +193,8 @@ class FinetuneParams(Section):
             raise ValueError("finetune.layer_decay_range must stay within (0, 1]")
         if any(b < 1 for b in self.batch_sizes):
             raise ValueError(f"finetune.batch_sizes must be positive, got {self.batch_sizes}")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"finetune.seeds must be distinct offsets >= 0, got {self.seeds}")
         return self
 
 

@@ -5,6 +5,8 @@ accepted chips; a chip with an accepted partner (S1 with S2, RGB with DSM) bring
 so the model can reconstruct one sensor from the other. Unpaired chips are single-sensor samples.
 Flips and 90-degree rotations are drawn per pick and applied identically to both chips of a pair.
 Each Ray worker reads its own shard: chip positions are hashed to ranks, so partners stay together.
+Chips of the held-out AOIs (`finetune.holdout_aois`) are left out when `pretrain.exclude_holdout_aois`
+(the default), so the generalisation test's biome is unseen by pretraining as well as by fine-tuning.
 """
 
 from __future__ import annotations
@@ -141,11 +143,14 @@ def load_pretrain_chips(params: Params, split: str, rank: int = 0, world: int = 
         raise PretrainDataError(str(e)) from None
     rows = rows[rows["sensor"].isin(cfg.sensors)]
     rows = rows[rows["split"] == split]
+    held = list(params.finetune.holdout_aois) if cfg.exclude_holdout_aois else []
+    rows = rows[~rows["aoi"].isin(held)]
     if world > 1:
         rows = rows[_shard_of(rows, world) == rank]
     if rows.empty:
         raise PretrainDataError(
             f"{cfg.manifest}: no accepted {split!r} chips of sensors {list(cfg.sensors)}"
+            + (f" outside the held-out AOIs {held} (pretrain.exclude_holdout_aois)" if held else "")
             + (f" for worker {rank} of {world}" if world > 1 else "")
         )
     absent = [s for s in cfg.sensors if s not in set(rows["sensor"]) and s in store.sensors]

@@ -18,9 +18,10 @@ chips of the manifest into `TaskSplit`s (train, val, test, and the generalisatio
   WorldCover classes per pixel on the fine grid; code 0 (unknown) is ignored.
 
 Classes are the WorldCover codes present in the task's training chips (so no metric averages over a
-class that cannot occur); their codes are saved with every checkpoint. Generalisation sets: chips of
-the held-out AOIs (`finetune.holdout_aois`, never in train/val), and chips dated after
-`finetune.train_until` (of every split, from the other AOIs).
+class that cannot occur); their codes are saved with every checkpoint, and the classes of a held-out set
+that training lacks are listed in `TaskData.absent`. Sets (msgfm.datasets.holdouts): train/val/test, the
+held-out AOIs (`finetune.holdout_aois`, never in train/val) and the later dates (val/test chips dated after
+`finetune.train_until`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
+from msgfm.datasets.holdouts import absent_classes, partition
 from msgfm.decisions import gate_table
 from msgfm.metrics import (
     TaskMetrics,
@@ -175,6 +177,8 @@ class TaskData:
     splits: dict[str, TaskSplit]
     class_codes: tuple[int, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per held-out set, the classes it holds that no training chip has (msgfm.datasets.holdouts.absent_classes)."""
 
     @property
     def num_classes(self) -> int:
@@ -197,6 +201,7 @@ class TaskData:
             {name: split.only(kept) for name, split in self.splits.items()},
             self.class_codes,
             notes,
+            self.absent,
         )
 
 
@@ -354,23 +359,7 @@ def build_task_data(
     anchors = _anchors(task, rows, cfg.max_cloud_fraction, cfg.clear_within_days).reset_index(drop=True)
     if anchors.empty:
         raise TaskDataError(f"{cfg.manifest}: no accepted chips make a {task} sample")
-    holdout = anchors["aoi"].isin(cfg.holdout_aois)
-    later = np.zeros(len(anchors), dtype=bool)
-    notes: dict[str, str] = {}
-    if cfg.train_until is not None:
-        later = (anchors["day"] > cfg.train_until).to_numpy() & ~holdout.to_numpy()
-        seen = ~holdout.to_numpy() & ~later & (anchors["split"] == "train").to_numpy()
-        if not seen.any():
-            notes["later"] = f"every {task} training chip is dated after {cfg.train_until}; later dates not held out"
-            later[:] = False
-    inside = ~holdout.to_numpy() & ~later
-    parts = {
-        "train": anchors[inside & (anchors["split"] == "train").to_numpy()],
-        "val": anchors[inside & (anchors["split"] == "val").to_numpy()],
-        "test": anchors[inside & (anchors["split"] == "test").to_numpy()],
-        "holdout_aoi": anchors[holdout.to_numpy()],
-        "later": anchors[later],
-    }
+    parts, notes = partition(anchors, cfg.holdout_aois, cfg.train_until, task)
     if parts["train"].empty:
         raise TaskDataError(f"{cfg.manifest}: no {task} training chips outside the held-out AOIs and dates")
     codes: tuple[int, ...] = ()
@@ -379,6 +368,7 @@ def build_task_data(
     elif spec.kind == "segmentation":
         present_codes = np.unique(store.labels("fine", parts["train"]["label_index"].tolist()))
         codes = tuple(int(c) for c in present_codes if c > 0)
+    absent = absent_classes(spec.kind, parts, codes, store)
     fraction = cfg.label_fraction if label_fraction is None else label_fraction
     budget = label_budget(len(parts["train"]), fraction, params.seed if seed is None else seed)
     parts["train"] = parts["train"].iloc[budget]
@@ -398,4 +388,4 @@ def build_task_data(
             notes.setdefault(name, f"no {task} chips in {name}")
             continue
         splits[name] = build(part.reset_index(drop=True))
-    return TaskData(spec=spec, splits=splits, class_codes=codes, notes=notes)
+    return TaskData(spec=spec, splits=splits, class_codes=codes, notes=notes, absent=absent)

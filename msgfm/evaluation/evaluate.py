@@ -1,7 +1,13 @@
 """`msgfm evaluate`: test metrics of the fine-tuned models, baselines, modality ablations, generalisation, report.
 
-Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` and writes, each entry
-`{metric: value, "n": {chips, positions, blocks, unit}, "ci": {metric: [lo, hi]}}` (msgfm.evaluation.scoring):
+Reads the checkpoints `msgfm finetune` saved in `data/models/<task>/<variant>/` (one per fine-tuning seed,
+`finetune.seeds`) and writes, each entry `{metric: value, "n": {chips, positions, blocks, unit, seeds},
+"ci": {metric: [lo, hi]}}` (msgfm.evaluation.scoring): a value is the mean over the seeds, an interval the
+seed x unit bootstrap's, a comparison paired over chips and seeds:
+
+Entries of the tasks with classes (classification, segmentation) also list `absent_from_train`: the
+split's classes that no training chip has, with their chips (pixels) and share; the model has no output for
+them, so its metrics cannot score them, and the report names them.
 
 - `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's test entries
   `{task: entry}`, the file flows/retrain.py's champion/challenger gate compares;
@@ -36,7 +42,14 @@ from msgfm.evaluation.report import render_report
 from msgfm.evaluation.scoring import TRIVIAL, Evidence, Scored, evidence, score, score_outputs, trivial_outputs
 from msgfm.geo.io import atomic_write_json, atomic_write_text
 from msgfm.models.device import resolve_device
-from msgfm.models.finetuned import BEST_FILE, VARIANTS, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model
+from msgfm.models.finetuned import (
+    BEST_FILE,
+    VARIANTS,
+    WEIGHTS_FILE,
+    checkpoint_mismatch,
+    rebuild_task_model,
+    seed_dir,
+)
 from msgfm.models.heads import TaskModel
 from msgfm.models.hub import load_weights
 
@@ -50,9 +63,10 @@ class EvaluateError(RuntimeError):
     """Evaluation cannot run (no fine-tuned msGFM checkpoint); the message names the file."""
 
 
-def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, dict[str, Any]] | str:
-    """The fine-tuned model of (task, variant) and its best.json record, or why it is missing."""
-    folder = params.finetune.out_dir / task / variant
+def load_finetuned(params: Params, task: str, variant: str, seed: int = 0) -> tuple[TaskModel, dict[str, Any]] | str:
+    """The fine-tuned model of (task, variant) and fine-tuning seed offset `seed`, with its best.json record, or why
+    it is missing."""
+    folder = seed_dir(params.finetune.out_dir / task / variant, seed)
     if not (folder / BEST_FILE).is_file():
         return f"{folder / BEST_FILE}: no fine-tuned checkpoint (run `msgfm finetune --task {task}`)"
     mismatch = checkpoint_mismatch(folder)
@@ -62,6 +76,24 @@ def load_finetuned(params: Params, task: str, variant: str) -> tuple[TaskModel, 
     model = rebuild_task_model(best, get_task(best["task"]))
     load_weights(model, folder / WEIGHTS_FILE)
     return model.to(resolve_device(params.finetune.device)).eval(), best
+
+
+def _load_seeds(params: Params, data: TaskData, variant: str) -> list[TaskModel] | str:
+    """The variant's fine-tuned model of every seed in `finetune.seeds`, or why one is missing."""
+    task, models = data.spec.name, []
+    for seed in params.finetune.seeds:
+        found = load_finetuned(params, task, variant, seed)
+        if isinstance(found, str):
+            return found
+        model, best = found
+        if tuple(best["class_codes"]) != data.class_codes:
+            raise EvaluateError(
+                f"{seed_dir(params.finetune.out_dir / task / variant, seed) / BEST_FILE}: classes "
+                f"{best['class_codes']} differ from the data's {list(data.class_codes)}; re-run "
+                f"`msgfm finetune --task {task}`"
+            )
+        models.append(model)
+    return models
 
 
 @dataclass
@@ -78,9 +110,15 @@ class _Results:
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _score_pretrained(params: Params, data: TaskData, model: TaskModel, clean: Scored, ev: Evidence, loaded: Any,
-                      results: _Results) -> None:  # fmt: skip
-    """The pretrained model's test metrics, ablations (each paired with the clean set), generalisation sets, plots."""
+def _absent(data: TaskData, split: str) -> dict[str, Any] | None:
+    """The split's classes absent from training ({} when none), None for a task without classes."""
+    return data.absent.get(split, {}) if data.spec.kind != "image" else None
+
+
+def _score_pretrained(params: Params, data: TaskData, models: list[TaskModel], clean: list[Scored], ev: Evidence,
+                      loaded: Any, results: _Results) -> None:  # fmt: skip
+    """The pretrained model's test metrics, ablations (each paired with the clean set), generalisation sets, plots;
+    every number over all fine-tuning seeds, the plots of the first seed's model."""
     task, test, plots = data.spec.name, data.splits["test"], params.evaluate.plots_dir
     results.evaluate[task] = record = ev.record(clean)
     ablations = results.ablations[task] = {}
@@ -90,21 +128,21 @@ def _score_pretrained(params: Params, data: TaskData, model: TaskModel, clean: S
         elif condition is test:  # "clean": the test metrics just computed
             ablations[name] = record
         else:
-            scored = score(model, data, condition, 32)
+            scored = [score(m, data, condition, 32) for m in models]
             ablations[name] = ev.record(scored)
             results.comparisons[task][f"clean vs {name}"] = ev.compare(clean, scored, task).record()
     results.generalisation[task] = {"test": record}
     for name in ("holdout_aoi", "later"):
         split = data.splits.get(name)
         results.generalisation[task][name] = (
-            evidence(params, loaded[1], split).record(score(model, data, split, 32))
+            evidence(params, loaded[1], split, _absent(data, name)).record([score(m, data, split, 32) for m in models])
             if split is not None
             else {"n/a": data.notes.get(name, "no chips")}
         )
     if task == "segmentation":
-        segmentation_plots(model, data, test, clean.metrics, plots, params.seed)
+        segmentation_plots(models[0], data, test, clean[0].metrics, plots, params.seed)
     elif data.spec.kind == "image":
-        image_examples(model, data, test, params.evaluate.examples, plots / f"{task}_examples.png")
+        image_examples(models[0], data, test, params.evaluate.examples, plots / f"{task}_examples.png")
 
 
 def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) -> None:
@@ -114,34 +152,30 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
     test = data.splits.get("test")
     if test is None:
         raise EvaluateError(f"{params.finetune.manifest}: no {task} test chips")
-    ev = evidence(params, loaded[1], test)
+    ev = evidence(params, loaded[1], test, _absent(data, "test"))
     results.comparisons[task] = {}
-    scored: dict[str, Scored] = {}
+    scored: dict[str, Scored | list[Scored]] = {}
     for name in TRIVIAL[task]:
         scored[name] = score_outputs(data, test, trivial_outputs(name, data, test))
         results.baselines[name][task] = ev.record(scored[name])
     for variant in VARIANTS:
-        found = load_finetuned(params, task, variant)
-        if isinstance(found, str):
+        models = _load_seeds(params, data, variant)
+        if isinstance(models, str):
             if variant == "pretrained":
-                raise EvaluateError(found)
-            results.baselines[variant][task] = {"missing": found}
+                raise EvaluateError(models)
+            results.baselines[variant][task] = {"missing": models}
             continue
-        model, best = found
-        if tuple(best["class_codes"]) != data.class_codes:
-            raise EvaluateError(
-                f"{params.finetune.out_dir / task / variant / BEST_FILE}: classes {best['class_codes']} differ "
-                f"from the data's {list(data.class_codes)}; re-run `msgfm finetune --task {task}`"
-            )
-        vdata = data.only(model.encoder.sensors)  # only the inputs the variant's encoder was trained on
+        vdata = data.only(models[0].encoder.sensors)  # only the inputs the variant's encoder was trained on
         if isinstance(vdata, str):
             results.baselines[variant][task] = {"missing": vdata}
             continue
-        log.info("evaluate %s/%s on %d test chips (inputs %s)", task, variant, len(test), list(vdata.spec.inputs))
-        scored[variant] = score(model, vdata, vdata.splits["test"], params.finetune.eval_batch_size)
-        results.baselines[variant][task] = ev.record(scored[variant])
+        log.info("evaluate %s/%s on %d test chips (inputs %s, %d seeds)", task, variant, len(test),
+                 list(vdata.spec.inputs), len(models))  # fmt: skip
+        runs = [score(m, vdata, vdata.splits["test"], params.finetune.eval_batch_size) for m in models]
+        scored[variant] = runs
+        results.baselines[variant][task] = ev.record(runs)
         if variant == "pretrained":
-            _score_pretrained(params, data, model, scored[variant], ev, loaded, results)
+            _score_pretrained(params, data, models, runs, ev, loaded, results)
     for other in [*VARIANTS[1:], *TRIVIAL[task]]:
         if other in scored:
             results.comparisons[task][f"pretrained vs {other}"] = ev.compare(

@@ -6,6 +6,11 @@ gives every chip of a drawn unit the unit's count as its weight. A statistic tak
 `(resamples, chips)` and returns, per metric, one value per resample (`weights` of ones: the estimate
 itself), so one sort or one matrix product serves all resamples at once (msgfm.evaluation.chipstats).
 
+Several fine-tuning seeds: a model's estimate is the mean over its seeds, and a resample also draws the
+seeds with replacement (a seed x unit bootstrap, `resample(..., seeds=K)`): its weights cover K copies of
+the chips, copy k weighted by how often seed k was drawn, and `over_seeds` turns the K per-seed statistics
+into one statistic of those weights, so intervals, comparisons and verdicts need nothing else.
+
 A comparison of two models on the same chips uses the same resamples for both (a paired bootstrap); the
 difference is taken as a gain (positive: the first is better, whatever the metric's direction), and
 its percentile interval gives the verdict: "held" when the whole interval is above zero, "did not hold"
@@ -33,8 +38,10 @@ class Resamples:
     """Bootstrap weights of the chips of one set: how often each chip's unit was drawn, per resample."""
 
     weights: np.ndarray
+    """(resamples, seeds x chips): seed k's copy of the chips is columns k*chips to (k+1)*chips."""
     units: int
     confidence: float
+    seeds: int = 1
 
     @property
     def chips(self) -> int:
@@ -72,19 +79,51 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def resample(units: Sequence[Hashable], n_resamples: int, seed: int, confidence: float = 0.95) -> Resamples:
-    """Weights of `n_resamples` bootstrap draws of the distinct `units` (one entry per chip), seeded."""
+def resample(
+    units: Sequence[Hashable], n_resamples: int, seed: int, confidence: float = 0.95, seeds: int = 1
+) -> Resamples:
+    """Weights of `n_resamples` bootstrap draws of the distinct `units` (one entry per chip) and, with several
+    fine-tuning `seeds`, of the seeds too (see the module docstring); seeded."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     _, inverse = np.unique(np.asarray([str(u) for u in units], dtype=object), return_inverse=True)
     n_units = int(inverse.max()) + 1 if len(inverse) else 0
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     if n_units == 0:
-        return Resamples(np.zeros((n_resamples, 0)), 0, confidence)
+        return Resamples(np.zeros((n_resamples, 0)), 0, confidence, seeds)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_resamples)
-    return Resamples(counts[:, inverse].astype(np.float64), n_units, confidence)
+    weights = counts[:, inverse].astype(np.float64)
+    if seeds > 1:  # the seed draws come from their own stream: one seed's unit draws stay those of several
+        drawn = np.random.default_rng([seed, seeds]).multinomial(seeds, np.full(seeds, 1.0 / seeds), n_resamples)
+        weights = (drawn[:, :, None] * weights[:, None, :]).reshape(n_resamples, -1)
+    return Resamples(weights, n_units, confidence, seeds)
+
+
+def over_seeds(statistics: Sequence[Statistic]) -> Statistic:
+    """The statistic of a model fine-tuned with K seeds (one statistic each, on the same chips): under the
+    weights of `resample(..., seeds=K)`, the mean over the drawn seeds of each seed's value on the drawn units."""
+    k = len(statistics)
+    if k == 1:
+        return statistics[0]
+
+    def mean_over_seeds(weights: np.ndarray) -> dict[str, np.ndarray]:
+        blocks = np.stack(np.split(weights, k, axis=1), axis=1)  # (resamples, seeds, chips)
+        units = blocks.sum(1) / k  # seed counts sum to k: every copy is the unit weights times its count
+        drawn = blocks.sum(2) / np.maximum(units.sum(1, keepdims=True), 1e-300)  # (resamples, seeds)
+        cache: dict[int, dict[str, np.ndarray]] = {}  # a deterministic baseline repeats one statistic k times
+        for s in statistics:
+            if id(s) not in cache:
+                cache[id(s)] = s(units)
+        per = [cache[id(s)] for s in statistics]
+        total = drawn.sum(1)
+        return {m: sum(np.where(drawn[:, i] > 0, drawn[:, i] * per[i][m], 0.0) for i in range(k)) / total
+                for m in per[0]}  # fmt: skip
+
+    return mean_over_seeds
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from msgfm.datasets.tasks import TASKS
-from msgfm.evaluation.scoring import TRIVIAL, best_trivial_gap
+from msgfm.evaluation.scoring import ABSENT_KEY, TRIVIAL, best_trivial_gap
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ def _ci(row: dict[str, Any], metric: str) -> str:
 
 def _n(row: dict[str, Any]) -> str:
     n = row.get("n")
-    return "" if not n else f"{n['chips']} / {n['positions']} / {n['blocks']}"
+    seeds = f" x {n['seeds']} seeds" if n and n.get("seeds", 1) > 1 else ""
+    return "" if not n else f"{n['chips']} / {n['positions']} / {n['blocks']}{seeds}"
 
 
 def _gain(c: dict[str, Any]) -> str:
@@ -130,6 +131,30 @@ def _generalisation_table(generalisation: dict) -> list[str]:
     return lines
 
 
+def _absent_lines(generalisation: dict) -> list[str]:
+    """One line per task and set naming the classes training never saw, with their share of the set."""
+    names = {"test": "test set", "holdout_aoi": "held-out AOIs", "later": "later dates"}
+    lines = []
+    for task, sets in generalisation.items():
+        for name, entry in sets.items():
+            absent = entry.get(ABSENT_KEY) or {}
+            parts = [
+                f"{c['class']} ({code}): {c.get('chips', c.get('pixels'))} {'chips' if 'chips' in c else 'pixels'}, "
+                f"{c['share']:.1%} of the set"
+                for code, c in absent.items()
+            ]
+            if parts:
+                lines.append(f"- {task}, {names.get(name, name)}: " + "; ".join(parts))
+    return lines
+
+
+def _seeds(seeds: list[int]) -> str:
+    """How many fine-tuning seeds every fine-tuned number averages over."""
+    if len(seeds) == 1:
+        return f"one fine-tuning seed per model (offset {seeds[0]}: no interval covers the seed-to-seed spread)"
+    return f"{len(seeds)} fine-tuning seeds per model (offsets {seeds}): values are their mean"
+
+
 def render_report(
     params: Params,
     baselines: dict,
@@ -147,12 +172,16 @@ def render_report(
         "",
         *(["## Tasks that do not beat their trivial baseline", "", *warnings, ""] if warnings else []),
         f"Label budget: {cfg.label_fraction:.0%} of the training chips; {cfg.trials} Optuna trials per task and "
-        f"variant, {cfg.epochs} epochs each, one fine-tuning seed ({params.seed}); held-out AOIs "
-        f"{cfg.holdout_aois}; later dates after {cfg.train_until}.",
+        f"variant, {cfg.epochs} epochs each; {_seeds(cfg.seeds)}; held-out AOIs "
+        f"{cfg.holdout_aois} ({'left out of' if params.pretrain.exclude_holdout_aois else 'seen by'} pretraining); "
+        f"later dates: val/test places after {cfg.train_until}.",
         "",
         f"Intervals: {ev.confidence:.0%} percentile bootstrap, {ev.bootstrap_resamples} resamples of the test "
-        f"set's chip {ev.bootstrap_unit}s (every chip of a drawn {ev.bootstrap_unit} comes with it; a comparison "
-        "resamples both models' chips together). n = chips / positions / blocks. A claim *held* when the "
+        f"set's chip {ev.bootstrap_unit}s (every chip of a drawn {ev.bootstrap_unit} comes with it"
+        + ("" if len(cfg.seeds) == 1 else ", and of the fine-tuning seeds: a seed x chip interval")
+        + "; a comparison resamples both models' chips (and seeds) together). n = chips / positions / blocks"
+        + ("" if len(cfg.seeds) == 1 else " x seeds")
+        + ". A claim *held* when the "
         "interval of the gain lies above zero, *did not hold* when none of it does, else it is *inconclusive*.",
         "",
         "## Claims on this run",
@@ -177,6 +206,14 @@ def render_report(
         "## Generalisation (pretrained msGFM, primary metric)",
         "",
         *_generalisation_table(generalisation),
+        "",
+        "## Classes absent from training",
+        "",
+        "Classes of a scored set that no training chip has: the model has no output for them, so the metrics "
+        "above leave them out (a chip's other classes, a pixel ignored); `absent_from_train` in the metrics "
+        "JSON lists them per entry.",
+        "",
+        *(_absent_lines(generalisation) or ["- none: every class of every scored set occurs in training."]),
     ]
     flat = [f"- {task}: {name}: {text}" for task, items in notes.items() for name, text in items.items()]
     if flat:

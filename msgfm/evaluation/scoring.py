@@ -2,22 +2,25 @@
 
 `score` runs the model once and keeps both the torchmetrics values (msgfm.metrics) and the per-chip
 statistics (msgfm.evaluation.chipstats); `Evidence` knows the split's independent units (chip positions or
-spatial blocks, `evaluate.bootstrap_unit`) and their bootstrap draws, so `record` writes a metrics entry with
-its n and intervals and `compare` a paired difference with its verdict. The trivial predictors of each task
+spatial blocks, `evaluate.bootstrap_unit`), the fine-tuning seeds (`finetune.seeds`) and their bootstrap
+draws, so `record` writes a metrics entry (the mean over seeds) with its n and seed x unit intervals and
+`compare` a paired difference with its verdict; both take one Scored per seed. The trivial predictors of each task
 (`TRIVIAL`) need no network: the class prior, the majority class, the input itself, HPF and bicubic fusion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from msgfm.datasets.tasks import IGNORE_INDEX, TaskData, TaskSplit, wald_ms_upsampled
 from msgfm.evaluation.chipstats import ChipStats, chip_stats
-from msgfm.evaluation.intervals import Comparison, Resamples, intervals, paired, resample
+from msgfm.evaluation.intervals import Comparison, Resamples, intervals, over_seeds, paired, resample
 from msgfm.inference.predict import predict
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models.heads import TaskModel
@@ -34,6 +37,10 @@ TRIVIAL: dict[str, tuple[str, ...]] = {
 """Each task's trivial baselines: predictors that look at no learned weights."""
 
 
+ABSENT_KEY = "absent_from_train"
+"""Key of an entry's `{code: {class, chips | pixels, share}}`: classes of the split that no training chip has."""
+
+
 @dataclass(frozen=True)
 class Scored:
     """A model's metrics on a split (torchmetrics) and the per-chip statistics they are made of."""
@@ -48,21 +55,39 @@ class Evidence:
 
     draws: Resamples
     n: dict[str, Any]
+    absent: dict[str, Any] | None = None
+    """The split's classes that no training chip has (TaskData.absent), None for a task without classes."""
 
-    def record(self, scored: Scored) -> dict[str, Any]:
-        """The split's scalar metrics, n (chips, positions, blocks, the bootstrap unit) and each metric's interval."""
-        found = intervals(scored.stats.statistic, self.draws)
-        values = {k: float(v) for k, v in scored.metrics.items() if k in METRIC_DIRECTIONS}
-        return {**values, "n": dict(self.n), "ci": {k: found[k].bounds() for k in values if k in found}}
+    def record(self, scored: Scored | Sequence[Scored]) -> dict[str, Any]:
+        """The split's scalar metrics (the mean over fine-tuning seeds), n (chips, positions, blocks, the bootstrap
+        unit, seeds), each metric's interval (seed x unit) and, for a task with classes, the classes absent from
+        training (unscored: the model has no output for them)."""
+        runs = self._seeds(scored)
+        found = intervals(over_seeds([r.stats.statistic for r in runs]), self.draws)
+        values = {k: float(np.mean([float(r.metrics[k]) for r in runs])) for k in runs[0].metrics
+                  if k in METRIC_DIRECTIONS}  # fmt: skip
+        record = {**values, "n": dict(self.n), "ci": {k: found[k].bounds() for k in values if k in found}}
+        return record if self.absent is None else {**record, ABSENT_KEY: dict(self.absent)}
 
-    def compare(self, first: Scored, second: Scored, task: str) -> Comparison:
-        """The gain of `first` over `second` on the task's primary metric (paired over the same chips)."""
+    def compare(self, first: Scored | Sequence[Scored], second: Scored | Sequence[Scored], task: str) -> Comparison:
+        """The gain of `first` over `second` on the task's primary metric (paired over the same chips and seeds)."""
         metric = PRIMARY_METRIC[task]
-        return paired(first.stats.statistic, second.stats.statistic, self.draws, metric, METRIC_DIRECTIONS[metric])
+        a, b = (over_seeds([r.stats.statistic for r in self._seeds(x)]) for x in (first, second))
+        return paired(a, b, self.draws, metric, METRIC_DIRECTIONS[metric])
+
+    def _seeds(self, scored: Scored | Sequence[Scored]) -> list[Scored]:
+        """One Scored per fine-tuning seed: a single one (a trivial baseline, deterministic) stands for every seed."""
+        runs = [scored] if isinstance(scored, Scored) else list(scored)
+        if len(runs) == 1:
+            runs = runs * self.draws.seeds
+        if len(runs) != self.draws.seeds:
+            raise ValueError(f"{len(runs)} scored runs for {self.draws.seeds} fine-tuning seeds")
+        return runs
 
 
-def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit) -> Evidence:
-    """Units of the split's chips (from the manifest rows, by chip id) and their seeded bootstrap draws."""
+def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit, absent: dict[str, Any] | None = None) -> Evidence:
+    """Units of the split's chips (from the manifest rows, by chip id), their seeded bootstrap draws, and the
+    split's classes absent from training (`absent`, recorded with every entry)."""
     cfg = params.evaluate
     found = rows.drop_duplicates("id").set_index("id").reindex(split.ids)
     if found["aoi"].isna().any():
@@ -72,10 +97,11 @@ def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit) -> Evidence:
     position = position + "/" + found["col"].astype(str)
     block = found["aoi"].astype(str) + "/" + found["block"].astype(str)
     units = position if cfg.bootstrap_unit == "position" else block
-    draws = resample(list(units), cfg.bootstrap_resamples, params.seed, cfg.confidence)
+    seeds = len(params.finetune.seeds)
+    draws = resample(list(units), cfg.bootstrap_resamples, params.seed, cfg.confidence, seeds)
     n = {"chips": len(split), "positions": int(position.nunique()), "blocks": int(block.nunique()),
-         "unit": cfg.bootstrap_unit}  # fmt: skip
-    return Evidence(draws, n)
+         "unit": cfg.bootstrap_unit, "seeds": seeds}  # fmt: skip
+    return Evidence(draws, n, absent)
 
 
 def score_outputs(data: TaskData, split: TaskSplit, outputs: torch.Tensor) -> Scored:

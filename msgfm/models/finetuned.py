@@ -4,7 +4,8 @@
 same network randomly initialised, and single-sensor pretraining (`finetune.single_sensor_model`).
 Its best trial per (task, variant) is saved in `<finetune.out_dir>/<task>/<variant>/` as
 `model.safetensors` and `best.json` (hyperparameters, metric, class codes, the encoder config and the
-weights' SHA-256), which `msgfm evaluate` rebuilds the model from.
+weights' SHA-256), which `msgfm evaluate` rebuilds the model from; each further fine-tuning seed
+(`finetune.seeds`) of the best trial's hyperparameters in its `seed_<k>/` (`seed_dir`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def rebuild_task_model(best: dict[str, Any], spec: HeadSpec) -> TaskModel:
     if inputs != tuple(spec.inputs):
         spec = dataclasses.replace(spec, inputs=inputs)
     return build_task_model(spec, encoder, len(best["class_codes"]))
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    """Where a (task, variant)'s checkpoint of fine-tuning seed offset `seed` lives: 0 is the best trial itself."""
+    return out if seed == 0 else out / f"seed_{seed}"
 
 
 def save_best(out: Path, model: TaskModel, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:

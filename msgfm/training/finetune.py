@@ -9,7 +9,10 @@ variant). A killed run resumes its study: trials left running are marked failed 
 continues to `trials` finished trials. The best trial's weights (safetensors), hyperparameters and
 metric go to `data/models/<task>/<variant>/`; when the saved checkpoint is not the study's best trial
 (a kill between saving and finishing) or its weights are not the ones best.json records (a kill
-between the two files), the best trial is retrained with its parameters and seed.
+between the two files), the best trial is retrained with its parameters and seed. Each further
+fine-tuning seed offset k in `finetune.seeds` retrains the best trial's hyperparameters with the trial's
+seed + k into `<variant>/seed_<k>/` (kept while the best trial stays the same), so evaluation can average
+over seeds; offset 0 is the best trial itself.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from msgfm.models.finetuned import (
     load_encoder,
     model_dir,
     save_best,
+    seed_dir,
     variant_missing,
 )
 from msgfm.models.heads import TaskModel, build_task_model
@@ -92,12 +96,15 @@ class _Tuning:
         )
         return model, value, state, history
 
-    def record(self, trial_number: int, hp: Hyper, value: float, history: list, model: TaskModel) -> dict[str, Any]:
-        """What best.json keeps about a trial."""
+    def record(
+        self, trial_number: int, hp: Hyper, value: float, history: list, model: TaskModel, seed: int = 0
+    ) -> dict[str, Any]:
+        """What best.json keeps about a trial (trained with its seed plus the fine-tuning seed offset `seed`)."""
         return {
             "task": self.data.spec.name,
             "variant": self.variant,
             "trial": trial_number,
+            "seed": seed,
             "metric": PRIMARY_METRIC[self.data.spec.name],
             "value": value,
             "params": asdict(hp),
@@ -139,6 +146,24 @@ class _Tuning:
             save_best(self.out, model, state, saved)
         return saved
 
+    def seeds(self, best: dict[str, Any]) -> dict[str, float]:
+        """Validation value per fine-tuning seed (`finetune.seeds`) of the best trial's hyperparameters; a seed
+        whose checkpoint is missing or belongs to another best trial is trained and saved first."""
+        hp = Hyper(**best["params"])
+        values: dict[str, float] = {}
+        for offset in self.params.finetune.seeds:
+            out = seed_dir(self.out, offset)
+            saved = None if checkpoint_mismatch(out) else json.loads((out / BEST_FILE).read_text())
+            current = saved is not None and all(saved.get(k) == best[k] for k in ("study", "trial"))
+            if offset and not (current and saved.get("seed") == offset):
+                log.info("%s/%s: fine-tuning seed %d of trial %d", self.data.spec.name, self.variant, offset,
+                         best["trial"])  # fmt: skip
+                model, value, state, history = self.fit(hp, self.params.seed + best["trial"] + offset, None)
+                saved = self.record(best["trial"], hp, value, history, model, offset)
+                save_best(out, model, state, saved)
+            values[str(offset)] = float(saved["value"] if offset else best["value"])
+        return values
+
 
 def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]:
     """Run (or resume) the variant's study to `finetune.trials` finished trials; save and return the best."""
@@ -171,10 +196,12 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
         else:
             study.optimize(tuning.objective, n_trials=remaining, gc_after_trial=True)
     saved = tuning.saved_best()
+    seeds = tuning.seeds(saved)
     return {
         "metric": PRIMARY_METRIC[task],
         "inputs": list(data.spec.inputs),
         "value": saved["value"],
+        "seeds": seeds,
         "trial": saved["trial"],
         "params": saved["params"],
         "trials_finished": finished_trials(study),

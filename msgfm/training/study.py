@@ -55,7 +55,7 @@ def data_digest(data: TaskData) -> str:
 def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
     """8 hex digits over everything that shapes a trial (params, data, the variant's pretrained weights), so
     that a rerun after a kill resumes the study and a rerun on changed inputs starts a fresh one."""
-    exclude = {"trials", "variants", "threads", "eval_batch_size", "trial_workers", "study_storage"}
+    exclude = {"trials", "seeds", "variants", "threads", "eval_batch_size", "trial_workers", "study_storage"}
     cfg = params.finetune.model_dump(mode="json", exclude=exclude)
     path = model_dir(params, variant)
     weights = read_config(path).get("weights_sha256") if path is not None else None

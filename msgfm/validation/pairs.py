@@ -4,9 +4,12 @@ One row per chip of `data/manifest.parquet`, with what the checks need computed 
 the chip's footprint intersect a chip of another split (same CRS); are its store index and its
 partner valid; are its statistics finite; which of its classes never occur in train. Dataset-level
 checks fail the whole gate: the manifest schema, unique ids, train and val chips present,
-spatially disjoint splits, every class present in train, and the share of S1 and RGB chips with a partner at least
-`gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips. A manifest
-that is not the one written with the chip store (`msgfm.chips.store.check_manifest`) is an error, not a verdict.
+spatially disjoint splits, train chips with land-cover classes (when any chip has some), and the share of
+S1 and RGB chips with a partner at least `gates.min_paired_fraction`. A class that occurs in val/test chips
+but in no train chip neither fails the gate nor rejects its chips (the split rule never empties val or
+test to cover it): the report lists it under `classes_absent_from_train`, and evaluation reports it.
+Pretraining and fine-tuning read only the accepted chips. A manifest that is not the one written with
+the chip store (`msgfm.chips.store.check_manifest`) is an error, not a verdict.
 """
 
 from __future__ import annotations
@@ -79,10 +82,21 @@ def build_pairs_table(manifest_path: str | Path, chips_dir: str | Path) -> pd.Da
     table["stats_finite"] = np.isfinite(stats).all(axis=1)
     train_classes = set().union(*[set(x) for x in table.loc[table["split"] == "train", "labels"]] or [set()])
     table["missing_in_train"] = [",".join(str(c) for c in sorted(set(x) - train_classes)) for x in table["labels"]]
-    table["classes_in_train"] = table["missing_in_train"] == ""
+    labelled = any(len(x) for x in table["labels"])
+    table["train_has_classes"] = bool(train_classes) or not labelled
     pairable = table["sensor"].isin(["s1", "rgb"])
     table["paired_pairable"] = np.where(pairable, table["paired"].astype(float), np.nan)
     return table
+
+
+def absent_classes(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per class code absent from train, its chips per split: what the gate reports instead of failing."""
+    out: dict[str, dict[str, int]] = {}
+    for codes, split in zip(table["missing_in_train"], table["split"], strict=True):
+        for code in filter(None, codes.split(",")):
+            out.setdefault(code, {}).setdefault(str(split), 0)
+            out[code][str(split)] += 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
@@ -113,9 +127,9 @@ def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
             "dataset",
         ),
         Check(
-            "classes_in_train",
-            ex.ExpectColumnValuesToBeInSet(column="classes_in_train", value_set=[True]),
-            "classes {missing_in_train} of this chip never occur in train",
+            "train_has_classes",
+            ex.ExpectColumnValuesToBeInSet(column="train_has_classes", value_set=[True]),
+            "no train chip has a land-cover class: fine-tuning would learn none (see pair.label_min_fraction)",
             "dataset",
         ),
         Check(
@@ -165,6 +179,8 @@ def validate_pairs(
     if "split" in table.columns:
         result.report["chips_by_split"] = {k: int(v) for k, v in table["split"].value_counts().items()}
         result.report["chips_by_sensor"] = {k: int(v) for k, v in table["sensor"].value_counts().items()}
+    if "missing_in_train" in table.columns:
+        result.report["classes_absent_from_train"] = absent_classes(table)
     if "paired_pairable" in table.columns:
         result.report["paired_fraction"] = round(float(np.nanmean(table["paired_pairable"])), 4)
     write_gate(result, gates_dir=gates_dir, reports_dir=reports_dir)
