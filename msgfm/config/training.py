@@ -159,6 +159,9 @@ class FinetuneParams(Section):
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    loader_workers: int = Field(
+        0, ge=0, le=256, description="DataLoader worker processes reading samples (0: in the training process)"
+    )
     benchmark_px: int | None = Field(
         None, ge=8, le=4096, description="--benchmark: feed samples at this size (null: the benchmark's native size)"
     )

@@ -1,6 +1,7 @@
 """`msgfm finetune --benchmark NAME --root DIR`: the fine-tuning stage on a real benchmark (msgfm/datasets/benchmarks).
 
-A benchmark split is read fully into memory as a `TaskSplit` at its native size (or `finetune.benchmark_px`), its bands
+A benchmark split is streamed from its files (msgfm.datasets.streaming.BenchmarkSplit: a torch Dataset read
+through DataLoader workers, `finetune.loader_workers`) at its native size (or `finetune.benchmark_px`), its bands
 restricted to those of the sensor registry (msgfm.sensors) and normalised like the chip store's; the
 training split is the label budget. Every variant is then tuned as on the embedded world, with outputs
 under `<finetune.out_dir>/benchmarks/<name>/`.
@@ -15,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from msgfm.datasets.tasks import TaskData, TaskSpec, TaskSplit, get_task, label_budget
+from msgfm.datasets.streaming import BenchmarkSplit, BenchmarkSplitError
+from msgfm.datasets.tasks import TaskData, get_task, label_budget
 from msgfm.geo.io import atomic_write_json
 from msgfm.models.finetuned import variant_missing
-from msgfm.sensors import get_sensor
 from msgfm.training.finetune import FinetuneError, tune_variant
 
 if TYPE_CHECKING:
@@ -28,32 +28,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-
-
-def _known_bands(ds: Any) -> dict[str, tuple[str, list[int], tuple[str, ...]]]:
-    """Input key -> (sensor, channel indices, band names) of the bands the sensor registry knows."""
-    unsupported = [k for k, s in ds.inputs.items() if s is None]
-    if unsupported:
-        raise FinetuneError(
-            f"benchmark {ds.name}: inputs {unsupported} are not sensors of the registry (msgfm.sensors); "
-            "fine-tuning on it is not supported yet"
-        )
-    keep = {}
-    for key, sensor in ds.inputs.items():
-        known = get_sensor(sensor).band_names
-        names = [b for b in ds.band_names[key] if b in known]
-        if not names:
-            raise FinetuneError(f"benchmark {ds.name}: input {key!r} has no band of sensor {sensor!r} ({known})")
-        keep[key] = (sensor, [list(ds.band_names[key]).index(b) for b in names], tuple(names))
-    return keep
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(B, C, H, W) at `size` (bilinear with antialiasing, or nearest for labels); unchanged when it is already."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    kwargs = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(x, size=size, mode=mode, **kwargs)
 
 
 def _input_size(native: tuple[int, int], asked: int | None, multiple: int) -> tuple[int, int]:
@@ -68,62 +42,44 @@ def _input_size(native: tuple[int, int], asked: int | None, multiple: int) -> tu
     return rounded
 
 
-def _benchmark_split(ds: Any, index: np.ndarray, params: Params) -> tuple[TaskSplit, TaskSpec]:
-    """Samples `index` of a benchmark dataset as a TaskSplit (at native resolution unless `finetune.benchmark_px`
-    says otherwise), and the task spec for it."""
-    spec = get_task(ds.task)
-    keep = _known_bands(ds)
-    images: dict[str, list[torch.Tensor]] = {keep[k][0]: [] for k in keep}
-    targets = []
-    for i in index.tolist():
-        sample = ds[int(i)]
-        for key, (sensor, channels, names) in keep.items():
-            pixels = sample[key][channels].numpy()
-            images[sensor].append(torch.from_numpy(get_sensor(sensor).normalise(pixels, names)))
-        target = sample[ds.target_key]
-        if spec.kind == "image":
-            names = ds.band_names[ds.target_key]
-            order = [list(names).index(b) for b in spec.out_bands]
-            target = torch.from_numpy(get_sensor(spec.out_sensor).normalise(target[order].numpy(), spec.out_bands))
-        targets.append(target)
-    native = (
-        tuple(targets[0].shape[-2:]) if spec.kind != "multilabel" else tuple(next(iter(images.values()))[0].shape[-2:])
-    )
-    size = _input_size(native, params.finetune.benchmark_px, params.model.to_model_config().patch_px)
-    stacked = {s: torch.stack([_resize(x[None], size, "bilinear")[0] for x in v]) for s, v in images.items()}
-    if spec.kind == "image":
-        target = torch.stack([_resize(t[None], size, "bilinear")[0] for t in targets])
-    elif spec.kind == "segmentation":
-        target = torch.stack([_resize(t[None, None].float(), size, "nearest")[0, 0].long() for t in targets])
-    else:
-        target = torch.stack(targets)
-    bands = {keep[k][0]: keep[k][2] for k in keep}
-    present = {s: torch.ones(len(index), dtype=torch.bool) for s in stacked}
-    spec = dataclasses.replace(spec, inputs=tuple(stacked))
-    return TaskSplit(stacked, bands, present, target, [str(i) for i in index.tolist()]), spec
+def _native_size(ds: Any, kind: str) -> tuple[int, int]:
+    """Height and width of the benchmark's first sample: of its target for dense tasks, else of its first input."""
+    sample = ds[0]
+    key = next(iter(ds.inputs)) if kind == "multilabel" else ds.target_key
+    return tuple(int(v) for v in sample[key].shape[-2:])  # type: ignore[return-value]
 
 
 def benchmark_task_data(params: Params, name: str, root: Path) -> TaskData:
-    """Train (label budget), val and test splits of a real benchmark, read fully into memory."""
+    """Train (label budget), val and test splits of a real benchmark, streamed from its files (BenchmarkSplit)."""
     from msgfm.datasets.benchmarks import create_benchmark
 
-    splits: dict[str, TaskSplit] = {}
     spec = None
+    splits: dict[str, BenchmarkSplit] = {}
     num_classes = 0
     for split in ("train", "val", "test"):
         ds = create_benchmark(name, root, split)
         if len(ds) == 0:
             raise FinetuneError(f"benchmark {name}: split {split!r} under {root} has no samples")
+        if spec is None:
+            spec = get_task(ds.task)
+            native = _native_size(ds, spec.kind)
+            size = _input_size(native, params.finetune.benchmark_px, params.model.to_model_config().patch_px)
         index = (
             label_budget(len(ds), params.finetune.label_fraction, params.seed)
             if split == "train"
             else np.arange(len(ds))
         )
-        splits[split], spec = _benchmark_split(ds, index, params)
+        try:
+            splits[split] = BenchmarkSplit(ds, index, size, spec.kind, spec.out_sensor, spec.out_bands)
+        except BenchmarkSplitError as e:
+            raise FinetuneError(str(e)) from None
         num_classes = int(getattr(ds, "num_classes", 0) or len(getattr(ds, "class_names", ())) or 0)
+    assert spec is not None
     if spec.kind == "segmentation" and not num_classes:
-        num_classes = int(splits["train"].target[splits["train"].target < 255].max()) + 1
-    return TaskData(spec=spec, splits=splits, class_codes=tuple(range(num_classes)) if spec.kind != "image" else ())
+        raise FinetuneError(f"benchmark {name}: its loader names no classes (num_classes or class_names)")
+    spec = dataclasses.replace(spec, inputs=tuple(splits["train"].bands))
+    codes = tuple(range(num_classes)) if spec.kind != "image" else ()
+    return TaskData(spec=spec, splits=splits, class_codes=codes)  # type: ignore[arg-type]
 
 
 def run_benchmark_finetune(params: Params, name: str, root: Path, variants: list[str] | None = None) -> dict[str, Any]:
