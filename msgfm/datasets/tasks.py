@@ -193,7 +193,7 @@ class TaskData:
     """A task's splits plus what a checkpoint must remember to read its outputs (class codes)."""
 
     spec: TaskSpec
-    splits: dict[str, TaskSplit]
+    splits: dict[str, TaskSplit]  # or, for a real benchmark, streamed splits (msgfm.datasets.streaming)
     class_codes: tuple[int, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
 

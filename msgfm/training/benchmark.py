@@ -89,7 +89,14 @@ def run_benchmark_finetune(params: Params, name: str, root: Path, variants: list
     data = benchmark_task_data(params, name, Path(root))
     out = cfg.out_dir / "benchmarks" / name
     bench_params = params.model_copy(update={"finetune": cfg.model_copy(update={"out_dir": out, "metrics_dir": out})})
-    summary: dict[str, Any] = {"task": data.spec.name, "benchmark": name, "root": str(root)}
+    summary: dict[str, Any] = {
+        "task": data.spec.name,
+        "benchmark": name,
+        "root": str(root),
+        "input_px": list(data.splits["train"].size),
+        "samples": {split: len(part) for split, part in data.splits.items()},
+        "loader_workers": cfg.loader_workers,
+    }
     for variant in variants or cfg.variants:
         missing = variant_missing(params, variant)
         if missing:
