@@ -22,7 +22,7 @@ import yaml
 from tiny_world import working_directory
 
 from msgfm.config import ParamsError, load_params
-from msgfm.datasets.pretrain import load_pretrain_chips
+from msgfm.datasets.pretrain import load_pretrain_chips, pretrain_loader, step_rng
 from msgfm.models.hub import load_pretrained
 from msgfm.training.checkpoints import latest_checkpoint, write_checkpoint
 from msgfm.training.pretrain import PretrainError, build_model, run_pretrain, train_loop
@@ -175,6 +175,29 @@ def test_batches_mix_sensors_and_keep_pairs_aligned(tiny_world: Path) -> None:
     # every S1 chip in this world has an accepted S2 partner, and the partner index points at it
     s1_partner = batch["partner"]["s1"]
     assert (s1_partner >= 0).all() and int(s1_partner.max()) < batch["images"]["s2"].shape[0]
+
+
+def test_the_batch_feed_gives_each_steps_seeded_batch_with_any_workers(tiny_world: Path) -> None:
+    """pretrain_loader: batch `step` is the one drawn with step_rng(seed, rank, step), whether read in the training
+    process or by two DataLoader workers, and a resumed feed (start 3) continues the uninterrupted one."""
+    with working_directory(tiny_world):
+        params = load_params("params.yaml")
+        short = params.pretrain.model_copy(update={"steps": 6, "batch_size": 8})
+        chips = load_pretrain_chips(params, "train")
+        want = [chips.sample_batch(step_rng(params.seed, 1, step), 8, augment=True) for step in range(6)]
+        inline = list(pretrain_loader(chips, params.model_copy(update={"pretrain": short}), rank=1))
+        two = params.model_copy(update={"pretrain": short.model_copy(update={"loader_workers": 2})})
+        workers = list(pretrain_loader(chips, two, rank=1))
+        resumed = list(pretrain_loader(chips, two, rank=1, start=3))
+    assert len(inline) == len(workers) == 6 and len(resumed) == 3
+    for expected, *got in zip(want, inline, workers, [None, None, None, *resumed], strict=True):
+        for batch in got:
+            if batch is None:
+                continue
+            assert batch["images"].keys() == expected["images"].keys()
+            assert all(torch.equal(batch["images"][s], expected["images"][s]) for s in expected["images"])
+            assert all(torch.equal(batch["partner"][s], expected["partner"][s]) for s in expected["partner"])
+    assert not torch.equal(want[0]["images"]["s2"][:1], want[1]["images"]["s2"][:1])  # steps differ
 
 
 def test_single_sensor_pretraining_has_no_partners(tiny_world: Path) -> None:
