@@ -5,7 +5,7 @@ A folder in the publisher's layout (msgfm/datasets/benchmarks/bigearthnet.py: `B
 12 band GeoTIFFs and the labels json, `BigEarthNet-S1-v1.0/<patch>/` with VV, VH and the json naming its
 `corresponding_s2_patch`, official one-column `train.csv`/`val.csv`/`test.csv`) is made by hard-linking the
 band files of the four real sample patches of tests/data/bigearthnet-v1 under new patch names (so 20,000
-patches take seconds and almost no disk); 98% of the patches are train, 1% val, 1% test. Each size runs `msgfm
+patches take under a minute and almost no disk); 98% of the patches are train, 1% val, 1% test. Each size runs `msgfm
 finetune --benchmark bigearthnet --variant scratch` in its own project folder: one trial of one epoch on a 1%
 label budget, of the same number of steps (`--steps`, batch 8) at every size, so the small run cycles its few
 patches and the large one streams ten times as many, then a full validation pass over the streamed val split,
