@@ -1,6 +1,6 @@
 """Tiled `msgfm embed` on a generated Sentinel-2 raster: pixels/s and peak memory against a plain encoder pass.
 
-A 13-band uint16 Sentinel-2 GeoTIFF of `--px` x `--px` pixels (smooth fields plus noise, tiled, deflate)
+A 13-band uint16 Sentinel-2 GeoTIFF of `--size` x `--size` pixels (smooth fields plus noise, tiled, deflate)
 is written strip by strip, then embedded by `embed_geotiff` with msgfm_tiny (seeded weights: speed does
 not depend on training) in a child process, which reports its wall time and peak resident memory. The
 reference, measured in the same run with the same threads, is a plain forward pass of the same encoder
@@ -9,8 +9,10 @@ normalising, stitching or writing. Ratio = embed pixels/s / reference pixels/s (
 child's peak RSS is printed with what it held before embedding (torch, the model, one batch) and the
 difference, beside the size of the raster as float32, which a whole-raster embed would have held.
 
-    .venv/bin/python benchmarks/bench_embed.py [--px 2048] [--stage -1] [--batch 16] [--threads 1]
-    .venv/bin/python benchmarks/bench_embed.py --px 20000   # the issue's case (about 10 GB of input)
+    .venv/bin/python benchmarks/bench_embed.py [--size 2048] [--stage -1] [--batch 16] [--threads 1]
+    .venv/bin/python benchmarks/bench_embed.py --size 20000   # the issue's case (about 10 GB of input)
+
+`--px` is the old name of `--size`.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def reference(model, windows: int, batch: int, stage: int, device: str) -> float
 def main() -> None:
     """Write the raster, embed it in a child, time the reference, print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--px", type=int, default=2048)
+    parser.add_argument("--size", "--px", dest="px", type=int, default=2048, help="raster side in pixels")
     parser.add_argument("--stage", type=int, default=-1)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)

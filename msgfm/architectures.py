@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from msgfm.sensors import SENSORS
+from msgfm.sensors import ADDED_SENSORS, SENSORS
 
 DECODER_DESIGNS = ("unet", "linear")
 """Reconstruction decoder designs (msgfm.models.decoders): a U-Net/FPN path over every stage, or SimMIM's linear."""
@@ -59,9 +59,10 @@ class MSGFMConfig:
         for name in ("sensors", "depths", "num_heads", "moe_stages"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
-        unknown = [s for s in self.sensors if s not in SENSORS]
+        known = [*SENSORS, *ADDED_SENSORS]
+        unknown = [s for s in self.sensors if s not in known]
         if unknown or not self.sensors:
-            problems.append(f"sensors {list(self.sensors)}: unknown {unknown}; known are {list(SENSORS)}")
+            problems.append(f"sensors {list(self.sensors)}: unknown {unknown}; known are {known}")
         if len(self.depths) != len(self.num_heads):
             problems.append(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
         if self.chip_px % self.stride:

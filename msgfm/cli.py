@@ -225,7 +225,11 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
     p = _load(params)
     with _lock_outputs("pair", p.pair.out_dir), _stage_errors(PairError, code=2):
         manifest = pair(
-            p.pair, coreg_dir=p.coregister.out_dir, coreg_gate=gate_table(p.gates.dir, "coreg"), seed=p.seed
+            p.pair,
+            coreg_dir=p.coregister.out_dir,
+            coreg_gate=gate_table(p.gates.dir, "coreg"),
+            seed=p.seed,
+            ray_cfg=p.ray,
         )
     typer.echo(f"pair: {len(manifest)} chips ({int(manifest['paired'].sum())} paired) in {p.pair.out_dir}")
 
@@ -351,7 +355,8 @@ def finetune(
         list[str] | None, typer.Option(help="pretrained, scratch, single_sensor (repeatable; default: params)")
     ] = None,
     benchmark: Annotated[
-        str | None, typer.Option(help="fine-tune on a real benchmark instead (bigearthnet, sen12ms_cr, vaihingen)")
+        str | None,
+        typer.Option(help="fine-tune on a real benchmark (bigearthnet, sen12ms_cr, spacenet_pansharpen, vaihingen)"),
     ] = None,
     root: Annotated[Path | None, typer.Option(help="the benchmark's local folder (with --benchmark)")] = None,
     device: DeviceOption = None,

@@ -1,4 +1,4 @@
-"""Registry of the four sensors msGFM learns from, band by band.
+"""Registry of the sensors msGFM knows, band by band: the four it is pretrained on and those added for fine-tuning.
 
 Every stage that touches pixels (simulation, validation, co-registration, normalisation, the
 band-aware patch embedding) reads band names, native resolution, dtype, nodata and normalisation
@@ -8,6 +8,11 @@ Normalisation statistics: Sentinel-2 and Sentinel-1 use the published BigEarthNe
 means and standard deviations (L2A reflectance x 10000, S1 backscatter in dB); RGB uses values
 typical of 1 m aerial imagery. DSM height is normalised relative to each chip's mean (scale 10 m),
 since its absolute level only says how high the place is.
+
+`SENSORS` holds the four pretraining sensors (simulated, ingested, paired). `ADDED_SENSORS` holds sensors that
+enter only at fine-tuning (WorldView-2/3 PAN and 8-band MS, for SpaceNet pan-sharpening); a pretrained
+encoder grows an embedding for them, initialised from its wavelength-nearest bands (msgfm.models.extend).
+`register_sensor` adds another one; docs/adding-a-sensor.md walks through it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Sensor:
     """True for the ~1 m sensors (RGB, DSM) co-registered on the fine grid; False for the 10 m grid."""
     mission_start: dt.date | None = None
     """First day the mission acquired data (its first satellite's launch); None for airborne sensors."""
+    full_scale: float = 1.0
+    """The value of reflectance 1 (or of the full range) in the sensor's unit: image metrics take value / full_scale."""
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -74,22 +81,53 @@ class Sensor:
 
         Relative bands (DSM height) subtract each chip's own mean instead of the registry mean.
         """
+        return self.normaliser(band_names, pixels.shape[-2:])(pixels)
+
+    def normaliser(
+        self, band_names: tuple[str, ...] | list[str] | None = None, shape: tuple[int, ...] = (1, 1)
+    ) -> Normaliser:
+        """`normalise` for chips of `band_names` and (H, W) `shape`, with its constants computed once."""
         names = self.band_names if band_names is None else tuple(band_names)
         mean, std = self.stats(names)
-        x = pixels.astype(np.float32, copy=True)
-        centre = np.broadcast_to(mean[:, None, None], x.shape[-3:]).astype(np.float32)
-        relative = [i for i, n in enumerate(names) if self.band(n).relative]
-        if relative:
-            centre = np.broadcast_to(centre, x.shape).copy()
-            centre[..., relative, :, :] = x[..., relative, :, :].mean(axis=(-2, -1), keepdims=True)
-        x -= centre
-        x /= std[:, None, None]
-        return x
+        plane = (len(names), *shape)
+        return Normaliser(
+            np.ascontiguousarray(np.broadcast_to(mean[:, None, None], plane)),
+            np.ascontiguousarray(np.broadcast_to(std[:, None, None], plane)),
+            tuple(i for i, n in enumerate(names) if self.band(n).relative),
+        )
 
     def denormalise(self, pixels: np.ndarray, band_names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
         """Inverse of `normalise` (relative bands come back relative to the chip mean, plus the registry mean)."""
         mean, std = self.stats(band_names)
         return (pixels.astype(np.float32) * std[:, None, None] + mean[:, None, None]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """(x - mean) / std for one band list and chip size, mean and std held as full (C, H, W) planes.
+
+    Full planes, not (C, 1, 1) columns: numpy broadcasts a column over a plane several times slower than it
+    runs two contiguous arrays, and a chip store normalising row by row (`msgfm.chips.store`) calls this per
+    chip with `out` a row of its batch, so the cast and both passes stay in cache.
+    """
+
+    centre: np.ndarray
+    scale: np.ndarray
+    relative: tuple[int, ...]
+    """Bands normalised against the chip's own mean (DSM height) instead of `centre`."""
+
+    def __call__(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 pixels, written into `out` (same shape, float32) when given."""
+        out = np.empty(pixels.shape, np.float32) if out is None else out
+        np.copyto(out, pixels)
+        centre = self.centre
+        if self.relative:
+            rel = list(self.relative)
+            centre = np.broadcast_to(centre, out.shape).copy()
+            centre[..., rel, :, :] = out[..., rel, :, :].mean(axis=(-2, -1), keepdims=True)
+        out -= centre
+        out /= self.scale
+        return out
 
 
 _S2 = [
@@ -132,6 +170,7 @@ SENTINEL2 = Sensor(
     valid_range=(0.0, 15000.0),  # plausible, not physical: snow and bright clouds exceed reflectance 1 (10000)
     fine_grid=False,
     mission_start=dt.date(2015, 6, 23),  # Sentinel-2A launch
+    full_scale=10000.0,
 )
 
 RGB = Sensor(
@@ -157,7 +196,63 @@ DSM = Sensor(
 )
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL1, SENTINEL2, RGB, DSM)}
-"""All sensors by short name, in the order the model indexes them."""
+"""The pretraining sensors by short name, in the order the model indexes them."""
+
+WV_UNIT = "DN / 2047 (11-bit counts scaled to 0..1, as msgfm.datasets.benchmarks.spacenet reads them)"
+_WV_MEAN, _WV_STD = 0.15, 0.08
+"""Placeholder statistics, not published ones (none exist for SpaceNet): typical 11-bit WorldView DN of land
+(about 300 of 2047) and their spread; re-estimate them on your tiles (docs/adding-a-sensor.md)."""
+
+_WV_MS = [
+    # name as SpaceNet's loader calls it, centre wavelength (nm): WorldView-2/3 MS bands (Maxar spectral ranges
+    # 400-450, 450-510, 510-580, 585-625, 630-690, 705-745, 770-895, 860-1040 nm)
+    ("Coastal", 425),
+    ("Blue", 480),
+    ("Green", 545),
+    ("Yellow", 605),
+    ("Red", 660),
+    ("RedEdge", 725),
+    ("NIR1", 833),
+    ("NIR2", 950),
+]
+
+WORLDVIEW_PAN = Sensor(
+    name="wv_pan",
+    title="WorldView-2/3 panchromatic (450-800 nm, 0.31 m on WV-3, 11-bit)",
+    bands=(Band("PAN", 0.31, "uint16", 0, _WV_MEAN, _WV_STD, 625, WV_UNIT),),
+    unit=WV_UNIT,
+    valid_range=(0.0, 1.0),
+    fine_grid=True,
+    mission_start=dt.date(2009, 10, 8),  # WorldView-2 launch
+)
+
+WORLDVIEW_MS = Sensor(
+    name="wv_ms",
+    title="WorldView-2/3 8-band multispectral (400-1040 nm, 1.24 m on WV-3, 11-bit)",
+    bands=tuple(Band(n, 1.24, "uint16", 0, _WV_MEAN, _WV_STD, w, WV_UNIT) for n, w in _WV_MS),
+    unit=WV_UNIT,
+    valid_range=(0.0, 1.0),
+    fine_grid=True,
+    mission_start=dt.date(2009, 10, 8),  # WorldView-2 launch
+)
+
+ADDED_SENSORS: dict[str, Sensor] = {s.name: s for s in (WORLDVIEW_PAN, WORLDVIEW_MS)}
+"""Sensors added for fine-tuning only, by short name: an encoder grows their embeddings (msgfm.models.extend)."""
+
+
+def register_sensor(sensor: Sensor) -> Sensor:
+    """Add a fine-tuning sensor to the registry; its bands need centre wavelengths to borrow pretrained kernels."""
+    if sensor.name in SENSORS or sensor.name in ADDED_SENSORS:
+        raise ValueError(f"sensor {sensor.name!r} is already registered")
+    unplaced = [b.name for b in sensor.bands if b.wavelength_nm is None]
+    if unplaced or not sensor.bands:
+        raise ValueError(
+            f"sensor {sensor.name!r}: bands {unplaced or '()'} have no wavelength_nm; an added sensor's embedding "
+            "is initialised from the pretrained bands nearest in wavelength"
+        )
+    ADDED_SENSORS[sensor.name] = sensor
+    return sensor
+
 
 S2_L2A_BANDS: tuple[str, ...] = tuple(n for n in SENTINEL2.band_names if n != "B10")
 """The 12 bands of a Sentinel-2 L2A product (B10, the cirrus band, is dropped by Sen2Cor)."""
@@ -229,10 +324,10 @@ def canonical_band(sensor: str, key: str, asset: dict | None = None) -> str:
 
 def get_sensor(name: str) -> Sensor:
     """Return the sensor called `name`, or raise a KeyError that lists the known sensors."""
-    try:
-        return SENSORS[name]
-    except KeyError:
-        raise KeyError(f"unknown sensor {name!r}; known sensors are {list(SENSORS)}") from None
+    found = SENSORS.get(name) or ADDED_SENSORS.get(name)
+    if found is None:
+        raise KeyError(f"unknown sensor {name!r}; known sensors are {[*SENSORS, *ADDED_SENSORS]}")
+    return found
 
 
 def partner_of(sensor: str) -> str:

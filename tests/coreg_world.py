@@ -245,6 +245,22 @@ def default_world(root: Path, **kw) -> RawWorld:
     return world
 
 
+def two_aoi_world(root: Path) -> Path:
+    """The default synthetic world twice, as AOIs `farm` and `town` of one download folder."""
+    parts = []
+    for aoi, seed in (("farm", 0), ("town", 1)):
+        world = default_world(root / aoi, aoi=aoi, seed=seed)
+        world.finish()
+        parts.append(root / aoi / "data")
+    for sub in ("raw", "source/truth"):
+        for part in parts:
+            shutil.copytree(part / sub, root / "data" / sub, dirs_exist_ok=True)
+    for table in ("raw/acquisitions.parquet", "gates/raw.parquet"):
+        (root / "data" / table).parent.mkdir(parents=True, exist_ok=True)
+        pd.concat([pd.read_parquet(part / table) for part in parts]).to_parquet(root / "data" / table, index=False)
+    return root
+
+
 def pair_params(root: Path, **overrides):
     """Pair params sized for the synthetic world: 16 px chips, 480 m blocks (2 x 2 per AOI), all splits present."""
     from msgfm.config import PairParams

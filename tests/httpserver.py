@@ -2,10 +2,10 @@
 
 It serves files from a folder (with HTTP Range support, as object stores do), a tiny STAC API
 (landing page with the item-search conformance class, `/search` returning a FeatureCollection, GET
-and POST), and, per path, a queue of faults that the next requests get: `404`, `500`, `stall`
-(send headers, then nothing for `stall_s`), `drop:N` (promise the whole file, send N bytes, close),
-`corrupt` (flip a byte), `reset` (close without a response), `echo:403` (an error status whose reason
-phrase repeats the request's path and query). Every request is logged as (method, path,
+and POST, paged with `next` links when `page_size` is set), and, per path, a queue of faults that the next
+requests get: `404`, `500`, `stall` (send headers, then nothing for `stall_s`), `drop:N` (promise the
+whole file, send N bytes, close), `corrupt` (flip a byte), `reset` (close without a response), `echo:403`
+(an error status whose reason phrase repeats the request's path and query). Every request is logged as (method, path,
 Range header) for assertions, its headers in `headers`. Files carry a strong ETag (a hash of the bytes) and
 Last-Modified; a Range request whose `If-Range` does not match gets the whole file (200), as RFC 9110 says,
 unless `honour_if_range` is off (a server that ignores it); `validators = False` serves neither header.
@@ -23,7 +23,7 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -41,6 +41,8 @@ class LoopbackServer:
         self.requests: list[tuple[str, str, str | None]] = []
         self.items: list[dict[str, Any]] = []
         self.require_query: str | None = None
+        self.page_size: int | None = None
+        """`/search` answers at most this many features a page, with a `next` link (token), as real APIs page."""
         self.headers: list[dict[str, str]] = []
         self.honour_if_range = True
         self.validators = True
@@ -121,7 +123,7 @@ class LoopbackServer:
                     return self._json(server._landing())
                 if path == "/api/search":
                     params = body if body is not None else {k: v[0] for k, v in parse_qs(parsed.query).items()}
-                    return self._json(server._search(params))
+                    return self._json(server._search(params, method))
                 if server.require_query and server.require_query not in parsed.query:
                     return self._send(403, b"unsigned", "text/plain")
                 return self._file(path, fault)
@@ -211,7 +213,23 @@ class LoopbackServer:
             ],
         }
 
-    def _search(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _search(self, params: dict[str, Any], method: str = "GET") -> dict[str, Any]:
+        """The matching items as a FeatureCollection: one page of `page_size` (or the client's `limit`)."""
+        features = self._matching(params)
+        size = min(int(params.get("limit") or len(features) or 1), self.page_size or len(features) or 1)
+        start = int(params.get("token") or 0)
+        page = {"type": "FeatureCollection", "features": features[start : start + size], "links": []}
+        if start + size < len(features):
+            following = {k: v for k, v in params.items() if k != "token"} | {"token": str(start + size)}
+            link = {"rel": "next", "type": "application/geo+json", "method": method}
+            if method == "POST":
+                link |= {"href": f"{self.url}/api/search", "body": following}
+            else:
+                link["href"] = f"{self.url}/api/search?{urlencode(following)}"
+            page["links"].append(link)
+        return page
+
+    def _matching(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         collections = params.get("collections") or []
         if isinstance(collections, str):
             collections = collections.split(",")
@@ -229,7 +247,7 @@ class LoopbackServer:
             if not _matches(item, params.get("query")):
                 continue
             features.append(item)
-        return {"type": "FeatureCollection", "features": features, "links": []}
+        return features
 
 
 _QUERY_OPS = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge, "eq": operator.eq}

@@ -28,7 +28,7 @@ from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen, hash_fraction
 from msgfm.datasets.benchmarks.vaihingen import COLOURS, IGNORE_INDEX, Vaihingen, colours_to_mask, window_starts
 from msgfm.geo.io import write_cog
 from msgfm.metrics import PRIMARY_METRIC
-from msgfm.sensors import S2_L2A_BANDS, SENSORS, SENTINEL2
+from msgfm.sensors import ADDED_SENSORS, S2_L2A_BANDS, SENSORS, SENTINEL2
 
 # Hand-checked from each patch's labels_metadata.json and the BigEarthNet-19 table (Sumbul et al. 2021).
 BEN_EXPECTED = {
@@ -287,10 +287,10 @@ def test_sen12mscr_errors_name_the_patch(test_data: Path, tmp_path: Path) -> Non
 def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
     root = test_data / "spacenet"
     ds = SpaceNetPansharpen(root, "all")
-    assert len(ds) == 3 and ds.band_names["ms"][4] == "Red"
+    assert len(ds) == 18 and ds.band_names["ms"][4] == "Red"
     for i, tile in enumerate(ds.tiles):
         sample = ds[i]
-        assert {k: tuple(v.shape) for k, v in sample.items()} == {
+        assert {k: tuple(v.shape) for k, v in sample.items() if isinstance(v, torch.Tensor)} == {
             "pan": (1, 16, 16),  # PAN degraded onto the (cropped) MS grid
             "ms": (8, 4, 4),  # MS degraded by the ratio 4
             "target": (8, 16, 16),  # the original MS, cropped from 17 to a multiple of 4
@@ -300,6 +300,8 @@ def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
             rasterio.open(root / "PAN" / f"PAN_{tile}.tif") as pan,
         ):
             ms_native, pan_native = ms.read().astype(np.float32) / 2047, pan.read(1).astype(np.float64) / 2047
+            cropped = rasterio.windows.bounds(rasterio.windows.Window(0, 0, 16, 16), ms.transform)
+            assert (sample["id"], sample["crs"], sample["bounds"]) == (tile, ms.crs.to_string(), cropped)
         np.testing.assert_allclose(sample["target"].numpy(), ms_native[:, :16, :16])
         expected_ms = ms_native[:, :16, :16].reshape(8, 4, 4, 4, 4).mean(axis=(2, 4))
         np.testing.assert_allclose(sample["ms"].numpy(), expected_ms, rtol=1e-5)
@@ -308,7 +310,11 @@ def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
         assert sample["target"].min() > 0.0 and sample["target"].max() < 1.0
 
     full = SpaceNetPansharpen(root, "all", protocol="full")[0]
-    assert {k: tuple(v.shape) for k, v in full.items()} == {"pan": (1, 66, 66), "ms": (8, 17, 17)}
+    assert {k: tuple(v.shape) for k, v in full.items() if isinstance(v, torch.Tensor)} == {
+        "pan": (1, 66, 66),
+        "ms": (8, 17, 17),
+    }
+    assert full["id"] == ds.tiles[0] and len(full["bounds"]) == 4
 
 
 def test_spacenet_hash_split_partitions_tiles() -> None:
@@ -449,7 +455,8 @@ def test_registry_and_factory(test_data: Path) -> None:
     assert set(BENCHMARKS) == {"bigearthnet", "sen12ms_cr", "spacenet_pansharpen", "vaihingen"}
     for cls in BENCHMARKS.values():
         assert cls.task in PRIMARY_METRIC
-        assert all(sensor is None or sensor in SENSORS for sensor in cls.inputs.values())
+        assert all(sensor is None or sensor in {*SENSORS, *ADDED_SENSORS} for sensor in cls.inputs.values())
+        assert cls.target_sensor is None or cls.target_sensor in cls.inputs.values()
     ds = create_benchmark("vaihingen", test_data / "vaihingen", "val", crop_size=None)
     assert isinstance(ds, Vaihingen) and set(ds[0]) == set(ds.inputs) | {ds.target_key}
     with pytest.raises(BenchmarkDataError, match="unknown benchmark 'bigearth'; known benchmarks: bigearthnet"):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import rasterio
 from affine import Affine
-from coreg_world import CRS_UTM, ORIGIN, RawWorld, pipeline_root  # noqa: F401 (session fixture)
+from coreg_world import CRS_UTM, ORIGIN, RawWorld, pipeline_root, two_aoi_world  # noqa: F401 (session fixture)
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 from scipy import ndimage
@@ -382,24 +382,6 @@ def test_geographic_raster_onto_utm(tmp_path, test_data):
     assert np.hypot(dx, dy) < 0.25
 
 
-def _two_aoi_world(root: Path) -> Path:
-    """The default synthetic world twice, as AOIs `farm` and `town` of one download folder."""
-    from coreg_world import default_world
-
-    parts = []
-    for aoi, seed in (("farm", 0), ("town", 1)):
-        world = default_world(root / aoi, aoi=aoi, seed=seed)
-        world.finish()
-        parts.append(root / aoi / "data")
-    for sub in ("raw", "source/truth"):
-        for part in parts:
-            shutil.copytree(part / sub, root / "data" / sub, dirs_exist_ok=True)
-    for table in ("raw/acquisitions.parquet", "gates/raw.parquet"):
-        (root / "data" / table).parent.mkdir(parents=True, exist_ok=True)
-        pd.concat([pd.read_parquet(part / table) for part in parts]).to_parquet(root / "data" / table, index=False)
-    return root
-
-
 def _files(folder: Path) -> dict[Path, bytes]:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -409,7 +391,7 @@ def test_aois_as_ray_tasks_write_the_same_bytes(tmp_path):
     """ray.data_workers: 2 runs each AOI as a Ray task; every output file matches the in-process run's bytes."""
     from msgfm.config import RayParams
 
-    serial, parallel = _two_aoi_world(tmp_path / "serial"), tmp_path / "parallel"
+    serial, parallel = two_aoi_world(tmp_path / "serial"), tmp_path / "parallel"
     shutil.copytree(serial / "data", parallel / "data")
     table = run_stage(serial)
     assert set(table["aoi"]) == {"farm", "town"} and (table["status"] == "ok").all()

@@ -70,7 +70,9 @@ CASES = [
         reports=("data/reports/coregister.json",),
     ),
     # a fine stride makes the chip-writing pass long enough to be killed inside it
-    StageCase("pair", ("data/chips", "data/manifest.parquet"), "data/.chips.partial/*.npy", {"pair": {"stride_px": 8}}),
+    StageCase(
+        "pair", ("data/chips", "data/manifest.parquet"), "data/.chips.partial/*/*.npy", {"pair": {"stride_px": 8}}
+    ),
 ]
 
 
@@ -152,7 +154,7 @@ def ledger_paths(root: Path) -> list[str]:
         paths += pd.read_parquet(rasters)["path"].dropna().tolist()
     index = root / "data/chips/index.json"
     if index.is_file():
-        paths += [a["file"] for a in json.loads(index.read_text())["arrays"].values()]
+        paths += [a["file"] for shard in json.loads(index.read_text())["shards"] for a in shard["arrays"].values()]
     return paths
 
 
@@ -194,7 +196,7 @@ def test_stage_killed_mid_run_resumes_to_the_uninterrupted_result(case: StageCas
 @pytest.mark.slow
 def test_pair_killed_while_replacing_a_store_leaves_the_previous_one_whole(tiny_world: Path, tmp_path):
     """A rerun of pair with new params, killed while building the new store: the old store and manifest stay."""
-    case = StageCase("pair", (), "data/.chips.partial/*.npy", {"pair": {"stride_px": 8}})
+    case = StageCase("pair", (), "data/.chips.partial/*/*.npy", {"pair": {"stride_px": 8}})
     outputs = ("data/chips", "data/manifest.parquet")
     previous = snapshot(tiny_world, outputs)
     reference = prepare(tiny_world, tmp_path / "reference", case)

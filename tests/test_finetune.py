@@ -281,8 +281,35 @@ def test_benchmark_finetune_on_real_bigearthnet_samples(project: Path, test_data
     summary = json.loads((project / "data/models/benchmarks/bigearthnet/classification.json").read_text())
     assert summary["pretrained"]["metric"] == "mAP_micro" and 0 <= summary["pretrained"]["value"] <= 1
     assert summary["input_px"] == [120, 120] and summary["samples"] == {"train": 2, "val": 1, "test": 1}
-    code, out = _cli(project, "finetune", "--benchmark", "spacenet_pansharpen", "--root", str(test_data / "spacenet"))
-    assert code == 1 and "not sensors of the registry" in out
+    assert summary["test"]["pretrained"]["n"] == summary["test"]["class_prior"]["n"] == {"samples": 1}
+    assert "verdict" in summary["test"]["pretrained vs class_prior"]
+
+
+def test_spacenet_pansharpening_fine_tunes_on_the_added_worldview_sensors(project: Path, test_data: Path) -> None:
+    """SpaceNet PAN/MS (tests/data/spacenet) through `msgfm finetune --benchmark`: the encoder grows WorldView
+    embeddings, and the test tiles score the model against HPF and bicubic with n and intervals."""
+    code, out = _cli(
+        project, "finetune", "--benchmark", "spacenet_pansharpen", "--root", str(test_data / "spacenet"), "--variant",
+        "pretrained", "--variant", "scratch",
+    )  # fmt: skip
+    assert code == 0, out
+    folder = project / "data/models/benchmarks/spacenet_pansharpen"
+    summary = json.loads((folder / "pansharpening.json").read_text())
+    assert summary["pretrained"]["inputs"] == ["wv_pan", "wv_ms"] and summary["pretrained"]["train_samples"] == 12
+    assert summary["input_px"] == [16, 16] and summary["samples"] == {"train": 12, "val": 3, "test": 3}
+    best = json.loads((folder / "pansharpening/pretrained" / BEST_FILE).read_text())
+    assert best["encoder_config"]["sensors"] == ["s1", "s2", "rgb", "dsm", "wv_pan", "wv_ms"]
+    test = summary["test"]
+    for name in ("hpf", "bicubic", "pretrained", "scratch"):
+        assert test[name]["n"] == {"samples": 3}, name
+        lo, hi = test[name]["ci"]["PSNR"]
+        assert lo <= test[name]["PSNR"] <= hi, name
+    # the PAN's detail is injected: HPF beats plain bicubic upsampling by far on this fixture (its PAN is the
+    # mean of the visible bands), and the residual head starts from HPF
+    assert test["hpf"]["PSNR"] > test["bicubic"]["PSNR"] + 0.5
+    assert abs(test["pretrained"]["PSNR"] - test["hpf"]["PSNR"]) < 1.0
+    assert test["pretrained vs bicubic"]["verdict"] == "held"
+    assert set(test["pretrained vs hpf"]) >= {"gain", "ci", "verdict"}
 
 
 def _sen12mscr_root(test_data: Path, root: Path) -> Path:
@@ -315,6 +342,9 @@ def test_benchmark_finetune_on_real_sen12mscr_at_256px_with_loader_workers(
     assert summary["samples"] == {"train": 1, "val": 1, "test": 1}
     assert summary["scratch"]["metric"] == "MAE" and 0 < summary["scratch"]["value"] < 1  # reflectance 0..1
     assert summary["scratch"]["inputs"] == ["s1", "s2"]
+    # the test scene is scored through the same two workers, against the cloudy input itself
+    assert summary["test"]["scratch"]["n"] == summary["test"]["input"]["n"] == {"samples": 1}
+    assert 0 < summary["test"]["input"]["MAE"] < 1 and "verdict" in summary["test"]["scratch vs input"]
 
 
 def test_report_states_the_claims_from_the_intervals() -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from coreg_world import copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
+from coreg_world import copy_pipeline, pair_params, pipeline_root, two_aoi_world  # noqa: F401 (session fixture)
 
-from msgfm.chips.pairing import MANIFEST_COLUMNS, PairError, pair
+from msgfm.chips.cutting import MANIFEST_COLUMNS
+from msgfm.chips.pairing import PairError, pair
 from msgfm.chips.positions import chip_classes
 from msgfm.chips.splits import assign_splits, blocks_touched
 from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, ChipStore, ChipStoreError, open_accepted
@@ -174,7 +175,47 @@ def test_same_seed_same_manifest(built, tmp_path):
         seed=0,
     )
     pd.testing.assert_frame_equal(again, manifest, check_dtype=False)
-    assert (tmp_path / "chips" / "s2.npy").read_bytes() == (root / "data/chips/s2.npy").read_bytes()
+    assert _arrays(tmp_path / "chips") == _arrays(root / "data/chips")  # index.json names the other manifest path
+
+
+def _arrays(store: Path) -> dict[str, bytes]:
+    """The bytes of every shard array of a store, by path inside it."""
+    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*.npy"))}
+
+
+@pytest.mark.slow  # co-registers two AOIs and starts a local Ray instance (30-60 s)
+def test_aois_as_ray_tasks_write_the_same_store(tmp_path):
+    """ray.data_workers: 2 scans and cuts each AOI as a Ray task: the same manifest, shards and index as in process."""
+    from msgfm.config import CoregisterParams, GatesParams, RayParams
+    from msgfm.coreg.stage import coregister
+    from msgfm.validation.coreg import validate_coreg
+
+    root = two_aoi_world(tmp_path / "world")
+    cfg = CoregisterParams()
+    coregister(
+        cfg, ledger=root / "data/raw/acquisitions.parquet", raw_gate=root / "data/gates/raw.parquet",
+        raw_dir=root / "data/raw", out_dir=root / "data/coreg", report=root / "data/reports/coregister.json",
+    )  # fmt: skip
+    gate = validate_coreg(
+        root / "data/coreg", cfg, GatesParams(), gates_dir=root / "data/gates", reports_dir=root / "data/reports"
+    )
+    gate.raise_if_failed()
+    stores = {}
+    for name, ray_cfg in (("serial", None), ("ray", RayParams(data_workers=2, num_cpus=2))):
+        params = pair_params(tmp_path / name, manifest=tmp_path / "manifest.parquet")  # index.json names it
+        manifest = pair(
+            params, coreg_dir=root / "data/coreg", coreg_gate=root / "data/gates/coreg.parquet", ray_cfg=ray_cfg
+        )
+        stores[name] = (manifest, _arrays(params.out_dir), (params.out_dir / "index.json").read_bytes())
+    (manifest, arrays, index), (on_ray, ray_arrays, ray_index) = stores["serial"], stores["ray"]
+    assert set(manifest["aoi"]) == {"farm", "town"} and manifest["paired"].any()
+    assert [s["aoi"] for s in json.loads(index)["shards"]] == ["farm", "town"]  # one shard per AOI, in AOI order
+    pd.testing.assert_frame_equal(on_ray, manifest)
+    assert sorted(ray_arrays) == sorted(arrays) and [p for p in arrays if ray_arrays[p] != arrays[p]] == []
+    assert ray_index == index
+    store = ChipStore(tmp_path / "ray/data/chips")
+    farm = manifest[(manifest["aoi"] == "farm") & (manifest["sensor"] == "s2")]
+    assert store.shard_ranges("s2")[0] == range(0, len(farm))  # store indices run on across the shards
 
 
 def test_missing_coreg_outputs_name_the_file(tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,31 @@ def test_benchmark_split_streams_normalised_samples_and_workers_agree(test_data:
     assert set(split.only(["s2"])[0]) >= {"image_s2"} and "image_s1" not in split.only(["s2"])[0]
     assert split.fingerprint() == BenchmarkSplit(ds, np.arange(len(ds)), (120, 120), "multilabel").fingerprint()
     assert split.fingerprint() != BenchmarkSplit(ds, [1], (120, 120), "multilabel").fingerprint()
+
+
+def _in_memory(split: BenchmarkSplit) -> TaskSplit:
+    """Every sample of a streamed split collated into one in-memory TaskSplit (the reference it must match)."""
+    whole = collate_task([split[i] for i in range(len(split))])
+    return TaskSplit(whole.images, whole.bands, whole.present, whole.target, whole.ids)
+
+
+@pytest.mark.parametrize(("name", "folder"), [("bigearthnet", "bigearthnet-v1"), ("spacenet_pansharpen", "spacenet")])
+def test_streamed_test_scores_equal_the_in_memory_ones(name: str, folder: str, test_data: Path) -> None:
+    """The trivial baselines scored batch by batch on a streamed benchmark (train statistics streamed too) give
+    the metrics and per-sample statistics of the same splits read into memory."""
+    from msgfm.config import load_params
+    from msgfm.evaluation.scoring import TRIVIAL, score_batches, score_outputs, trivial_outputs, trivial_predictor
+    from msgfm.training.benchmark import benchmark_task_data
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    streamed = benchmark_task_data(params, name, test_data / folder)
+    memory = dataclasses.replace(streamed, splits={k: _in_memory(v) for k, v in streamed.splits.items()})
+    test = streamed.splits["test"]
+    for baseline in TRIVIAL[streamed.spec.name]:
+        got = score_batches(streamed, test, trivial_predictor(baseline, streamed, 2), batch_size=2)
+        want = score_outputs(memory, memory.splits["test"], trivial_outputs(baseline, memory, memory.splits["test"]))
+        assert set(got.metrics) == set(want.metrics) and len(got.stats) == len(test), baseline
+        for metric, value in want.metrics.items():
+            np.testing.assert_allclose(np.asarray(got.metrics[metric]), np.asarray(value), atol=1e-5, err_msg=metric)
+        for key, array in want.stats.arrays.items():
+            np.testing.assert_allclose(got.stats.arrays[key], array, atol=1e-6, err_msg=f"{baseline} {key}")

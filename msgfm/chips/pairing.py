@@ -3,61 +3,44 @@
 The stage runs in phases: load the rasters the coreg gate accepted; lay out chip positions on each
 AOI grid (`msgfm.chips.positions`) and give them spatial-block splits (`msgfm.chips.splits`); scan
 each raster's validity to keep the chips with little nodata; pair acquisitions in time
-(`msgfm.chips.partners`); number the kept chips and open the store; stream labels, then chips, into
-it; write the store and `data/manifest.parquet`. Chips without a partner stay in the manifest as
+(`msgfm.chips.partners`); number the kept chips; cut each AOI's labels and chips into its shard of the
+store; write the store and `data/manifest.parquet`. Chips without a partner stay in the manifest as
 unpaired single-sensor samples.
 
 Writes the chip store (`msgfm.chips.store`) and `data/manifest.parquet`, whose SHA-256 the store's
-`index.json` records so readers can tell the two belong together. Two passes over the rasters: the
-first reads validity to decide which chips to keep (so the store can be preallocated), the second
-streams chips into the memmaps.
+`index.json` records so readers can tell the two belong together. Two passes over the rasters, each
+one unit of work per AOI (`msgfm.chips.cutting`): the first reads validity to decide which chips to
+keep (so each shard can be preallocated), the second streams the AOI's chips into its shard. With
+`ray.data_workers > 1` the AOIs of each pass run as Ray tasks (msgfm.cluster.tasks); results come back
+in AOI order, so the store and manifest are the same bytes as in process.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
-import rasterio
 from affine import Affine
-from tqdm import tqdm
 
+from msgfm.chips.cutting import MANIFEST_COLUMNS, cut_aoi, scan_aoi
 from msgfm.chips.partners import Raster, choose_partners
-from msgfm.chips.positions import (
-    GridKey,
-    Position,
-    chip_classes,
-    chip_footprints,
-    chip_positions,
-    position_classes,
-    window_sum,
-)
+from msgfm.chips.positions import GridKey, Position, chip_footprints, chip_positions, position_classes
 from msgfm.chips.splits import assign_splits
-from msgfm.chips.store import MANIFEST_HASH_KEY, MASK_NODATA, MASK_VALID, ChipStoreWriter, SensorArray
+from msgfm.chips.store import MANIFEST_HASH_KEY, ChipStoreWriter
+from msgfm.cluster.tasks import map_ordered
 from msgfm.decisions import accepted_ids
 from msgfm.faults import kill_point
-from msgfm.geo.grids import Bounds, Grid
+from msgfm.geo.grids import Grid
 from msgfm.geo.io import atomic_path, sha256_file
-from msgfm.sensors import get_sensor
 
 if TYPE_CHECKING:
-    from msgfm.config import PairParams
+    from msgfm.config import PairParams, RayParams
 
 log = logging.getLogger(__name__)
-
-MANIFEST_COLUMNS = [
-    "id", "aoi", "biome", "sensor", "grid", "date", "datetime", "source_id", "row", "col", "crs",
-    "minx", "miny", "maxx", "maxy", "split", "block", "store_index", "partner_id", "partner_sensor",
-    "partner_index", "partner_days", "paired", "cloud_fraction", "nodata_fraction", "labels", "label_index",
-    "mean", "std",
-]  # fmt: skip
-"""Columns of data/manifest.parquet (see docs/data-layout.md)."""
 
 
 class PairError(RuntimeError):
@@ -72,49 +55,62 @@ class _Inputs:
     labels: dict[GridKey, Path]
     grids: dict[GridKey, Grid]
 
-    def in_store_order(self) -> list[Raster]:
-        """Image rasters by AOI, sensor and time: the order chips are scanned and numbered in the store."""
-        return [
-            r
-            for aoi in sorted(self.images)
-            for r in sorted(self.images[aoi], key=lambda x: (x.row["sensor"], x.row["datetime"]))
-        ]
+    def in_store_order(self, aoi: str) -> list[Raster]:
+        """An AOI's image rasters by sensor and time (AOIs go in sorted order): the order of the store indices."""
+        return sorted(self.images[aoi], key=lambda x: (x.row["sensor"], x.row["datetime"]))
 
 
-@dataclass
-class _Labels:
-    """Label chips in the store: index per position, and the classes each holds."""
-
-    index: dict[Position, int]
-    classes: dict[Position, list[int]]
-
-
-def pair(cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0) -> pd.DataFrame:
+def pair(
+    cfg: PairParams, *, coreg_dir: Path, coreg_gate: Path, seed: int = 0, ray_cfg: RayParams | None = None
+) -> pd.DataFrame:
     """Run the stage: chips, pairs, splits, store and manifest. Returns the manifest."""
     coreg_dir = Path(coreg_dir)
-    inputs = _group(coreg_dir, load_accepted_rasters(coreg_dir, coreg_gate))
+    # Ray workers get absolute paths: a worker's working directory need not be this process's
+    inputs = _group(coreg_dir.resolve(), load_accepted_rasters(coreg_dir, coreg_gate))
     positions = chip_positions(inputs.grids, cfg.chip_px, cfg.stride_px)
     footprints, origins = chip_footprints(inputs.grids, positions, cfg.chip_px)
     classes = position_classes(inputs.labels, positions, cfg.chip_px, cfg.label_min_fraction)
     splits = assign_splits(cfg, seed, footprints, origins, classes)
-    rasters = inputs.in_store_order()
-    _keep_valid_chips(cfg, rasters, positions, splits)
-    for group in inputs.images.values():
+    groups = {aoi: inputs.in_store_order(aoi) for aoi in sorted(inputs.images)}
+    run = {"workers": ray_cfg.data_workers if ray_cfg else 1, "ray_cfg": ray_cfg, "unit": "raster"}
+    aoi_positions, aoi_splits = _by_aoi(positions), _by_aoi(splits)
+    scans = [(cfg, g, aoi_positions.get(a, {}), set(aoi_splits.get(a, {}))) for a, g in groups.items()]
+    kept = map_ordered(scan_aoi, scans, weights=[len(job[1]) for job in scans], desc="pair: scan", **run)
+    for group, chips in zip(groups.values(), kept, strict=True):
+        for raster, raster_chips in zip(group, chips, strict=True):
+            raster.chips = raster_chips
         choose_partners(group, cfg.max_days, cfg.fine_max_days)
+    rasters = [r for g in groups.values() for r in g]
     counts, label_index = _number_chips(rasters, inputs.labels)
-    writer = _open_store(cfg, rasters, counts, label_index)
-    labels = _Labels(label_index, _write_labels(writer, inputs.labels, label_index, cfg))
-    records = _write_chips(writer, rasters, inputs.grids, splits, labels, cfg.chip_px)
-    manifest = pd.DataFrame(records, columns=MANIFEST_COLUMNS)
-    _commit(cfg, writer, manifest)
+    if not counts:
+        raise PairError("no chip passed pair.max_nodata_fraction and the split buffer; nothing to store")
+    _check_bands(rasters)
+    writer = ChipStoreWriter(cfg.out_dir, cfg.chip_px)
+    per_aoi = [_by_aoi(d) for d in (inputs.labels, label_index, inputs.grids, splits)]
+    cuts = [
+        (cfg, writer.tmp.resolve(), f"{n:05d}", g, *(d.get(a, {}) for d in per_aoi))
+        for n, (a, g) in enumerate((a, g) for a, g in groups.items() if any(r.chips for r in g))
+    ]
+    cut = map_ordered(cut_aoi, cuts, weights=[len(job[3]) for job in cuts], desc="pair: chips", **run)
+    manifest = pd.DataFrame([rec for _, records in cut for rec in records], columns=MANIFEST_COLUMNS)
+    _commit(cfg, writer, [shard for shard, _ in cut], manifest)
     log.info(
-        "pair: %d chips (%s), %d paired; splits %s",
+        "pair: %d chips (%s) in %d shards, %d paired; splits %s",
         len(manifest),
         dict(counts),
+        len(cut),
         int(manifest["paired"].sum()),
         manifest["split"].value_counts().to_dict(),
     )
     return manifest
+
+
+def _by_aoi(by_key: dict[tuple, Any]) -> dict[str, dict[tuple, Any]]:
+    """A dict keyed by (aoi, ...) tuples split into one dict per AOI: what each AOI's job is sent."""
+    out: dict[str, dict[tuple, Any]] = defaultdict(dict)
+    for key, value in by_key.items():
+        out[key[0]][key] = value
+    return out
 
 
 def load_accepted_rasters(coreg_dir: Path, gate_path: Path) -> pd.DataFrame:
@@ -150,51 +146,6 @@ def _group(coreg_dir: Path, table: pd.DataFrame) -> _Inputs:
     return inputs
 
 
-def _keep_valid_chips(
-    cfg: PairParams,
-    rasters: list[Raster],
-    positions: dict[GridKey, list[tuple[int, int]]],
-    splits: dict[Position, tuple[str, str]],
-) -> None:
-    """Pass 1: keep each raster's chips at split positions with little nodata, with cloud and nodata fractions."""
-    size = cfg.chip_px
-    for raster in tqdm(rasters, desc="pair: scan", unit="raster"):
-        aoi, grid_name = raster.row["aoi"], raster.row["grid"]
-        pos = [p for p in positions.get((aoi, grid_name), []) if (aoi, grid_name, *p) in splits]
-        if not pos:
-            continue
-        valid, cloud = _validity(raster)
-        nodata = 1 - window_sum(valid.astype(np.float32), pos, size) / size**2
-        cloudy = (
-            window_sum(((cloud == 1) | (cloud == 2)).astype(np.float32), pos, size) / size**2
-            if cloud is not None
-            else np.zeros(len(pos))
-        )
-        for p, nd, cf in zip(pos, nodata, cloudy, strict=True):
-            if nd <= cfg.max_nodata_fraction:
-                raster.chips[p] = {"nodata_fraction": float(nd), "cloud_fraction": float(cf)}
-
-
-def _validity(raster: Raster) -> tuple[np.ndarray, np.ndarray | None]:
-    """(valid, cloud) full-raster arrays: valid is False at nodata; cloud holds the S2 mask codes."""
-    sensor = raster.row["sensor"]
-    with rasterio.open(raster.path) as src:
-        if sensor == "rgb":
-            valid = np.any(src.read() != 0, axis=0)
-        else:
-            band = src.read(1)
-            nodata = src.nodata
-            valid = np.isfinite(band) if band.dtype.kind == "f" else np.ones(band.shape, bool)
-            if nodata is not None and not math.isnan(nodata):
-                valid &= band != nodata
-    cloud = None
-    if raster.cloud_path is not None:
-        with rasterio.open(raster.cloud_path) as src:
-            cloud = src.read(1)
-        valid &= cloud != MASK_NODATA
-    return valid, cloud
-
-
 def _number_chips(rasters: list[Raster], labels: dict[GridKey, Path]) -> tuple[dict[str, int], dict[Position, int]]:
     """Give each kept chip its `store_index` per sensor and each labelled position its label index per grid."""
     counts: dict[str, int] = defaultdict(int)
@@ -217,119 +168,23 @@ def _number_chips(rasters: list[Raster], labels: dict[GridKey, Path]) -> tuple[d
     return counts, label_index
 
 
-def _open_store(
-    cfg: PairParams, rasters: list[Raster], counts: dict[str, int], label_index: dict[Position, int]
-) -> ChipStoreWriter:
-    """Preallocate the store for the numbered chips; every raster of a sensor must have the same bands."""
-    if not counts:
-        raise PairError("no chip passed pair.max_nodata_fraction and the split buffer; nothing to store")
+def _check_bands(rasters: list[Raster]) -> None:
+    """Every raster of a sensor must have the same bands: they share the store's arrays."""
     bands = {r.row["sensor"]: tuple(r.row["band_names"]) for r in rasters}
     for r in rasters:
         if tuple(r.row["band_names"]) != bands[r.row["sensor"]]:
             raise PairError(f"{r.path}: bands {list(r.row['band_names'])} differ from other {r.row['sensor']} rasters")
-    sensors = [SensorArray(s, counts[s], bands[s], get_sensor(s).bands[0].dtype) for s in sorted(counts)]
-    label_counts = Counter(grid for _, grid, _, _ in label_index)
-    return ChipStoreWriter(cfg.out_dir, cfg.chip_px, sensors, {g: label_counts.get(g, 0) for g in ("s10", "fine")})
 
 
-def _write_labels(
-    writer: ChipStoreWriter, labels: dict[GridKey, Path], label_index: dict[Position, int], cfg: PairParams
-) -> dict[Position, list[int]]:
-    """Pass 2a: store the label chip of every labelled position; return its classes by area (`chip_classes`)."""
-    size = cfg.chip_px
-    label_classes: dict[Position, list[int]] = {}
-    for key, path in sorted(labels.items()):
-        with rasterio.open(path) as src:
-            lab = src.read(1)
-        for (aoi, grid_name, r, c), idx in label_index.items():
-            if (aoi, grid_name) == key:
-                chip = lab[r : r + size, c : c + size]
-                writer.write_label(grid_name, idx, chip)
-                label_classes[(aoi, grid_name, r, c)] = chip_classes(chip, cfg.label_min_fraction)
-    return label_classes
-
-
-def _write_chips(
-    writer: ChipStoreWriter,
-    rasters: list[Raster],
-    grids: dict[GridKey, Grid],
-    splits: dict[Position, tuple[str, str]],
-    labels: _Labels,
-    size: int,
-) -> list[dict[str, Any]]:
-    """Pass 2b: stream each raster's kept chips and masks into the store; return their manifest records."""
-    records = []
-    for raster in tqdm(rasters, desc="pair: chips", unit="raster"):
-        if not raster.chips:
-            continue
-        row = raster.row
-        mean, std = get_sensor(row["sensor"]).stats(list(row["band_names"]))
-        with rasterio.open(raster.path) as src:
-            data = src.read()
-        valid, cloud = _validity(raster)
-        grid = grids[(row["aoi"], row["grid"])]
-        for (r, c), chip in raster.chips.items():
-            pixels = data[:, r : r + size, c : c + size]
-            mask = np.where(valid[r : r + size, c : c + size], MASK_VALID, MASK_NODATA).astype(np.uint8)
-            if cloud is not None:
-                cl = cloud[r : r + size, c : c + size]
-                mask = np.where((mask == MASK_VALID) & ((cl == 1) | (cl == 2)), cl, mask).astype(np.uint8)
-            writer.write(row["sensor"], chip["store_index"], pixels, mask)
-            norm = (pixels.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
-            values = norm[:, mask != MASK_NODATA]
-            pos = (row["aoi"], row["grid"], r, c)
-            records.append(_record(raster, pos, grid.window_bounds(r, c, size), splits[pos], labels, values))
-    return records
-
-
-def _record(
-    raster: Raster, pos: Position, bounds: Bounds, split: tuple[str, str], labels: _Labels, values: np.ndarray
-) -> dict[str, Any]:
-    """The manifest row of the chip of `raster` at `pos`; `values` are its normalised valid pixels."""
-    row, (_, _, r, c) = raster.row, pos
-    chip = raster.chips[(r, c)]
-    partner, days = chip.get("partner", (None, float("nan")))
-    return {
-        "id": _chip_id(row, r, c),
-        "aoi": row["aoi"],
-        "biome": row["biome"],
-        "sensor": row["sensor"],
-        "grid": row["grid"],
-        "date": row["date"],
-        "datetime": row["datetime"],
-        "source_id": row["id"],
-        "row": r,
-        "col": c,
-        "crs": row["crs"],
-        "minx": bounds[0],
-        "miny": bounds[1],
-        "maxx": bounds[2],
-        "maxy": bounds[3],
-        "split": split[0],
-        "block": split[1],
-        "store_index": chip["store_index"],
-        "partner_id": _chip_id(partner.row, r, c) if partner else None,
-        "partner_sensor": partner.row["sensor"] if partner else None,
-        "partner_index": partner.chips[(r, c)]["store_index"] if partner else -1,
-        "partner_days": float(days),
-        "paired": partner is not None,
-        "cloud_fraction": chip["cloud_fraction"],
-        "nodata_fraction": chip["nodata_fraction"],
-        "labels": labels.classes.get(pos, []),
-        "label_index": labels.index.get(pos, -1),
-        "mean": float(values.mean()) if values.size else float("nan"),
-        "std": float(values.std()) if values.size else float("nan"),
-    }
-
-
-def _commit(cfg: PairParams, writer: ChipStoreWriter, manifest: pd.DataFrame) -> None:
+def _commit(cfg: PairParams, writer: ChipStoreWriter, shards: list[dict[str, Any]], manifest: pd.DataFrame) -> None:
     """Swap the store in, then write the manifest whose hash the store's index.json records."""
     # the store's index.json records the manifest's hash and is swapped in first, the manifest right after:
     # a kill between the two renames leaves a store whose hash the old manifest does not match, which
     # every reader (msgfm.chips.store.check_manifest) refuses until pair runs again
     with atomic_path(cfg.manifest, suffix=".parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
-        writer.commit({"manifest": str(cfg.manifest), "chips": len(manifest), MANIFEST_HASH_KEY: sha256_file(tmp)})
+        extra = {"manifest": str(cfg.manifest), "chips": len(manifest), MANIFEST_HASH_KEY: sha256_file(tmp)}
+        writer.commit(shards, extra)
         kill_point("pair:store_committed")
 
 
@@ -337,11 +192,3 @@ def _affine(t: Any) -> Affine:
     """The Affine of a rasters.parquet `transform` (its first six coefficients)."""
 
     return Affine(*list(t)[:6])
-
-
-def _chip_id(row: dict[str, Any], r: int, c: int) -> str:
-    """The manifest id of the chip at (r, c) of the raster described by `row`: its acquisition's id and the origin.
-
-    The item id, not sensor and date, so two acquisitions of one day get different chips.
-    """
-    return f"{row['id']}_r{r:05d}_c{c:05d}"

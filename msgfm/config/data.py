@@ -134,7 +134,7 @@ class CoregisterParams(Section):
 class PairParams(Section):
     """`msgfm pair`: chips per AOI and date, S1-S2 and RGB-DSM pairs, spatial-block splits, the chip store."""
 
-    out_dir: Path = Field(Path("data/chips"), description="the chip store (memory-mapped .npy per sensor)")
+    out_dir: Path = Field(Path("data/chips"), description="the chip store (a shard of memory-mapped .npy per AOI)")
     manifest: Path = Path("data/manifest.parquet")
     chip_px: int = Field(64, ge=8, le=1024, description="chip side in pixels, the same for every sensor")
     stride_px: int = Field(64, ge=1, le=1024, description="step between chip origins, pixels")
@@ -180,8 +180,9 @@ class SourceParams(Section):
         ge=1000,
         le=1_000_000,
         multiple_of=1000,
-        description="items without msgfm:aoi: AOIs are squares of this side on the UTM grid of their place "
-        "(msgfm.ingest.aois); null: they all get the one AOI `aoi`",
+        description="items without msgfm:aoi: AOIs are squares of this side on a UTM grid (msgfm.ingest.aois): a "
+        "stac_api bbox is tiled into them, other items get the square of their footprint's centre; null: they "
+        "all get the one AOI `aoi`",
     )
     max_cloud_cover: float | None = Field(
         None,
@@ -258,6 +259,14 @@ class DownloadParams(Section):
     max_json_bytes: int = Field(16 << 20, ge=1024, description="largest catalog, item or sidecar document read")
     max_asset_bytes: int = Field(
         20 << 30, ge=1, description="largest asset body accepted when the item declares no file:size"
+    )
+    windowed: bool = Field(
+        True,
+        description="http(s) assets of items with a derived AOI square: read only the square (plus the margin) "
+        "with range requests (msgfm.ingest.window); false: fetch whole files",
+    )
+    window_margin_m: float = Field(
+        200.0, ge=0, le=10_000, description="a windowed read's margin around the AOI square (co-registration), m"
     )
 
 

@@ -25,7 +25,7 @@ class RayParams(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; null: all of this machine's")
     include_dashboard: bool = Field(False, description="start the dashboard (bound to 127.0.0.1) with a local instance")
     data_workers: int = Field(
-        1, ge=1, le=1024, description="Ray tasks at once for coregister's AOIs and download's items; 1: in process"
+        1, ge=1, le=1024, description="Ray tasks at once for download's items, coregister's and pair's AOIs; 1: inline"
     )
 
 

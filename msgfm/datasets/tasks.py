@@ -48,7 +48,7 @@ from msgfm.metrics import (
     pansharpening_metrics,
     segmentation_metrics,
 )
-from msgfm.sensors import S2_L2A_BANDS, get_sensor
+from msgfm.sensors import S2_L2A_BANDS, SENTINEL2, get_sensor
 
 if TYPE_CHECKING:
     from msgfm.config import Params
@@ -62,7 +62,7 @@ PAN_RATIO = 4
 """Resolution ratio of Wald's protocol here: MS is degraded by 4 (10 m -> 40 m)."""
 IGNORE_INDEX = 255
 """Segmentation target value of unknown pixels (WorldCover code 0), ignored by loss and metrics."""
-REFLECTANCE_SCALE = 10000.0
+REFLECTANCE_SCALE = SENTINEL2.full_scale
 """S2 digital numbers per unit reflectance."""
 
 
@@ -101,13 +101,14 @@ class TaskSpec:
         return F.l1_loss(output, target)
 
     def to_metric_space(self, output: torch.Tensor) -> torch.Tensor:
-        """Network output (or a target) -> what the metrics take: reflectance 0..1 for image tasks."""
+        """Network output (or a target) -> what the metrics take: image tasks in 0..1 (value / sensor full_scale)."""
         if self.kind != "image":
             return output
-        mean, std = get_sensor(self.out_sensor).stats(self.out_bands)
+        sensor = get_sensor(self.out_sensor)
+        mean, std = sensor.stats(self.out_bands)
         mean_t = torch.as_tensor(mean, dtype=output.dtype, device=output.device)[:, None, None]
         std_t = torch.as_tensor(std, dtype=output.dtype, device=output.device)[:, None, None]
-        return ((output * std_t + mean_t) / REFLECTANCE_SCALE).clamp(0.0, 1.0)
+        return ((output * std_t + mean_t) / sensor.full_scale).clamp(0.0, 1.0)
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -317,13 +318,18 @@ def wald_ms_upsampled(reference: torch.Tensor) -> torch.Tensor:
     return F.interpolate(ms_low, size=reference.shape[-2:], mode="bicubic", align_corners=False)
 
 
-def wald_pansharpening_input(reference: torch.Tensor) -> torch.Tensor:
-    """Wald's protocol on reflectance (B, 4, H, W): MS degraded by PAN_RATIO, upsampled, plus PAN high-pass detail."""
-    size = reference.shape[-2:]
-    ms_up = wald_ms_upsampled(reference)
-    pan = reference.mean(dim=1, keepdim=True)
+def hpf_fuse(ms_low: torch.Tensor, pan: torch.Tensor) -> torch.Tensor:
+    """Schowengerdt's HPF fusion: MS (B, C, H/r, W/r) upsampled bicubically to the PAN's (B, 1, H, W) size, plus the
+    PAN's detail above the MS resolution (PAN minus its r x r block mean, upsampled the same way); r = PAN_RATIO."""
+    size = pan.shape[-2:]
+    ms_up = F.interpolate(ms_low, size=size, mode="bicubic", align_corners=False)
     pan_low = F.interpolate(F.avg_pool2d(pan, PAN_RATIO), size=size, mode="bicubic", align_corners=False)
     return ms_up + (pan - pan_low)
+
+
+def wald_pansharpening_input(reference: torch.Tensor) -> torch.Tensor:
+    """Wald's protocol on reflectance (B, 4, H, W): MS degraded by PAN_RATIO, upsampled, plus PAN high-pass detail."""
+    return hpf_fuse(F.avg_pool2d(reference, PAN_RATIO), reference.mean(dim=1, keepdim=True))
 
 
 def _pansharpening(store: ChipStore, anchors: pd.DataFrame) -> TaskSplit:

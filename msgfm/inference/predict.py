@@ -11,21 +11,24 @@ from typing import Any
 
 import torch
 
-from msgfm.datasets.loaders import SplitLike, split_loader
+from msgfm.datasets.loaders import SplitLike, TaskBatch, split_loader
 from msgfm.datasets.tasks import TaskData, TaskSplit
 from msgfm.models.device import autocast, model_device, to_device
 from msgfm.models.heads import TaskModel
 
 
+def predict_batch(model: TaskModel, batch: TaskBatch, bands: dict[str, tuple[str, ...]]) -> torch.Tensor:
+    """Outputs for one batch of samples with band names `bands` (eval mode, no gradients), float32 on the CPU."""
+    model.eval()
+    device = model_device(model)
+    with torch.no_grad(), autocast(device):
+        images, present = to_device((batch.images, batch.present), device)
+        return model(images, bands, present=present).float().cpu()
+
+
 def predict(model: TaskModel, split: SplitLike, batch_size: int, workers: int = 0) -> torch.Tensor:
     """Outputs for every sample of `split` in order (eval mode, no gradients)."""
-    model.eval()
-    device, outs = model_device(model), []
-    with torch.no_grad(), autocast(device):
-        for batch in split_loader(split, batch_size, workers=workers):
-            images, present = to_device((batch.images, batch.present), device)
-            outs.append(model(images, split.bands, present=present).float().cpu())
-    return torch.cat(outs)
+    return torch.cat([predict_batch(model, b, split.bands) for b in split_loader(split, batch_size, workers=workers)])
 
 
 def evaluate_split(

@@ -6,9 +6,11 @@ Planetary Computer's blob storage needs short-lived SAS tokens: `source.sign: pl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from msgfm.config import DownloadParams, SourceParams
+from msgfm.ingest.aois import Square, aoi_name, overlapping, search_squares
 from msgfm.ingest.records import ItemRecord, Signer, SourceError, record_from_item
 
 
@@ -23,6 +25,10 @@ def iter_api(cfg: SourceParams, signer: Signer, limits: DownloadParams) -> Itera
     from pystac_client.warnings import DoesNotConformTo
 
     try:
+        squares = search_squares(cfg)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
+    try:
         client = pystac_client.Client.open(cfg.url, timeout=limits.timeout_s)
         for collections, query in _searches(cfg):
             search = client.search(
@@ -34,7 +40,8 @@ def iter_api(cfg: SourceParams, signer: Signer, limits: DownloadParams) -> Itera
             )
             for page in search.pages_as_dicts():
                 for feature in page.get("features", []):
-                    yield record_from_item(signer(feature), _self_href(feature, cfg.url), cfg)
+                    rec = record_from_item(signer(feature), _self_href(feature, cfg.url), cfg)
+                    yield from per_square(rec, squares, cfg)
     except DoesNotConformTo as e:
         raise SourceError(
             f"{cfg.url}: not a searchable STAC API ({e}); for a static catalog use source.kind: static"
@@ -43,6 +50,26 @@ def iter_api(cfg: SourceParams, signer: Signer, limits: DownloadParams) -> Itera
         raise SourceError(
             f"{cfg.url}: STAC API search failed (each request may take download.timeout_s {limits.timeout_s:g} s): {e}"
         ) from None
+
+
+def per_square(rec: ItemRecord, squares: list[Square], cfg: SourceParams) -> list[ItemRecord]:
+    """One record per search square the item overlaps (msgfm.ingest.aois): the AOI, its square (the window read).
+
+    An item in one square keeps its id; in several, each record's id gets the square's corner in km,
+    `{id}_{E}_{N}`, so its files and ledger row are its own. An item with `msgfm:aoi`, an error or no
+    overlap is left as it is.
+    """
+    if rec.error or rec.square is None:
+        return [rec]
+    found = overlapping(rec.bbox, squares)
+    if not found:
+        return [rec]
+    if len(found) == 1:
+        return [replace(rec, aoi=aoi_name(found[0], cfg), square=found[0])]
+    return [
+        replace(rec, id=f"{rec.id}_{sq[1][0] // 1000:.0f}_{sq[1][1] // 1000:.0f}", aoi=aoi_name(sq, cfg), square=sq)
+        for sq in found
+    ]
 
 
 def _searches(cfg: SourceParams) -> list[tuple[list[str], dict[str, Any] | None]]:

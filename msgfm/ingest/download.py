@@ -18,6 +18,9 @@ one row per item with its status.
   (`file:checksum`, `file:size`, the item's `updated` time: `item_fingerprint`) are unchanged are not
   touched (their bytes stay identical); failed items are tried again on every run, and an item the
   publisher changed (a re-rendered simulated world, a reprocessed scene) is fetched again.
+- Windowed: an http(s) asset of an item whose AOI square was derived from its footprint is read by window,
+  only the square plus `download.window_margin_m` (range requests; msgfm/ingest/window.py), when
+  `download.windowed` is on; its `{asset}.window.json` makes a re-run skip a complete window.
 - Untrusting: asset hrefs are never used as paths. Output names come from sanitised sensor, item
   id and asset key and must resolve inside `out_dir`; a local href must lie inside the catalog's
   folder, and a remote catalog may not point at local files. Such assets fail the item with a
@@ -44,6 +47,7 @@ from msgfm.ingest.fetch import DownloadError, Fetcher
 from msgfm.ingest.records import cloud_cover_above
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord, Signer, iter_items
+from msgfm.ingest.window import fetch_window, window_square
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +172,10 @@ def _fetch_item(rec: ItemRecord, out_dir: Path, fetcher: Fetcher) -> tuple[dict[
         used[name] = key
         dest = item_dir / name
         try:
-            nbytes, described = _fetch_asset(fetcher, asset, dest, rec.root)
+            if (square := window_square(rec, asset, fetcher.cfg)) is not None:
+                nbytes, described = fetch_window(asset, dest, square, fetcher.cfg)
+            else:
+                nbytes, described = _fetch_asset(fetcher, asset, dest, rec.root)
             written += nbytes
         except DownloadError as e:
             errors.append(str(e))

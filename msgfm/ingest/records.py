@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import SourceParams
-from msgfm.ingest.aois import derive_aoi
+from msgfm.ingest.aois import Square, aoi_name, aoi_square
 from msgfm.ingest.reader import is_url
 from msgfm.sensors import SENSORS, SENTINEL2, canonical_band
 
@@ -68,6 +68,8 @@ class ItemRecord:
     collection: str | None = None
     level: str | None = None
     """Product level (S2: L1C or L2A), from `product_level`; None when nothing says."""
+    square: Square | None = None
+    """The derived AOI's UTM square (msgfm.ingest.aois), the window read of a remote COG; None: `msgfm:aoi` or none."""
     error: str = ""
 
 
@@ -129,10 +131,11 @@ def record_from_item(
         )
     bbox = item.get("bbox")
     bbox_4326 = [float(v) for v in bbox[:4]] if isinstance(bbox, list) and len(bbox) >= 4 else None
+    square = None if props.get("msgfm:aoi") else aoi_square(bbox_4326, cfg)
     return ItemRecord(
         id=item_id,
         sensor=sensor,
-        aoi=str(props.get("msgfm:aoi") or derive_aoi(bbox_4326, cfg)),  # text; download checks the name
+        aoi=str(props.get("msgfm:aoi") or aoi_name(square, cfg)),  # text; download checks the name
         biome=props.get("msgfm:biome"),
         datetime=props.get("datetime") or props.get("start_datetime"),
         bbox=bbox_4326,
@@ -142,6 +145,7 @@ def record_from_item(
         root=root,
         collection=collection,
         level=product_level(sensor, collection, props, item_id),
+        square=square,
         error=error,
     )
 

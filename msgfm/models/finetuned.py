@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -20,6 +21,7 @@ from msgfm.architectures import MSGFMConfig
 from msgfm.config import Params, Variant
 from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.models.encoder import MSGFMEncoder
+from msgfm.models.extend import add_sensors, addable
 from msgfm.models.heads import HeadSpec, TaskModel, build_task_model
 from msgfm.models.hub import load_pretrained, save_weights
 from msgfm.models.msgfm import create_model_from_params
@@ -71,19 +73,22 @@ def variant_missing(params: Params, variant: str) -> str | None:
     return None
 
 
-def load_encoder(params: Params, variant: str, seed: int) -> MSGFMEncoder:
-    """The encoder a variant fine-tunes: loaded from its pretrained model, or freshly initialised with `seed`."""
+def load_encoder(params: Params, variant: str, seed: int, inputs: Sequence[str] = ()) -> MSGFMEncoder:
+    """The encoder a variant fine-tunes: loaded from its pretrained model, or freshly initialised with `seed`;
+    grown by the added sensors among a task's `inputs` (WorldView PAN/MS: msgfm.models.extend)."""
     missing = variant_missing(params, variant)
     if missing:
         raise TaskModelError(missing)
     path = model_dir(params, variant)
     if path is None:
         torch.manual_seed(seed)
-        return create_model_from_params(params.model).encoder
-    try:
-        return load_pretrained(path).encoder
-    except (ValueError, FileNotFoundError) as e:
-        raise TaskModelError(str(e)) from None
+        encoder = create_model_from_params(params.model).encoder
+    else:
+        try:
+            encoder = load_pretrained(path).encoder
+        except (ValueError, FileNotFoundError) as e:
+            raise TaskModelError(str(e)) from None
+    return add_sensors(encoder, addable(inputs, encoder))
 
 
 def rebuild_task_model(best: dict[str, Any], spec: HeadSpec) -> TaskModel:

@@ -77,7 +77,7 @@ class _Tuning:
         if self.pretrained is not None:
             encoder = copy.deepcopy(self.pretrained)
         else:  # scratch draws its own initialisation from the seed
-            encoder = load_encoder(self.params, self.variant, seed)
+            encoder = load_encoder(self.params, self.variant, seed, self.data.spec.inputs)
         torch.manual_seed(seed)  # the head starts the same for every variant
         model = build_task_model(self.data.spec, encoder, self.data.num_classes).to(resolve_device(cfg.device))
 
@@ -155,8 +155,10 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     if "val" not in data.splits:
         raise FinetuneError(f"{task}: no validation chips (see the pair stage's val_fraction)")
     out = cfg.out_dir / task / variant
-    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
-    if pretrained is not None:  # feed the encoder only the inputs it has trained embeddings for
+    inputs = data.spec.inputs
+    grows = model_dir(params, variant) is not None
+    pretrained = load_encoder(params, variant, params.seed, inputs) if grows else None
+    if pretrained is not None:  # feed the encoder only the inputs it has trained (or borrowed) embeddings for
         restricted = data.only(pretrained.sensors)
         if isinstance(restricted, str):
             log.warning("%s/%s skipped: %s", task, variant, restricted)
@@ -218,7 +220,9 @@ def _worker_trials(config: dict[str, Any], data: TaskData, variant: str, trials:
     torch.set_num_threads(params.finetune.threads)
     study = open_study(params, data, variant)
     out = params.finetune.out_dir / data.spec.name / variant
-    pretrained = load_encoder(params, variant, params.seed) if model_dir(params, variant) is not None else None
+    inputs = data.spec.inputs
+    grows = model_dir(params, variant) is not None
+    pretrained = load_encoder(params, variant, params.seed, inputs) if grows else None
     tuning = _Tuning(params, data, variant, out, study, pretrained, save=False)
     study.optimize(tuning.objective, n_trials=trials, gc_after_trial=True)
 

@@ -6,7 +6,7 @@ partner valid; are its statistics finite; which of its classes never occur in tr
 checks fail the whole gate: the manifest schema, unique ids, train and val chips present,
 spatially disjoint splits, every class present in train, and the share of S1 and RGB chips with a partner at least
 `gates.min_paired_fraction`. Pretraining and fine-tuning read only the accepted chips. A manifest
-that is not the one written with the chip store (`chipstore.check_manifest`) is an error, not a verdict.
+that is not the one written with the chip store (`msgfm.chips.store.check_manifest`) is an error, not a verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from msgfm.chips.pairing import MANIFEST_COLUMNS
+from msgfm.chips.cutting import MANIFEST_COLUMNS
 from msgfm.chips.splits import SPLITS
 from msgfm.chips.store import ChipStore, ChipStoreError, check_manifest
 from msgfm.config import GatesParams, PairParams

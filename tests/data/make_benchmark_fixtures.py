@@ -1,6 +1,6 @@
 """Write the small synthetic benchmark fixtures in the publishers' exact layouts (committed; rerun to rebuild).
 
-- tests/data/spacenet/: three SpaceNet-style tiles, PAN/PAN_<AOI>_img<N>.tif (1 band, 0.3 m, 66 x 66 px) and
+- tests/data/spacenet/: 18 SpaceNet-style tiles (SPACENET_TILES), PAN/PAN_<AOI>_img<N>.tif (1 band, 0.3 m, 66 x 66 px) and
   MS/MS_<AOI>_img<N>.tif (8 bands, 1.2 m, 17 x 17 px, so Wald's protocol has to crop to 16 x 16), uint16
   11-bit values, EPSG:32611. PAN and MS are both made from one 0.3 m 8-band scene, so they are consistent.
 - tests/data/vaihingen/: the four validation tiles (areas 5, 15, 21, 30) of ISPRS Vaihingen, top/ (IRRG
@@ -22,6 +22,9 @@ from msgfm.geo.io import atomic_write_text, write_cog
 
 HERE = Path(__file__).resolve().parent
 AOI = "AOI_9_Synthetic"
+SPACENET_TILES = (*range(1, 13), 13, 18, 20, 33, 45, 46)
+"""Tile numbers whose ids hash (msgfm.datasets.benchmarks.spacenet.hash_fraction) to train (1-12), val (13, 20,
+33) and test (18, 45, 46): every split of SpaceNet fine-tuning has tiles, the test split at least two units."""
 VAIHINGEN_TILES = {5: (40, 48), 15: (48, 40), 21: (44, 44), 30: (40, 40)}
 VAIHINGEN_COLOURS = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
 BIGEARTHNET_SPLITS = {
@@ -41,11 +44,11 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, int], scale: int) -> np.
     return field[: shape[0], : shape[1]]
 
 
-def make_spacenet(root: Path, n_tiles: int = 3) -> None:
-    """Three PAN/MS tile pairs built from one 0.3 m 8-band scene each (MS = 4 x 4 block means)."""
+def make_spacenet(root: Path, tiles: tuple[int, ...] = SPACENET_TILES) -> None:
+    """PAN/MS tile pairs built from one 0.3 m 8-band scene each (MS = 4 x 4 block means)."""
     rng = np.random.default_rng(20240601)
     pan_px, ms_px, ratio = 66, 17, 4
-    for n in range(1, n_tiles + 1):
+    for n in tiles:
         fine = np.stack([_smooth(rng, (ms_px * ratio, ms_px * ratio), 6) for _ in range(8)])
         fine = 150.0 + 1700.0 * (0.6 * fine + 0.4 * fine.mean(axis=0, keepdims=True))
         pan = fine[1:6].mean(axis=0)[:pan_px, :pan_px]
@@ -68,11 +71,15 @@ def make_spacenet(root: Path, n_tiles: int = 3) -> None:
         "# SpaceNet-style PAN/MS fixture (synthetic)\n\n"
         "Synthetic, not SpaceNet data: written by `tests/data/make_benchmark_fixtures.py` in the SpaceNet 2-5\n"
         "layout (https://spacenet.ai/datasets/), `PAN/PAN_<AOI>_img<N>.tif` and `MS/MS_<AOI>_img<N>.tif`\n"
-        f"(AOI `{AOI}`, tiles 1-{n_tiles}).\n\n"
+        f"(AOI `{AOI}`, tiles {', '.join(map(str, tiles))}).\n"
+        "By the loader's tile-id hash, tiles 1-12 are train, 13, 20 and 33 val, 18, 45 and 46 test.\n\n"
         "- PAN: 1 band, 66 x 66 px at 0.3 m, uint16 (11-bit values), EPSG:32611.\n"
         "- MS: 8 bands (WorldView order), 17 x 17 px at 1.2 m (ratio 4; 17 is not a multiple of 4, so\n"
         "  Wald's protocol must crop to 16 x 16), the 4 x 4 block means of the same 0.3 m scene as the PAN.\n\n"
-        "Used by tests/test_benchmarks.py (SpaceNetPansharpen, Wald's protocol).\n",
+        "The PAN is the mean of the Blue..Red bands of the 0.3 m scene, so the PAN's detail is the MS's in those\n"
+        "bands and only partly (the scene's shared component) in Coastal, RedEdge, NIR1 and NIR2.\n\n"
+        "Used by tests/test_benchmarks.py (SpaceNetPansharpen, Wald's protocol) and tests/test_finetune.py\n"
+        "(SpaceNet pan-sharpening fine-tuning on the WorldView sensors, against HPF and bicubic).\n",
     )
 
 

@@ -107,14 +107,16 @@ class BenchmarkDataset(Dataset[Sample]):
 
     Class attributes describe the sample so a fine-tuning loop can be wired without knowing the dataset:
     `task` (a key of msgfm.metrics.PRIMARY_METRIC), `inputs` (sample key -> msgfm sensor name, or
-    None where the sensor is not in the registry), `target_key`, and per-instance `band_names` (key ->
-    band names in channel order).
+    None where the sensor is not in the registry), `target_key`, `target_sensor` (the sensor of an image
+    target when it is not the task's default, msgfm.datasets.tasks.TASK_SPECS), and per-instance
+    `band_names` (key -> band names in channel order).
     """
 
     name: ClassVar[str]
     task: ClassVar[str]
     inputs: ClassVar[Mapping[str, str | None]]
     target_key: ClassVar[str | None]
+    target_sensor: ClassVar[str | None] = None
     splits: ClassVar[tuple[str, ...]]
 
     def __init__(self, root: str | Path, split: str, transforms: Transform | None = None) -> None:

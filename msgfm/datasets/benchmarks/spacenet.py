@@ -39,19 +39,21 @@ from msgfm.datasets.benchmarks._common import (
     BenchmarkDataset,
     Sample,
     Transform,
+    georeference,
     open_profile,
     read_with_profile,
     require_dir,
 )
+from msgfm.sensors import WORLDVIEW_MS
 
 MS_FOLDERS: tuple[str, ...] = ("MS", "MUL")
 """Accepted names of the multispectral folder (and file prefix)."""
 
 MS_BAND_NAMES: dict[int, tuple[str, ...]] = {
     4: ("Blue", "Green", "Red", "NIR1"),
-    8: ("Coastal", "Blue", "Green", "Yellow", "Red", "RedEdge", "NIR1", "NIR2"),
+    8: WORLDVIEW_MS.band_names,
 }
-"""WorldView-2/3 multispectral band names by band count, in file order."""
+"""WorldView-2/3 multispectral band names (the registry's, msgfm.sensors.WORLDVIEW_MS) by band count, in file order."""
 
 SPLIT_FRACTIONS: dict[str, tuple[float, float]] = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 """Each split's interval of the tile-id hash mapped to [0, 1)."""
@@ -71,7 +73,8 @@ def block_average(image: np.ndarray, ratio: int) -> np.ndarray:
 
 
 class SpaceNetPansharpen(BenchmarkDataset):
-    """PAN/MS tile pairs -> Wald: {"pan": (1,h,w), "ms": (C,h/r,w/r), "target": (C,h,w)}; full: {"pan", "ms"}.
+    """PAN/MS tile pairs -> Wald: {"pan": (1,h,w), "ms": (C,h/r,w/r), "target": (C,h,w)}; full: {"pan", "ms"};
+    both with the tile id (`id`) and the georeference of the (cropped) MS grid (`crs`, `bounds`).
 
     h x w is the MS tile cropped to a multiple of the ratio r, which is taken from the two rasters' pixel
     sizes (it must be a whole number within 5 %) unless given.
@@ -79,8 +82,9 @@ class SpaceNetPansharpen(BenchmarkDataset):
 
     name = "spacenet_pansharpen"
     task = "pansharpening"
-    inputs: ClassVar[dict[str, str | None]] = {"pan": None, "ms": None}
+    inputs: ClassVar[dict[str, str | None]] = {"pan": "wv_pan", "ms": "wv_ms"}
     target_key = "target"
+    target_sensor = "wv_ms"
     splits = ("train", "val", "test", "all")
 
     def __init__(
@@ -154,7 +158,7 @@ class SpaceNetPansharpen(BenchmarkDataset):
         pan = pan.astype(np.float32) / self.scale
         ms = ms.astype(np.float32) / self.scale
         if self.protocol == "full":
-            return {"pan": torch.from_numpy(pan), "ms": torch.from_numpy(ms)}
+            return {"pan": torch.from_numpy(pan), "ms": torch.from_numpy(ms), "id": tile, **georeference(ms_profile)}
 
         ratio = self._ratio(tile, pan_profile, ms_profile)
         h, w = (ms.shape[1] // ratio) * ratio, (ms.shape[2] // ratio) * ratio
@@ -165,6 +169,8 @@ class SpaceNetPansharpen(BenchmarkDataset):
             "pan": torch.from_numpy(self._pan_on_ms_grid(tile, pan, pan_profile, ms_profile, (h, w))),
             "ms": torch.from_numpy(block_average(target, ratio)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
+            "id": tile,
+            **georeference({**ms_profile, "height": h, "width": w}),
         }
 
     @staticmethod
