@@ -153,19 +153,56 @@ def test_register_sensor_checks_names_and_wavelengths() -> None:
 def test_spacenet_samples_feed_the_hpf_fused_ms_and_refuse_another_ratio(test_data: Path) -> None:
     from msgfm.config import load_params
     from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen
+    from msgfm.datasets.streaming import BenchmarkSplit, BenchmarkSplitError
     from msgfm.datasets.tasks import hpf_fuse
-    from msgfm.training.benchmark import _benchmark_split
-    from msgfm.training.finetune import FinetuneError
+    from msgfm.training.benchmark import benchmark_task_data
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
-    ds = SpaceNetPansharpen(test_data / "spacenet", "test")
-    split, spec = _benchmark_split(ds, np.arange(len(ds)), params)
+    data = benchmark_task_data(params, "spacenet_pansharpen", test_data / "spacenet")
+    split, spec = data.splits["test"], data.spec
     assert (spec.inputs, spec.out_sensor, spec.residual) == (("wv_pan", "wv_ms"), "wv_ms", "wv_ms")
-    assert spec.out_bands == WORLDVIEW_MS.band_names and len(split) == 3
-    sample = ds[0]
+    assert spec.out_bands == WORLDVIEW_MS.band_names and len(split) == 3 and split.size == (16, 16)
+    sample = SpaceNetPansharpen(test_data / "spacenet", "test")[0]
     fused = hpf_fuse(sample["ms"][None], sample["pan"][None])[0].clamp(0, 1).numpy()
-    np.testing.assert_allclose(get_sensor("wv_ms").denormalise(split.images["wv_ms"][0].numpy()), fused, atol=1e-5)
+    streamed = split[0]  # read from the files when asked for, not held in memory
+    assert streamed["id"] == sample["id"] and streamed["bands_wv_ms"] == WORLDVIEW_MS.band_names
+    np.testing.assert_allclose(get_sensor("wv_ms").denormalise(streamed["image_wv_ms"].numpy()), fused, atol=1e-5)
     bicubic = torch.nn.functional.interpolate(sample["ms"][None], size=(16, 16), mode="bicubic")[0].numpy()
     assert np.abs(fused - bicubic).max() > 0.01  # the PAN's detail is in the input
-    with pytest.raises(FinetuneError, match=r"sample AOI_9_Synthetic_img\d+: PAN \(16, 16\) px is not 4 x the MS"):
-        _benchmark_split(SpaceNetPansharpen(test_data / "spacenet", "test", ratio=2), np.arange(1), params)
+    other = SpaceNetPansharpen(test_data / "spacenet", "test", ratio=2)
+    bands = WORLDVIEW_MS.band_names
+    with pytest.raises(
+        BenchmarkSplitError, match=r"sample AOI_9_Synthetic_img\d+: PAN \(16, 16\) px is not 4 x the MS"
+    ):
+        BenchmarkSplit(other, np.arange(1), (16, 16), "image", "wv_ms", bands, hpf="wv_ms")[0]
+
+
+def test_spacenet_product_of_another_pan_ratio_fails_before_training(test_data: Path, tmp_path: Path) -> None:
+    """A SpaceNet-layout product whose PAN is 2x (not WorldView's 4x) finer than its MS is refused by name when its
+    streamed splits are set up, before any training."""
+    import shutil
+
+    import rasterio
+    from affine import Affine
+
+    from msgfm.config import load_params
+    from msgfm.training.benchmark import benchmark_task_data
+    from msgfm.training.finetune import FinetuneError
+
+    root = tmp_path / "spacenet_2x"
+    shutil.copytree(test_data / "spacenet" / "MS", root / "MS")
+    (root / "PAN").mkdir()
+    for path in sorted((test_data / "spacenet" / "PAN").glob("PAN_*.tif")):
+        with rasterio.open(path) as src:
+            pan, profile = src.read(), src.profile
+        coarse = pan[:, :66, :66].reshape(1, 33, 2, 33, 2).mean(axis=(2, 4)).round().astype(pan.dtype)
+        t = profile["transform"]
+        profile.update(width=33, height=33, transform=t @ Affine.scale(2), tiled=False)
+        profile.pop("blockxsize"), profile.pop("blockysize")
+        with rasterio.open(root / "PAN" / path.name, "w", **profile) as dst:
+            dst.write(coarse)
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    with pytest.raises(
+        FinetuneError, match=r"sample AOI_9_Synthetic_img\d+: PAN \(16, 16\) px is not 4 x the MS \(8, 8\)"
+    ):
+        benchmark_task_data(params, "spacenet_pansharpen", root)

@@ -91,7 +91,10 @@ def test_bigearthnet_samples_shapes_bands_and_values(ben_root: Path) -> None:
         assert ds.band_names == {"s2": S2_L2A_BANDS, "s1": ("VV", "VH")}
         for i in range(len(ds)):
             sample = ds[i]
-            assert set(sample) == {"s2", "s1", "label"}
+            assert set(sample) == {"s2", "s1", "label", "id", "crs", "bounds"}
+            with rasterio.open(_ben_band_path(ben_root, ds.s2_patches[i], "B02")) as src:  # the 10 m grid
+                assert (sample["id"], sample["crs"]) == (ds.s2_patches[i], src.crs.to_string())
+                assert sample["bounds"] == tuple(src.bounds)
             assert sample["s2"].shape == (12, 120, 120) and sample["s2"].dtype == torch.float32
             assert sample["s1"].shape == (2, 120, 120) and sample["s1"].dtype == torch.float32
             assert sample["label"].shape == (19,)
@@ -223,11 +226,12 @@ def test_sen12mscr_triplet_shapes_values_and_alignment(test_data: Path) -> None:
     assert len(ds) == 1 and ds.patch_id(0) == CR_PATCH
     assert len(SEN12MSCR(root, "all")) == 1
     sample = ds[0]
-    assert {k: tuple(v.shape) for k, v in sample.items()} == {
+    assert {k: tuple(v.shape) for k, v in sample.items() if isinstance(v, torch.Tensor)} == {
         "s1": (2, 256, 256),
         "s2": (13, 256, 256),
         "s2_cloudy": (13, 256, 256),
     }
+    assert sample["id"] == CR_PATCH
     assert ds.band_names["s2"] == SENTINEL2.band_names and ds.band_names["s1"] == ("VV", "VH")
     assert sample["s1"].min() > -50 and sample["s1"].max() <= 0.0  # dB
     files = {
@@ -240,6 +244,7 @@ def test_sen12mscr_triplet_shapes_values_and_alignment(test_data: Path) -> None:
         with rasterio.open(path) as src:
             np.testing.assert_array_equal(sample[key].numpy(), src.read().astype(np.float32))
             grids.add((src.transform, src.crs, src.shape))
+            assert (sample["crs"], sample["bounds"]) == (src.crs.to_string(), tuple(src.bounds))
     assert len(grids) == 1  # the triplet shares one grid
     assert sample["s2_cloudy"].mean() > sample["s2"].mean()  # clouds are bright
 
@@ -285,7 +290,7 @@ def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
     assert len(ds) == 18 and ds.band_names["ms"][4] == "Red"
     for i, tile in enumerate(ds.tiles):
         sample = ds[i]
-        assert {k: tuple(v.shape) for k, v in sample.items()} == {
+        assert {k: tuple(v.shape) for k, v in sample.items() if isinstance(v, torch.Tensor)} == {
             "pan": (1, 16, 16),  # PAN degraded onto the (cropped) MS grid
             "ms": (8, 4, 4),  # MS degraded by the ratio 4
             "target": (8, 16, 16),  # the original MS, cropped from 17 to a multiple of 4
@@ -295,6 +300,8 @@ def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
             rasterio.open(root / "PAN" / f"PAN_{tile}.tif") as pan,
         ):
             ms_native, pan_native = ms.read().astype(np.float32) / 2047, pan.read(1).astype(np.float64) / 2047
+            cropped = rasterio.windows.bounds(rasterio.windows.Window(0, 0, 16, 16), ms.transform)
+            assert (sample["id"], sample["crs"], sample["bounds"]) == (tile, ms.crs.to_string(), cropped)
         np.testing.assert_allclose(sample["target"].numpy(), ms_native[:, :16, :16])
         expected_ms = ms_native[:, :16, :16].reshape(8, 4, 4, 4, 4).mean(axis=(2, 4))
         np.testing.assert_allclose(sample["ms"].numpy(), expected_ms, rtol=1e-5)
@@ -303,7 +310,11 @@ def test_spacenet_wald_protocol_shapes_and_degradation(test_data: Path) -> None:
         assert sample["target"].min() > 0.0 and sample["target"].max() < 1.0
 
     full = SpaceNetPansharpen(root, "all", protocol="full")[0]
-    assert {k: tuple(v.shape) for k, v in full.items()} == {"pan": (1, 66, 66), "ms": (8, 17, 17)}
+    assert {k: tuple(v.shape) for k, v in full.items() if isinstance(v, torch.Tensor)} == {
+        "pan": (1, 66, 66),
+        "ms": (8, 17, 17),
+    }
+    assert full["id"] == ds.tiles[0] and len(full["bounds"]) == 4
 
 
 def test_spacenet_hash_split_partitions_tiles() -> None:

@@ -314,6 +314,9 @@ def test_benchmark_finetune_on_real_bigearthnet_samples(project: Path, test_data
     assert code == 0, out
     summary = json.loads((project / "data/models/benchmarks/bigearthnet/classification.json").read_text())
     assert summary["pretrained"]["metric"] == "mAP_micro" and 0 <= summary["pretrained"]["value"] <= 1
+    assert summary["input_px"] == [120, 120] and summary["samples"] == {"train": 2, "val": 1, "test": 1}
+    assert summary["test"]["pretrained"]["n"] == summary["test"]["class_prior"]["n"] == {"samples": 1}
+    assert "verdict" in summary["test"]["pretrained vs class_prior"]
 
 
 def test_spacenet_pansharpening_fine_tunes_on_the_added_worldview_sensors(project: Path, test_data: Path) -> None:
@@ -327,6 +330,7 @@ def test_spacenet_pansharpening_fine_tunes_on_the_added_worldview_sensors(projec
     folder = project / "data/models/benchmarks/spacenet_pansharpen"
     summary = json.loads((folder / "pansharpening.json").read_text())
     assert summary["pretrained"]["inputs"] == ["wv_pan", "wv_ms"] and summary["pretrained"]["train_samples"] == 12
+    assert summary["input_px"] == [16, 16] and summary["samples"] == {"train": 12, "val": 3, "test": 3}
     best = json.loads((folder / "pansharpening/pretrained" / BEST_FILE).read_text())
     assert best["encoder_config"]["sensors"] == ["s1", "s2", "rgb", "dsm", "wv_pan", "wv_ms"]
     test = summary["test"]
@@ -340,6 +344,41 @@ def test_spacenet_pansharpening_fine_tunes_on_the_added_worldview_sensors(projec
     assert abs(test["pretrained"]["PSNR"] - test["hpf"]["PSNR"]) < 1.0
     assert test["pretrained vs bicubic"]["verdict"] == "held"
     assert set(test["pretrained vs hpf"]) >= {"gain", "ci", "verdict"}
+
+
+def _sen12mscr_root(test_data: Path, root: Path) -> Path:
+    """The real SEN12MS-CR triplet (fall scene 139, a test scene) copied as a train (14) and a val scene (65) too."""
+    shutil.copytree(test_data / "sen12ms-cr", root)
+    for scene in (14, 65):
+        for kind in ("s1", "s2", "s2_cloudy"):
+            src = root / f"ROIs1970_fall_{kind}" / f"{kind}_139" / f"ROIs1970_fall_{kind}_139_p839.tif"
+            dst = root / f"ROIs1970_fall_{kind}" / f"{kind}_{scene}" / f"ROIs1970_fall_{kind}_{scene}_p839.tif"
+            dst.parent.mkdir()
+            shutil.copy(src, dst)
+    return root
+
+
+def test_benchmark_finetune_on_real_sen12mscr_at_256px_with_loader_workers(
+    project: Path, test_data: Path, tmp_path: Path
+) -> None:
+    """The real SEN12MS-CR triplet through `msgfm finetune --benchmark sen12ms_cr` at its native 256 px, the
+    samples streamed by two DataLoader workers."""
+    root = _sen12mscr_root(test_data, tmp_path / "sen12ms-cr")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["loader_workers"] = 2
+    (project / "params_workers.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with working_directory(project):
+        args = ["finetune", "--benchmark", "sen12ms_cr", "--root", str(root), "--variant", "scratch"]
+        result = CliRunner().invoke(app, [*args, "--params", "params_workers.yaml"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((project / "data/models/benchmarks/sen12ms_cr/cloud_removal.json").read_text())
+    assert summary["input_px"] == [256, 256] and summary["loader_workers"] == 2
+    assert summary["samples"] == {"train": 1, "val": 1, "test": 1}
+    assert summary["scratch"]["metric"] == "MAE" and 0 < summary["scratch"]["value"] < 1  # reflectance 0..1
+    assert summary["scratch"]["inputs"] == ["s1", "s2"]
+    # the test scene is scored through the same two workers, against the cloudy input itself
+    assert summary["test"]["scratch"]["n"] == summary["test"]["input"]["n"] == {"samples": 1}
+    assert 0 < summary["test"]["input"]["MAE"] < 1 and "verdict" in summary["test"]["scratch vs input"]
 
 
 def test_report_states_the_claims_from_the_intervals() -> None:

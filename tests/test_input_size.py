@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from msgfm.config import load_params
+from msgfm.datasets.loaders import split_loader
 from msgfm.datasets.tasks import PAN_BANDS, TASKS, get_task
 from msgfm.models import create_model
 from msgfm.models.heads import build_task_model
@@ -82,11 +83,15 @@ def test_sizes_the_encoder_cannot_take_are_clear_errors(model) -> None:
         model({"images": {"s2": torch.randn(1, len(S2), 36, 36)}, "bands": {"s2": S2}})
 
 
+def _batches(data) -> list:
+    return [batch for split in data.splits.values() for batch in split_loader(split, 8)]
+
+
 def test_benchmarks_fine_tune_at_native_resolution_unless_asked(repo_root: Path, test_data: Path) -> None:
     params = load_params(repo_root / "params.yaml")
-    native = benchmark_task_data(params, "bigearthnet", test_data / "bigearthnet-v1")
-    assert {tuple(x.shape[-2:]) for split in native.splits.values() for x in split.images.values()} == {(120, 120)}
+    native = _batches(benchmark_task_data(params, "bigearthnet", test_data / "bigearthnet-v1"))
+    assert {tuple(x.shape[-2:]) for batch in native for x in batch.images.values()} == {(120, 120)}
     params.finetune.benchmark_px = 64
-    resized = benchmark_task_data(params, "bigearthnet", test_data / "bigearthnet-v1")
-    assert {tuple(x.shape[-2:]) for split in resized.splits.values() for x in split.images.values()} == {(64, 64)}
-    assert torch.equal(native.splits["train"].target, resized.splits["train"].target)  # labels are per patch
+    resized = _batches(benchmark_task_data(params, "bigearthnet", test_data / "bigearthnet-v1"))
+    assert {tuple(x.shape[-2:]) for batch in resized for x in batch.images.values()} == {(64, 64)}
+    assert all(torch.equal(a.target, b.target) for a, b in zip(native, resized, strict=True))  # labels are per patch

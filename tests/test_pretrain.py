@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -21,11 +22,11 @@ import yaml
 from tiny_world import working_directory
 
 from msgfm.config import ParamsError, load_params
-from msgfm.datasets.pretrain import PretrainDataError, load_pretrain_chips
+from msgfm.datasets.pretrain import PretrainDataError, load_pretrain_chips, pretrain_loader, step_rng
 from msgfm.models.hub import load_pretrained
 from msgfm.training.checkpoints import latest_checkpoint, write_checkpoint
 from msgfm.training.pretrain import PretrainError, build_model, run_pretrain, train_loop
-from msgfm.training.schedule import lr_factor
+from msgfm.training.schedule import cosine_schedule
 
 MSGFM = str(Path(sys.executable).with_name("msgfm"))
 
@@ -39,11 +40,47 @@ def _project(tiny_world: Path, dest: Path, **pretrain: object) -> Path:
     return dest
 
 
-def test_lr_schedule_warms_up_then_decays() -> None:
-    factors = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
-    assert factors[-1] == pytest.approx(0.1, abs=0.01)
+def _closed_form(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """The hand-written schedule timm's replaced: warmup (step + 1) / warmup, then cosine decay to min_ratio."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lrs(groups: list[float], steps: int, warmup: int, min_ratio: float, start: int = 0) -> list[list[float]]:
+    """The lr of every group at each update from `start`, as the training loops step the schedule."""
+    optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in groups])
+    scheduler = cosine_schedule(optimizer, steps, warmup, min_ratio, start=start)
+    out = []
+    for _ in range(start, steps):
+        out.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_lr_schedule_is_timms_cosine_and_matches_the_closed_form() -> None:
+    """Pretraining's schedule (warmup 20, floor 0.05 of lr, 150 steps): the cosine part equals the closed form,
+    warmup updates are at most 1/warmup of the peak lower; fine-tuning's layer-decay groups (no warmup, floor 0)
+    follow it exactly, each from its own lr; a resumed schedule continues the uninterrupted one."""
+    lr, steps, warmup, floor = 2e-3, 150, 20, 0.05
+    got = [g[0] / lr for g in _lrs([lr], steps, warmup, floor)]
+    want = [_closed_form(s, steps, warmup, floor) for s in range(steps)]
+    gaps = [w - g for g, w in zip(got, want, strict=True)]
+    assert 0 <= max(gaps[:warmup]) <= 1 / warmup and got[0] == pytest.approx(want[0])
+    assert max(abs(d) for d in gaps[warmup:]) < 1e-12
+    assert got[warmup] == pytest.approx(1.0) and got[-1] == pytest.approx(floor, abs=0.001)
+    assert all(a >= b for a, b in zip(got[warmup:], got[warmup + 1 :], strict=False))
+
+    groups = [1e-3, 5e-4, 2.5e-4]  # lr * layer_decay^k
+    tuned = _lrs(groups, 30, 0, 0.0)
+    for s, row in enumerate(tuned):
+        assert row == pytest.approx([g * _closed_form(s, 30, 0, 0.0) for g in groups], rel=1e-12, abs=1e-15)
+    resumed = [row[0] for row in _lrs([lr], steps, warmup, floor, start=70)]
+    assert resumed == pytest.approx([row[0] for row in _lrs([lr], steps, warmup, floor)[70:]], rel=1e-12)
+    with pytest.raises(ValueError, match="needs one lr for every param group"):
+        _lrs(groups, 30, 5, 0.0)
 
 
 def test_model_initialisation_is_seeded(repo_root: Path) -> None:
@@ -158,6 +195,29 @@ def test_held_out_aois_stay_out_of_pretraining(tiny_world: Path) -> None:
         params.finetune.holdout_aois = ["farmland", "harbour"]
         with pytest.raises(PretrainDataError, match="outside the held-out AOIs"):
             load_pretrain_chips(params, "train")
+
+
+def test_the_batch_feed_gives_each_steps_seeded_batch_with_any_workers(tiny_world: Path) -> None:
+    """pretrain_loader: batch `step` is the one drawn with step_rng(seed, rank, step), whether read in the training
+    process or by two DataLoader workers, and a resumed feed (start 3) continues the uninterrupted one."""
+    with working_directory(tiny_world):
+        params = load_params("params.yaml")
+        short = params.pretrain.model_copy(update={"steps": 6, "batch_size": 8})
+        chips = load_pretrain_chips(params, "train")
+        want = [chips.sample_batch(step_rng(params.seed, 1, step), 8, augment=True) for step in range(6)]
+        inline = list(pretrain_loader(chips, params.model_copy(update={"pretrain": short}), rank=1))
+        two = params.model_copy(update={"pretrain": short.model_copy(update={"loader_workers": 2})})
+        workers = list(pretrain_loader(chips, two, rank=1))
+        resumed = list(pretrain_loader(chips, two, rank=1, start=3))
+    assert len(inline) == len(workers) == 6 and len(resumed) == 3
+    for expected, *got in zip(want, inline, workers, [None, None, None, *resumed], strict=True):
+        for batch in got:
+            if batch is None:
+                continue
+            assert batch["images"].keys() == expected["images"].keys()
+            assert all(torch.equal(batch["images"][s], expected["images"][s]) for s in expected["images"])
+            assert all(torch.equal(batch["partner"][s], expected["partner"][s]) for s in expected["partner"])
+    assert not torch.equal(want[0]["images"]["s2"][:1], want[1]["images"]["s2"][:1])  # steps differ
 
 
 def test_single_sensor_pretraining_has_no_partners(tiny_world: Path) -> None:

@@ -47,6 +47,9 @@ class PretrainParams(Section):
     workers: int = Field(2, ge=1, le=1024, description="Ray Train workers (DDP ranks)")
     gpu: Literal["auto", "never", "always"] = Field("auto", description="auto: use GPUs when the cluster has them")
     threads_per_worker: int = Field(1, ge=1, le=256, description="torch CPU threads in each worker")
+    loader_workers: int = Field(
+        0, ge=0, le=256, description="DataLoader processes per Ray worker drawing batches ahead (0: in the worker)"
+    )
     steps: int = Field(150, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="chips per worker per step")
     lr: float = Field(2e-3, gt=0, le=1)
@@ -170,6 +173,9 @@ class FinetuneParams(Section):
     eval_batch_size: int = Field(32, ge=1, description="batch size for validation and test passes")
     max_val_chips: int = Field(32, ge=1, description="validation chips scored per epoch (a seeded subset)")
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    loader_workers: int = Field(
+        0, ge=0, le=256, description="DataLoader worker processes reading samples (0: in the training process)"
+    )
     benchmark_px: int | None = Field(
         None, ge=8, le=4096, description="--benchmark: feed samples at this size (null: the benchmark's native size)"
     )

@@ -7,6 +7,9 @@ Flips and 90-degree rotations are drawn per pick and applied identically to both
 Each Ray worker reads its own shard: chip positions are hashed to ranks, so partners stay together.
 Chips of the held-out AOIs (`finetune.holdout_aois`) are left out when `pretrain.exclude_holdout_aois`
 (the default), so the generalisation test's biome is unseen by pretraining as well as by fine-tuning.
+`pretrain_loader` streams the batches of steps `start..steps` through a DataLoader (`pretrain.loader_workers`
+processes read and augment ahead of the training step); batch `step` is drawn from a generator seeded by
+(seed, rank, step) alone, so any number of workers, and a resumed run, give the same batches.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.config import Params
@@ -125,6 +129,38 @@ class PretrainChips:
             pixels = self.store.read(sensor, self.rows["store_index"].to_numpy()[rows].tolist())
             means[sensor] = torch.from_numpy(pixels.mean(axis=(0, 2, 3)))
         return means
+
+
+def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
+    """The generator batch `step` of worker `rank` is drawn with: a pure function of (seed, rank, step)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, rank, step]))
+
+
+class PretrainBatches(IterableDataset):
+    """Batches of steps `start..stop` drawn from `chips`; DataLoader worker w of k yields steps start + w, + k, ...
+    (the DataLoader takes one from each worker in turn, so batches arrive in step order)."""
+
+    def __init__(
+        self, chips: PretrainChips, seed: int, rank: int, batch_size: int, augment: bool, start: int, stop: int
+    ) -> None:
+        super().__init__()
+        self.chips, self.seed, self.rank = chips, seed, rank
+        self.batch_size, self.augment, self.start, self.stop = batch_size, augment, start, stop
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of batch dicts
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for step in range(self.start + worker, self.stop, workers):
+            yield self.chips.sample_batch(step_rng(self.seed, self.rank, step), self.batch_size, self.augment)
+
+
+def pretrain_loader(chips: PretrainChips, params: Params, rank: int, start: int = 0) -> DataLoader:
+    """A DataLoader of the batches of steps `start..pretrain.steps` of worker `rank`, read by
+    `pretrain.loader_workers` processes (0: in the training process)."""
+    cfg = params.pretrain
+    batches = PretrainBatches(chips, params.seed, rank, cfg.batch_size, cfg.augment, start, cfg.steps)
+    workers = min(cfg.loader_workers, max(0, cfg.steps - start))
+    return DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
 
 
 def _shard_of(rows: pd.DataFrame, world: int) -> np.ndarray:

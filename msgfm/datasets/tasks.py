@@ -1,5 +1,8 @@
 """The four downstream tasks built on the embedded world's chip store, as in-memory tensors.
 
+A `TaskSplit` is also a map-style torch Dataset of TorchGeo-style sample dicts (msgfm.datasets.loaders), so
+training and evaluation batch it through a DataLoader like the streamed benchmark splits.
+
 Each task is a `TaskSpec` (inputs, target, loss, metrics) and `build_task_data` turns the accepted
 chips of the manifest into `TaskSplit`s (train, val, test, and the generalisation sets):
 
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.datasets.holdouts import absent_classes, partition
+from msgfm.datasets.loaders import Sample, make_sample
 from msgfm.decisions import gate_table
 from msgfm.metrics import (
     TaskMetrics,
@@ -130,16 +134,32 @@ def get_task(name: str) -> TaskSpec:
 
 @dataclass
 class TaskSplit:
-    """Samples of one split in memory: per-sensor images (normalised), presence flags, targets, chip ids."""
+    """Samples of one split in memory: per-sensor images (normalised), presence flags, targets, chip ids and
+    georeference (each chip's CRS and bounds, empty where unknown)."""
 
     images: dict[str, torch.Tensor]
     bands: dict[str, tuple[str, ...]]
     present: dict[str, torch.Tensor]
     target: torch.Tensor
     ids: list[str] = field(default_factory=list)
+    crs: list[str] = field(default_factory=list)
+    bounds: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
+
+    def __getitem__(self, index: int) -> Sample:
+        """Sample `index` as a TorchGeo-style dict (msgfm.datasets.loaders)."""
+        return make_sample(
+            {s: x[index] for s, x in self.images.items()},
+            self.bands,
+            {s: bool(p[index]) for s, p in self.present.items()},
+            self.target[index],
+            sample_id=self.ids[index] if self.ids else str(index),
+            index=index,
+            crs=self.crs[index] if self.crs else None,
+            bounds=self.bounds[index] if self.bounds else None,
+        )
 
     def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> TaskSplit:
         """The samples at `index`, in that order."""
@@ -150,6 +170,8 @@ class TaskSplit:
             present={s: p[idx] for s, p in self.present.items()},
             target=self.target[idx],
             ids=[self.ids[i] for i in idx.tolist()] if self.ids else [],
+            crs=[self.crs[i] for i in idx.tolist()] if self.crs else [],
+            bounds=[self.bounds[i] for i in idx.tolist()] if self.bounds else [],
         )
 
     def only(self, sensors: Sequence[str]) -> TaskSplit:
@@ -174,7 +196,7 @@ class TaskData:
     """A task's splits plus what a checkpoint must remember to read its outputs (class codes)."""
 
     spec: TaskSpec
-    splits: dict[str, TaskSplit]
+    splits: dict[str, TaskSplit]  # or, for a real benchmark, streamed splits (msgfm.datasets.streaming)
     class_codes: tuple[int, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)
     absent: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -254,6 +276,14 @@ def _read_with_partner(
     return {anchor_sensor: anchor, partner_sensor: other}, bands, present
 
 
+def _georef(anchors: pd.DataFrame) -> dict[str, list]:
+    """TaskSplit's georeference fields from manifest rows: each chip's CRS and bounds (empty without those columns)."""
+    if not {"crs", "minx", "miny", "maxx", "maxy"} <= set(anchors.columns):
+        return {}
+    corners = anchors[["minx", "miny", "maxx", "maxy"]].to_numpy(dtype=float)
+    return {"crs": [str(c) for c in anchors["crs"]], "bounds": [tuple(map(float, b)) for b in corners]}
+
+
 def _classification(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, codes: tuple[int, ...]) -> TaskSplit:
     images, bands, present = _read_with_partner(store, anchors, "s2", "s1", _partner_rows(rows, anchors, "s1"))
     target = torch.zeros(len(anchors), len(codes))
@@ -261,7 +291,7 @@ def _classification(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame,
         for code in labels:
             if int(code) in codes:
                 target[i, codes.index(int(code))] = 1.0
-    return TaskSplit(images, bands, present, target, list(anchors["id"]))
+    return TaskSplit(images, bands, present, target, list(anchors["id"]), **_georef(anchors))
 
 
 def nearest_in_time(rows: pd.DataFrame, anchors: pd.DataFrame, sensor: str, max_days: int) -> np.ndarray:
@@ -284,7 +314,7 @@ def _cloud_removal(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, 
     s1 = nearest_in_time(rows, anchors, "s1", max_days)
     images, bands, present = _read_with_partner(store, anchors, "s2", "s1", s1)
     target = torch.from_numpy(store.read("s2", anchors["clear_index"].tolist()))
-    return TaskSplit(images, bands, present, target, list(anchors["id"]))
+    return TaskSplit(images, bands, present, target, list(anchors["id"]), **_georef(anchors))
 
 
 def wald_ms_upsampled(reference: torch.Tensor) -> torch.Tensor:
@@ -316,7 +346,7 @@ def _pansharpening(store: ChipStore, anchors: pd.DataFrame) -> TaskSplit:
     images = {"s2": torch.from_numpy(sensor.normalise(fused, PAN_BANDS))}
     target = torch.from_numpy(sensor.normalise(raw, PAN_BANDS))
     present = {"s2": torch.ones(len(anchors), dtype=torch.bool)}
-    return TaskSplit(images, {"s2": PAN_BANDS}, present, target, list(anchors["id"]))
+    return TaskSplit(images, {"s2": PAN_BANDS}, present, target, list(anchors["id"]), **_georef(anchors))
 
 
 def _segmentation(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, codes: tuple[int, ...]) -> TaskSplit:
@@ -325,7 +355,7 @@ def _segmentation(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, c
     for i, code in enumerate(codes):
         lookup[code] = i
     labels = store.labels("fine", anchors["label_index"].tolist())
-    return TaskSplit(images, bands, present, torch.from_numpy(lookup[labels]), list(anchors["id"]))
+    return TaskSplit(images, bands, present, torch.from_numpy(lookup[labels]), list(anchors["id"]), **_georef(anchors))
 
 
 def _anchors(task: str, rows: pd.DataFrame, max_cloud: float, clear_days: int) -> pd.DataFrame:

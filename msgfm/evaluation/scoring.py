@@ -6,11 +6,13 @@ spatial blocks, `evaluate.bootstrap_unit`), the fine-tuning seeds (`finetune.see
 draws, so `record` writes a metrics entry (the mean over seeds) with its n and seed x unit intervals and
 `compare` a paired difference with its verdict; both take one Scored per seed. The trivial predictors of each task
 (`TRIVIAL`) need no network: the class prior, the majority class, the input itself, HPF and bicubic fusion.
+A streamed split (a real benchmark's, msgfm.datasets.streaming) is scored batch by batch (`score_batches`), so
+it is never held whole; the metrics and per-chip statistics are the same as on the split in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from msgfm.datasets.loaders import SplitLike, TaskBatch, split_loader
 from msgfm.datasets.tasks import IGNORE_INDEX, TaskData, TaskSplit, wald_ms_upsampled
 from msgfm.evaluation.chipstats import ChipStats, chip_stats
 from msgfm.evaluation.intervals import Comparison, Resamples, intervals, over_seeds, paired, resample
-from msgfm.inference.predict import predict
+from msgfm.inference.predict import predict, predict_batch
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models.heads import TaskModel
 
@@ -35,6 +38,9 @@ TRIVIAL: dict[str, tuple[str, ...]] = {
     "segmentation": ("majority_class",),
 }
 """Each task's trivial baselines: predictors that look at no learned weights."""
+
+Predictor = Callable[[TaskBatch], torch.Tensor]
+"""Outputs (logits, or images in metric space) for a batch of samples."""
 
 
 ABSENT_KEY = "absent_from_train"
@@ -119,24 +125,74 @@ def score(model: TaskModel, data: TaskData, split: TaskSplit, batch_size: int) -
     return score_outputs(data, split, data.spec.to_metric_space(outputs) if data.spec.kind == "image" else outputs)
 
 
-def trivial_outputs(name: str, data: TaskData, split: TaskSplit) -> torch.Tensor:
-    """What trivial predictor `name` outputs on the split (logits, or images in metric space)."""
-    spec, train = data.spec, data.splits["train"]
+def score_batches(data: TaskData, split: SplitLike, predictor: Predictor, batch_size: int, workers: int = 0) -> Scored:
+    """Metrics and per-chip statistics of `predictor`'s outputs, read batch by batch through a DataLoader of
+    `workers` (a streamed split is never held whole)."""
+    spec, metrics, parts = data.spec, data.spec.metrics(data.num_classes), []
+    for batch in split_loader(split, batch_size, workers=workers):
+        outputs = predictor(batch)
+        target = spec.to_metric_space(batch.target) if spec.kind == "image" else batch.target
+        metrics.update(outputs, target if spec.kind == "image" else target.long())
+        parts.append(chip_stats(spec, data.num_classes, outputs, target))
+    arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays}
+    return Scored(metrics.compute(), ChipStats(spec.name, arrays))
+
+
+def model_predictor(model: TaskModel, data: TaskData, bands: dict[str, tuple[str, ...]]) -> Predictor:
+    """The model's outputs on a batch of samples with band names `bands`, image outputs in metric space."""
+
+    def outputs(batch: TaskBatch) -> torch.Tensor:
+        out = predict_batch(model, batch, bands)
+        return data.spec.to_metric_space(out) if data.spec.kind == "image" else out
+
+    return outputs
+
+
+def _train_targets(data: TaskData, batch_size: int, workers: int) -> Iterator[torch.Tensor]:
+    """The labelled training targets: all at once for a split in memory, batch by batch for a streamed one."""
+    train = data.splits["train"]
+    if isinstance(train, TaskSplit):
+        yield train.target
+        return
+    for batch in split_loader(train, batch_size, workers=workers):
+        yield batch.target
+
+
+def trivial_predictor(name: str, data: TaskData, batch_size: int = 32, workers: int = 0) -> Predictor:
+    """Trivial predictor `name` on a batch (logits, or images in metric space); the class prior and the majority
+    class are counted once over the labelled training split."""
+    spec, k = data.spec, data.num_classes
     if name == "class_prior":  # the labelled training chips' class frequencies, for every chip
-        prior = train.target.float().mean(0).clamp(1e-4, 1 - 1e-4)
-        return torch.logit(prior).expand(len(split), -1).clone()
+        targets = torch.cat(list(_train_targets(data, batch_size, workers)))
+        prior = torch.logit(targets.float().mean(0).clamp(1e-4, 1 - 1e-4))
+        return lambda batch: prior.expand(len(batch.target), -1).clone()
     if name == "majority_class":  # the most frequent class of the labelled training pixels, everywhere
-        labels = train.target[train.target != IGNORE_INDEX].long()
-        majority = int(torch.bincount(labels, minlength=data.num_classes).argmax())
-        logits = torch.zeros(len(split), data.num_classes, *split.target.shape[-2:])
-        logits[:, majority] = 1.0
-        return logits
+        counts = torch.zeros(k, dtype=torch.long)
+        for t in _train_targets(data, batch_size, workers):
+            counts += torch.bincount(t[(t != IGNORE_INDEX) & (t < k)].long(), minlength=k)
+        majority = int(counts.argmax())
+
+        def constant(batch: TaskBatch) -> torch.Tensor:
+            logits = torch.zeros(len(batch.target), k, *batch.target.shape[-2:])
+            logits[:, majority] = 1.0
+            return logits
+
+        return constant
     if name in ("input", "hpf"):  # the cloudy chip; the HPF-fused MS the network corrects
-        order = [split.bands[spec.residual].index(b) for b in spec.out_bands]
-        return spec.to_metric_space(split.images[spec.residual][:, order])
+        return lambda batch: spec.to_metric_space(
+            batch.images[spec.residual][:, [batch.bands[spec.residual].index(b) for b in spec.out_bands]]
+        )
     if name == "bicubic":  # the degraded MS upsampled bicubically, no PAN detail
-        return wald_ms_upsampled(spec.to_metric_space(split.target)).clamp(0.0, 1.0)
+        return lambda batch: wald_ms_upsampled(spec.to_metric_space(batch.target)).clamp(0.0, 1.0)
     raise ValueError(f"unknown trivial baseline {name!r}; known: {sorted({n for v in TRIVIAL.values() for n in v})}")
+
+
+def trivial_outputs(name: str, data: TaskData, split: TaskSplit) -> torch.Tensor:
+    """What trivial predictor `name` outputs on a split in memory (logits, or images in metric space)."""
+    whole = TaskBatch(
+        split.images, split.bands, split.present, split.target, torch.arange(len(split)), list(split.ids), [], []
+    )
+    return trivial_predictor(name, data)(whole)
 
 
 def best_trivial_gap(task: str, comparisons: dict[str, dict[str, Any]]) -> list[str]:

@@ -11,35 +11,39 @@ from typing import Any
 
 import torch
 
+from msgfm.datasets.loaders import SplitLike, TaskBatch, split_loader
 from msgfm.datasets.tasks import TaskData, TaskSplit
 from msgfm.models.device import autocast, model_device, to_device
 from msgfm.models.heads import TaskModel
 
 
-def predict(model: TaskModel, split: TaskSplit, batch_size: int) -> torch.Tensor:
-    """Outputs for every sample of `split` (eval mode, no gradients)."""
+def predict_batch(model: TaskModel, batch: TaskBatch, bands: dict[str, tuple[str, ...]]) -> torch.Tensor:
+    """Outputs for one batch of samples with band names `bands` (eval mode, no gradients), float32 on the CPU."""
     model.eval()
-    device, outs = model_device(model), []
+    device = model_device(model)
     with torch.no_grad(), autocast(device):
-        for start in range(0, len(split), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(split)))
-            images, present, _ = to_device(split.batch(index), device)
-            outs.append(model(images, split.bands, present=present).float().cpu())
-    return torch.cat(outs)
+        images, present = to_device((batch.images, batch.present), device)
+        return model(images, bands, present=present).float().cpu()
 
 
-def evaluate_split(model: TaskModel, data: TaskData, split: TaskSplit, batch_size: int) -> dict[str, Any]:
-    """Metrics of `model` on `split` (image tasks on reflectance 0..1)."""
+def predict(model: TaskModel, split: SplitLike, batch_size: int, workers: int = 0) -> torch.Tensor:
+    """Outputs for every sample of `split` in order (eval mode, no gradients)."""
+    return torch.cat([predict_batch(model, b, split.bands) for b in split_loader(split, batch_size, workers=workers)])
+
+
+def evaluate_split(
+    model: TaskModel, data: TaskData, split: SplitLike, batch_size: int, workers: int = 0
+) -> dict[str, Any]:
+    """Metrics of `model` on `split` (image tasks on reflectance 0..1), read through a DataLoader of `workers`."""
     spec = data.spec
     metrics = spec.metrics(data.num_classes)
     model.eval()
     device = model_device(model)
     with torch.no_grad():
-        for start in range(0, len(split), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(split)))
-            images, present, target = split.batch(index)
+        for batch in split_loader(split, batch_size, workers=workers):
+            target = batch.target
             with autocast(device):
-                out = model(to_device(images, device), split.bands, present=to_device(present, device))
+                out = model(*to_device((batch.images, split.bands), device), present=to_device(batch.present, device))
             out = out.float().cpu()
             if spec.kind == "image":
                 metrics.update(spec.to_metric_space(out), spec.to_metric_space(target))

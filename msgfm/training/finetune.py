@@ -92,7 +92,15 @@ class _Tuning:
                     raise optuna.TrialPruned()
 
         value, state, history = train_model(
-            model, self.data, hp, cfg.epochs, seed, cfg.min_steps_per_epoch, cfg.eval_batch_size, on_epoch=report
+            model,
+            self.data,
+            hp,
+            cfg.epochs,
+            seed,
+            cfg.min_steps_per_epoch,
+            cfg.eval_batch_size,
+            on_epoch=report,
+            workers=cfg.loader_workers,
         )
         return model, value, state, history
 

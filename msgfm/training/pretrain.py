@@ -34,7 +34,7 @@ import torch
 
 from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.config import Params
-from msgfm.datasets.pretrain import load_pretrain_chips
+from msgfm.datasets.pretrain import load_pretrain_chips, pretrain_loader
 from msgfm.geo.io import atomic_path, atomic_write_json
 from msgfm.models.msgfm import MSGFM, create_model_from_params
 from msgfm.training.checkpoints import latest_checkpoint, restore_checkpoint, write_checkpoint
@@ -52,7 +52,8 @@ def run_name(params: Params, manifest_path: Path) -> str:
     spec = {
         "model": params.model.model_dump(mode="json"),
         "pretrain": params.pretrain.model_dump(
-            mode="json", exclude={"workers", "threads_per_worker", "log_every", "gpu", "preview_chips"}
+            mode="json",
+            exclude={"workers", "threads_per_worker", "loader_workers", "log_every", "gpu", "preview_chips"},
         ),
         "seed": params.seed,
         "manifest": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
@@ -82,11 +83,11 @@ def single_sensor_params(params: Params) -> Params:
     return params.model_copy(update={"pretrain": baseline})
 
 
-def _step_generators(seed: int, rank: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    """Generators for one step of one rank: a pure function of (seed, rank, step), so resume replays exactly."""
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The torch generator (masks) of one step of one rank: a pure function of (seed, rank, step), so resume
+    replays exactly; the step's batch is drawn with msgfm.datasets.pretrain.step_rng of the same triple."""
     seq = np.random.SeedSequence([seed, rank, step])
-    torch_gen = torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
-    return np.random.default_rng(seq), torch_gen
+    return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 
 def build_model(params: Params) -> MSGFM:
@@ -198,9 +199,10 @@ def train_loop(config: dict[str, Any]) -> None:
     core = model.module if hasattr(model, "module") else model
     scheduler = cosine_schedule(optimizer, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, start=start)
     meter = _Meter(cfg.steps, start, world, history)
+    feed = iter(pretrain_loader(chips, params, rank, start))
     for step in range(start, cfg.steps):
-        rng, torch_gen = _step_generators(params.seed, rank, step)
-        batch = _to_device(chips.sample_batch(rng, cfg.batch_size, augment=cfg.augment), device)
+        torch_gen = _step_generator(params.seed, rank, step)
+        batch = _to_device(next(feed), device)
         losses = _train_step(model, optimizer, batch, torch_gen, device, cfg.grad_clip)
         scheduler.step()
         meter.add(batch, losses)

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from msgfm.datasets.tasks import TaskData
+from msgfm.datasets.tasks import TaskData, TaskSplit
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models.finetuned import model_dir, study_storage
 from msgfm.models.hub import read_config
@@ -41,10 +41,14 @@ def suggest(trial: optuna.Trial, params: Params) -> Hyper:
 
 
 def data_digest(data: TaskData) -> str:
-    """SHA-256 over the tensors a trial trains and validates on: new chips, or code that builds them otherwise."""
+    """SHA-256 over the tensors a trial trains and validates on (new chips, or code that builds them otherwise);
+    a streamed split contributes its own fingerprint (what it reads, not the pixels: reading would cost an epoch)."""
     digest = hashlib.sha256()
     for name in ("train", "val"):
         split = data.splits[name]
+        if not isinstance(split, TaskSplit):
+            digest.update(split.fingerprint().encode())
+            continue
         for sensor in sorted(split.images):
             digest.update(split.images[sensor].numpy().tobytes())
             digest.update(split.present[sensor].numpy().tobytes())
@@ -55,7 +59,16 @@ def data_digest(data: TaskData) -> str:
 def study_fingerprint(params: Params, data: TaskData, variant: str) -> str:
     """8 hex digits over everything that shapes a trial (params, data, the variant's pretrained weights), so
     that a rerun after a kill resumes the study and a rerun on changed inputs starts a fresh one."""
-    exclude = {"trials", "seeds", "variants", "threads", "eval_batch_size", "trial_workers", "study_storage"}
+    exclude = {
+        "trials",
+        "seeds",
+        "variants",
+        "threads",
+        "loader_workers",
+        "eval_batch_size",
+        "trial_workers",
+        "study_storage",
+    }
     cfg = params.finetune.model_dump(mode="json", exclude=exclude)
     path = model_dir(params, variant)
     weights = read_config(path).get("weights_sha256") if path is not None else None

@@ -14,12 +14,13 @@ from typing import Any, ClassVar
 import numpy as np
 import rasterio
 import rasterio.errors
-import torch
 from rasterio.enums import Resampling
+from rasterio.transform import array_bounds
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-Sample = dict[str, torch.Tensor]
+Sample = dict[str, Any]
+"""Tensors by key (inputs, target), plus `id`, `crs` and `bounds` where the loader knows them."""
 Transform = Callable[[Sample], Sample]
 
 
@@ -84,6 +85,14 @@ def read_with_profile(path: Path, what: str) -> tuple[np.ndarray, dict[str, Any]
             return src.read(), dict(src.profile)
     except (rasterio.errors.RasterioError, OSError) as e:
         raise BenchmarkDataError(f"{what} unreadable ({path}): {_reason(e)}") from None
+
+
+def georeference(profile: dict[str, Any]) -> dict[str, Any]:
+    """A sample's TorchGeo-style georeference from a rasterio profile: `crs` (a string, None if unset) and
+    `bounds` (minx, miny, maxx, maxy in that CRS)."""
+    crs = profile.get("crs")
+    bounds = array_bounds(profile["height"], profile["width"], profile["transform"])
+    return {"crs": crs.to_string() if crs else None, "bounds": (bounds[0], bounds[1], bounds[2], bounds[3])}
 
 
 def require_dir(path: Path, dataset: str, hint: str) -> Path:

@@ -45,6 +45,8 @@ from msgfm.datasets.benchmarks._common import (
     BenchmarkDataset,
     Sample,
     Transform,
+    georeference,
+    open_profile,
     read_raster_window,
     require_dir,
     resampling_method,
@@ -228,7 +230,8 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 class BigEarthNet(BenchmarkDataset):
-    """BigEarthNet v1.0 S2 (+S1) patches -> {"s2": (12,120,120), "s1": (2,120,120), "label": (19,) multi-hot}.
+    """BigEarthNet v1.0 S2 (+S1) patches -> {"s2": (12,120,120), "s1": (2,120,120), "label": (19,) multi-hot}, with
+    the patch name (`id`) and its georeference (`crs`, `bounds` of the 10 m grid).
 
     `s2` is L2A reflectance x 10000 and `s1` backscatter in dB, both float32 in the sensor registry's
     units (normalise with `msgfm.sensors.get_sensor(...).normalise`). 20 m and 60 m bands are resampled
@@ -346,7 +349,8 @@ class BigEarthNet(BenchmarkDataset):
         target = torch.zeros(self.num_classes, dtype=torch.float32)
         target[labels_to_indices(meta["labels"], self.num_classes, patch)] = 1.0
         sample["label"] = target
-        return sample
+        profile = open_profile(folder / f"{patch}_B02.tif", f"BigEarthNet patch {patch}: band B02")
+        return {**sample, "id": patch, **georeference(profile)}
 
     def s1_patch_of(self, index: int) -> str | None:
         """Name of the S1 patch joined to sample `index` (None when S1 is not loaded)."""

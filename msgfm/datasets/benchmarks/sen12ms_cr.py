@@ -37,6 +37,7 @@ from msgfm.datasets.benchmarks._common import (
     BenchmarkDataset,
     Sample,
     Transform,
+    georeference,
     read_with_profile,
 )
 from msgfm.sensors import SENTINEL1, SENTINEL2
@@ -88,7 +89,8 @@ def split_of(season: str, scene: int) -> str:
 
 
 class SEN12MSCR(BenchmarkDataset):
-    """SEN12MS-CR triplets -> {"s1": (2,256,256) dB, "s2_cloudy": (13,256,256), "s2": (13,256,256) target}.
+    """SEN12MS-CR triplets -> {"s1": (2,256,256) dB, "s2_cloudy": (13,256,256), "s2": (13,256,256) target}, with
+    the patch id (`id`) and the triplet's georeference (`crs`, `bounds`).
 
     `on_incomplete="error"` (default) makes a patch whose S2 or cloudy-S2 file is absent a clear error;
     "skip" leaves such patches out (as the authors' loader does) and logs how many were dropped.
@@ -157,14 +159,14 @@ class SEN12MSCR(BenchmarkDataset):
     def load(self, index: int) -> Sample:
         """Read one triplet, checking band counts and that the three rasters share one grid."""
         patch_id, *paths = self.triplets[index]
-        arrays, grids = {}, {}
+        arrays, grids, profiles = {}, {}, {}
         for key, path, count in zip(("s1", "s2", "s2_cloudy"), paths, (2, 13, 13), strict=True):
             what = f"SEN12MS-CR patch {patch_id}: {key}"
             data, profile = read_with_profile(path, what)
             if data.shape[0] != count:
                 raise BenchmarkDataError(f"{what} has {data.shape[0]} bands, expected {count} ({path})")
             arrays[key] = data.astype(np.float32)
-            grids[key] = (profile["transform"], data.shape[1:])
+            grids[key], profiles[key] = (profile["transform"], data.shape[1:]), profile
         for key in ("s2", "s2_cloudy"):
             if grids[key] != grids["s1"]:
                 raise BenchmarkDataError(
@@ -172,6 +174,7 @@ class SEN12MSCR(BenchmarkDataset):
                     f"s1 grid ({_describe(*grids['s1'])})"
                 )
         sample = {key: torch.from_numpy(a) for key, a in arrays.items()}
+        sample.update(id=patch_id, **georeference(profiles["s1"]))
         if self.reflectance:
             sample["s2"] = to_reflectance(sample["s2"])
             sample["s2_cloudy"] = to_reflectance(sample["s2_cloudy"])

@@ -39,6 +39,7 @@ from msgfm.datasets.benchmarks._common import (
     BenchmarkDataset,
     Sample,
     Transform,
+    georeference,
     open_profile,
     read_with_profile,
     require_dir,
@@ -72,7 +73,8 @@ def block_average(image: np.ndarray, ratio: int) -> np.ndarray:
 
 
 class SpaceNetPansharpen(BenchmarkDataset):
-    """PAN/MS tile pairs -> Wald: {"pan": (1,h,w), "ms": (C,h/r,w/r), "target": (C,h,w)}; full: {"pan", "ms"}.
+    """PAN/MS tile pairs -> Wald: {"pan": (1,h,w), "ms": (C,h/r,w/r), "target": (C,h,w)}; full: {"pan", "ms"};
+    both with the tile id (`id`) and the georeference of the (cropped) MS grid (`crs`, `bounds`).
 
     h x w is the MS tile cropped to a multiple of the ratio r, which is taken from the two rasters' pixel
     sizes (it must be a whole number within 5 %) unless given.
@@ -156,7 +158,7 @@ class SpaceNetPansharpen(BenchmarkDataset):
         pan = pan.astype(np.float32) / self.scale
         ms = ms.astype(np.float32) / self.scale
         if self.protocol == "full":
-            return {"pan": torch.from_numpy(pan), "ms": torch.from_numpy(ms)}
+            return {"pan": torch.from_numpy(pan), "ms": torch.from_numpy(ms), "id": tile, **georeference(ms_profile)}
 
         ratio = self._ratio(tile, pan_profile, ms_profile)
         h, w = (ms.shape[1] // ratio) * ratio, (ms.shape[2] // ratio) * ratio
@@ -167,6 +169,8 @@ class SpaceNetPansharpen(BenchmarkDataset):
             "pan": torch.from_numpy(self._pan_on_ms_grid(tile, pan, pan_profile, ms_profile, (h, w))),
             "ms": torch.from_numpy(block_average(target, ratio)),
             "target": torch.from_numpy(np.ascontiguousarray(target)),
+            "id": tile,
+            **georeference({**ms_profile, "height": h, "width": w}),
         }
 
     @staticmethod

@@ -113,6 +113,7 @@ class Vaihingen(BenchmarkDataset):
     task = "segmentation"
     inputs: ClassVar[dict[str, str | None]] = {"rgb": "rgb", "dsm": "dsm"}
     target_key = "mask"
+    class_names: ClassVar[tuple[str, ...]] = CLASSES
     splits = tuple(AREAS)
 
     def __init__(
