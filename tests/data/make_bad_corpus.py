@@ -46,8 +46,8 @@ def corpus_params() -> dict:
         s1_dates=2,
         cloudy_fraction=0.0,
     )
-    # at least one val block: the pairs gate requires val chips. Labels by any pixel (label_min_fraction 0): in
-    # this one small AOI a class covering 5 % of a val chip covers less of every train chip, and the block that
+    # val blocks for the fine grid (the 320 m S1/S2 chips stay train: the pairs gate fails the manifest). Labels
+    # by any pixel (label_min_fraction 0): in this one small AOI a class covering 5 % of a val chip covers less of every train chip, and the block that
     # holds it would turn train, leaving val empty
     params["pair"].update(block_m=320, val_fraction=0.3, label_min_fraction=0.0)
     params["gates"].update(min_pass_rate=0.3)  # most items of this catalog are broken on purpose
