@@ -58,23 +58,51 @@ def test_a_catalog_with_both_a_canonical_key_and_its_alias_fetches_it_once(tmp_p
 
 
 def test_places_without_msgfm_aoi_get_one_aoi_each_on_their_utm_grid(tmp_path, repo_root):
-    """Four real places (three UTM zones, two patches 50 km apart in one zone): four AOIs, nothing quarantined."""
+    """Four real places (three UTM zones, two patches 50 km apart in one zone): four AOIs, each named after its
+    footprints' south-west corner in km in the UTM zone of its place, nothing quarantined."""
     root = _project(tmp_path, repo_root, list(PLACES))
     _run(root, "download", "validate_raw", "coregister")
     ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
     by_place = {"_".join(iid.split("_")[-2:]): aoi for iid, aoi in zip(ledger["id"], ledger["aoi"], strict=True)}
     assert by_place == {
-        "87_48": "aoi_32633_400_5340",
-        "36_85": "aoi_32629_640_5790",
-        "4_55": "aoi_32629_600_5830",
-        "69_24": "aoi_32636_370_6960",  # 35VPK's patch lies east of 30 E: the UTM zone of its place is 36
+        "87_48": "aoi_32633_404_5341",
+        "36_85": "aoi_32629_643_5796",
+        "4_55": "aoi_32629_604_5832",
+        "69_24": "aoi_32636_377_6967",  # 35VPK's patch lies east of 30 E: the UTM zone of its place is 36
     }
     assert ledger.groupby("aoi")["sensor"].apply(sorted).tolist() == [["s1", "s2"]] * 4  # each S1 with its S2
     rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
     assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
-    for aoi, epsg in [("aoi_32633_400_5340", 32633), ("aoi_32636_370_6960", 32635)]:  # the S2 tile's own grid
+    for aoi, epsg in [("aoi_32633_404_5341", 32633), ("aoi_32636_377_6967", 32635)]:  # the S2 tile's own grid
         grid = json.loads((root / "data/coreg" / aoi / "grids.json").read_text())["s10"]
         assert grid["crs"] == f"EPSG:{epsg}" and grid["width"] == grid["height"] == 120
+
+
+def test_an_s1_footprint_whose_centre_lies_in_another_square_stays_with_its_s2(tmp_path, repo_root):
+    """The S1 item's footprint (a published envelope, wider than its pixels) reaches 12 km east, so its centre
+    lies in the next 10 km square from the S2's: grouped by overlap, the pair is still one AOI and co-registered."""
+    from msgfm.config import SourceParams
+    from msgfm.ingest.aois import aoi_square
+
+    root = _project(tmp_path, repo_root, ["87_48", "4_55"])
+    path = next((root / "data/source/sentinel-1-rtc").glob("*87_48/*87_48.json"))
+    item = json.loads(path.read_text())
+    west, south, east, north = item["bbox"]
+    item["bbox"] = [west, south, east + 0.18, north]  # about 12 km at 48 N
+    item["geometry"]["coordinates"] = [[[west, south], [east + 0.18, south], [east + 0.18, north], [west, north],
+                                        [west, south]]]  # fmt: skip
+    path.write_text(json.dumps(item))
+    s2 = json.loads(next((root / "data/source/sentinel-2-l2a").glob("*87_48/*87_48.json")).read_text())
+    cfg = SourceParams(aoi_tile_m=10000)
+    assert aoi_square(item["bbox"], cfg) != aoi_square(s2["bbox"], cfg)  # the centre rule would split the pair
+    _run(root, "download", "validate_raw", "coregister")
+    ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
+    assert ledger.groupby("aoi")["sensor"].apply(sorted).to_dict() == {
+        "aoi_32633_404_5340": ["s1", "s2"],  # one AOI, named after the south-west corner of the pair's union in UTM
+        "aoi_32629_604_5832": ["s1", "s2"],  # the other place, 1500 km away: its own AOI
+    }
+    rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
+    assert (rasters["status"] == "ok").all() and (rasters["sensor"] == "s1").sum() == 2, rasters["error"].tolist()
 
 
 def test_one_aoi_for_all_when_aoi_tile_m_is_null(tmp_path, repo_root):

@@ -181,8 +181,8 @@ class SourceParams(Section):
         le=1_000_000,
         multiple_of=1000,
         description="items without msgfm:aoi: AOIs are squares of this side on a UTM grid (msgfm.ingest.aois): a "
-        "stac_api bbox is tiled into them, other items get the square of their footprint's centre; null: they "
-        "all get the one AOI `aoi`",
+        "stac_api bbox is tiled into them; other items (static, folder, search without bbox) are grouped by "
+        "overlapping footprints, one AOI per group; null: they all get the one AOI `aoi`",
     )
     max_cloud_cover: float | None = Field(
         None,
