@@ -11,10 +11,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from real_catalog import PLACES, build_pc_catalog, pc_params
+from real_catalog import BEN, PLACES, build_pc_catalog, pc_params
 from tiny_world import run_stage, tiny_params
 
 from msgfm.sensors import S2_L2A_BANDS
@@ -157,6 +158,41 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
         assert r.shift_confidence < 0.5 and "not applied" in r.shift_note and applied == 0.0
     gate = pd.read_parquet(root / "data/gates/coreg.parquet").set_index("id")
     assert gate["accepted"].all(), gate["reasons"].tolist()
+    report = json.loads((root / "data/reports/gates/coreg.json").read_text())
+    assert report["residual_px"]["not_measurable"] == 4  # ZNCC peak < gates.min_residual_zncc: said, not passed as 0 px
+
+
+def _ben_band(folder: str, band: str) -> np.ndarray:
+    """One 10 m band of a real BigEarthNet patch (S2 or S1 folder), float32."""
+    import rasterio
+
+    base = BEN / ("BigEarthNet-S1-v1.0" if folder.startswith("S1") else "BigEarthNet-v1.0") / folder
+    with rasterio.open(base / f"{folder}_{band}.tif") as src:
+        return src.read(1).astype(np.float32)
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+def test_the_coreg_gate_measure_finds_a_known_shift_of_real_texture_and_refuses_s1_speckle(place):
+    """ZNCC (msgfm.coreg.residuals, the gate's measure) on real BigEarthNet patches: the red band's edges moved by
+    (1.6, -0.7) px against the blue and green bands' edges measure that shift with a peak above
+    gates.min_residual_zncc; the co-located real S1 against the same S2 edges peaks below it (speckle edges do
+    not match optical ones), so the gate calls its residual not measurable instead of passing it as aligned."""
+    from scipy import ndimage
+
+    from msgfm.config import CoregisterParams, GatesParams
+    from msgfm.coreg.features import gradient_feature
+    from msgfm.coreg.residuals import zncc_shift
+
+    cfg, (s2_patch, s1_patch) = CoregisterParams(), PLACES[place]
+    ones = np.ones((120, 120), bool)
+    reference = gradient_feature(np.stack([_ben_band(s2_patch, b) for b in ("B02", "B03")]), ones, cfg.feature_sigma_px)
+    radius = int(np.ceil(cfg.max_shift_px)) + 1
+    red = ndimage.shift(_ben_band(s2_patch, "B04"), (-0.7, 1.6), order=3, mode="nearest")  # 1.6 px right, 0.7 up
+    dx, dy, peak = zncc_shift(reference, gradient_feature(red, ones, cfg.feature_sigma_px), radius)
+    assert abs(dx - 1.6) < 0.2 and abs(dy + 0.7) < 0.2, (dx, dy)
+    s1 = np.stack([_ben_band(s1_patch, b) for b in cfg.s1_feature_bands])
+    *_, s1_peak = zncc_shift(reference, gradient_feature(s1, ones, cfg.s1_speckle_sigma_px), radius)
+    assert s1_peak < GatesParams().min_residual_zncc <= peak, (s1_peak, peak)
 
 
 def _sen12ms_folder(root: Path, test_data: Path) -> Path:

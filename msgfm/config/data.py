@@ -287,5 +287,8 @@ class GatesParams(Section):
         250_000_000, ge=1, description="raw: most pixels (width x height) a raster's header may claim"
     )
     max_residual_px: float = Field(0.5, gt=0, le=10, description="coreg: most shift left after correction, px")
+    min_residual_zncc: float = Field(
+        0.4, gt=0, le=1, description="coreg: a residual is measurable when its ZNCC peak correlation reaches this"
+    )
     min_valid_fraction: float = Field(0.5, ge=0, le=1, description="coreg: least valid overlap with the AOI grid")
     min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")
