@@ -236,7 +236,7 @@ def pair_cmd(params: ParamsOption = Path("params.yaml")) -> None:
 
 @app.command(name="validate_pairs")
 def validate_pairs_cmd(params: ParamsOption = Path("params.yaml")) -> None:
-    """Pairs gate: manifest schema, spatially disjoint splits, classes in train, paired share, finite stats."""
+    """Pairs gate: manifest schema, every split per sensor, disjoint splits, classes in train, paired share, stats."""
     from msgfm.validation.pairs import validate_pairs
 
     p = _load(params)

@@ -5,6 +5,10 @@ them, in a project folder holding a copy of the corpus. Every broken item must e
 entry (or a download error) with a reason that names the asset, or, for the acquisition without a
 partner in time, as unpaired single-sensor chips; the good acquisitions beside them must go through
 to paired chips. The test prints a table of cases and outcomes.
+
+The corpus is one 720 m AOI: its S1 and S2 chips (320 m) all fall in train blocks, so the pairs gate,
+after deciding every chip, fails the manifest as a training set ("no val chips of s1", ...): the one
+dataset-level verdict this corpus must get.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tiny_world import run_stage
+from tiny_world import run_stage, working_directory
+from typer.testing import CliRunner
 
+from msgfm.cli import app
 from msgfm.geo.io import sha256_file
 
 GOOD = [
@@ -77,8 +83,16 @@ def corpus_run(tmp_path_factory, test_data) -> Path:
     shutil.copyfile(corpus / "outside.tif", root / "data" / "outside.tif")
     # today's params (the schema evolves) with the corpus's overrides; params.yaml in the corpus records its generation
     (root / "params.yaml").write_text(yaml.safe_dump(_corpus_module(test_data).corpus_params(), sort_keys=False))
-    for stage in ("download", "validate_raw", "coregister", "validate_coreg", "pair", "validate_pairs"):
+    for stage in ("download", "validate_raw", "coregister", "validate_coreg", "pair"):
         run_stage(root, stage)
+    with working_directory(root):
+        gate = CliRunner().invoke(app, ["validate_pairs", "--params", "params.yaml"], catch_exceptions=False)
+    assert (
+        gate.exit_code == 1
+        and "'splits_complete' failed: no val chips of s1, no test chips of s1, no val chips "
+        "of s2, no test chips of s2:"
+        in gate.output
+    ), gate.output  # the only dataset-level failure: S1/S2 all train
     return root
 
 

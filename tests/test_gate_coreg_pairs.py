@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,16 @@ from affine import Affine
 from coreg_world import CRS_UTM, RawWorld, copy_pipeline, pair_params, pipeline_root  # noqa: F401 (session fixture)
 from typer.testing import CliRunner
 
+from msgfm.chips.pairing import pair
 from msgfm.chips.store import MANIFEST_HASH_KEY
 from msgfm.cli import app
 from msgfm.config import CoregisterParams, GatesParams
 from msgfm.coreg.aoi_grids import read_grids
 from msgfm.coreg.stage import coregister
+from msgfm.datasets.tasks import TASK_SPECS
 from msgfm.geo.grids import warp_to_grid
 from msgfm.geo.io import sha256_file, write_cog
+from msgfm.sensors import SENSORS
 from msgfm.validation.coreg import validate_coreg
 from msgfm.validation.gates import GateFailed
 from msgfm.validation.pairs import validate_pairs
@@ -36,9 +40,23 @@ def _gate_coreg(root: Path, gates: GatesParams | None = None):
     )
 
 
+SPLIT_FINE = {"block_m": 160, "buffer_m": 0}
+"""Blocks of one S2 chip: the world's 96 m fine region spans four, so RGB and DSM chips reach every split
+(the shared pipeline's 480 m blocks put it in one block, all train)."""
+
+
+@pytest.fixture(scope="module")
+def paired_root(pipeline_root, tmp_path_factory) -> Path:  # noqa: F811
+    """The shared pipeline re-paired with SPLIT_FINE: every sensor has train, val and test chips."""
+    root = copy_pipeline(pipeline_root, tmp_path_factory.mktemp("paired"))
+    shutil.rmtree(root / "data/chips")
+    pair(pair_params(root, **SPLIT_FINE), coreg_dir=root / "data/coreg", coreg_gate=root / "data/gates/coreg.parquet")
+    return root
+
+
 def _gate_pairs(root: Path, gates: GatesParams | None = None):
     return validate_pairs(
-        pair_params(root),
+        pair_params(root, **SPLIT_FINE),
         gates or GatesParams(),
         gates_dir=root / "data/gates",
         reports_dir=root / "data/reports/gates",
@@ -49,8 +67,9 @@ def test_coreg_gate_accepts_the_corrected_world(pipeline_root):  # noqa: F811
     decisions = pd.read_parquet(pipeline_root / "data/gates/coreg.parquet")
     assert decisions["accepted"].all() and len(decisions) == 13
     report = json.loads((pipeline_root / "data/reports/gates/coreg.json").read_text())
-    assert report["success"] and report["residual_px"]["n"] == 4
-    assert report["residual_px"]["max"] < GatesParams().max_residual_px
+    # the three S1 and the DSM, measured by ZNCC (peaks 0.62-0.63 and 0.43): all below 0.1 px
+    assert report["success"] and report["residual_px"]["n"] == 4 and report["residual_px"]["not_measurable"] == 0
+    assert report["residual_px"]["max"] < 0.1 < GatesParams().max_residual_px
 
 
 def test_coreg_gate_rejects_off_grid_and_uncorrected_rasters(pipeline_root, tmp_path):  # noqa: F811
@@ -101,8 +120,8 @@ def test_coreg_gate_quarantines_stage_failures_with_their_reason(tmp_path):
     assert decisions.drop(index=far)["accepted"].all()
 
 
-def test_pairs_gate_accepts_the_manifest(pipeline_root, tmp_path):  # noqa: F811
-    root = copy_pipeline(pipeline_root, tmp_path)
+def test_pairs_gate_accepts_the_manifest(paired_root, tmp_path):  # noqa: F811
+    root = copy_pipeline(paired_root, tmp_path)
     result = _gate_pairs(root)
     assert result.passed, result.message
     report = json.loads((root / "data/reports/gates/pairs.json").read_text())
@@ -113,8 +132,8 @@ def test_pairs_gate_accepts_the_manifest(pipeline_root, tmp_path):  # noqa: F811
     assert set(report["chips_by_split"]) == {"train", "val", "test"} and report["paired_fraction"] > 0.3
 
 
-def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(pipeline_root, tmp_path):  # noqa: F811
-    root = copy_pipeline(pipeline_root, tmp_path)
+def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(paired_root, tmp_path):  # noqa: F811
+    root = copy_pipeline(paired_root, tmp_path)
     path = root / "data/manifest.parquet"
     manifest = pd.read_parquet(path)
     train = manifest.index[(manifest["split"] == "train") & (manifest["sensor"] == "s2")]
@@ -130,35 +149,74 @@ def test_pairs_gate_catches_leaky_splits_bad_stats_and_few_pairs(pipeline_root, 
     assert "intersects train chips" in decisions.loc[manifest.loc[train[0], "id"], "reasons"]
     assert "non-finite chip statistics" in decisions.loc[manifest.loc[train[1], "id"], "reasons"]
     assert "store_index outside the store" in decisions.loc[manifest.loc[train[2], "id"], "reasons"]
-    few = _gate_pairs(copy_pipeline(pipeline_root, tmp_path / "b"), GatesParams(min_paired_fraction=0.99))
+    few = _gate_pairs(copy_pipeline(paired_root, tmp_path / "b"), GatesParams(min_paired_fraction=0.99))
     assert few.failed_dataset_checks == ["paired_fraction"]
 
 
-def test_pairs_gate_fails_a_manifest_without_val_chips(pipeline_root, tmp_path):  # noqa: F811
-    """No val chips: pretraining would train and then fail at its validation; the gate stops it first."""
-    root = copy_pipeline(pipeline_root, tmp_path)
+def _write_manifest(root: Path, manifest: pd.DataFrame) -> None:
+    """Replace the manifest, as if pair had written it with the chip store."""
     path = root / "data/manifest.parquet"
-    manifest = pd.read_parquet(path)
-    manifest = manifest[manifest["split"] != "val"]
     manifest.to_parquet(path)
     index = json.loads((root / "data/chips/index.json").read_text())
     (root / "data/chips/index.json").write_text(json.dumps({**index, MANIFEST_HASH_KEY: sha256_file(path)}))
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        ({"split": "val"}, ["no val chips of dsm", "no val chips of rgb", "no val chips of s1", "no val chips of s2"]),
+        ({"split": "test", "sensor": "s1"}, ["no test chips of s1"]),
+        ({"split": "train", "sensor": "dsm"}, ["no train chips of dsm"]),
+    ],
+)
+def test_pairs_gate_fails_a_manifest_without_chips_of_a_split_for_a_sensor(paired_root, tmp_path, drop, named):  # noqa: F811
+    """No val chips (or no test S1, no train DSM): training would start and fail later; the gate stops it first,
+    naming each split and sensor that has no chips."""
+    root = copy_pipeline(paired_root, tmp_path)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    assert {(sp, se) for sp in ("train", "val", "test") for se in ("s1", "s2", "rgb", "dsm")} <= set(
+        zip(manifest["split"], manifest["sensor"], strict=True)
+    )  # the world's manifest is complete: each case below removes exactly what it names
+    gone = np.logical_and.reduce([manifest[k] == v for k, v in drop.items()])
+    _write_manifest(root, manifest[~gone])
     result = _gate_pairs(root)
     assert not result.passed and "splits_complete" in result.failed_dataset_checks
-    assert "the manifest has no train or no val chips" in result.message
+    assert f"'splits_complete' failed: {', '.join(named)}: pretraining and fine-tuning" in result.message
+    report = json.loads((root / "data/reports/gates/pairs.json").read_text())
+    assert report["splits_missing"] == [n.removeprefix("no ").replace(" chips of ", "/") for n in named]
+    assert report["dataset_checks"]["splits_complete"] is False
 
 
-def _write_manifest(root: Path, manifest: pd.DataFrame) -> None:
-    """Replace the manifest, as if pair had written it with the store."""
-    path = root / "data/manifest.parquet"
-    manifest.to_parquet(path)
-    index = json.loads((root / "data/chips/index.json").read_text())
-    (root / "data/chips/index.json").write_text(json.dumps({**index, MANIFEST_HASH_KEY: sha256_file(path)}))
-
-
-def test_pairs_gate_reports_classes_absent_from_train_and_keeps_their_chips(pipeline_root, tmp_path):  # noqa: F811
-    """A class seen only in val/test is listed with its chips per split, not a gate failure (issue 15 item 5)."""
+def test_pairs_gate_refuses_a_corpus_whose_rgb_and_dsm_are_all_train(pipeline_root, tmp_path):  # noqa: F811
+    """The shared pipeline as pair cut it: the 96 m fine region lies in one 480 m block, a train block, so
+    segmentation could neither tune (val) nor be scored (test); the gate says so before training starts."""
     root = copy_pipeline(pipeline_root, tmp_path)
+    result = validate_pairs(
+        pair_params(root), GatesParams(), gates_dir=root / "data/gates", reports_dir=root / "data/reports/gates"
+    )
+    assert not result.passed and result.failed_dataset_checks == ["splits_complete"]
+    assert "no val chips of dsm, no test chips of dsm, no val chips of rgb, no test chips of rgb" in result.message
+    with pytest.raises(GateFailed, match="no val chips of dsm"):
+        result.raise_if_failed()
+
+
+def test_the_fine_tuning_tasks_together_read_every_sensor():
+    """Why splits_complete asks every sensor of the manifest for every split (msgfm/validation/pairs.py)."""
+    assert {s for spec in TASK_SPECS.values() for s in spec.inputs} == set(SENSORS)
+
+
+def test_pairs_gate_does_not_require_a_sensor_the_manifest_lacks(paired_root, tmp_path):  # noqa: F811
+    """An S1/S2-only corpus (no RGB or DSM at all) has every split of the sensors it has: complete."""
+    root = copy_pipeline(paired_root, tmp_path)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    _write_manifest(root, manifest[manifest["sensor"].isin(["s1", "s2"])])
+    result = _gate_pairs(root)
+    assert result.report["dataset_checks"]["splits_complete"] is True and result.report["splits_missing"] == []
+
+
+def test_pairs_gate_reports_classes_absent_from_train_and_keeps_their_chips(paired_root, tmp_path):  # noqa: F811
+    """A class seen only in val/test is listed with its chips per split, not a gate failure (issue 15 item 5)."""
+    root = copy_pipeline(paired_root, tmp_path)
     manifest = pd.read_parquet(root / "data/manifest.parquet")
     train = manifest["split"] == "train"
     held_classes = set().union(*manifest.loc[~train, "labels"].map(set))
@@ -174,8 +232,9 @@ def test_pairs_gate_reports_classes_absent_from_train_and_keeps_their_chips(pipe
     assert result.decisions.set_index("id").loc[manifest.loc[~train, "id"], "accepted"].all()
 
 
-def test_pairs_gate_fails_when_train_has_no_class_at_all(pipeline_root, tmp_path):  # noqa: F811
-    root = copy_pipeline(pipeline_root, tmp_path)
+def test_pairs_gate_fails_when_train_has_no_class_at_all(paired_root, tmp_path):  # noqa: F811
+    """Train chips without any class: fine-tuning would learn none, so the gate fails."""
+    root = copy_pipeline(paired_root, tmp_path)
     manifest = pd.read_parquet(root / "data/manifest.parquet")
     train = manifest["split"] == "train"
     manifest.loc[train, "labels"] = manifest.loc[train, "labels"].map(lambda x: [])

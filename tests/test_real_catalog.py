@@ -11,10 +11,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from real_catalog import PLACES, build_pc_catalog, pc_params
+from real_catalog import BEN, PLACES, build_pc_catalog, pc_params
 from tiny_world import run_stage, tiny_params
 
 from msgfm.sensors import S2_L2A_BANDS
@@ -58,23 +59,51 @@ def test_a_catalog_with_both_a_canonical_key_and_its_alias_fetches_it_once(tmp_p
 
 
 def test_places_without_msgfm_aoi_get_one_aoi_each_on_their_utm_grid(tmp_path, repo_root):
-    """Four real places (three UTM zones, two patches 50 km apart in one zone): four AOIs, nothing quarantined."""
+    """Four real places (three UTM zones, two patches 50 km apart in one zone): four AOIs, each named after its
+    footprints' south-west corner in km in the UTM zone of its place, nothing quarantined."""
     root = _project(tmp_path, repo_root, list(PLACES))
     _run(root, "download", "validate_raw", "coregister")
     ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
     by_place = {"_".join(iid.split("_")[-2:]): aoi for iid, aoi in zip(ledger["id"], ledger["aoi"], strict=True)}
     assert by_place == {
-        "87_48": "aoi_32633_400_5340",
-        "36_85": "aoi_32629_640_5790",
-        "4_55": "aoi_32629_600_5830",
-        "69_24": "aoi_32636_370_6960",  # 35VPK's patch lies east of 30 E: the UTM zone of its place is 36
+        "87_48": "aoi_32633_404_5341",
+        "36_85": "aoi_32629_643_5796",
+        "4_55": "aoi_32629_604_5832",
+        "69_24": "aoi_32636_377_6967",  # 35VPK's patch lies east of 30 E: the UTM zone of its place is 36
     }
     assert ledger.groupby("aoi")["sensor"].apply(sorted).tolist() == [["s1", "s2"]] * 4  # each S1 with its S2
     rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
     assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
-    for aoi, epsg in [("aoi_32633_400_5340", 32633), ("aoi_32636_370_6960", 32635)]:  # the S2 tile's own grid
+    for aoi, epsg in [("aoi_32633_404_5341", 32633), ("aoi_32636_377_6967", 32635)]:  # the S2 tile's own grid
         grid = json.loads((root / "data/coreg" / aoi / "grids.json").read_text())["s10"]
         assert grid["crs"] == f"EPSG:{epsg}" and grid["width"] == grid["height"] == 120
+
+
+def test_an_s1_footprint_whose_centre_lies_in_another_square_stays_with_its_s2(tmp_path, repo_root):
+    """The S1 item's footprint (a published envelope, wider than its pixels) reaches 12 km east, so its centre
+    lies in the next 10 km square from the S2's: grouped by overlap, the pair is still one AOI and co-registered."""
+    from msgfm.config import SourceParams
+    from msgfm.ingest.aois import aoi_square
+
+    root = _project(tmp_path, repo_root, ["87_48", "4_55"])
+    path = next((root / "data/source/sentinel-1-rtc").glob("*87_48/*87_48.json"))
+    item = json.loads(path.read_text())
+    west, south, east, north = item["bbox"]
+    item["bbox"] = [west, south, east + 0.18, north]  # about 12 km at 48 N
+    item["geometry"]["coordinates"] = [[[west, south], [east + 0.18, south], [east + 0.18, north], [west, north],
+                                        [west, south]]]  # fmt: skip
+    path.write_text(json.dumps(item))
+    s2 = json.loads(next((root / "data/source/sentinel-2-l2a").glob("*87_48/*87_48.json")).read_text())
+    cfg = SourceParams(aoi_tile_m=10000)
+    assert aoi_square(item["bbox"], cfg) != aoi_square(s2["bbox"], cfg)  # the centre rule would split the pair
+    _run(root, "download", "validate_raw", "coregister")
+    ledger = pd.read_parquet(root / "data/raw/acquisitions.parquet")
+    assert ledger.groupby("aoi")["sensor"].apply(sorted).to_dict() == {
+        "aoi_32633_404_5340": ["s1", "s2"],  # one AOI, named after the south-west corner of the pair's union in UTM
+        "aoi_32629_604_5832": ["s1", "s2"],  # the other place, 1500 km away: its own AOI
+    }
+    rasters = pd.read_parquet(root / "data/coreg/rasters.parquet")
+    assert (rasters["status"] == "ok").all() and (rasters["sensor"] == "s1").sum() == 2, rasters["error"].tolist()
 
 
 def test_one_aoi_for_all_when_aoi_tile_m_is_null(tmp_path, repo_root):
@@ -129,6 +158,41 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
         assert r.shift_confidence < 0.5 and "not applied" in r.shift_note and applied == 0.0
     gate = pd.read_parquet(root / "data/gates/coreg.parquet").set_index("id")
     assert gate["accepted"].all(), gate["reasons"].tolist()
+    report = json.loads((root / "data/reports/gates/coreg.json").read_text())
+    assert report["residual_px"]["not_measurable"] == 4  # ZNCC peak < gates.min_residual_zncc: said, not passed as 0 px
+
+
+def _ben_band(folder: str, band: str) -> np.ndarray:
+    """One 10 m band of a real BigEarthNet patch (S2 or S1 folder), float32."""
+    import rasterio
+
+    base = BEN / ("BigEarthNet-S1-v1.0" if folder.startswith("S1") else "BigEarthNet-v1.0") / folder
+    with rasterio.open(base / f"{folder}_{band}.tif") as src:
+        return src.read(1).astype(np.float32)
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+def test_the_coreg_gate_measure_finds_a_known_shift_of_real_texture_and_refuses_s1_speckle(place):
+    """ZNCC (msgfm.coreg.residuals, the gate's measure) on real BigEarthNet patches: the red band's edges moved by
+    (1.6, -0.7) px against the blue and green bands' edges measure that shift with a peak above
+    gates.min_residual_zncc; the co-located real S1 against the same S2 edges peaks below it (speckle edges do
+    not match optical ones), so the gate calls its residual not measurable instead of passing it as aligned."""
+    from scipy import ndimage
+
+    from msgfm.config import CoregisterParams, GatesParams
+    from msgfm.coreg.features import gradient_feature
+    from msgfm.coreg.residuals import zncc_shift
+
+    cfg, (s2_patch, s1_patch) = CoregisterParams(), PLACES[place]
+    ones = np.ones((120, 120), bool)
+    reference = gradient_feature(np.stack([_ben_band(s2_patch, b) for b in ("B02", "B03")]), ones, cfg.feature_sigma_px)
+    radius = int(np.ceil(cfg.max_shift_px)) + 1
+    red = ndimage.shift(_ben_band(s2_patch, "B04"), (-0.7, 1.6), order=3, mode="nearest")  # 1.6 px right, 0.7 up
+    dx, dy, peak = zncc_shift(reference, gradient_feature(red, ones, cfg.feature_sigma_px), radius)
+    assert abs(dx - 1.6) < 0.2 and abs(dy + 0.7) < 0.2, (dx, dy)
+    s1 = np.stack([_ben_band(s1_patch, b) for b in cfg.s1_feature_bands])
+    *_, s1_peak = zncc_shift(reference, gradient_feature(s1, ones, cfg.s1_speckle_sigma_px), radius)
+    assert s1_peak < GatesParams().min_residual_zncc <= peak, (s1_peak, peak)
 
 
 def _sen12ms_folder(root: Path, test_data: Path) -> Path:

@@ -181,8 +181,8 @@ class SourceParams(Section):
         le=1_000_000,
         multiple_of=1000,
         description="items without msgfm:aoi: AOIs are squares of this side on a UTM grid (msgfm.ingest.aois): a "
-        "stac_api bbox is tiled into them, other items get the square of their footprint's centre; null: they "
-        "all get the one AOI `aoi`",
+        "stac_api bbox is tiled into them; other items (static, folder, search without bbox) are grouped by "
+        "overlapping footprints, one AOI per group; null: they all get the one AOI `aoi`",
     )
     max_cloud_cover: float | None = Field(
         None,
@@ -287,5 +287,8 @@ class GatesParams(Section):
         250_000_000, ge=1, description="raw: most pixels (width x height) a raster's header may claim"
     )
     max_residual_px: float = Field(0.5, gt=0, le=10, description="coreg: most shift left after correction, px")
+    min_residual_zncc: float = Field(
+        0.4, gt=0, le=1, description="coreg: a residual is measurable when its ZNCC peak correlation reaches this"
+    )
     min_valid_fraction: float = Field(0.5, ge=0, le=1, description="coreg: least valid overlap with the AOI grid")
     min_paired_fraction: float = Field(0.3, ge=0, le=1, description="pairs: least share of S1/RGB chips with a partner")

@@ -2,12 +2,17 @@
 
 A STAC API search with a `source.bbox` tiles the bbox into `source.aoi_tile_m` squares in the UTM zone of
 its centre (`search_squares`): every square the bbox covers is an AOI, and an item contributes to each
-square its footprint overlaps (`overlapping`; msgfm.ingest.api makes one record per item and square). Any
-other item belongs to the square, in the UTM zone of its place, that holds the centre of its footprint
-(clipped to `source.bbox` when one is set). Names are stable and say where the square is:
-`{source.aoi}_{EPSG}_{E}_{N}`, the square's south-west corner in km (`aoi_32633_400_5340`).
-`aoi_tile_m: null` gives every such item the one AOI `source.aoi`. The AOI's grid is then chosen by
-coregister, always in metres (msgfm.coreg.aoi_grids).
+square its footprint overlaps (`overlapping`; msgfm.ingest.api makes one record per item and square).
+Items of a static catalog, a folder or a search without bbox are grouped by overlap instead
+(`overlap_groups`): the footprints (WGS84 bboxes, clipped to `source.bbox` when set) that share area,
+directly or through a chain of others, form one AOI, so a co-located S1/S2 pair is one AOI wherever a
+square edge falls, and two places are two.
+A group's square is the union of its footprints in the UTM zone of its centre (`group_square`: the window
+a remote COG is read by). Names are stable (the same footprints give the same names, in any order) and say
+where the AOI is: `{source.aoi}_{EPSG}_{E}_{N}`, the south-west corner in km (`aoi_32633_400_5340`), with
+`_2`, `_3` ... for further groups whose corner falls in the same kilometre. `aoi_tile_m: null` gives every
+such item the one AOI `source.aoi`. The AOI's grid is then chosen by coregister, always in metres
+(msgfm.coreg.aoi_grids).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def aoi_square(bbox: list[float] | None, cfg: SourceParams) -> Square | None:
     """
     if cfg.aoi_tile_m is None or bbox is None or not all(math.isfinite(v) for v in bbox):
         return None
-    west, south, east, north = _clipped(bbox, cfg.bbox)
+    west, south, east, north = clipped(bbox, cfg.bbox)
     lon, lat = (west + east) / 2, (south + north) / 2
     if not (-180 <= lon <= 180 and -80 <= lat <= 84):
         return None  # outside UTM's latitudes (or not degrees): the raw gate and coregister say why
@@ -52,7 +57,7 @@ def aoi_square(bbox: list[float] | None, cfg: SourceParams) -> Square | None:
     return crs, (float(x0), float(y0), float(x0 + tile), float(y0 + tile))
 
 
-def _clipped(bbox: list[float], search: list[float] | None) -> list[float]:
+def clipped(bbox: list[float], search: list[float] | None) -> list[float]:
     """`bbox` intersected with the search box, when they overlap; `bbox` otherwise."""
     if search is None:
         return bbox
@@ -98,3 +103,50 @@ def overlapping(bbox: list[float] | None, squares: list[Square]) -> list[Square]
         if left < east and right > west and bottom < north and top > south:
             found.append((crs, (west, south, east, north)))
     return found
+
+
+def overlap_groups(bboxes: list[list[float]]) -> list[int]:
+    """Per WGS84 bbox, the index of its group: bboxes sharing area, directly or by a chain, share a group (union-find).
+
+    Boxes that only touch along an edge stay apart; groups are numbered by their first member.
+    """
+    parent = list(range(len(bboxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    order = sorted(range(len(bboxes)), key=lambda i: bboxes[i][0])
+    active: list[int] = []
+    for i in order:  # sweep west to east: only boxes still open at this west edge can overlap
+        west, south, east, north = bboxes[i]
+        active = [j for j in active if bboxes[j][2] > west]
+        for j in active:
+            if bboxes[j][1] < north and south < bboxes[j][3]:
+                parent[root(j)] = root(i)
+        active.append(i)
+    firsts: dict[int, int] = {}
+    return [firsts.setdefault(root(i), len(firsts)) for i in range(len(bboxes))]
+
+
+def group_square(bboxes: list[list[float]]) -> Square:
+    """The union of a group's WGS84 footprints, in metres in the UTM zone of its centre."""
+    from rasterio.warp import transform_bounds
+
+    west, south = min(b[0] for b in bboxes), min(b[1] for b in bboxes)
+    east, north = max(b[2] for b in bboxes), max(b[3] for b in bboxes)
+    crs = utm_crs((west + east) / 2, (south + north) / 2)
+    return crs, tuple(float(v) for v in transform_bounds("EPSG:4326", crs, west, south, east, north, densify_pts=21))
+
+
+def group_names(squares: list[Square], cfg: SourceParams) -> list[str]:
+    """Stable AOI names of the group squares: `aoi_name` of each, `_2`, `_3` ... where two share a kilometre."""
+    names = [aoi_name(sq, cfg) for sq in squares]
+    taken: dict[str, int] = {}
+    out = [""] * len(squares)
+    for i in sorted(range(len(squares)), key=lambda i: (names[i], squares[i][1])):
+        taken[names[i]] = taken.get(names[i], 0) + 1
+        out[i] = names[i] if taken[names[i]] == 1 else f"{names[i]}_{taken[names[i]]}"
+    return out

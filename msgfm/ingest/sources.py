@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import inside
+from msgfm.ingest.aois import clipped, group_names, group_square, overlap_groups
 from msgfm.ingest.reader import is_url, read_json
 from msgfm.ingest.records import (
     KNOWN_SENSORS,
@@ -52,12 +54,28 @@ def iter_items(
     from msgfm.ingest.folder import iter_folder
 
     limits = limits or DownloadParams()
-    if cfg.kind == "static":
-        yield from _iter_static(cfg, limits)
-    elif cfg.kind == "stac_api":
-        yield from iter_api(cfg, signer if signer is not None else make_signer(cfg.sign), limits)
+    if cfg.kind == "stac_api":
+        records = iter_api(cfg, signer if signer is not None else make_signer(cfg.sign), limits)
+        yield from records if cfg.bbox is not None else grouped_by_overlap(list(records), cfg)
     else:
-        yield from iter_folder(cfg, limits)
+        records = _iter_static(cfg, limits) if cfg.kind == "static" else iter_folder(cfg, limits)
+        yield from grouped_by_overlap(list(records), cfg)
+
+
+def grouped_by_overlap(records: list[ItemRecord], cfg: SourceParams) -> list[ItemRecord]:
+    """The records with each derived AOI (no `msgfm:aoi`) replaced by its overlap group's (msgfm.ingest.aois)."""
+    derived = [i for i, r in enumerate(records) if r.square is not None and not r.error and r.bbox is not None]
+    bboxes = [clipped(records[i].bbox, cfg.bbox) for i in derived]  # type: ignore[arg-type]
+    groups = overlap_groups(bboxes)
+    members: dict[int, list[list[float]]] = {}
+    for g, bbox in zip(groups, bboxes, strict=True):
+        members.setdefault(g, []).append(bbox)
+    squares = [group_square(members[g]) for g in range(len(members))]
+    names = group_names(squares, cfg)
+    out = list(records)
+    for i, g in zip(derived, groups, strict=True):
+        out[i] = replace(records[i], aoi=names[g], square=squares[g])
+    return out
 
 
 def make_signer(name: str) -> Signer:

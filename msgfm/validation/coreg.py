@@ -3,10 +3,11 @@
 The table has one row per row of `data/coreg/rasters.parquet`, re-measured from the written files:
 readable or why not; the file's CRS, transform and shape against the AOI's reference grid
 (`data/coreg/{aoi}/grids.json`: S2 10 m grid or fine grid); the share of valid pixels; and, for the
-shift-corrected sensors (S1, DSM), the residual misregistration re-estimated on the corrected file
-against the reference features rebuilt from the S2 and RGB outputs (not measurable, `residual_note`, when the
-quadrants of the match window disagree: `coregister.min_shift_confidence`). The GX suite decides per raster
-(see `coreg_checks`); the pair stage reads only accepted rasters.
+shift-corrected sensors (S1, DSM), the residual misregistration re-measured on the corrected file
+against the reference features rebuilt from the S2 and RGB outputs by a measure independent of the
+correction's estimator (zero-normalised cross-correlation in the image, msgfm.coreg.residuals; not
+measurable, `residual_note`, when its peak correlation is below `gates.min_residual_zncc`).
+The GX suite decides per raster (see `coreg_checks`); the pair stage reads only accepted rasters.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _describe_file(path: Path, reference) -> dict[str, Any]:
     return out
 
 
-def build_coreg_table(coreg_dir: str | Path, coregister: CoregisterParams) -> pd.DataFrame:
+def build_coreg_table(coreg_dir: str | Path, coregister: CoregisterParams, gates: GatesParams) -> pd.DataFrame:
     """One row per co-registered raster with what the checks look at."""
     coreg_dir = Path(coreg_dir)
     path = coreg_dir / "rasters.parquet"
@@ -93,13 +94,14 @@ def build_coreg_table(coreg_dir: str | Path, coregister: CoregisterParams) -> pd
     table = pd.DataFrame(rows)
     readable_ok = rasters[rasters["id"].isin(table.loc[table["readable"] == True, "id"])]  # noqa: E712
     try:
-        residuals = measure_residuals(readable_ok, coreg_dir, coregister)
+        residuals = measure_residuals(readable_ok, coreg_dir, coregister, gates.min_residual_zncc)
     except (rasterio.errors.RasterioError, OSError, ValueError) as e:
         log.warning("residual measurement failed: %s", e)
         residuals = {}
-    table["residual_px"] = [round(math.hypot(*residuals[i]), 4) if residuals.get(i) else None for i in table["id"]]
+    table["residual_px"] = [round(math.hypot(*residuals[i][:2]), 4) if residuals.get(i) else None for i in table["id"]]
     table["residual_note"] = [
-        "the match window's quadrants disagree: residual not measurable"
+        "residual not measurable: the features do not match (peak ZNCC < gates.min_residual_zncc "
+        f"{gates.min_residual_zncc})"
         if i in residuals and residuals[i] is None
         else ""
         for i in table["id"]
@@ -149,7 +151,7 @@ def validate_coreg(
     reports_dir: str | Path,
 ) -> GateResult:
     """Build the coreg table, run the suite, write {gates_dir}/coreg.parquet and the report."""
-    table = build_coreg_table(coreg_dir, coregister)
+    table = build_coreg_table(coreg_dir, coregister, gates)
     result = run_gate("coreg", table, coreg_checks(gates), min_pass_rate=gates.min_pass_rate)
     measured = table["residual_px"].dropna()
     result.report["residual_px"] = {

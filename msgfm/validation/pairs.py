@@ -3,13 +3,20 @@
 One row per chip of `data/manifest.parquet`, with what the checks need computed beside it: does
 the chip's footprint intersect a chip of another split (same CRS); are its store index and its
 partner valid; are its statistics finite; which of its classes never occur in train. Dataset-level
-checks fail the whole gate: the manifest schema, unique ids, train and val chips present,
-spatially disjoint splits, train chips with land-cover classes (when any chip has some), and the share of
-S1 and RGB chips with a partner at least `gates.min_paired_fraction`. A class that occurs in val/test chips
-but in no train chip neither fails the gate nor rejects its chips (the split rule never empties val or
-test to cover it): the report lists it under `classes_absent_from_train`, and evaluation reports it.
-Pretraining and fine-tuning read only the accepted chips. A manifest that is not the one written with
-the chip store (`msgfm.chips.store.check_manifest`) is an error, not a verdict.
+checks fail the whole gate: the manifest schema, unique ids, chips of every split for every sensor
+(`splits_complete`), spatially disjoint splits, train chips with land-cover classes (when any chip has some),
+and the share of S1 and RGB chips with a partner at least `gates.min_paired_fraction`. A class that occurs in
+val/test chips but in no train chip neither fails the gate nor rejects its chips (the split rule never empties
+val or test to cover it): the report lists it under `classes_absent_from_train`, and evaluation reports it.
+
+`splits_complete` is per split x sensor: pretraining trains on train and scores on val, fine-tuning tunes on
+val and evaluation scores on test, and the four fine-tuning tasks together read every sensor (s1 and s2 for
+classification and cloud removal, s2 for pan-sharpening, rgb and dsm for segmentation), so each sensor the
+manifest holds needs chips in train, val and test. A sensor the manifest lacks altogether is not required
+(pretraining leaves out sensors the store lacks; the task needing it says so).
+
+Pretraining and fine-tuning read only the accepted chips. A manifest that is not the one written with the
+chip store (`msgfm.chips.store.check_manifest`) is an error, not a verdict.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ def build_pairs_table(manifest_path: str | Path, chips_dir: str | Path) -> pd.Da
     else:
         check_manifest(store, manifest_path)  # a store from another pair run: a clear error, not a gate verdict
         counts = {s: store.count(s) for s in store.sensors}
+    table["split_sensor"] = table["split"].astype(str) + "/" + table["sensor"].astype(str)
     table["clash_splits"] = split_clashes(table)
     table["split_disjoint"] = table["clash_splits"] == ""
     table["in_store"] = [
@@ -99,11 +107,23 @@ def absent_classes(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
-def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
-    """The pairs suite (see the module docstring)."""
+def missing_split_sensors(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(split, sensor) of every split that has no chip of a sensor the manifest holds (see the module docstring)."""
+    if not {"split", "sensor"} <= set(table.columns):
+        return []
+    present = set(zip(table["split"].astype(str), table["sensor"].astype(str), strict=True))
+    sensors = sorted(set(table["sensor"].astype(str)))
+    return [(split, sensor) for sensor in sensors for split in SPLITS if (split, sensor) not in present]
+
+
+def pairs_checks(gates: GatesParams, pair: PairParams, table: pd.DataFrame) -> list[Check]:
+    """The pairs suite over `table` (see the module docstring)."""
     import great_expectations as gx
 
     ex = gx.expectations
+    sensors = sorted(set(table["sensor"].astype(str))) if "sensor" in table.columns else []
+    missing = missing_split_sensors(table)
+    absent = ", ".join(f"no {split} chips of {sensor}" for split, sensor in missing) or "every split has every sensor"
     return [
         Check(
             "schema",
@@ -115,9 +135,11 @@ def pairs_checks(gates: GatesParams, pair: PairParams) -> list[Check]:
         Check("split_known", ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)), "unknown split"),
         Check(
             "splits_complete",
-            ex.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["train", "val"]),
-            "the manifest has no train or no val chips: pretraining and fine-tuning validate on val "
-            "(see pair.block_m and pair.val_fraction)",
+            ex.ExpectColumnDistinctValuesToContainSet(
+                column="split_sensor", value_set=[f"{sp}/{se}" for se in sensors for sp in SPLITS]
+            ),
+            f"{absent}: pretraining and fine-tuning train, validate and test on every sensor "
+            "(see pair.block_m, pair.val_fraction and pair.test_fraction)",
             "dataset",
         ),
         Check(
@@ -175,10 +197,11 @@ def validate_pairs(
 ) -> GateResult:
     """Build the pairs table, run the suite, write {gates_dir}/pairs.parquet and the report."""
     table = build_pairs_table(pair.manifest, pair.out_dir)
-    result = run_gate("pairs", table, pairs_checks(gates, pair), min_pass_rate=gates.min_pass_rate)
+    result = run_gate("pairs", table, pairs_checks(gates, pair, table), min_pass_rate=gates.min_pass_rate)
     if "split" in table.columns:
         result.report["chips_by_split"] = {k: int(v) for k, v in table["split"].value_counts().items()}
         result.report["chips_by_sensor"] = {k: int(v) for k, v in table["sensor"].value_counts().items()}
+        result.report["splits_missing"] = [f"{split}/{sensor}" for split, sensor in missing_split_sensors(table)]
     if "missing_in_train" in table.columns:
         result.report["classes_absent_from_train"] = absent_classes(table)
     if "paired_pairable" in table.columns:
