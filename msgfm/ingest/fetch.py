@@ -18,8 +18,9 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams
@@ -28,6 +29,7 @@ from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, is_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NO_RETRY_STATUS = {400, 401, 403, 404, 405, 410, 451}
 _CHUNK = 1 << 16
@@ -41,6 +43,24 @@ class DownloadError(RuntimeError):
 
 class _Retryable(DownloadError):
     """A transient failure (timeout, dropped connection, 5xx, 429) worth another attempt."""
+
+
+def with_retries(
+    call: Callable[[], T], cfg: DownloadParams, key: str, retryable: tuple[type[Exception], ...], what: str
+) -> T:
+    """`call()`, tried `download.retries` more times with exponential backoff (`backoff_s`) while it raises one
+    of `retryable`; then a DownloadError naming `key`, `what` was tried and the last (redacted) reason."""
+    attempts, last = cfg.retries + 1, ""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except retryable as e:
+            last = redact(str(e))  # the reason phrase is the server's text
+        if attempt + 1 < attempts:
+            delay = cfg.backoff_s * 2**attempt
+            log.info("%s: %s; retry %d/%d in %.1f s", key, last, attempt + 1, cfg.retries, delay)
+            time.sleep(delay)
+    raise DownloadError(f"{key}: {what}gave up after {attempts} attempts: {last}")
 
 
 class VerifyError(DownloadError):
@@ -116,29 +136,22 @@ class Fetcher:
     def _fetch_http(self, asset: AssetRecord, dest: Path) -> int:
         part = dest.with_name(dest.name + ".part")
         part.parent.mkdir(parents=True, exist_ok=True)
-        attempts = self.cfg.retries + 1
-        last = ""
-        for attempt in range(attempts):
+
+        def attempt() -> int:
+            self._get(asset, part)
+            got = part.stat().st_size
+            if asset.size is not None and got < asset.size:
+                raise _Retryable(f"incomplete: {got} of {asset.size} bytes")
             try:
-                self._get(asset, part)
-                got = part.stat().st_size
-                if asset.size is not None and got < asset.size:
-                    raise _Retryable(f"incomplete: {got} of {asset.size} bytes")
-                try:
-                    _verify(part, asset)
-                except VerifyError:
-                    _discard(part)  # corrupt or from a changed source: never resume from it
-                    raise
-                os.replace(part, dest)
-                _record_path(part).unlink(missing_ok=True)
-                return got
-            except (_Retryable, VerifyError) as e:
-                last = redact(str(e))  # the reason phrase is the server's text
-            if attempt + 1 < attempts:
-                delay = self.cfg.backoff_s * 2**attempt
-                log.info("%s: %s; retry %d/%d in %.1f s", asset.key, last, attempt + 1, self.cfg.retries, delay)
-                time.sleep(delay)
-        raise DownloadError(f"{asset.key}: gave up after {attempts} attempts: {last}")
+                _verify(part, asset)
+            except VerifyError:
+                _discard(part)  # corrupt or from a changed source: never resume from it
+                raise
+            os.replace(part, dest)
+            _record_path(part).unlink(missing_ok=True)
+            return got
+
+        return with_retries(attempt, self.cfg, asset.key, (_Retryable, VerifyError), "")
 
     def _get(self, asset: AssetRecord, part: Path) -> None:
         """One GET into `part`, resuming with Range + If-Range when a partial file of the same version exists."""

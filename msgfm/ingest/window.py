@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from msgfm.config import DownloadParams
 from msgfm.geo.io import atomic_path, atomic_write_json, sha256_file
 from msgfm.ingest.aois import Square
 from msgfm.ingest.convert import land
-from msgfm.ingest.fetch import DownloadError
+from msgfm.ingest.fetch import DownloadError, with_retries
 from msgfm.ingest.redact import redact
 from msgfm.ingest.sources import AssetRecord, ItemRecord
 
@@ -131,28 +130,23 @@ def _read_window(asset: AssetRecord, dest: Path, square: Square, cfg: DownloadPa
     Network failures are retried (`download.retries`, `backoff_s`); the server's file is HEAD-checked before
     and after the read, so a window is never cut from a file that changed or is not the declared size.
     """
-    attempts = cfg.retries + 1
-    last = ""
-    for attempt in range(attempts):
-        try:
-            before = _head(asset, cfg)
-            window = _read(asset, dest, square, cfg)
-            after = _head(asset, cfg)
-            if (after.etag, after.last_modified, after.size) != (before.etag, before.last_modified, before.size):
-                dest.unlink(missing_ok=True)
-                raise _Transient("the server's file changed during the windowed read")
-            return {
-                "window": window["window"],
-                "transform": window["transform"],
-                "remote_size": before.size,
-                "etag": before.etag,
-                "last_modified": before.last_modified,
-            }
-        except _Transient as e:
-            last = redact(str(e))
-        if attempt + 1 < attempts:
-            time.sleep(cfg.backoff_s * 2**attempt)
-    raise DownloadError(f"{asset.key}: windowed read of {redact(asset.href)} gave up after {attempts} attempts: {last}")
+
+    def attempt() -> dict[str, Any]:
+        before = _head(asset, cfg)
+        window = _read(asset, dest, square, cfg)
+        after = _head(asset, cfg)
+        if (after.etag, after.last_modified, after.size) != (before.etag, before.last_modified, before.size):
+            dest.unlink(missing_ok=True)
+            raise _Transient("the server's file changed during the windowed read")
+        return {
+            "window": window["window"],
+            "transform": window["transform"],
+            "remote_size": before.size,
+            "etag": before.etag,
+            "last_modified": before.last_modified,
+        }
+
+    return with_retries(attempt, cfg, asset.key, (_Transient,), f"windowed read of {redact(asset.href)} ")
 
 
 class _Transient(DownloadError):
