@@ -20,19 +20,18 @@ default world's figure).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import yaml
+from _memory import PeakMemory
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("simulate", "download", "validate_raw", "coregister", "validate_coreg", "pair", "validate_pairs", "pretrain")
@@ -49,54 +48,22 @@ def scaled_params(scale: float, steps: int) -> dict:
     return params
 
 
-def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
-    """Summed (resident, anonymous) bytes of a process tree; anonymous = resident minus file-backed pages.
-
-    Memory-mapped chip arrays count in resident memory while their pages are cached, but the kernel can
-    drop them at any time: the anonymous part (heap, tensors) is what must fit in the machine.
-    """
-    rss = anon = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            info = p.memory_info()
-            rss += info.rss
-            anon += info.rss - getattr(info, "shared", 0)
-    return rss, anon
-
-
 def run_stage(root: Path, stage: str) -> dict:
     """Run one stage to the end, polling its process tree's summed RSS; return wall time and peak RSS."""
     start = time.perf_counter()
     log = open(root / f"{stage}.log", "w")  # noqa: SIM115 - closed below, after the process ends
     proc = subprocess.Popen([str(Path(sys.executable).with_name("msgfm")), stage, "--params", "params.yaml"], cwd=root,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    ps = psutil.Process(proc.pid)
-    peak = peak_anon = 0
-    stop = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak, peak_anon
-        while not stop.is_set():
-            try:
-                rss, anon = _tree_rss(ps)
-                peak, peak_anon = max(peak, rss), max(peak_anon, anon)
-            except psutil.NoSuchProcess:
-                return
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    rc = proc.wait()
-    stop.set()
-    thread.join()
+    with PeakMemory(proc.pid) as mem:
+        rc = proc.wait()
     log.close()
     if rc != 0:
         raise SystemExit(f"msgfm {stage} failed (exit {rc}); see {root / f'{stage}.log'}")
     return {
         "stage": stage,
         "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_mb": round(peak / 2**20),
-        "peak_anon_mb": round(peak_anon / 2**20),
+        "peak_rss_mb": round(mem.peak["rss"] / 2**20),
+        "peak_anon_mb": round(mem.peak["anon"] / 2**20),
     }
 
 

@@ -21,7 +21,6 @@ per-item cost at the largest scale to 2 million chips (msGFM's pretraining set),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -29,13 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import yaml
+from _memory import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("simulate", "download", "validate_raw", "coregister", "validate_coreg", "pair", "validate_pairs")
@@ -55,15 +53,6 @@ def scaled_params(scale: float, steps: int) -> dict:
     return params
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants (0 for those gone meanwhile)."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run_stage(stage: str, project: Path) -> dict:
     """One stage as its own process in `project`; wall seconds and peak tree RSS (MiB)."""
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -75,26 +64,12 @@ def run_stage(stage: str, project: Path) -> dict:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    peak, stop = [0], threading.Event()
-
-    def sample() -> None:
-        proc = psutil.Process(child.pid)
-        while not stop.is_set():
-            try:
-                peak[0] = max(peak[0], _tree_rss(proc))
-            except psutil.Error:
-                return
-            stop.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = child.communicate()
-    stop.set()
-    sampler.join()
+    with PeakMemory(child.pid) as mem:
+        output, _ = child.communicate()
     if child.returncode:
         tail = output.decode(errors="replace").splitlines()[-20:]
         raise SystemExit(f"bench_scaling: `msgfm {stage}` failed in {project}:\n" + "\n".join(tail))
-    return {"seconds": round(time.monotonic() - started, 2), "peak_rss_mib": round(peak[0] / 2**20, 1)}
+    return {"seconds": round(time.monotonic() - started, 2), "peak_rss_mib": mem.mib("rss")}
 
 
 def count_items(stage: str, project: Path, params: dict) -> int:

@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import yaml
+from _memory import PeakMemory
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests/data/bigearthnet-v1"
@@ -112,23 +111,6 @@ def _project(folder: Path, workers: int, label_fraction: float, steps: int) -> N
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _tree_memory(proc: psutil.Process) -> dict[str, int]:
-    """Memory of `proc` and its descendants: summed PSS (pages shared after fork counted once, split between the
-    processes sharing them), summed RSS (shared pages counted in every process), the main process's RSS."""
-    out = {"pss": 0, "rss": 0, "main_rss": 0, "processes": 0}
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-        except psutil.Error:
-            continue
-        out["pss"] += info.pss
-        out["rss"] += info.rss
-        out["processes"] += 1
-        if p.pid == proc.pid:
-            out["main_rss"] = info.rss
-    return out
-
-
 def run_size(work: Path, n: int, workers: int, label_fraction: float, steps: int) -> dict:
     """Generate a folder of `n` patches and fine-tune on it, polling the process tree's memory."""
     root, project = work / f"ben{n}", work / f"project{n}"
@@ -141,23 +123,10 @@ def run_size(work: Path, n: int, workers: int, label_fraction: float, steps: int
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "msgfm.cli", "finetune", "--benchmark", "bigearthnet", "--root", str(root)]
     cmd += ["--variant", "scratch", "--params", "params.yaml"]
-    peak = {"pss": 0, "rss": 0, "main_rss": 0, "processes": 0}
     start = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc = psutil.Process(child.pid)
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            for key, value in _tree_memory(proc).items():
-                peak[key] = max(peak[key], value)
-            time.sleep(0.25)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    output, _ = child.communicate()
-    done.set()
-    poller.join()
+    with PeakMemory(child.pid, interval=0.25, pss=True) as mem:
+        output, _ = child.communicate()
     wall = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"finetune on {n} patches failed ({child.returncode}):\n{output[-4000:]}")
@@ -170,10 +139,10 @@ def run_size(work: Path, n: int, workers: int, label_fraction: float, steps: int
         "val_samples": sizes["val"],
         "make_folder_s": round(made, 1),
         "finetune_wall_s": round(wall, 1),
-        "peak_pss_mib": round(peak["pss"] / 2**20, 1),
-        "peak_rss_summed_mib": round(peak["rss"] / 2**20, 1),
-        "peak_main_rss_mib": round(peak["main_rss"] / 2**20, 1),
-        "processes": peak["processes"],
+        "peak_pss_mib": mem.mib("pss"),
+        "peak_rss_summed_mib": mem.mib("rss"),
+        "peak_main_rss_mib": mem.mib("main_rss"),
+        "processes": mem.peak["processes"],
         "val_mAP_micro": summary["scratch"]["value"],
         "in_memory_mib": round((train_samples + sizes["val"] + sizes["test"]) * SAMPLE_BYTES / 2**20, 1),
     }
