@@ -313,36 +313,30 @@ class BigEarthNet(BenchmarkDataset):
     def __len__(self) -> int:
         return len(self.s2_patches)
 
+    def _read_bands(self, folder: Path, patch: str, bands: tuple[str, ...], what: str) -> torch.Tensor:
+        """One patch folder's single-band GeoTIFFs `<patch>_<band>.tif`, stacked on the 120 px grid."""
+        planes = [
+            read_raster_window(
+                folder / f"{patch}_{band}.tif",
+                f"{what}: band {band}",
+                indexes=1,
+                out_shape=(PATCH_PX, PATCH_PX),
+                resampling=self.resampling,
+            )
+            for band in bands
+        ]
+        return torch.from_numpy(np.stack(planes).astype(np.float32))
+
     def load(self, index: int) -> Sample:
         """Read one patch: S2 bands on the 10 m grid, S1 VV/VH, and the multi-hot target."""
         patch = self.s2_patches[index]
         folder = self.s2_dir / patch
         sample: Sample = {}
         if "s2" in self.sensors:
-            bands = [
-                read_raster_window(
-                    folder / f"{patch}_{band}.tif",
-                    f"BigEarthNet patch {patch}: band {band}",
-                    indexes=1,
-                    out_shape=(PATCH_PX, PATCH_PX),
-                    resampling=self.resampling,
-                )
-                for band in S2_L2A_BANDS
-            ]
-            sample["s2"] = torch.from_numpy(np.stack(bands).astype(np.float32))
+            sample["s2"] = self._read_bands(folder, patch, S2_L2A_BANDS, f"BigEarthNet patch {patch}")
         if self.s1_patches is not None:
             s1 = self.s1_patches[index]
-            pols = [
-                read_raster_window(
-                    self.s1_dir / s1 / f"{s1}_{pol}.tif",
-                    f"BigEarthNet S1 patch {s1} (of {patch}): band {pol}",
-                    indexes=1,
-                    out_shape=(PATCH_PX, PATCH_PX),
-                    resampling=self.resampling,
-                )
-                for pol in S1_BANDS
-            ]
-            sample["s1"] = torch.from_numpy(np.stack(pols).astype(np.float32))
+            sample["s1"] = self._read_bands(self.s1_dir / s1, s1, S1_BANDS, f"BigEarthNet S1 patch {s1} (of {patch})")
         meta = _read_json(folder / f"{patch}_labels_metadata.json", f"BigEarthNet patch {patch}: labels metadata")
         if not isinstance(meta.get("labels"), list):
             raise BenchmarkDataError(f"BigEarthNet patch {patch}: labels metadata has no 'labels' list")
