@@ -1,7 +1,7 @@
 """dvc.yaml as its users expect: every stage depends on the code it runs.
 
 A stage's code is what its `msgfm <command>` imports: the `from msgfm... import` lines of the typer
-command in msgfm/cli.py (and of the cli helpers it calls), then every msgfm module those modules import,
+command in msgfm/cli/ (and of the cli helpers it calls), then every msgfm module those modules import,
 at the top or inside a function, until none is new (read from the sources with `ast`; a fresh interpreter
 importing the commands' modules checks that the scan misses nothing). Each such file must lie under one of
 the stage's deps, and each msgfm dep must hold one of them: `dvc status` sees every code change of a
@@ -27,20 +27,22 @@ from tiny_world import tiny_params
 
 from msgfm.config import load_params
 
-CLI = REPO_ROOT / "msgfm" / "cli.py"
+CLI = sorted((REPO_ROOT / "msgfm" / "cli").glob("*.py"))
 # Every command imports these; they hold no stage logic (commands pass params to the library), so
 # editing them re-runs nothing.
-ENTRY_POINTS = {"msgfm/cli.py", "msgfm/__init__.py"}
+ENTRY_POINTS = {p.relative_to(REPO_ROOT).as_posix() for p in CLI} | {"msgfm/__init__.py"}
 
 
 def _cli_functions() -> dict[str, ast.FunctionDef]:
-    """The module-level functions of msgfm/cli.py by name."""
-    tree = ast.parse(CLI.read_text())
-    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    """The module-level functions of the msgfm/cli/ modules by name (commands and helpers; no name is reused)."""
+    functions = [node for path in CLI for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
+    by_name = {node.name: node for node in functions}
+    assert len(by_name) == len(functions), "two msgfm/cli/ modules define a function of the same name"
+    return by_name
 
 
 def _commands() -> dict[str, str]:
-    """Typer command name -> name of its function in msgfm/cli.py."""
+    """Typer command name -> name of its function in msgfm/cli/."""
     from typer.main import get_command_name
 
     from msgfm.cli import app

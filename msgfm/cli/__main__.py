@@ -1,0 +1,5 @@
+"""`python -m msgfm.cli`: the same as the `msgfm` console script."""
+
+from msgfm.cli import main
+
+main()
