@@ -153,8 +153,8 @@ def test_register_sensor_checks_names_and_wavelengths() -> None:
 def test_spacenet_samples_feed_the_hpf_fused_ms_and_refuse_another_ratio(test_data: Path) -> None:
     from msgfm.config import load_params
     from msgfm.datasets.benchmarks.spacenet import SpaceNetPansharpen
+    from msgfm.datasets.pansharpen import hpf_fuse
     from msgfm.datasets.streaming import BenchmarkSplit, BenchmarkSplitError
-    from msgfm.datasets.tasks import hpf_fuse
     from msgfm.training.benchmark import benchmark_task_data
 
     params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")

@@ -23,17 +23,9 @@ from typer.testing import CliRunner
 
 from msgfm.cli import app
 from msgfm.config import load_params
-from msgfm.datasets.tasks import (
-    IGNORE_INDEX,
-    PAN_BANDS,
-    TASKS,
-    accepted_chips,
-    build_task_data,
-    get_task,
-    label_budget,
-    nearest_in_time,
-    wald_pansharpening_input,
-)
+from msgfm.datasets.pansharpen import wald_pansharpening_input
+from msgfm.datasets.task_chips import accepted_chips, build_task_data, nearest_in_time
+from msgfm.datasets.tasks import IGNORE_INDEX, PAN_BANDS, TASKS, get_task, label_budget
 from msgfm.evaluation.ablations import CLOUD_VALUE, add_cloud, drop_sensor, misregister
 from msgfm.evaluation.evaluate import load_finetuned
 from msgfm.evaluation.report import render_report

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from msgfm.datasets.loaders import Sample, make_sample
-from msgfm.datasets.tasks import PAN_RATIO, hpf_fuse
+from msgfm.datasets.pansharpen import PAN_RATIO, hpf_fuse
 from msgfm.sensors import get_sensor
 
 
@@ -57,7 +57,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
 
 def hpf_input(ds: Any, raw: Sample, sensor: str, sample_id: str) -> Sample:
     """Raw sample `raw` of `ds` with its `sensor` (MS) input replaced by its HPF fusion with the other (PAN) input
-    (msgfm.datasets.tasks.hpf_fuse) at the PAN's size, clamped to the sensor's range; the PAN must be PAN_RATIO x
+    (msgfm.datasets.pansharpen.hpf_fuse) at the PAN's size, clamped to the sensor's range; the PAN must be PAN_RATIO x
     the MS."""
     ms_key = next(k for k, s in ds.inputs.items() if s == sensor)
     pan_key = next(k for k in ds.inputs if k != ms_key)

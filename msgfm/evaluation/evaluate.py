@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from msgfm.datasets.tasks import TASKS, TaskData, accepted_chips, build_task_data, get_task
+from msgfm.datasets.task_chips import accepted_chips, build_task_data
+from msgfm.datasets.tasks import TASKS, TaskData, get_task
 from msgfm.evaluation.ablations import ablation_conditions
 from msgfm.evaluation.plots import ablation_plot, image_examples, optuna_history, segmentation_plots
 from msgfm.evaluation.report import render_report

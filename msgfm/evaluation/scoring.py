@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from msgfm.datasets.loaders import SplitLike, TaskBatch, split_loader
-from msgfm.datasets.tasks import IGNORE_INDEX, TaskData, TaskSplit, wald_ms_upsampled
+from msgfm.datasets.pansharpen import wald_ms_upsampled
+from msgfm.datasets.tasks import IGNORE_INDEX, TaskData, TaskSplit
 from msgfm.evaluation.chipstats import ChipStats, chip_stats
 from msgfm.evaluation.intervals import Comparison, Resamples, intervals, over_seeds, paired, resample
 from msgfm.inference.predict import predict, predict_batch

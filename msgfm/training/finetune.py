@@ -32,7 +32,8 @@ import torch
 
 from msgfm.cluster.connect import RayClusterError, connect_ray
 from msgfm.config import Params
-from msgfm.datasets.tasks import TaskData, build_task_data, get_task
+from msgfm.datasets.task_chips import build_task_data
+from msgfm.datasets.tasks import TaskData, get_task
 from msgfm.geo.io import atomic_write_json, remove_stale_temporaries
 from msgfm.metrics import PRIMARY_METRIC
 from msgfm.models.device import resolve_device
