@@ -1,8 +1,8 @@
 """Typed, validated view of params.yaml, the single parameter file of the pipeline.
 
-Each stage owns one section (`data.py`: the data stages; `training.py`: the model stages). Unknown keys,
-wrong types and out-of-range values are errors whose message names the dotted key and what it allows,
-so a typo in params.yaml stops the stage at once.
+Each stage owns one section (`data.py`: the data stages; `training.py`: the model stages; `cluster.py`: the
+`ray` section both use). Unknown keys, wrong types and out-of-range values are errors whose message names the
+dotted key and what it allows, so a typo in params.yaml stops the stage at once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from msgfm.config.base import ParamsError, Section
+from msgfm.config.cluster import RayParams
 from msgfm.config.data import (
     AOIParams,
     CoregisterParams,
@@ -23,7 +24,7 @@ from msgfm.config.data import (
     SimulateParams,
     SourceParams,
 )
-from msgfm.config.training import EvaluateParams, FinetuneParams, ModelParams, PretrainParams, RayParams, Variant
+from msgfm.config.training import EvaluateParams, FinetuneParams, ModelParams, PretrainParams, Variant
 
 __all__ = [
     "AOIParams",
