@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import TYPE_CHECKING
 
 from msgfm.cluster.quiet import runtime_env
@@ -52,6 +53,7 @@ def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) ->
     ray.init(
         address="local",  # a new instance: never join a cluster another process started with `ray start` here
         num_cpus=cpus,
+        _temp_dir=local_temp_dir(),
         include_dashboard=cfg.include_dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
@@ -59,3 +61,15 @@ def connect_ray(cfg: RayParams, workers: int, threads: int, workers_key: str) ->
         runtime_env=runtime_env(),
     )
     return True
+
+
+def local_temp_dir() -> str:
+    """A fresh folder for a local instance's sessions, sockets and logs, so that two instances on one machine (two
+    pipelines, a test beside a pipeline, two users) never share Ray's default /tmp/ray and its session_latest link.
+
+    Kept short (the system temp dir, not the project): Ray puts Unix sockets in it, whose paths are capped at 107
+    bytes. Ray picks free ports for its GCS and workers by itself.
+    """
+    path = tempfile.mkdtemp(prefix="msgfm-ray-")
+    log.info("local Ray instance: temp dir %s", path)
+    return path
