@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from msgfm.datasets.benchmarks import create_benchmark
+from msgfm.datasets.benchmarks import BenchmarkDataError, create_benchmark
 from msgfm.datasets.loaders import EndlessBatches, collate_task, make_sample, split_loader
 from msgfm.datasets.streaming import BenchmarkSplit
 from msgfm.datasets.tasks import TaskSplit
@@ -132,3 +133,23 @@ def test_streamed_test_scores_equal_the_in_memory_ones(name: str, folder: str, t
             np.testing.assert_allclose(np.asarray(got.metrics[metric]), np.asarray(value), atol=1e-5, err_msg=metric)
         for key, array in want.stats.arrays.items():
             np.testing.assert_allclose(got.stats.arrays[key], array, atol=1e-6, err_msg=f"{baseline} {key}")
+
+
+def test_a_corrupt_file_read_in_a_worker_raises_msgfms_error_naming_it(test_data: Path, tmp_path: Path) -> None:
+    """A band file that is not a GeoTIFF, read by a DataLoader worker: the caller gets the benchmark's own error
+    naming the patch and the file, as the main process would raise it, not torch's wrapped worker traceback."""
+    root = tmp_path / "ben"
+    shutil.copytree(test_data / "bigearthnet-v1", root)
+    ds = create_benchmark("bigearthnet", root, "train")
+    patch = ds.s2_patches[1]
+    (root / "BigEarthNet-v1.0" / patch / f"{patch}_B03.tif").write_bytes(b"not a tiff " * 100)
+    split = BenchmarkSplit(ds, np.arange(len(ds)), (120, 120), "multilabel")
+    with pytest.raises(BenchmarkDataError) as in_main:
+        list(split_loader(split, 1))
+    with pytest.raises(BenchmarkDataError) as in_worker:
+        list(split_loader(split, 1, workers=1))
+    message = str(in_worker.value)
+    assert message == str(in_main.value)
+    assert f"{patch}_B03.tif" in message and "band B03" in message
+    assert "DataLoader worker" not in message and "Traceback" not in message
+    assert any("raised in a DataLoader worker" in note for note in in_worker.value.__notes__)  # kept for debugging

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
+from msgfm.datasets.worker_errors import CatchingDataset, ClearErrorLoader, catching_collate
+
 TARGET_KEYS: tuple[str, ...] = ("label", "mask", "target")
 """Sample keys a target may have (TorchGeo's `label` and `mask`, and `target` for image-to-image tasks)."""
 
@@ -133,12 +135,15 @@ def split_loader(
     batches: Sampler[list[int]] | None = None,
     workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader of `TaskBatch`es over `split`: `batches` (e.g. `EndlessBatches`), or every sample in order."""
+    """A DataLoader of `TaskBatch`es over `split`: `batches` (e.g. `EndlessBatches`), or every sample in order;
+    an error in one of its `workers` is raised in the caller as itself (msgfm.datasets.worker_errors)."""
     sampler = batches if batches is not None else BatchSampler(SequentialSampler(split), batch_size, drop_last=False)
-    return DataLoader(
-        split,  # type: ignore[arg-type]
+    if not workers:
+        return DataLoader(split, batch_sampler=sampler, collate_fn=collate_task)  # type: ignore[arg-type]
+    return ClearErrorLoader(  # a bad file's error reaches the caller as itself, not wrapped by torch's worker
+        CatchingDataset(split),
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_task,
-        prefetch_factor=2 if workers else None,
+        collate_fn=catching_collate(collate_task),
+        prefetch_factor=2,
     )
