@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,21 @@ def test_simulated_world_end_to_end(tmp_path, repo_root, monkeypatch):
     manifest = pd.read_parquet("data/manifest.parquet")
     assert set(manifest["sensor"]) == {"s1", "s2", "rgb", "dsm"} and manifest["paired"].any()
     assert json.loads(Path("data/reports/gates/pairs.json").read_text())["success"]
+
+
+def test_pairs_gate_on_an_s2_only_corpus_reports_the_paired_share_as_not_applicable(paired_root, tmp_path):  # noqa: F811
+    """No S1 or RGB chip: the paired share is a mean over nothing; the gate reports it as not applicable with the
+    reason (no NaN, no numpy warning) and does not fail on it."""
+    root = copy_pipeline(paired_root, tmp_path)
+    manifest = pd.read_parquet(root / "data/manifest.parquet")
+    s2 = manifest[manifest["sensor"] == "s2"].assign(partner_id=None, partner_sensor=None, partner_index=-1)
+    _write_manifest(root, s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "Mean of empty slice" would be an error here
+        result = _gate_pairs(root)
+    report = json.loads((root / "data/reports/gates/pairs.json").read_text())
+    assert report["paired_fraction"] is None
+    assert report["paired_fraction_not_applicable"].startswith("no S1 or RGB chips in the manifest")
+    assert "paired_fraction" not in report["dataset_checks"] and "paired_fraction" not in result.failed_dataset_checks
+    assert result.passed, result.message
+    assert report["chips_by_sensor"] == {"s2": len(s2)}

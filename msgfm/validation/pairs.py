@@ -116,6 +116,13 @@ def missing_split_sensors(table: pd.DataFrame) -> list[tuple[str, str]]:
     return [(split, sensor) for sensor in sensors for split in SPLITS if (split, sensor) not in present]
 
 
+def paired_not_applicable(table: pd.DataFrame) -> str | None:
+    """Why the paired share means nothing for this manifest (no S1 or RGB chip to pair), or None when it does."""
+    if "paired_pairable" not in table.columns or table["paired_pairable"].notna().any():
+        return None
+    return "no S1 or RGB chips in the manifest (an S2-only corpus?): no chip needs a partner, so no share is measured"
+
+
 def pairs_checks(gates: GatesParams, pair: PairParams, table: pd.DataFrame) -> list[Check]:
     """The pairs suite over `table` (see the module docstring)."""
     import great_expectations as gx
@@ -124,6 +131,18 @@ def pairs_checks(gates: GatesParams, pair: PairParams, table: pd.DataFrame) -> l
     sensors = sorted(set(table["sensor"].astype(str))) if "sensor" in table.columns else []
     missing = missing_split_sensors(table)
     absent = ", ".join(f"no {split} chips of {sensor}" for split, sensor in missing) or "every split has every sensor"
+    paired = []
+    if paired_not_applicable(table) is None:  # a mean over no S1/RGB chip would be NaN: no check, a reason instead
+        paired = [
+            Check(
+                "paired_fraction",
+                ex.ExpectColumnMeanToBeBetween(
+                    column="paired_pairable", min_value=gates.min_paired_fraction, max_value=1
+                ),
+                f"share of S1/RGB chips with a partner below gates.min_paired_fraction {gates.min_paired_fraction}",
+                "dataset",
+            )
+        ]
     return [
         Check(
             "schema",
@@ -154,12 +173,7 @@ def pairs_checks(gates: GatesParams, pair: PairParams, table: pd.DataFrame) -> l
             "no train chip has a land-cover class: fine-tuning would learn none (see pair.label_min_fraction)",
             "dataset",
         ),
-        Check(
-            "paired_fraction",
-            ex.ExpectColumnMeanToBeBetween(column="paired_pairable", min_value=gates.min_paired_fraction, max_value=1),
-            f"share of S1/RGB chips with a partner below gates.min_paired_fraction {gates.min_paired_fraction}",
-            "dataset",
-        ),
+        *paired,
         Check(
             "in_store",
             ex.ExpectColumnValuesToBeInSet(column="in_store", value_set=[True]),
@@ -205,6 +219,9 @@ def validate_pairs(
     if "missing_in_train" in table.columns:
         result.report["classes_absent_from_train"] = absent_classes(table)
     if "paired_pairable" in table.columns:
-        result.report["paired_fraction"] = round(float(np.nanmean(table["paired_pairable"])), 4)
+        reason = paired_not_applicable(table)
+        share = None if reason else round(float(np.nanmean(table["paired_pairable"])), 4)
+        result.report["paired_fraction"] = share
+        result.report["paired_fraction_not_applicable"] = reason
     write_gate(result, gates_dir=gates_dir, reports_dir=reports_dir)
     return result
