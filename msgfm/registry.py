@@ -232,7 +232,17 @@ def compare(
     if failed:
         worst = ", ".join(f"{r.task}.{r.metric} ({r.reason})" for r in failed)
         return Decision(False, f"worse than the champion beyond the interval on {worst}", tolerance, rows)
-    return Decision(True, "not worse than the champion beyond the interval on any primary metric", tolerance, rows)
+    cited = "; ".join(_cite(r) for r in rows if r.gated)
+    return Decision(True, f"not worse than the champion beyond the interval on any primary metric ({cited})",
+                    tolerance, rows)  # fmt: skip
+
+
+def _cite(row: MetricComparison) -> str:
+    """A gated row's evidence for the decision record: its gain interval, or the relative change without one."""
+    if row.gain_ci is not None:
+        return f"{row.task}.{row.metric} gain [{row.gain_ci[0]:+.4g}, {row.gain_ci[1]:+.4g}]"
+    change = "n/a" if row.relative_change is None else f"{row.relative_change:+.2%}"
+    return f"{row.task}.{row.metric} {change}, no interval"
 
 
 def load_registry(path: str | Path) -> dict[str, Any]:

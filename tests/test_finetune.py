@@ -392,7 +392,12 @@ def test_report_states_the_claims_from_the_intervals() -> None:
         "cloud_removal": {
             "pretrained vs scratch": {"metric": "MAE", "gain": -0.01, "ci": [-0.02, 0.005], "verdict": "inconclusive"}
         },
+        "pansharpening": {
+            "pretrained vs scratch": {"metric": "PSNR", "gain": 0.0, "ci": [0.0, 0.0], "verdict": "no difference",
+                                      "reason": "identical per-chip scores: the two models predict the same"},
+        },
     }  # fmt: skip
+    baselines["pretrained"]["pansharpening"] = baselines["scratch"]["pansharpening"] = {"PSNR": 40.788}
     snow = {"70": {"class": "snow", "chips": 6, "share": 0.25}}
     generalisation = {"classification": {"test": {"mAP_micro": 0.8, ABSENT_KEY: {}},
                                          "holdout_aoi": {"mAP_micro": 0.5, ABSENT_KEY: snow}}}  # fmt: skip
@@ -400,13 +405,17 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     assert "- classification, held-out AOIs: snow (70): 6 chips, 25.0% of the set" in text
     assert "classification, test set" not in text  # nothing absent there
     assert "- none: every class" in render_report(params, baselines, {}, {}, {}, comparisons)
-    assert "Pretraining helps at 10% labels (pretrained beats scratch): HELD on 1 of 2 tasks (1 inconclusive)" in text
+    summary = "HELD on 1 of 3 tasks (1 inconclusive, 1 no difference)"
+    assert f"Pretraining helps at 10% labels (pretrained beats scratch): {summary}" in text
     assert "classification: held: 0.8000 vs 0.6000 (mAP_micro, max is better), gain +0.2000 [+0.0500, +0.3000]" in text
     assert "cloud_removal: inconclusive: 0.0500 vs 0.0400" in text
+    same = "gain +0.0000 [+0.0000, +0.0000] (identical per-chip scores: the two models predict the same)"
+    assert f"pansharpening: no difference: 40.7880 vs 40.7880 (PSNR, max is better), {same}" in text
+    assert "minimum meaningful difference (mAP_micro 0.01, mIoU 0.01, MAE 0.002, PSNR 0.1)" in text
     assert "Cross-sensor pretraining beats single-sensor pretraining: NOT TESTED" in text
     top = text.split("## Claims on this run")[0]
     assert "classification: the fine-tuned msGFM does not beat the trivial `class_prior` baseline" in top
-    assert "| pretrained | classification | 24 / 8 / 2 |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE column empty
+    assert "| pretrained | classification | 24 / 8 / 2 |  |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE, PSNR empty
     assert "segmentation: the fine-tuned" not in top  # nothing compared there
 
 
@@ -439,7 +448,7 @@ def test_fine_tuning_seeds_are_trained_once_and_averaged_with_seed_intervals(pro
     assert record["n"]["positions"] >= 2, record["n"]  # else there is no interval to check
     assert lo <= record["mAP_micro"] <= hi
     same = ev.compare(runs, runs, "classification")
-    assert same.gain.value == 0 and same.verdict == "did not hold"  # a model never beats itself
+    assert same.gain.value == 0 and same.verdict == "no difference" and "identical" in same.reason
     with pytest.raises(ValueError, match="3 scored runs for 2"):
         ev.record(runs + runs[:1])
 
@@ -499,7 +508,8 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     comparisons = json.loads((project / "data/metrics/comparisons.json").read_text())
     for task in TASKS:
         assert {"pretrained vs scratch", *(f"pretrained vs {t}" for t in TRIVIAL[task])} <= set(comparisons[task])
-        assert all(c["verdict"] in ("held", "did not hold", "inconclusive") for c in comparisons[task].values())
+        verdicts = ("held", "did not hold", "no difference", "inconclusive")
+        assert all(c["verdict"] in verdicts and c["reason"] for c in comparisons[task].values())
     assert all("missing" in v for v in baselines["single_sensor"].values())
     ablations = json.loads((project / "data/metrics/ablations.json").read_text())
     assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])

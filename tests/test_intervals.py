@@ -71,11 +71,40 @@ def test_clustered_chips_get_the_wider_interval_of_their_places():
 
 
 def test_verdict_follows_the_interval():
-    assert verdict(Interval(0.2, 0.01, 0.3)) == "held"
-    assert verdict(Interval(-0.2, -0.3, -0.01)) == "did not hold"
-    assert verdict(Interval(0.0, 0.0, 0.0)) == "did not hold"  # a certain tie: not better
-    assert verdict(Interval(0.1, -0.01, 0.3)) == "inconclusive"
-    assert verdict(Interval(0.1, float("nan"), float("nan"))) == "inconclusive"
+    assert verdict(Interval(0.2, 0.01, 0.3))[0] == "held"
+    assert verdict(Interval(-0.2, -0.3, -0.01))[0] == "did not hold"
+    assert verdict(Interval(0.1, -0.01, 0.3))[0] == "inconclusive"
+    assert verdict(Interval(0.1, float("nan"), float("nan")))[0] == "inconclusive"
+
+
+def test_a_zero_width_interval_or_a_negligible_gain_never_holds():
+    """The pan-sharpening bug: variants scoring the same PSNR were "held" at +0.0000 [0.0000, 0.0000]."""
+    word, reason = verdict(Interval(0.0, 0.0, 0.0), min_effect=0.1)
+    assert word == "inconclusive" and "zero-width" in reason
+    word, reason = verdict(Interval(1e-6, 1e-6, 1e-6))  # even with no minimum difference
+    assert word == "inconclusive" and "zero-width" in reason
+    word, reason = verdict(Interval(0.03, 0.01, 0.05), min_effect=0.1)  # excludes zero, but negligible
+    assert word == "no difference" and "0.1" in reason
+    assert verdict(Interval(0.3, 0.15, 0.6), min_effect=0.1)[0] == "held"
+    assert verdict(Interval(0.05, 0.01, 0.6), min_effect=0.1)[0] == "no difference"  # gain below it
+    assert verdict(Interval(-0.02, -0.05, 0.04), min_effect=0.1)[0] == "no difference"  # within +-0.1
+    assert verdict(Interval(-0.02, -0.15, 0.04), min_effect=0.1)[0] == "inconclusive"
+    with pytest.raises(ValueError, match="min_effect"):
+        paired(_mean_of(np.ones(4)), _mean_of(np.ones(4)), resample(range(4), 10, seed=0), "MAE", "min", -1.0)
+
+
+def test_identical_predictions_are_no_difference_and_a_clear_effect_holds():
+    rng = np.random.default_rng(5)
+    units = np.repeat(np.arange(30), 2)
+    base = rng.normal(40.0, 2.0, 30)[units] + rng.normal(0, 0.3, len(units))  # per-chip PSNR, dB
+    draws = resample(units, 1000, seed=0)
+    same = paired(_mean_of(base), _mean_of(base.copy()), draws, "MAE", "max", min_effect=0.1)
+    assert same.verdict == "no difference" and "identical" in same.reason
+    assert same.gain.value == 0 and same.record()["reason"] == same.reason and same.record()["min_effect"] == 0.1
+    clear = paired(_mean_of(base + 1.0 + rng.normal(0, 0.2, len(units))), _mean_of(base), draws, "MAE", "max", 0.1)
+    assert clear.verdict == "held" and clear.gain.lo > 0.1 and clear.gain.value == pytest.approx(1.0, abs=0.1)
+    tiny = paired(_mean_of(base + 0.02 + rng.normal(0, 0.01, len(units))), _mean_of(base), draws, "MAE", "max", 0.1)
+    assert tiny.gain.lo > 0 and tiny.verdict == "no difference"  # certain, but below 0.1 dB
 
 
 def test_seeds_average_and_their_spread_widens_the_interval():

@@ -91,6 +91,8 @@ def test_worse_within_the_interval_is_promoted_and_beyond_it_is_not(tmp_path):
     assert decision.promote, decision.reason
     row = next(r for r in decision.rows if r.metric == "mIoU")
     assert row.gain_ci[0] < 0 < row.gain_ci[1] and row.champion_ci == (0.55, 0.65)
+    lo, hi = row.gain_ci  # a promotion cites the interval it was decided on, too
+    assert f"segmentation.mIoU gain [{lo:+.4g}, {hi:+.4g}]" in decision.reason
     worse = _ci(_with("segmentation", "mIoU", 0.40), "segmentation", "mIoU", 0.38, 0.42)
     decision = compare(champion, worse, tolerance=0.5)  # the interval decides, not the tolerance
     assert not decision.promote and "segmentation.mIoU (worse beyond the interval: gain [" in decision.reason

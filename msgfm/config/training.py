@@ -212,3 +212,16 @@ class EvaluateParams(Section):
     )
     bootstrap_resamples: int = Field(1000, ge=1, le=100000, description="bootstrap resamples per interval")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of every interval")
+    min_effect: dict[str, float] = Field(
+        {"mAP_micro": 0.01, "mIoU": 0.01, "MAE": 0.002, "PSNR": 0.1},
+        description="smallest gain per primary metric that a 'held' verdict needs (metric units)",
+    )
+
+    @field_validator("min_effect")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        """A negative minimum difference would let a loss count as a gain."""
+        bad = {k: v for k, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"evaluate.min_effect entries must be >= 0, got {bad}")
+        return value

@@ -13,8 +13,12 @@ into one statistic of those weights, so intervals, comparisons and verdicts need
 
 A comparison of two models on the same chips uses the same resamples for both (a paired bootstrap); the
 difference is taken as a gain (positive: the first is better, whatever the metric's direction), and
-its percentile interval gives the verdict: "held" when the whole interval is above zero, "did not hold"
-when none of it is, "inconclusive" otherwise (and always with fewer than MIN_UNITS units).
+its percentile interval and the metric's minimum meaningful difference `min_effect` (params
+`evaluate.min_effect`) give the verdict, with its reason: "held" when the whole interval is above zero and
+the gain is at least `min_effect`; "no difference" when the two models score every chip alike (identical
+predictions) or the whole interval lies within +-`min_effect` (or above zero with a gain below it); "did
+not hold" when none of the interval is above zero; "inconclusive" otherwise, with a zero-width interval
+(the bootstrap saw no spread), and always with fewer than MIN_UNITS units.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-Verdict = Literal["held", "did not hold", "inconclusive"]
+Verdict = Literal["held", "did not hold", "no difference", "inconclusive"]
 Statistic = Callable[[np.ndarray], dict[str, np.ndarray]]
 """weights (resamples, chips) -> {metric: (resamples,) values}."""
 
@@ -68,11 +72,14 @@ class Comparison:
     metric: str
     gain: Interval
     verdict: Verdict
+    reason: str = ""
+    """Why the verdict follows from the interval (and the minimum meaningful difference)."""
+    min_effect: float = 0.0
 
     def record(self) -> dict[str, object]:
-        """The JSON form: gain, its interval and the verdict."""
+        """The JSON form: gain, its interval, the verdict, its reason and the minimum meaningful difference."""
         return {"metric": self.metric, "gain": _finite_or_none(self.gain.value), "ci": self.gain.bounds(),
-                "verdict": self.verdict}  # fmt: skip
+                "verdict": self.verdict, "reason": self.reason, "min_effect": self.min_effect}  # fmt: skip
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -146,25 +153,47 @@ def intervals(statistic: Statistic, draws: Resamples) -> dict[str, Interval]:
     return out
 
 
-def verdict(gain: Interval) -> Verdict:
-    """held: the gain's interval lies above zero; did not hold: none of it does; else inconclusive."""
+def verdict(gain: Interval, min_effect: float = 0.0, identical: bool = False) -> tuple[Verdict, str]:
+    """The verdict a gain's interval supports, and why (rules: the module docstring); `identical`: the two
+    models' per-chip scores are the same in every resample."""
+    if identical:
+        return "no difference", "identical per-chip scores: the two models predict the same"
     if not (np.isfinite(gain.lo) and np.isfinite(gain.hi)):
-        return "inconclusive"
-    if gain.lo > 0:
-        return "held"
+        return "inconclusive", f"no interval (fewer than {MIN_UNITS} independent units)"
+    if gain.hi == gain.lo:
+        return "inconclusive", "zero-width interval: the bootstrap saw no spread to judge the gain by"
+    if -min_effect < gain.lo and gain.hi < min_effect:
+        return "no difference", f"the whole interval lies within +-{min_effect:g}, the minimum meaningful difference"
     if gain.hi <= 0:
-        return "did not hold"
-    return "inconclusive"
+        return "did not hold", "no part of the interval is above zero"
+    if gain.lo > 0 and gain.value < min_effect:
+        return "no difference", f"gain {gain.value:+.4g} is below the minimum meaningful difference {min_effect:g}"
+    if gain.lo > 0:
+        return "held", f"the interval is above zero and the gain is at least {min_effect:g}"
+    return "inconclusive", "the interval contains zero"
 
 
 def paired(
-    first: Statistic, second: Statistic, draws: Resamples, metric: str, direction: Literal["max", "min"]
+    first: Statistic,
+    second: Statistic,
+    draws: Resamples,
+    metric: str,
+    direction: Literal["max", "min"],
+    min_effect: float = 0.0,
 ) -> Comparison:
-    """The gain of `first` over `second` on `metric` (same chips, same resamples) and its verdict."""
+    """The gain of `first` over `second` on `metric` (same chips, same resamples), its verdict and reason;
+    `min_effect`: the smallest gain on `metric` that counts (params `evaluate.min_effect`)."""
+    if min_effect < 0:
+        raise ValueError(f"min_effect of {metric} must be >= 0, got {min_effect}")
     sign = 1.0 if direction == "max" else -1.0
+    boot: list[np.ndarray] = []
 
     def gain(weights: np.ndarray) -> dict[str, np.ndarray]:
-        return {metric: sign * (first(weights)[metric] - second(weights)[metric])}
+        difference = sign * (first(weights)[metric] - second(weights)[metric])
+        boot.append(difference)
+        return {metric: difference}
 
     interval = intervals(gain, draws)[metric]
-    return Comparison(metric, interval, verdict(interval))
+    identical = all(np.all(d == 0) for d in boot)
+    word, reason = verdict(interval, min_effect, identical)
+    return Comparison(metric, interval, word, reason, min_effect)

@@ -1,10 +1,10 @@
 """The Markdown report of `msgfm evaluate`: which of the paper's claims held on this run, and every number.
 
 Every claim is a paired difference on the task's primary metric with its bootstrap interval over the
-test set's independent units (msgfm.evaluation.intervals): "held" when the interval lies on the better
-side of zero, "did not hold" when none of it does, "inconclusive" otherwise. Every number carries its
-interval and n (chips / positions / blocks). A task whose pretrained model is not shown to beat its
-trivial baselines (msgfm.evaluation.scoring.TRIVIAL) is named at the top.
+test set's independent units and its verdict (msgfm.evaluation.intervals: "held", "no difference", "did
+not hold" or "inconclusive", with the reason, against the metric's minimum meaningful difference).
+Every number carries its interval and n (chips / positions / blocks). A task whose pretrained model is
+not shown to beat its trivial baselines (msgfm.evaluation.scoring.TRIVIAL) is named at the top.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ def _n(row: dict[str, Any]) -> str:
 def _gain(c: dict[str, Any]) -> str:
     lo, hi = c["ci"]
     interval = "no interval" if lo is None or hi is None else f"[{lo:+.4f}, {hi:+.4f}]"
-    return f"gain {c['gain']:+.4f} {interval}"
+    return f"gain {c['gain']:+.4f} {interval}" + (f" ({c['reason']})" if c.get("reason") else "")
+
+
+def _min_effects(min_effect: dict[str, float]) -> str:
+    return ", ".join(f"{m} {v:g}" for m, v in min_effect.items())
 
 
 def claim(task: str, a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any] | None) -> tuple[str, str]:
@@ -63,8 +67,8 @@ def _claims(fraction: float, baselines: dict, comparisons: dict) -> list[str]:
         if not known:
             summary = "NOT TESTED (baseline missing)"
         else:
-            held, unsure = known.count("held"), known.count("inconclusive")
-            summary = f"HELD on {held} of {len(known)} tasks ({unsure} inconclusive)"
+            held, unsure, same = known.count("held"), known.count("inconclusive"), known.count("no difference")
+            summary = f"HELD on {held} of {len(known)} tasks ({unsure} inconclusive, {same} no difference)"
         lines.append(f"- **{title}: {summary}.**")
         lines += [f"  - {task}: {word}: {text}" for task, (word, text) in verdicts.items()]
     return lines
@@ -181,8 +185,11 @@ def render_report(
         + ("" if len(cfg.seeds) == 1 else ", and of the fine-tuning seeds: a seed x chip interval")
         + "; a comparison resamples both models' chips (and seeds) together). n = chips / positions / blocks"
         + ("" if len(cfg.seeds) == 1 else " x seeds")
-        + ". A claim *held* when the "
-        "interval of the gain lies above zero, *did not hold* when none of it does, else it is *inconclusive*.",
+        + ". A claim *held* when the interval of the gain lies above zero and the gain is at least the metric's "
+        f"minimum meaningful difference ({_min_effects(ev.min_effect)}); *no difference* when both models score "
+        "every chip alike or the interval lies within +- that difference (or above zero with a smaller gain); "
+        "*did not hold* when none of the interval is above zero; else (a zero-width interval too) it is "
+        "*inconclusive*. Each verdict's reason follows its interval.",
         "",
         "## Claims on this run",
         "",

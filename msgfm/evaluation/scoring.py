@@ -13,7 +13,7 @@ it is never held whole; the metrics and per-chip statistics are the same as on t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +64,8 @@ class Evidence:
     n: dict[str, Any]
     absent: dict[str, Any] | None = None
     """The split's classes that no training chip has (TaskData.absent), None for a task without classes."""
+    min_effect: dict[str, float] = field(default_factory=dict)
+    """The minimum meaningful gain per primary metric (params evaluate.min_effect)."""
 
     def record(self, scored: Scored | Sequence[Scored]) -> dict[str, Any]:
         """The split's scalar metrics (the mean over fine-tuning seeds), n (chips, positions, blocks, the bootstrap
@@ -80,7 +82,7 @@ class Evidence:
         """The gain of `first` over `second` on the task's primary metric (paired over the same chips and seeds)."""
         metric = PRIMARY_METRIC[task]
         a, b = (over_seeds([r.stats.statistic for r in self._seeds(x)]) for x in (first, second))
-        return paired(a, b, self.draws, metric, METRIC_DIRECTIONS[metric])
+        return paired(a, b, self.draws, metric, METRIC_DIRECTIONS[metric], self.min_effect.get(metric, 0.0))
 
     def _seeds(self, scored: Scored | Sequence[Scored]) -> list[Scored]:
         """One Scored per fine-tuning seed: a single one (a trivial baseline, deterministic) stands for every seed."""
@@ -96,6 +98,9 @@ def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit, absent: dict[
     """Units of the split's chips (from the manifest rows, by chip id), their seeded bootstrap draws, and the
     split's classes absent from training (`absent`, recorded with every entry)."""
     cfg = params.evaluate
+    unlisted = sorted(set(PRIMARY_METRIC.values()) - set(cfg.min_effect))
+    if unlisted:
+        raise ValueError(f"params evaluate.min_effect has no minimum meaningful difference for {unlisted}")
     found = rows.drop_duplicates("id").set_index("id").reindex(split.ids)
     if found["aoi"].isna().any():
         missing = [i for i, a in zip(split.ids, found["aoi"], strict=True) if pd.isna(a)][:3]
@@ -108,7 +113,7 @@ def evidence(params: Params, rows: pd.DataFrame, split: TaskSplit, absent: dict[
     draws = resample(list(units), cfg.bootstrap_resamples, params.seed, cfg.confidence, seeds)
     n = {"chips": len(split), "positions": int(position.nunique()), "blocks": int(block.nunique()),
          "unit": cfg.bootstrap_unit, "seeds": seeds}  # fmt: skip
-    return Evidence(draws, n, absent)
+    return Evidence(draws, n, absent, dict(cfg.min_effect))
 
 
 def score_outputs(data: TaskData, split: TaskSplit, outputs: torch.Tensor) -> Scored:

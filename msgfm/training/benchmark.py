@@ -117,7 +117,8 @@ def benchmark_test_scores(params: Params, data: TaskData, out: Path, variants: l
     test, cfg = data.splits["test"], params.evaluate
     batch, workers = params.finetune.eval_batch_size, params.finetune.loader_workers
     ids = [str(i) for i in range(len(test))]
-    ev = Evidence(resample(ids, cfg.bootstrap_resamples, params.seed, cfg.confidence), {"samples": len(test)})
+    draws = resample(ids, cfg.bootstrap_resamples, params.seed, cfg.confidence)
+    ev = Evidence(draws, {"samples": len(test)}, min_effect=dict(cfg.min_effect))
     scored = {
         name: score_batches(data, test, trivial_predictor(name, data, batch, workers), batch, workers)
         for name in TRIVIAL[data.spec.name]
