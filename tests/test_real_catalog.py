@@ -160,6 +160,12 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
     assert gate["accepted"].all(), gate["reasons"].tolist()
     report = json.loads((root / "data/reports/gates/coreg.json").read_text())
     assert report["residual_px"]["not_measurable"] == 4  # ZNCC peak < gates.min_residual_zncc: said, not passed as 0 px
+    notes = report["residual_px"]["notes"]
+    assert sorted(notes) == sorted(s1["id"])
+    for note in notes.values():  # says why, with the numbers: the peak reached and the window it was measured over
+        found = re.search(r"peak ZNCC (\d\.\d\d) < gates.min_residual_zncc 0.4 over a (\d+)x(\d+) px", note)
+        peak, w, h = found.groups()
+        assert float(peak) < 0.4 and 0 < int(w) <= 120 and 0 < int(h) <= 120, note
 
 
 def _ben_band(folder: str, band: str) -> np.ndarray:

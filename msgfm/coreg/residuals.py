@@ -36,7 +36,11 @@ if TYPE_CHECKING:
     from msgfm.config import CoregisterParams
 
 Residual = tuple[float, float, float]
-"""(dx, dy, peak ZNCC) of a measured residual; None in its place: the features do not match well enough."""
+"""(dx, dy, peak ZNCC) of a ZNCC surface's maximum."""
+
+Measured = tuple[float, float, float, int, int]
+"""(dx, dy, peak ZNCC, window width px, height px) of one raster; dx, dy NaN: not measurable (peak below
+`min_zncc`, or peak NaN: the window is too small for the shift radius), so the note can say why."""
 
 Feature = tuple[np.ndarray, np.ndarray]
 """A reference acquisition's (feature, valid) in the match window."""
@@ -44,16 +48,16 @@ Feature = tuple[np.ndarray, np.ndarray]
 
 def measure_residuals(
     table: pd.DataFrame, out_dir: Path, cfg: CoregisterParams, min_zncc: float
-) -> dict[str, Residual | None]:
+) -> dict[str, Measured]:
     """Shift left in each corrected S1/DSM output against the reference features rebuilt from the outputs.
 
     ZNCC (see the module docstring) of the written file against the same reference acquisitions (the
     raster's `reference_id`): a correct raster measures about (0, 0); a raster whose correction was wrong
-    or skipped measures its misregistration; None where the peak correlation is below `min_zncc`.
+    or skipped measures its misregistration; dx, dy NaN where the peak correlation is below `min_zncc`.
     """
     out_dir = Path(out_dir)
     ok = table[table["status"] == "ok"]
-    residuals: dict[str, tuple[float, float] | None] = {}
+    residuals: dict[str, Measured] = {}
     for _, group in ok.groupby("aoi"):
         shifted = group[group["sensor"].isin(["s1", "dsm"])]
         features = _reference_features(group, shifted, out_dir, cfg)
@@ -96,8 +100,8 @@ def _reference_features(
     return features
 
 
-def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParams, min_zncc: float) -> Residual | None:
-    """ZNCC residual (dx, dy, peak) of one written S1/DSM raster (a rasters.parquet row); None: peak below min_zncc."""
+def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParams, min_zncc: float) -> Measured:
+    """ZNCC residual of a written S1/DSM raster (a rasters.parquet row), with its window; NaN dx, dy: not measurable."""
     win = _window(r, cfg.match_px)
     with rasterio.open(out_dir / r.path) as src:
         data = src.read()[:, win[0], win[1]].astype(np.float32)
@@ -109,7 +113,11 @@ def _residual(r: Any, reference: np.ndarray, out_dir: Path, cfg: CoregisterParam
         data = data[[list(r.band_names).index(b) for b in cfg.s1_feature_bands]]
     feature = moving_feature(r.sensor, data, valid, cfg)
     found = zncc_shift(reference, feature, int(math.ceil(cfg.max_shift_px)) + 1)
-    return found if found is not None and found[2] >= min_zncc else None
+    height, width = feature.shape
+    if found is None:
+        return math.nan, math.nan, math.nan, width, height
+    dx, dy, peak = found
+    return (dx, dy, peak, width, height) if peak >= min_zncc else (math.nan, math.nan, peak, width, height)
 
 
 def zncc_surface(reference: np.ndarray, moving: np.ndarray, radius: int) -> np.ndarray:

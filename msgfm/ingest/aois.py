@@ -4,10 +4,11 @@ A STAC API search with a `source.bbox` tiles the bbox into `source.aoi_tile_m` s
 its centre (`search_squares`): every square the bbox covers is an AOI, and an item contributes to each
 square its footprint overlaps (`overlapping`; msgfm.ingest.api makes one record per item and square).
 Items of a static catalog, a folder or a search without bbox are grouped by overlap instead
-(`overlap_groups`): the footprints (WGS84 bboxes, clipped to `source.bbox` when set) that share area,
-directly or through a chain of others, form one AOI, so a co-located S1/S2 pair is one AOI wherever a
-square edge falls, and two places are two.
-A group's square is the union of its footprints in the UTM zone of its centre (`group_square`: the window
+(`overlap_groups`): the footprints (`footprint`: the item's WGS84 geometry polygon, its bbox where it has
+none, clipped to `source.bbox` when set) that share area, directly or through a chain of others, form one
+AOI, so a co-located S1/S2 pair is one AOI wherever a square edge falls, and two places are two. Polygons,
+not bboxes, are compared: two rotated S1 swaths side by side have overlapping bboxes but are two places.
+A group's square is the union of its footprints' bounds in the UTM zone of its centre (`group_square`: the window
 a remote COG is read by). Names are stable (the same footprints give the same names, in any order) and say
 where the AOI is: `{source.aoi}_{EPSG}_{E}_{N}`, the south-west corner in km (`aoi_32633_400_5340`), with
 `_2`, `_3` ... for further groups whose corner falls in the same kilometre. `aoi_tile_m: null` gives every
@@ -18,6 +19,11 @@ such item the one AOI `source.aoi`. The AOI's grid is then chosen by coregister,
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import shapely
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
 
 from msgfm.config import SourceParams
 from msgfm.geo.grids import utm_crs
@@ -105,12 +111,38 @@ def overlapping(bbox: list[float] | None, squares: list[Square]) -> list[Square]
     return found
 
 
-def overlap_groups(bboxes: list[list[float]]) -> list[int]:
-    """Per WGS84 bbox, the index of its group: bboxes sharing area, directly or by a chain, share a group (union-find).
+def footprint(geometry: dict[str, Any] | None, bbox: list[float], search: list[float] | None) -> BaseGeometry:
+    """An item's WGS84 footprint polygon clipped to the search box: what overlap grouping compares.
 
-    Boxes that only touch along an edge stay apart; groups are numbered by their first member.
+    The STAC geometry when it is a valid polygon with area, else the bbox: a bbox alone cannot tell two rotated
+    swaths side by side from one place.
     """
-    parent = list(range(len(bboxes)))
+    outline = _polygon(geometry) or box(*bbox)
+    if search is None:
+        return outline
+    inside = outline.intersection(box(*search))
+    return inside if inside.area > 0 else outline  # outside the search box: unclipped, as `clipped` does
+
+
+def _polygon(geometry: dict[str, Any] | None) -> BaseGeometry | None:
+    """The (multi)polygon of a GeoJSON geometry, None when it is missing, malformed or has no area."""
+    if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+        return None
+    try:
+        poly = shapely.make_valid(shape(geometry))
+    except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError):
+        return None
+    return poly if poly.area > 0 and poly.is_valid else None
+
+
+def overlap_groups(footprints: list[BaseGeometry]) -> list[int]:
+    """Per footprint, the index of its group: footprints sharing area, directly or by a chain, share one (union-find).
+
+    Footprints that only touch along an edge stay apart; groups are numbered by their first member.
+    """
+    if not footprints:
+        return []
+    parent = list(range(len(footprints)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -118,21 +150,16 @@ def overlap_groups(bboxes: list[list[float]]) -> list[int]:
             i = parent[i]
         return i
 
-    order = sorted(range(len(bboxes)), key=lambda i: bboxes[i][0])
-    active: list[int] = []
-    for i in order:  # sweep west to east: only boxes still open at this west edge can overlap
-        west, south, east, north = bboxes[i]
-        active = [j for j in active if bboxes[j][2] > west]
-        for j in active:
-            if bboxes[j][1] < north and south < bboxes[j][3]:
-                parent[root(j)] = root(i)
-        active.append(i)
+    tree = shapely.STRtree(footprints)
+    for i, j in zip(*tree.query(footprints, predicate="intersects"), strict=True):
+        if i < j and footprints[i].relate_pattern(footprints[j], "T********"):  # interiors meet: shared area
+            parent[root(int(j))] = root(int(i))
     firsts: dict[int, int] = {}
-    return [firsts.setdefault(root(i), len(firsts)) for i in range(len(bboxes))]
+    return [firsts.setdefault(root(i), len(firsts)) for i in range(len(footprints))]
 
 
 def group_square(bboxes: list[list[float]]) -> Square:
-    """The union of a group's WGS84 footprints, in metres in the UTM zone of its centre."""
+    """The union of a group's WGS84 footprint bounds, in metres in the UTM zone of its centre."""
     from rasterio.warp import transform_bounds
 
     west, south = min(b[0] for b in bboxes), min(b[1] for b in bboxes)

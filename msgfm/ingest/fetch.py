@@ -116,7 +116,8 @@ class Fetcher:
         href = asset.href
         if is_url(href):
             if urlparse(href).scheme.lower() not in ("http", "https"):
-                raise DownloadError(f"{asset.key}: unsupported href scheme in {href} (http, https or local files only)")
+                only = "(http, https or local files only)"
+                raise DownloadError(f"{asset.key}: unsupported href scheme in {href} {only}{_why(href)}")
             return self._fetch_http(asset, dest)
         return self._copy_local(asset, dest, root)
 
@@ -277,3 +278,14 @@ def _check_same_version(r, record: dict[str, Any], part: Path, have: int) -> Non
 def _range_start(response) -> int:
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
     return int(match.group(1)) if match else -1
+
+
+def _why(href: str) -> str:
+    """What an s3:// href means: a bucket read with AWS credentials (Earth Search's S1 GRD is requester-pays)."""
+    if urlparse(href).scheme.lower() != "s3":
+        return ""
+    return (
+        "; s3:// is an AWS bucket read with credentials (Earth Search's sentinel-1-grd lies in the requester-pays "
+        "bucket sentinel-s1-l1c, as uncalibrated GRD in radar geometry); use an https catalog such as "
+        "Planetary Computer's sentinel-1-rtc"
+    )

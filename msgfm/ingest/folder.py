@@ -84,14 +84,14 @@ def _folder_record(item_id: str, members: list[tuple[Path, dict[str, Any]]], fol
         props["processing:level"] = str(meta["level"])
     if isinstance(meta.get("cloud_cover"), int | float):
         props["eo:cloud_cover"] = float(meta["cloud_cover"])
-    bbox, crs = _raster_footprint([m[0] for m in members])
+    bbox, geometry, crs = _raster_footprint([m[0] for m in members])
     if crs:
         props["proj:code"] = crs
     item = {
         "type": "Feature",
         "stac_version": "1.1.0",
         "id": item_id,
-        "geometry": _bbox_polygon(bbox),
+        "geometry": geometry,
         "bbox": bbox,
         "properties": props,
         "assets": assets,
@@ -140,25 +140,35 @@ def stacked_band_names(tif: Path, sensor: str, side: dict[str, Any]) -> tuple[li
     return names, ""
 
 
-def _raster_footprint(paths: list[Path]) -> tuple[list[float] | None, str | None]:
+def _raster_footprint(paths: list[Path]) -> tuple[list[float] | None, dict[str, Any] | None, str | None]:
+    """(WGS84 bbox, WGS84 footprint polygon, CRS) of the first georeferenced file; Nones when there is none.
+
+    The polygon is the raster's outline, edges densified, so a UTM raster's footprint stays the tilted
+    quadrilateral it is in degrees (what overlap grouping compares), not its bbox.
+    """
     import rasterio
-    from rasterio.warp import transform_bounds
+    from rasterio.warp import transform, transform_bounds
 
     for path in paths:
         try:
             with rasterio.open(path) as src:
                 if src.crs is None:
                     continue
-                crs = src.crs.to_string()
-                bbox = list(transform_bounds(src.crs, "EPSG:4326", *src.bounds))
-                return [float(v) for v in bbox], crs
+                xs, ys = _outline(*src.bounds)
+                lons, lats = transform(src.crs, "EPSG:4326", xs, ys)
+                bbox = [float(v) for v in transform_bounds(src.crs, "EPSG:4326", *src.bounds)]
+                ring = [[float(x), float(y)] for x, y in zip(lons, lats, strict=True)]
+                return bbox, {"type": "Polygon", "coordinates": [ring]}, src.crs.to_string()
         except rasterio.errors.RasterioError:
             continue
-    return None, None
+    return None, None, None
 
 
-def _bbox_polygon(bbox: list[float] | None) -> dict[str, Any] | None:
-    if bbox is None:
-        return None
-    w, s, e, n = bbox
-    return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+def _outline(left: float, bottom: float, right: float, top: float, n: int = 21) -> tuple[list[float], list[float]]:
+    """A closed counter-clockwise ring around the bounds, `n` points per edge."""
+    steps = [k / (n - 1) for k in range(n - 1)]
+    xs = [left + (right - left) * t for t in steps] + [right] * (n - 1)
+    ys = [bottom] * (n - 1) + [bottom + (top - bottom) * t for t in steps]
+    xs += [right - (right - left) * t for t in steps] + [left] * (n - 1)
+    ys += [top] * (n - 1) + [top - (top - bottom) * t for t in steps]
+    return xs + [left], ys + [bottom]

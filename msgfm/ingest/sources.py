@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 from msgfm.config import DownloadParams, SourceParams
 from msgfm.geo.io import inside
-from msgfm.ingest.aois import clipped, group_names, group_square, overlap_groups
+from msgfm.ingest.aois import footprint, group_names, group_square, overlap_groups
 from msgfm.ingest.reader import is_url, read_json
 from msgfm.ingest.records import (
     KNOWN_SENSORS,
@@ -63,10 +63,11 @@ def iter_items(
 
 
 def grouped_by_overlap(records: list[ItemRecord], cfg: SourceParams) -> list[ItemRecord]:
-    """The records with each derived AOI (no `msgfm:aoi`) replaced by its overlap group's (msgfm.ingest.aois)."""
+    """The records with each derived AOI (no `msgfm:aoi`) replaced by its group's: footprint polygons that overlap."""
     derived = [i for i, r in enumerate(records) if r.square is not None and not r.error and r.bbox is not None]
-    bboxes = [clipped(records[i].bbox, cfg.bbox) for i in derived]  # type: ignore[arg-type]
-    groups = overlap_groups(bboxes)
+    shapes = [footprint(records[i].item.get("geometry"), records[i].bbox, cfg.bbox) for i in derived]  # type: ignore[arg-type]
+    groups = overlap_groups(shapes)
+    bboxes = [list(s.bounds) for s in shapes]
     members: dict[int, list[list[float]]] = {}
     for g, bbox in zip(groups, bboxes, strict=True):
         members.setdefault(g, []).append(bbox)
