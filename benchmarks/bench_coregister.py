@@ -9,7 +9,8 @@ the grid the stage wrote it to, with the same resampling, into memory; nothing e
 output pixels (bands x rows x cols) per second. Reference and stage alternate (--repeats times) so
 machine load hits both alike; the best run of each counts, and CPU time (process_time) ratios are
 printed beside wall time because the machine is shared (with the 1-minute load average before and after).
-Prints one JSON object; target: stage throughput >= 0.7x the reference.
+Prints one JSON object; target: stage throughput >= 0.9x the reference (issue 18; measured 0.72-0.79x,
+the gap being phase correlation and the GeoTIFF writes).
 
     .venv/bin/python benchmarks/bench_coregister.py [--aois 1] [--repeats 2]
 """
@@ -38,7 +39,7 @@ from msgfm.ingest.download import download
 from msgfm.sim.simulate import simulate_world
 from msgfm.validation.raw import validate_raw
 
-TARGET_RATIO = 0.7
+TARGET_RATIO = 0.9
 
 
 def reference_jobs(root: Path, params) -> list[tuple[Path, str, str, Resampling]]:
