@@ -86,7 +86,7 @@ def test_a_zero_width_interval_or_a_negligible_gain_never_holds():
     word, reason = verdict(Interval(0.03, 0.01, 0.05), min_effect=0.1)  # excludes zero, but negligible
     assert word == "no difference" and "0.1" in reason
     assert verdict(Interval(0.3, 0.15, 0.6), min_effect=0.1)[0] == "held"
-    assert verdict(Interval(0.05, 0.01, 0.6), min_effect=0.1)[0] == "no difference"  # gain below it
+    assert verdict(Interval(0.05, 0.01, 0.6), min_effect=0.1)[0] == "inconclusive"  # gain below it, interval not
     assert verdict(Interval(-0.02, -0.05, 0.04), min_effect=0.1)[0] == "no difference"  # within +-0.1
     assert verdict(Interval(-0.02, -0.15, 0.04), min_effect=0.1)[0] == "inconclusive"
     with pytest.raises(ValueError, match="min_effect"):

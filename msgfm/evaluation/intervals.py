@@ -16,9 +16,9 @@ difference is taken as a gain (positive: the first is better, whatever the metri
 its percentile interval and the metric's minimum meaningful difference `min_effect` (params
 `evaluate.min_effect`) give the verdict, with its reason: "held" when the whole interval is above zero and
 the gain is at least `min_effect`; "no difference" when the two models score every chip alike (identical
-predictions) or the whole interval lies within +-`min_effect` (or above zero with a gain below it); "did
-not hold" when none of the interval is above zero; "inconclusive" otherwise, with a zero-width interval
-(the bootstrap saw no spread), and always with fewer than MIN_UNITS units.
+predictions) or the whole interval lies within +-`min_effect`; "did not hold" when none of the interval is
+above zero; "inconclusive" otherwise (an interval above zero whose gain is below `min_effect` but whose upper
+end is not, a zero-width interval: the bootstrap saw no spread), and always with fewer than MIN_UNITS units.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def verdict(gain: Interval, min_effect: float = 0.0, identical: bool = False) ->
         return "no difference", f"the whole interval lies within +-{min_effect:g}, the minimum meaningful difference"
     if gain.hi <= 0:
         return "did not hold", "no part of the interval is above zero"
-    if gain.lo > 0 and gain.value < min_effect:
-        return "no difference", f"gain {gain.value:+.4g} is below the minimum meaningful difference {min_effect:g}"
+    if gain.lo > 0 and gain.value < min_effect:  # above zero, but the interval straddles min_effect
+        return "inconclusive", f"gain {gain.value:+.4g} is below the minimum meaningful difference {min_effect:g}"
     if gain.lo > 0:
         return "held", f"the interval is above zero and the gain is at least {min_effect:g}"
     return "inconclusive", "the interval contains zero"
