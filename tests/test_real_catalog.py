@@ -152,6 +152,13 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
     _run(root, "download", "validate_raw", "coregister", "validate_coreg")
     s1 = pd.read_parquet(root / "data/coreg/rasters.parquet").query("sensor == 's1'")
     assert len(s1) == 4 and (s1["status"] == "ok").all()
+    _assert_colocated_s1_left_unshifted(root, s1, max_px=120)
+
+
+def _assert_colocated_s1_left_unshifted(root: Path, s1: pd.DataFrame, max_px: int) -> None:
+    """Real S1 on its S2's grid: its shift noise is not applied, with the reason; the coreg gate accepts it and calls
+    its ZNCC residual not measurable (speckle edges do not match optical ones), with the peak and the window, in the
+    gate table's residual_note and in the report, instead of passing it as 0 px."""
     for r in s1.itertuples():
         applied = (r.shift_dx_px**2 + r.shift_dy_px**2) ** 0.5
         assert applied < 0.5 or r.shift_note, r  # issue 13: |shift| < 0.5 px or "not applied"
@@ -159,13 +166,13 @@ def test_s1_shift_noise_on_real_co_located_patches_is_not_applied(tmp_path, repo
     gate = pd.read_parquet(root / "data/gates/coreg.parquet").set_index("id")
     assert gate["accepted"].all(), gate["reasons"].tolist()
     report = json.loads((root / "data/reports/gates/coreg.json").read_text())
-    assert report["residual_px"]["not_measurable"] == 4  # ZNCC peak < gates.min_residual_zncc: said, not passed as 0 px
-    notes = report["residual_px"]["notes"]
-    assert sorted(notes) == sorted(s1["id"])
-    for note in notes.values():  # says why, with the numbers: the peak reached and the window it was measured over
+    assert report["residual_px"]["not_measurable"] == len(s1)
+    assert report["residual_px"]["notes"] == gate.loc[sorted(s1["id"]), "residual_note"].to_dict()
+    for i, note in report["residual_px"]["notes"].items():
         found = re.search(r"peak ZNCC (\d\.\d\d) < gates.min_residual_zncc 0.4 over a (\d+)x(\d+) px", note)
         peak, w, h = found.groups()
-        assert float(peak) < 0.4 and 0 < int(w) <= 120 and 0 < int(h) <= 120, note
+        assert float(peak) < 0.4 and 0 < int(w) <= max_px and 0 < int(h) <= max_px, note
+        assert np.isnan(gate.loc[i, "residual_px"]), gate.loc[i]
 
 
 def _ben_band(folder: str, band: str) -> np.ndarray:
@@ -216,12 +223,13 @@ def _sen12ms_folder(root: Path, test_data: Path) -> Path:
 
 
 def test_stacked_geotiffs_are_split_into_bands_and_none_vanishes(tmp_path, repo_root, test_data):
-    """SEN12MS-CR's stacked files: each band becomes its own asset (publisher's order) and every item gets a row."""
+    """SEN12MS-CR's stacked files: each band becomes its own asset (publisher's order) and every item gets a row; its
+    S1, on the S2's grid like BigEarthNet's, is left unshifted and its residual called not measurable."""
     folder = _sen12ms_folder(tmp_path, test_data)
     params = pc_params(tiny_params(repo_root), folder)
     params["source"] |= {"kind": "folder", "path": str(folder)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(tmp_path, "download", "validate_raw", "coregister")
+    _run(tmp_path, "download", "validate_raw", "coregister", "validate_coreg")
     ledger = pd.read_parquet(tmp_path / "data/raw/acquisitions.parquet")
     assert (ledger["status"] == "ok").all(), ledger["error"].tolist()
     s1 = ledger[ledger["sensor"] == "s1"].iloc[0]
@@ -235,6 +243,7 @@ def test_stacked_geotiffs_are_split_into_bands_and_none_vanishes(tmp_path, repo_
     rasters = pd.read_parquet(tmp_path / "data/coreg/rasters.parquet")
     assert set(rasters["item_id"]) == set(ledger["id"])  # no accepted item vanishes
     assert (rasters["status"] == "ok").all(), rasters["error"].tolist()
+    _assert_colocated_s1_left_unshifted(tmp_path, rasters.query("sensor == 's1'"), max_px=256)
 
 
 def test_unnamed_stacked_file_and_unmatched_keys_are_refused_with_the_reason(tmp_path, repo_root):

@@ -13,7 +13,7 @@ residual measurable only when the features match there: the peak correlation mus
 smoothed gradients of one real texture correlate at 0.65-0.8 of the peak 2 px away.) Measured (n: rasters):
 the simulated S1 outputs peak at 0.62-0.63 (n = 3) with residuals below 0.02 px, and a deliberate 2 px error
 measures 1.98-2.02 px; BigEarthNet's co-located S1 against S2 (n = 4) peak at 0.15-0.28 and the SEN12MS-CR
-triplet (n = 1) at 0.31: not measurable, and said so. The simulated 100 px DSM against RGB chromaticity
+triplet (n = 1, 256 px) at 0.30: not measurable, and said so. The simulated 100 px DSM against RGB chromaticity
 peaks at 0.43 (n = 1, residual 0.09 px): measured, close to the threshold.
 """
 

@@ -126,8 +126,10 @@ def run_gate(
     *,
     min_pass_rate: float,
     id_column: str = "id",
+    keep: Sequence[str] = (),
 ) -> GateResult:
-    """Run `checks` as one GX suite over `table` and decide, per row, accepted or quarantined with reasons."""
+    """Run `checks` as one GX suite over `table` and decide, per row, accepted or quarantined with reasons; the
+    `keep` columns (measures and notes a reader of the decisions needs) are copied beside each decision."""
     if id_column not in table.columns:
         raise ValueError(f"gate {gate}: the table has no {id_column!r} column (columns: {list(table.columns)})")
     names = [c.name for c in checks]
@@ -143,6 +145,7 @@ def run_gate(
             "accepted": pd.Series(accepted, dtype=bool),
             "reasons": ["; ".join(r) for r in outcome.reasons],
         }
+        | {column: df[column].tolist() for column in keep}
     )
     n = len(df)
     n_ok = int(sum(accepted))
