@@ -146,11 +146,13 @@ def intervals(statistic: Statistic, draws: Resamples) -> dict[str, Interval]:
     """Estimate and interval of every metric the statistic returns."""
     point = statistic(np.ones((1, draws.chips)))
     boot = statistic(draws.weights)
-    out = {}
-    for name, value in point.items():
-        lo, hi = _percentiles(boot[name], draws.confidence) if draws.units >= MIN_UNITS else (np.nan, np.nan)
-        out[name] = Interval(float(value[0]), lo, hi)
-    return out
+    return {name: _interval(value, boot[name], draws) for name, value in point.items()}
+
+
+def _interval(point: np.ndarray, boot: np.ndarray, draws: Resamples) -> Interval:
+    """The estimate (a 1-element array) with the percentile interval of its resampled values."""
+    lo, hi = _percentiles(boot, draws.confidence) if draws.units >= MIN_UNITS else (np.nan, np.nan)
+    return Interval(float(point[0]), lo, hi)
 
 
 def verdict(gain: Interval, min_effect: float = 0.0, identical: bool = False) -> tuple[Verdict, str]:
@@ -186,14 +188,12 @@ def paired(
     if min_effect < 0:
         raise ValueError(f"min_effect of {metric} must be >= 0, got {min_effect}")
     sign = 1.0 if direction == "max" else -1.0
-    boot: list[np.ndarray] = []
 
-    def gain(weights: np.ndarray) -> dict[str, np.ndarray]:
-        difference = sign * (first(weights)[metric] - second(weights)[metric])
-        boot.append(difference)
-        return {metric: difference}
+    def gain(weights: np.ndarray) -> np.ndarray:
+        return sign * (first(weights)[metric] - second(weights)[metric])
 
-    interval = intervals(gain, draws)[metric]
-    identical = all(np.all(d == 0) for d in boot)
+    point, boot = gain(np.ones((1, draws.chips))), gain(draws.weights)
+    interval = _interval(point, boot, draws)
+    identical = not (np.any(point) or np.any(boot))  # the same score on the full set and in every resample
     word, reason = verdict(interval, min_effect, identical)
     return Comparison(metric, interval, word, reason, min_effect)
