@@ -12,6 +12,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# test modules import ray before msgfm.cluster.connect can set this: the local instances they start listen on
+# loopback only (tests/test_cluster.py checks it)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Prefect reads PREFECT_HOME when it is first imported: point it at a throwaway folder before any test
 # imports prefect, so tests never touch ~/.prefect or a server the developer runs; tests use
 # prefect_test_harness (tests/test_flows.py) for their own temporary server.

@@ -10,7 +10,7 @@ import pytest
 import ray
 from dvc_repo import REPO_ROOT
 
-from msgfm.cluster.connect import connect_ray
+from msgfm.cluster.connect import TEMP_PREFIX, connect_ray, shutdown_ray
 from msgfm.config import RayParams
 
 
@@ -80,3 +80,17 @@ def test_two_local_instances_from_two_processes_run_side_by_side():
             p.kill()
     assert [p.returncode for p in procs] == [0, 0]
     assert all("result 30" in out for out in outs), outs
+
+
+def test_a_local_instance_listens_on_loopback_only_and_leaves_no_temp_dir():
+    """The GCS and the node address are 127.0.0.1 (not the LAN address every interface would expose), and
+    shutdown_ray removes the instance's own temp dir (/tmp used to collect one per run)."""
+    assert connect_ray(RayParams(num_cpus=1), 1, 1, "ray.data_workers") is True
+    try:
+        node = ray._private.worker._global_node
+        temp = node.get_temp_dir_path()
+        assert node.node_ip_address == "127.0.0.1" and node.gcs_address.startswith("127.0.0.1:"), node.gcs_address
+        assert os.path.basename(temp).startswith(TEMP_PREFIX) and os.path.isdir(temp)
+    finally:
+        shutdown_ray()
+    assert not ray.is_initialized() and not os.path.exists(temp)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
-from msgfm.cluster.connect import connect_ray
+from msgfm.cluster.connect import connect_ray, shutdown_ray
 
 if TYPE_CHECKING:
     from msgfm.config import RayParams
@@ -79,4 +79,4 @@ def _on_ray(
         return [results[i] for i in range(len(jobs))]
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from msgfm.cluster.connect import RayClusterError, connect_ray
+from msgfm.cluster.connect import RayClusterError, connect_ray, shutdown_ray
 from msgfm.config import Params
 from msgfm.datasets.task_chips import build_task_data
 from msgfm.datasets.tasks import TaskData, get_task
@@ -239,7 +239,7 @@ def _optimize_on_ray(params: Params, data: TaskData, variant: str, trials: int) 
         raise FinetuneError(f"{data.spec.name}/{variant}: a trial worker failed: {e.cause}") from None
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _worker_trials(config: dict[str, Any], data: TaskData, variant: str, trials: int) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from msgfm.cluster.connect import RayClusterError, connect_ray
+from msgfm.cluster.connect import RayClusterError, connect_ray, shutdown_ray
 from msgfm.config import Params
 from msgfm.datasets.pretrain import load_pretrain_chips, pretrain_loader
 from msgfm.geo.io import atomic_path, atomic_write_json
@@ -301,9 +301,7 @@ def run_pretrain(params: Params) -> dict[str, Any]:
         wall = time.perf_counter() - t0
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
     if result.checkpoint is None:
         raise PretrainError(f"pretraining run {name} ended without a checkpoint")
     with result.checkpoint.as_directory() as ckpt_dir:
