@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
-from msgfm.datasets.worker_errors import CatchingDataset, ClearErrorLoader, catching_collate
+from msgfm.datasets.worker_errors import clear_error_loader
 
 TARGET_KEYS: tuple[str, ...] = ("label", "mask", "target")
 """Sample keys a target may have (TorchGeo's `label` and `mask`, and `target` for image-to-image tasks)."""
@@ -138,12 +138,4 @@ def split_loader(
     """A DataLoader of `TaskBatch`es over `split`: `batches` (e.g. `EndlessBatches`), or every sample in order;
     an error in one of its `workers` is raised in the caller as itself (msgfm.datasets.worker_errors)."""
     sampler = batches if batches is not None else BatchSampler(SequentialSampler(split), batch_size, drop_last=False)
-    if not workers:
-        return DataLoader(split, batch_sampler=sampler, collate_fn=collate_task)  # type: ignore[arg-type]
-    return ClearErrorLoader(  # a bad file's error reaches the caller as itself, not wrapped by torch's worker
-        CatchingDataset(split),
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=catching_collate(collate_task),
-        prefetch_factor=2,
-    )
+    return clear_error_loader(split, workers, batch_sampler=sampler, collate_fn=collate_task)

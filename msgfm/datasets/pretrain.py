@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.config import Params
 from msgfm.datasets.collate import collate_multisensor
-from msgfm.datasets.worker_errors import CatchingIterable, ClearErrorLoader
+from msgfm.datasets.worker_errors import clear_error_loader
 from msgfm.decisions import gate_table
 
 
@@ -161,9 +161,7 @@ def pretrain_loader(chips: PretrainChips, params: Params, rank: int, start: int 
     cfg = params.pretrain
     batches = PretrainBatches(chips, params.seed, rank, cfg.batch_size, cfg.augment, start, cfg.steps)
     workers = min(cfg.loader_workers, max(0, cfg.steps - start))
-    if not workers:
-        return DataLoader(batches, batch_size=None)
-    return ClearErrorLoader(CatchingIterable(batches), batch_size=None, num_workers=workers, prefetch_factor=2)
+    return clear_error_loader(batches, workers, batch_size=None)
 
 
 def _shard_of(rows: pd.DataFrame, world: int) -> np.ndarray:

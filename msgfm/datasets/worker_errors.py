@@ -82,3 +82,14 @@ class ClearErrorLoader(DataLoader):
             if isinstance(batch, WorkerFailure):
                 raise batch.error
             yield batch
+
+
+def clear_error_loader(dataset: Any, workers: int, **kwargs: Any) -> DataLoader:
+    """A DataLoader over `dataset` (`kwargs` as DataLoader's); with `workers` > 0, read by that many processes
+    whose errors reach the caller as themselves (the Catching* wrappers, `catching_collate`, ClearErrorLoader)."""
+    if not workers:
+        return DataLoader(dataset, **kwargs)
+    wrapped = CatchingIterable(dataset) if isinstance(dataset, IterableDataset) else CatchingDataset(dataset)
+    if kwargs.get("collate_fn") is not None:
+        kwargs["collate_fn"] = catching_collate(kwargs["collate_fn"])
+    return ClearErrorLoader(wrapped, num_workers=workers, prefetch_factor=2, **kwargs)
