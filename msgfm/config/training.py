@@ -165,6 +165,11 @@ class FinetuneParams(Section):
     loader_workers: int = Field(
         0, ge=0, le=256, description="DataLoader worker processes reading samples (0: in the training process)"
     )
+    stream_chips: bool = Field(
+        False,
+        description="read the chip-store tasks' train and val samples from the store when a batch needs them "
+        "(memory bounded by the batches; a frozen encoder's features are then not cached)",
+    )
     benchmark_px: int | None = Field(
         None, ge=8, le=4096, description="--benchmark: feed samples at this size (null: the benchmark's native size)"
     )

@@ -2,12 +2,12 @@
 
 Which chips anchor each task's samples, their partners (the S1 chip of an S2 chip, the DSM of an RGB chip, the
 S1 chip closest in time to a cloudy S2 one), the label budget and the held-out sets: the task definitions and
-the split containers are in msgfm.datasets.tasks.
+the split containers are in msgfm.datasets.tasks; a split is first a StoreSplit (store indices,
+msgfm.datasets.store_split), then read into memory unless it is to be streamed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,11 +16,9 @@ import torch
 
 from msgfm.chips.store import ChipStore, ChipStoreError, open_accepted
 from msgfm.datasets.holdouts import absent_classes, partition
-from msgfm.datasets.pansharpen import wald_pansharpening_input
+from msgfm.datasets.store_split import StoreSplit
 from msgfm.datasets.tasks import (
     IGNORE_INDEX,
-    PAN_BANDS,
-    REFLECTANCE_SCALE,
     TaskData,
     TaskDataError,
     TaskSplit,
@@ -28,7 +26,6 @@ from msgfm.datasets.tasks import (
     label_budget,
 )
 from msgfm.decisions import gate_table
-from msgfm.sensors import get_sensor
 
 if TYPE_CHECKING:
     from msgfm.config import Params
@@ -54,37 +51,22 @@ def _partner_rows(rows: pd.DataFrame, anchors: pd.DataFrame, sensor: str) -> np.
     return np.array(out, dtype=np.int64)
 
 
-def _read_with_partner(
-    store: ChipStore, anchors: pd.DataFrame, anchor_sensor: str, partner_sensor: str, partner: np.ndarray
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, ...]], dict[str, torch.Tensor]]:
-    """Images, bands and presence flags of anchor chips and their partners (zeros where absent)."""
-    anchor = torch.from_numpy(store.read(anchor_sensor, anchors["store_index"].tolist()))
-    n = len(anchors)
-    bands = {anchor_sensor: store.bands(anchor_sensor), partner_sensor: store.bands(partner_sensor)}
-    other = torch.zeros(n, len(bands[partner_sensor]), store.chip_px, store.chip_px)
-    has = partner >= 0
-    if has.any():
-        other[torch.from_numpy(has)] = torch.from_numpy(store.read(partner_sensor, partner[has].tolist()))
-    present = {anchor_sensor: torch.ones(n, dtype=torch.bool), partner_sensor: torch.from_numpy(has)}
-    return {anchor_sensor: anchor, partner_sensor: other}, bands, present
-
-
 def _georef(anchors: pd.DataFrame) -> dict[str, list]:
-    """TaskSplit's georeference fields from manifest rows: each chip's CRS and bounds (empty without those columns)."""
+    """A split's georeference fields from manifest rows: each chip's CRS and bounds (empty without those columns)."""
     if not {"crs", "minx", "miny", "maxx", "maxy"} <= set(anchors.columns):
         return {}
     corners = anchors[["minx", "miny", "maxx", "maxy"]].to_numpy(dtype=float)
     return {"crs": [str(c) for c in anchors["crs"]], "bounds": [tuple(map(float, b)) for b in corners]}
 
 
-def _classification(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, codes: tuple[int, ...]) -> TaskSplit:
-    images, bands, present = _read_with_partner(store, anchors, "s2", "s1", _partner_rows(rows, anchors, "s1"))
+def _multi_hot(anchors: pd.DataFrame, codes: tuple[int, ...]) -> torch.Tensor:
+    """Classification targets: one row per anchor, 1 for each training class its `labels` list."""
     target = torch.zeros(len(anchors), len(codes))
     for i, labels in enumerate(anchors["labels"]):
         for code in labels:
             if int(code) in codes:
                 target[i, codes.index(int(code))] = 1.0
-    return TaskSplit(images, bands, present, target, list(anchors["id"]), **_georef(anchors))
+    return target
 
 
 def nearest_in_time(rows: pd.DataFrame, anchors: pd.DataFrame, sensor: str, max_days: int) -> np.ndarray:
@@ -101,34 +83,51 @@ def nearest_in_time(rows: pd.DataFrame, anchors: pd.DataFrame, sensor: str, max_
     return out
 
 
-def _cloud_removal(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, max_days: int) -> TaskSplit:
-    # the S1 chip closest in time to the cloudy acquisition, as SEN12MS-CR pairs them: pairing gives S1 to
-    # the S2 date it is closest to, which is often the clear one that follows a cloudy date
-    s1 = nearest_in_time(rows, anchors, "s1", max_days)
-    images, bands, present = _read_with_partner(store, anchors, "s2", "s1", s1)
-    target = torch.from_numpy(store.read("s2", anchors["clear_index"].tolist()))
-    return TaskSplit(images, bands, present, target, list(anchors["id"]), **_georef(anchors))
-
-
-def _pansharpening(store: ChipStore, anchors: pd.DataFrame) -> TaskSplit:
-    sensor = get_sensor("s2")
-    order = [store.bands("s2").index(b) for b in PAN_BANDS]
-    raw = store.raw("s2", anchors["store_index"].tolist())[:, order].astype(np.float32)
-    reference = torch.from_numpy(raw / REFLECTANCE_SCALE)
-    fused = wald_pansharpening_input(reference).clamp(0.0, 1.0).numpy() * REFLECTANCE_SCALE
-    images = {"s2": torch.from_numpy(sensor.normalise(fused, PAN_BANDS))}
-    target = torch.from_numpy(sensor.normalise(raw, PAN_BANDS))
-    present = {"s2": torch.ones(len(anchors), dtype=torch.bool)}
-    return TaskSplit(images, {"s2": PAN_BANDS}, present, target, list(anchors["id"]), **_georef(anchors))
-
-
-def _segmentation(store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, codes: tuple[int, ...]) -> TaskSplit:
-    images, bands, present = _read_with_partner(store, anchors, "rgb", "dsm", _partner_rows(rows, anchors, "dsm"))
+def _class_lookup(codes: tuple[int, ...]) -> np.ndarray:
+    """WorldCover code -> class index of a segmentation target (IGNORE_INDEX for codes not among `codes`)."""
     lookup = np.full(256, IGNORE_INDEX, dtype=np.int64)
     for i, code in enumerate(codes):
         lookup[code] = i
-    labels = store.labels("fine", anchors["label_index"].tolist())
-    return TaskSplit(images, bands, present, torch.from_numpy(lookup[labels]), list(anchors["id"]), **_georef(anchors))
+    return lookup
+
+
+def _store_split(
+    task: str, store: ChipStore, rows: pd.DataFrame, anchors: pd.DataFrame, codes: tuple[int, ...], max_days: int
+) -> StoreSplit:
+    """The samples of `task` that start from `anchors`, as store indices (their pixels read when asked)."""
+    common = {"store": store, "task": task, "ids": list(anchors["id"]), **_georef(anchors)}
+    anchor = anchors["store_index"].to_numpy(dtype=np.int64)
+    if task == "classification":
+        partner = _partner_rows(rows, anchors, "s1")
+        return StoreSplit(
+            anchor_sensor="s2",
+            anchor=anchor,
+            partner_sensor="s1",
+            partner=partner,
+            labels=_multi_hot(anchors, codes),
+            **common,
+        )
+    if task == "cloud_removal":
+        # the S1 chip closest in time to the cloudy acquisition, as SEN12MS-CR pairs them: pairing gives S1 to
+        # the S2 date it is closest to, which is often the clear one that follows a cloudy date
+        partner = nearest_in_time(rows, anchors, "s1", max_days)
+        clear = anchors["clear_index"].to_numpy(dtype=np.int64)
+        return StoreSplit(
+            anchor_sensor="s2", anchor=anchor, partner_sensor="s1", partner=partner, target_index=clear, **common
+        )
+    if task == "pansharpening":
+        return StoreSplit(anchor_sensor="s2", anchor=anchor, **common)
+    partner = _partner_rows(rows, anchors, "dsm")
+    labels = anchors["label_index"].to_numpy(dtype=np.int64)
+    return StoreSplit(
+        anchor_sensor="rgb",
+        anchor=anchor,
+        partner_sensor="dsm",
+        partner=partner,
+        target_index=labels,
+        lookup=_class_lookup(codes),
+        **common,
+    )
 
 
 def _anchors(task: str, rows: pd.DataFrame, max_cloud: float, clear_days: int) -> pd.DataFrame:
@@ -154,8 +153,10 @@ def build_task_data(
     label_fraction: float | None = None,
     seed: int | None = None,
     loaded: tuple[ChipStore, pd.DataFrame] | None = None,
+    stream: bool = False,
 ) -> TaskData:
-    """Train (label budget applied), val, test, holdout_aoi and later splits of `task` from the accepted chips."""
+    """Train (label budget applied), val, test, holdout_aoi and later splits of `task` from the accepted chips:
+    read into memory, or with `stream` as StoreSplits whose samples are read from the store when asked."""
     spec = get_task(task)
     cfg = params.finetune
     store, rows = loaded if loaded is not None else accepted_chips(params)
@@ -176,19 +177,11 @@ def build_task_data(
     budget = label_budget(len(parts["train"]), fraction, params.seed if seed is None else seed)
     parts["train"] = parts["train"].iloc[budget]
 
-    build: Callable[[pd.DataFrame], TaskSplit]
-    if task == "classification":
-        build = lambda a: _classification(store, rows, a, codes)  # noqa: E731
-    elif task == "cloud_removal":
-        build = lambda a: _cloud_removal(store, rows, a, params.pair.max_days)  # noqa: E731
-    elif task == "pansharpening":
-        build = lambda a: _pansharpening(store, a)  # noqa: E731
-    else:
-        build = lambda a: _segmentation(store, rows, a, codes)  # noqa: E731
-    splits = {}
+    splits: dict[str, TaskSplit | StoreSplit] = {}
     for name, part in parts.items():
         if part.empty:
             notes.setdefault(name, f"no {task} chips in {name}")
             continue
-        splits[name] = build(part.reset_index(drop=True))
+        split = _store_split(task, store, rows, part.reset_index(drop=True), codes, params.pair.max_days)
+        splits[name] = split if stream else split.materialise()
     return TaskData(spec=spec, splits=splits, class_codes=codes, notes=notes, absent=absent)

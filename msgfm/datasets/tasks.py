@@ -1,7 +1,8 @@
-"""The four downstream tasks built on the embedded world's chip store, as in-memory tensors.
+"""The four downstream tasks built on the embedded world's chip store: their specs and in-memory splits.
 
-A `TaskSplit` is also a map-style torch Dataset of TorchGeo-style sample dicts (msgfm.datasets.loaders), so
-training and evaluation batch it through a DataLoader like the streamed benchmark splits.
+A `TaskSplit` (a split read into memory; msgfm.datasets.store_split streams one from the store) is a map-style
+torch Dataset of TorchGeo-style sample dicts (msgfm.datasets.loaders), so training and evaluation batch it through
+a DataLoader like the streamed benchmark splits.
 
 Each task is a `TaskSpec` (inputs, target, loss, metrics); `build_task_data` (msgfm.datasets.task_chips) turns the
 accepted chips of the manifest into `TaskSplit`s (train, val, test, and the generalisation sets):

@@ -256,10 +256,11 @@ def _worker_trials(config: dict[str, Any], data: TaskData, variant: str, trials:
 
 
 def finetune_task_data(params: Params, task: str) -> TaskData:
-    """The task's data as fine-tuning uses it: at most `finetune.max_val_chips` validation chips (seeded)."""
+    """The task's data as fine-tuning uses it: at most `finetune.max_val_chips` validation chips (seeded), in memory
+    or, with `finetune.stream_chips`, read from the chip store batch by batch."""
     cfg = params.finetune
     get_task(task)
-    data = build_task_data(params, task)
+    data = build_task_data(params, task, stream=cfg.stream_chips)
     if "val" not in data.splits:
         raise FinetuneError(f"{cfg.manifest}: no {task} validation chips outside the held-out AOIs and dates")
     if len(data.splits["val"]) > cfg.max_val_chips:  # scored every epoch of every trial: keep it cheap
