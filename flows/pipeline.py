@@ -28,7 +28,7 @@ from msgfm.config import ParamsError, load_params
 
 # Stages that train models: never retried (a failed run is a bug or a resource problem, and a retry
 # would repeat hours of compute); matched on the stage name before any foreach suffix ("finetune@cls").
-TRAINING_STAGES = ("pretrain", "finetune")
+TRAINING_STAGES = ("pretrain", "pretrain_variant", "finetune")
 
 OverrideValue = str | int | float | bool
 

@@ -131,7 +131,8 @@ STAGES = _stages()
 
 
 def test_every_stage_runs_an_msgfm_command():
-    assert {"simulate", "pretrain_single", "finetune@segmentation", "evaluate"} <= set(STAGES)  # foreach expanded
+    # foreach expanded, pretrain_variant over the params list pretrain_variants.run
+    assert {"simulate", "pretrain_variant@single_s2", "finetune@segmentation", "evaluate"} <= set(STAGES)
     commands = _commands()
     assert {(stage.cmd[0], stage.cmd[1] in commands) for stage in STAGES.values()} == {("msgfm", True)}
 

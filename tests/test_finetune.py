@@ -34,7 +34,7 @@ from msgfm.inference.predict import predict
 from msgfm.landcover import SHORT_NAMES
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
 from msgfm.models import create_model_from_params
-from msgfm.models.finetuned import BEST_FILE, checkpoint_mismatch, load_encoder
+from msgfm.models.finetuned import BEST_FILE, checkpoint_mismatch, load_encoder, model_dir, variant_missing
 from msgfm.models.heads import build_task_model
 from msgfm.models.hub import save_pretrained
 from msgfm.sensors import get_sensor
@@ -50,7 +50,7 @@ FAST = {
     "holdout_aois": [],
     "train_until": None,
     "threads": 1,
-    "variants": ["pretrained", "scratch", "single_sensor"],
+    "variants": ["pretrained", "scratch", "single_s2"],
 }
 
 
@@ -380,7 +380,9 @@ def test_report_states_the_claims_from_the_intervals() -> None:
         "pretrained": {"classification": {"mAP_micro": 0.8, "n": n, "ci": {"mAP_micro": [0.7, 0.9]}},
                        "cloud_removal": {"MAE": 0.05}},
         "scratch": {"classification": {"mAP_micro": 0.6}, "cloud_removal": {"MAE": 0.04}},
-        "single_sensor": {t: {"missing": "no model"} for t in TASKS},
+        "single_s2": {**{t: {"missing": "no model"} for t in TASKS},
+                      "segmentation": {"not applicable": "segmentation needs ['rgb', 'dsm']"}},
+        "no_cross": {"classification": {"mAP_micro": 0.7}, "segmentation": {"mIoU": 0.3}},
         "class_prior": {"classification": {"mAP_micro": 0.85}},
     }  # fmt: skip
     comparisons = {
@@ -388,6 +390,7 @@ def test_report_states_the_claims_from_the_intervals() -> None:
             "pretrained vs scratch": {"metric": "mAP_micro", "gain": 0.2, "ci": [0.05, 0.3], "verdict": "held"},
             "pretrained vs class_prior": {"metric": "mAP_micro", "gain": -0.05, "ci": [-0.1, 0.02],
                                           "verdict": "inconclusive"},
+            "pretrained vs no_cross": {"metric": "mAP_micro", "gain": 0.1, "ci": [0.02, 0.2], "verdict": "held"},
         },
         "cloud_removal": {
             "pretrained vs scratch": {"metric": "MAE", "gain": -0.01, "ci": [-0.02, 0.005], "verdict": "inconclusive"}
@@ -401,6 +404,7 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     snow = {"70": {"class": "snow", "chips": 6, "share": 0.25}}
     generalisation = {"classification": {"test": {"mAP_micro": 0.8, ABSENT_KEY: {}},
                                          "holdout_aoi": {"mAP_micro": 0.5, ABSENT_KEY: snow}}}  # fmt: skip
+    params.finetune.variants = ["pretrained", "scratch", "single_s2", "no_cross"]
     text = render_report(params, baselines, {}, generalisation, {}, comparisons)
     assert "- classification, held-out AOIs: snow (70): 6 chips, 25.0% of the set" in text
     assert "classification, test set" not in text  # nothing absent there
@@ -412,7 +416,14 @@ def test_report_states_the_claims_from_the_intervals() -> None:
     same = "gain +0.0000 [+0.0000, +0.0000] (identical per-chip scores: the two models predict the same)"
     assert f"pansharpening: no difference: 40.7880 vs 40.7880 (PSNR, max is better), {same}" in text
     assert "minimum meaningful difference (mAP_micro 0.01, mIoU 0.01, MAE 0.002, PSNR 0.1)" in text
-    assert "Cross-sensor pretraining beats single-sensor pretraining: NOT TESTED" in text
+    single = "Cross-sensor pretraining beats single-sensor (S2) pretraining (pretrained beats `single_s2`)"
+    assert f"{single}: NOT TESTED (baseline missing or not applicable)" in text
+    assert "  - segmentation: not applicable: segmentation needs ['rgb', 'dsm']" in text
+    assert "  - classification: not tested: missing: no model" in text
+    assert "| single_s2 | segmentation | | not applicable: segmentation needs ['rgb', 'dsm'] |" in text
+    no_cross = "The cross-sensor reconstruction term helps (p_cross 0.5 vs 0) (pretrained beats `no_cross`)"
+    assert f"{no_cross}: HELD on 1 of 1 tasks (0 inconclusive, 0 no difference)" in text
+    assert "dense" not in text  # defined, but not a variant of finetune.variants
     top = text.split("## Claims on this run")[0]
     assert "classification: the fine-tuned msGFM does not beat the trivial `class_prior` baseline" in top
     assert "| pretrained | classification | 24 / 8 / 2 |  |  | 0.8000 [0.7000, 0.9000] |" in text  # MAE, PSNR empty
@@ -453,18 +464,22 @@ def test_fine_tuning_seeds_are_trained_once_and_averaged_with_seed_intervals(pro
         ev.record(runs + runs[:1])
 
 
-def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(project: Path) -> None:
-    """Issue 14: the single-sensor baseline has no (untrained) embeddings of the other sensors, fine-tuning
-    and evaluation feed it only the inputs it was pretrained on, and a task it has no input for is skipped."""
-    from msgfm.training.pretrain import build_model, single_sensor_params
+def test_the_single_sensor_variant_is_built_and_fed_with_its_sensor_only(project: Path) -> None:
+    """Issue 14: the single-sensor variant has no (untrained) embeddings of the other sensors, fine-tuning
+    and evaluation feed it only the inputs it was pretrained on, and a task it has no input for is not applicable."""
+    from msgfm.training.pretrain import build_model
 
     with working_directory(project):
         params = load_params("params.yaml")
-        baseline = build_model(single_sensor_params(params))
+        baseline = build_model(params.pretrain_variant("single_s2"))
         assert baseline.config.sensors == ("s2",)
         assert set(baseline.encoder.patch_embed) == set(baseline.decoders) == {"s2"}
         assert build_model(params).config.sensors == ("s1", "s2", "rgb", "dsm")
-        save_pretrained(baseline, params.finetune.single_sensor_model)
+        folder = model_dir(params, "single_s2")
+        assert folder == params.pretrain_variants.models_dir / "single_s2"
+        assert "dvc repro pretrain_variant@single_s2" in variant_missing(params, "single_s2")
+        save_pretrained(baseline, folder)
+        assert variant_missing(params, "single_s2") is None
         data = build_task_data(params, "classification")
         only = data.only(("s2",))
         assert only.spec.inputs == ("s2",) and all(set(sp.images) == {"s2"} for sp in only.splits.values())
@@ -472,14 +487,14 @@ def test_the_single_sensor_baseline_is_built_and_fed_with_its_sensor_only(projec
         assert "['s1'] left out" in only.notes["inputs"]
         seg = build_task_data(params, "segmentation")
         assert "pretrained on ['s2'] only" in seg.only(("s2",))
-        summary = tune_variant(params, data, "single_sensor")
+        summary = tune_variant(params, data, "single_s2")
         assert summary["inputs"] == ["s2"] and summary["trials_finished"] == params.finetune.trials
-        assert "pretrained on ['s2'] only" in tune_variant(params, seg, "single_sensor")["missing"]
-        model, best = load_finetuned(params, "classification", "single_sensor")  # evaluation rebuilds it as saved
-        assert model.encoder.sensors == ("s2",) and best["variant"] == "single_sensor"
-        shutil.rmtree(params.finetune.single_sensor_model)
-        shutil.rmtree(params.finetune.out_dir / "classification" / "single_sensor")
-        shutil.rmtree(params.finetune.out_dir / "segmentation" / "single_sensor", ignore_errors=True)
+        assert "pretrained on ['s2'] only" in tune_variant(params, seg, "single_s2")["not applicable"]
+        model, best = load_finetuned(params, "classification", "single_s2")  # evaluation rebuilds it as saved
+        assert model.encoder.sensors == ("s2",) and best["variant"] == "single_s2"
+        shutil.rmtree(folder)
+        shutil.rmtree(params.finetune.out_dir / "classification" / "single_s2")
+        shutil.rmtree(params.finetune.out_dir / "segmentation" / "single_s2", ignore_errors=True)
 
 
 def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
@@ -509,8 +524,11 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
     for task in TASKS:
         assert {"pretrained vs scratch", *(f"pretrained vs {t}" for t in TRIVIAL[task])} <= set(comparisons[task])
         verdicts = ("held", "did not hold", "no difference", "inconclusive")
+        single = comparisons[task].pop("pretrained vs single_s2")  # not fine-tuned here: no verdict
+        assert single == baselines["single_s2"][task]
         assert all(c["verdict"] in verdicts and c["reason"] for c in comparisons[task].values())
-    assert all("missing" in v for v in baselines["single_sensor"].values())
+    assert "pretrained on ['s2'] only" in baselines["single_s2"]["segmentation"]["not applicable"]
+    assert all("no pretrained model" in baselines["single_s2"][t]["missing"] for t in TASKS if t != "segmentation")
     ablations = json.loads((project / "data/metrics/ablations.json").read_text())
     assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])
     assert ablations["classification"]["clean"] == metrics["classification"]

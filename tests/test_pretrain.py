@@ -119,12 +119,12 @@ def test_resume_skips_a_checkpoint_cut_off_mid_copy(repo_root: Path, tmp_path: P
 
 
 def test_single_sensor_outputs_are_written_from_its_own_checkpoint(tiny_world: Path, tmp_path: Path) -> None:
-    """The baseline's checkpoint holds S2's embedding and decoder only; the stage's outputs load it as such."""
-    from msgfm.training.pretrain import single_sensor_params, write_outputs
+    """The variant's checkpoint holds S2's embedding and decoder only; the stage's outputs load it as such."""
+    from msgfm.training.pretrain import write_outputs
 
     project = _project(tiny_world, tmp_path / "p")
     with working_directory(project):
-        params = single_sensor_params(load_params("params.yaml"))
+        params = load_params("params.yaml").pretrain_variant("single_s2")
         model = build_model(params)
         assert model.config.sensors == ("s2",)
         ckpt = tmp_path / "ckpt"

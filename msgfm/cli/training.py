@@ -13,17 +13,22 @@ from msgfm.cli._app import DeviceOption, ParamsOption, app, lock_outputs, on_dev
 @app.command()
 def pretrain(
     params: ParamsOption = Path("params.yaml"),
-    single_sensor: Annotated[
-        bool, typer.Option("--single-sensor", help="the baseline: pretrain on pretrain.single_sensor alone")
-    ] = False,
+    variant: Annotated[
+        str | None, typer.Option(help="a baseline of pretrain_variants.define (single_s2, no_cross, dense, ...)")
+    ] = None,
 ) -> None:
     """Cross-sensor MIM pretraining on Ray Train; resumes from the latest checkpoint after a crash."""
+    from msgfm.config import ParamsError
     from msgfm.datasets.pretrain import PretrainDataError
-    from msgfm.training.pretrain import PretrainError, run_pretrain, single_sensor_params
+    from msgfm.training.pretrain import PretrainError, run_pretrain
 
     p = read_params(params)
-    if single_sensor:
-        p = single_sensor_params(p)
+    if variant is not None:
+        try:
+            p = p.pretrain_variant(variant)
+        except ParamsError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
     with lock_outputs("pretrain", p.pretrain.out_dir), stage_errors(PretrainError, PretrainDataError):
         metrics = run_pretrain(p)
     val = metrics["val"]
@@ -42,7 +47,8 @@ def finetune(
         str | None, typer.Option(help="classification, cloud_removal, pansharpening or segmentation")
     ] = None,
     variant: Annotated[
-        list[str] | None, typer.Option(help="pretrained, scratch, single_sensor (repeatable; default: params)")
+        list[str] | None,
+        typer.Option(help="pretrained, scratch or a pretrain_variants.define name (repeatable; default: params)"),
     ] = None,
     benchmark: Annotated[
         str | None,
@@ -52,16 +58,18 @@ def finetune(
     device: DeviceOption = None,
 ) -> None:
     """Optuna-tuned fine-tuning of msGFM and its baselines on one downstream task (data/models/<task>)."""
+    from msgfm.config import FIXED_VARIANTS
     from msgfm.datasets.benchmarks import BenchmarkDataError
     from msgfm.datasets.tasks import TASKS, TaskDataError
-    from msgfm.models.finetuned import VARIANTS, TaskModelError
+    from msgfm.models.finetuned import NOT_APPLICABLE, TaskModelError
     from msgfm.training.benchmark import run_benchmark_finetune
     from msgfm.training.finetune import FinetuneError, run_finetune
 
     p = on_device(read_params(params), device)
-    bad = [v for v in variant or [] if v not in VARIANTS]
+    known = [*FIXED_VARIANTS, *p.pretrain_variants.define]
+    bad = [v for v in variant or [] if v not in known]
     if bad:
-        typer.echo(f"error: unknown variant(s) {bad}; variants are {list(VARIANTS)}", err=True)
+        typer.echo(f"error: unknown variant(s) {bad}; variants are {known}", err=True)
         raise typer.Exit(2)
     with stage_errors(FinetuneError, TaskModelError, TaskDataError, BenchmarkDataError):
         if benchmark is not None:
@@ -84,6 +92,8 @@ def finetune(
             )
         elif isinstance(result, dict) and "missing" in result:
             typer.echo(f"{summary['task']}/{name}: skipped: {result['missing']}")
+        elif isinstance(result, dict) and NOT_APPLICABLE in result:
+            typer.echo(f"{summary['task']}/{name}: {NOT_APPLICABLE}: {result[NOT_APPLICABLE]}")
 
 
 @app.command()

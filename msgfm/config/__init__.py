@@ -24,9 +24,18 @@ from msgfm.config.data import (
     SimulateParams,
     SourceParams,
 )
-from msgfm.config.training import EvaluateParams, FinetuneParams, ModelParams, PretrainParams, Variant
+from msgfm.config.training import (
+    FIXED_VARIANTS,
+    EvaluateParams,
+    FinetuneParams,
+    ModelParams,
+    PretrainParams,
+    PretrainVariant,
+    PretrainVariantsParams,
+)
 
 __all__ = [
+    "FIXED_VARIANTS",
     "AOIParams",
     "CoregisterParams",
     "DownloadParams",
@@ -38,12 +47,13 @@ __all__ = [
     "Params",
     "ParamsError",
     "PretrainParams",
+    "PretrainVariant",
+    "PretrainVariantsParams",
     "RayParams",
     "RetrainParams",
     "Section",
     "SimulateParams",
     "SourceParams",
-    "Variant",
     "load_params",
 ]
 
@@ -61,6 +71,7 @@ class Params(Section):
     pair: PairParams = Field(default_factory=PairParams)
     ray: RayParams = Field(default_factory=RayParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    pretrain_variants: PretrainVariantsParams = Field(default_factory=PretrainVariantsParams)
     model: ModelParams = Field(default_factory=ModelParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
@@ -72,7 +83,46 @@ class Params(Section):
                 f"model.chip_px ({self.model.chip_px}) must equal pair.chip_px ({self.pair.chip_px}): "
                 "the encoder is built for the chips pair cuts"
             )
+        for name in self.pretrain_variants.define:
+            try:
+                self.pretrain_variant(name)
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"pretrain_variants.define.{name}: {problems}") from None
+        unknown = [v for v in self.finetune.variants if v not in (*FIXED_VARIANTS, *self.pretrain_variants.define)]
+        if unknown or len(set(self.finetune.variants)) != len(self.finetune.variants):
+            raise ValueError(
+                f"finetune.variants must be distinct names among {[*FIXED_VARIANTS, *self.pretrain_variants.define]} "
+                f"(pretrain_variants.define), got {self.finetune.variants}"
+            )
         return self
+
+    def pretrain_variant(self, name: str) -> Params:
+        """These params as pretraining variant `name` runs them: its sensors and model values, and its own outputs
+        (the model in `pretrain_variants.models_dir/<name>`, the other paths of `pretrain` suffixed `_<name>`)."""
+        spec = self.pretrain_variants.define.get(name)
+        if spec is None:
+            known = sorted(self.pretrain_variants.define)
+            raise ParamsError(f"unknown pretraining variant {name!r}; pretrain_variants.define has {known}")
+        cfg = self.pretrain
+        sensors = spec.sensors or cfg.sensors
+
+        def suffixed(path: Path) -> Path:
+            return path.with_name(f"{path.stem}_{name}{path.suffix}")
+
+        pretrain = PretrainParams.model_validate(
+            {
+                **cfg.model_dump(),
+                "sensors": sensors,
+                "sensor_mix": {s: w for s, w in cfg.sensor_mix.items() if s in sensors},
+                "out_dir": self.pretrain_variants.models_dir / name,
+                "checkpoint_dir": suffixed(cfg.checkpoint_dir),
+                "metrics": suffixed(cfg.metrics),
+                "plots_dir": suffixed(cfg.plots_dir),
+            }
+        )
+        model = ModelParams.model_validate({**self.model.model_dump(), **spec.model})
+        return self.model_copy(update={"pretrain": pretrain, "model": model})
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -78,7 +78,7 @@ class RetrainParams(Section):
     registry_path: Path = Path("data/models/registry.json")
     metrics_path: Path = Field(Path("data/metrics/evaluate.json"), description="the evaluate stage's test metrics")
     allowed_overrides: list[str] = Field(
-        ["seed", "simulate", "coregister", "pair", "model", "pretrain", "finetune", "evaluate"],
+        ["seed", "simulate", "coregister", "pair", "model", "pretrain", "pretrain_variants", "finetune", "evaluate"],
         description="params sections (or dotted keys) a flow run's `overrides` may set; others are refused",
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,7 +29,7 @@ class PretrainParams(Section):
     metrics: Path = Path("data/metrics/pretrain.json")
     plots_dir: Path = Field(Path("data/plots/pretrain"), description="loss curve (dvclive) and reconstructions PNG")
     sensors: list[Literal["s1", "s2", "rgb", "dsm"]] = Field(
-        ["s1", "s2", "rgb", "dsm"], min_length=1, description="sensors to pretrain on; one sensor = the baseline"
+        ["s1", "s2", "rgb", "dsm"], min_length=1, description="sensors to pretrain on"
     )
     sensor_mix: dict[str, float] = Field(
         {"s1": 1.0, "s2": 1.0, "rgb": 1.0, "dsm": 1.0}, description="relative share of each sensor's chips drawn"
@@ -52,9 +53,6 @@ class PretrainParams(Section):
     log_every: int = Field(10, ge=1, description="steps between progress lines")
     val_chips: int = Field(64, ge=1, description="validation chips per sensor for the final loss")
     preview_chips: int = Field(2, ge=1, le=8, description="chips per sensor in the reconstructions PNG")
-    single_sensor: Literal["s1", "s2", "rgb", "dsm"] = Field(
-        "s2", description="sensor of the single-sensor baseline (`msgfm pretrain --single-sensor`)"
-    )
     exclude_holdout_aois: bool = Field(
         True, description="leave the chips of finetune.holdout_aois out of pretraining (an unseen held-out biome)"
     )
@@ -122,7 +120,54 @@ class ModelParams(Section):
         return get_config(self.name, **{**self.model_dump(exclude={"name"}), **overrides})
 
 
-Variant = Literal["pretrained", "scratch", "single_sensor"]
+class PretrainVariant(Section):
+    """One pretraining baseline: msGFM pretraining with one term of the objective changed."""
+
+    claim: str = Field(min_length=1, description="what 'pretrained beats this variant' tests, in the report's words")
+    sensors: list[Literal["s1", "s2", "rgb", "dsm"]] | None = Field(
+        None,
+        min_length=1,
+        description="sensors pretrained on, each an embedding and a decoder (null: pretrain.sensors)",
+    )
+    model: dict[str, Any] = Field({}, description="model-section values changed, e.g. {p_cross: 0} or {experts: 0}")
+
+
+FIXED_VARIANTS = ("pretrained", "scratch")
+"""Fine-tuning variants that are no pretraining variant: msGFM pretrained (stage pretrain) and from scratch."""
+
+
+class PretrainVariantsParams(Section):
+    """`msgfm pretrain --variant NAME` (stage pretrain_variant): the baselines that isolate terms of the objective."""
+
+    models_dir: Path = Field(
+        Path("data/models/pretrain_variants"), description="one pretrained model folder per variant, named by it"
+    )
+    run: list[str] = Field(
+        ["single_s2"], min_length=1, description="variants the pipeline pretrains (the stage's foreach list)"
+    )
+    define: dict[str, PretrainVariant] = Field(
+        default_factory=lambda: {
+            "single_s2": PretrainVariant(
+                claim="Cross-sensor pretraining beats single-sensor pretraining", sensors=["s2"]
+            )
+        },
+        description="variant name -> what it changes",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> PretrainVariantsParams:
+        bad = [n for n in self.define if n in FIXED_VARIANTS or not re.fullmatch(r"[a-z][a-z0-9_]*", n)]
+        if bad:
+            raise ValueError(
+                f"pretrain_variants.define names must be lower_snake_case and not {list(FIXED_VARIANTS)}, got {bad}"
+            )
+        unknown = [n for n in self.run if n not in self.define]
+        if unknown or len(set(self.run)) != len(self.run):
+            raise ValueError(
+                f"pretrain_variants.run must name distinct variants of pretrain_variants.define "
+                f"({sorted(self.define)}), got {self.run}"
+            )
+        return self
 
 
 class FinetuneParams(Section):
@@ -133,9 +178,10 @@ class FinetuneParams(Section):
     out_dir: Path = Field(Path("data/models"), description="per task: optuna.db and one folder per variant")
     metrics_dir: Path = Field(Path("data/metrics/finetune"), description="per task: best trial of each variant")
     pretrained_model: Path = Field(Path("data/models/pretrain"), description="the msGFM pretrained model")
-    single_sensor_model: Path = Field(Path("data/models/pretrain_s2"), description="single-sensor pretrained model")
-    variants: list[Variant] = Field(
-        ["pretrained", "scratch", "single_sensor"], min_length=1, description="encoders fine-tuned per task"
+    variants: list[str] = Field(
+        ["pretrained", "scratch", "single_s2"],
+        min_length=1,
+        description="encoders fine-tuned per task: pretrained, scratch or a pretrain_variants.define name",
     )
     label_fraction: float = Field(0.1, gt=0, le=1, description="share of training labels used (label budget)")
     trials: int = Field(3, ge=1, le=10000, description="Optuna trials per task and variant")

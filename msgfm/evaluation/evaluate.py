@@ -11,10 +11,13 @@ them, so its metrics cannot score them, and the report names them.
 
 - `evaluate.metrics` (data/metrics/evaluate.json): the msGFM pretrained model's test entries
   `{task: entry}`, the file flows/retrain.py's champion/challenger gate compares;
-- `evaluate.baselines`: `{variant: {task: entry}}` for pretrained, scratch, single-sensor (a variant
-  without a checkpoint gets `{"missing": reason}`) and each task's trivial baselines (scoring.TRIVIAL);
+- `evaluate.baselines`: `{variant: {task: entry}}` for every variant of `finetune.variants` (pretrained,
+  scratch, pretraining variants; one without a checkpoint gets `{"missing": reason}`, one whose encoder has no
+  trained embedding for the task's inputs `{"not applicable": reason}`) and each task's trivial baselines
+  (scoring.TRIVIAL);
 - `evaluate.comparisons`: `{task: {"pretrained vs <other>" | "clean vs <condition>": gain, ci, verdict}}`,
-  paired bootstrap differences on the primary metric (msgfm.evaluation.intervals);
+  paired bootstrap differences on the primary metric (msgfm.evaluation.intervals), or the variant's
+  `{"missing" | "not applicable": reason}`;
 - `evaluate.ablations`: `{task: {condition: entry}}` for the pretrained model with each input
   sensor dropped (missing modality), corrupted by Gaussian noise, misregistered by `shift_px` pixels, and
   (optical sensors) covered by a synthetic cloud (msgfm.evaluation.ablations); `"clean"` is the
@@ -45,11 +48,12 @@ from msgfm.geo.io import atomic_write_json, atomic_write_text
 from msgfm.models.device import resolve_device
 from msgfm.models.finetuned import (
     BEST_FILE,
-    VARIANTS,
+    NOT_APPLICABLE,
     WEIGHTS_FILE,
     checkpoint_mismatch,
     rebuild_task_model,
     seed_dir,
+    variant_sensors,
 )
 from msgfm.models.heads import TaskModel
 from msgfm.models.hub import load_weights
@@ -97,18 +101,31 @@ def _load_seeds(params: Params, data: TaskData, variant: str) -> list[TaskModel]
     return models
 
 
+def _variant_models(params: Params, data: TaskData, variant: str) -> list[TaskModel] | dict[str, str]:
+    """The variant's fine-tuned models (every seed), or `{"not applicable": why}` when its encoder has no trained
+    embedding for the inputs the task needs, or `{"missing": why}` when a checkpoint is absent."""
+    applicable = data.only(variant_sensors(params, variant))
+    if isinstance(applicable, str):
+        return {NOT_APPLICABLE: applicable}
+    models = _load_seeds(params, data, variant)
+    return {"missing": models} if isinstance(models, str) else models
+
+
 @dataclass
 class _Results:
     """Everything `msgfm evaluate` writes, filled task by task."""
 
+    variants: list[str]  # "pretrained" first, then the others of finetune.variants
     evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
-    baselines: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {v: {} for v in (*VARIANTS, *dict.fromkeys(n for t in TRIVIAL.values() for n in t))}
-    )
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
     generalisation: dict[str, dict[str, Any]] = field(default_factory=dict)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        trivial = dict.fromkeys(n for t in TRIVIAL.values() for n in t)
+        self.baselines = {v: {} for v in (*self.variants, *trivial)}
 
 
 def _absent(data: TaskData, split: str) -> dict[str, Any] | None:
@@ -159,16 +176,18 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
     for name in TRIVIAL[task]:
         scored[name] = score_outputs(data, test, trivial_outputs(name, data, test))
         results.baselines[name][task] = ev.record(scored[name])
-    for variant in VARIANTS:
-        models = _load_seeds(params, data, variant)
-        if isinstance(models, str):
-            if variant == "pretrained":
-                raise EvaluateError(models)
-            results.baselines[variant][task] = {"missing": models}
+    for variant in results.variants:
+        models = _variant_models(params, data, variant)
+        if isinstance(models, dict):
+            if variant == "pretrained" and "missing" in models:
+                raise EvaluateError(models["missing"])
+            results.baselines[variant][task] = models
+            if variant != "pretrained":
+                results.comparisons[task][f"pretrained vs {variant}"] = models
             continue
         vdata = data.only(models[0].encoder.sensors)  # only the inputs the variant's encoder was trained on
         if isinstance(vdata, str):
-            results.baselines[variant][task] = {"missing": vdata}
+            results.baselines[variant][task] = {NOT_APPLICABLE: vdata}
             continue
         log.info("evaluate %s/%s on %d test chips (inputs %s, %d seeds)", task, variant, len(test),
                  list(vdata.spec.inputs), len(models))  # fmt: skip
@@ -177,8 +196,8 @@ def _evaluate_task(params: Params, task: str, loaded: Any, results: _Results) ->
         results.baselines[variant][task] = ev.record(runs)
         if variant == "pretrained":
             _score_pretrained(params, data, models, runs, ev, loaded, results)
-    for other in [*VARIANTS[1:], *TRIVIAL[task]]:
-        if other in scored:
+    for other in [*results.variants[1:], *TRIVIAL[task]]:
+        if other in scored and "pretrained" in scored:
             results.comparisons[task][f"pretrained vs {other}"] = ev.compare(
                 scored["pretrained"], scored[other], task
             ).record()
@@ -191,7 +210,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     torch.set_num_threads(params.finetune.threads)
     cfg.plots_dir.mkdir(parents=True, exist_ok=True)
     loaded = accepted_chips(params)
-    results = _Results()
+    results = _Results(list(dict.fromkeys(["pretrained", *params.finetune.variants])))
     for task in TASKS:
         _evaluate_task(params, task, loaded, results)
     ablation_plot(results.ablations, cfg.plots_dir)

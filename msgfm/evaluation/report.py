@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from msgfm.datasets.tasks import TASKS
 from msgfm.evaluation.scoring import ABSENT_KEY, TRIVIAL, best_trivial_gap
 from msgfm.metrics import METRIC_DIRECTIONS, PRIMARY_METRIC
+from msgfm.models.finetuned import NOT_APPLICABLE
 
 if TYPE_CHECKING:
     from msgfm.config import Params
@@ -43,29 +44,34 @@ def _min_effects(min_effect: dict[str, float]) -> str:
 
 
 def claim(task: str, a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any] | None) -> tuple[str, str]:
-    """The verdict of a over b on the task's primary metric ("not tested" when missing) and its numbers."""
+    """The verdict of a over b on the task's primary metric ("not applicable" when b cannot take the task's
+    inputs, "not tested" when a number is missing) and its numbers."""
     metric = PRIMARY_METRIC[task]
-    if metric not in a or metric not in b or comparison is None:
-        return "not tested", "missing"
+    if NOT_APPLICABLE in b:
+        return NOT_APPLICABLE, b[NOT_APPLICABLE]
+    if metric not in a or metric not in b or comparison is None or "verdict" not in comparison:
+        return "not tested", "missing" + (f": {b['missing']}" if "missing" in b else "")
     text = f"{a[metric]:.4f} vs {b[metric]:.4f} ({metric}, {METRIC_DIRECTIONS[metric]} is better), {_gain(comparison)}"
     return comparison["verdict"], text
 
 
-def _claims(fraction: float, baselines: dict, comparisons: dict) -> list[str]:
-    """One verdict line per claim, and under it one line per task with the numbers and the interval."""
+def _claims(params: Params, baselines: dict, comparisons: dict) -> list[str]:
+    """One verdict line per claim (scratch, then each pretraining variant of `finetune.variants`), and under it
+    one line per task with the numbers and the interval."""
+    define = params.pretrain_variants.define
     lines = []
     for title, other in (
-        (f"Pretraining helps at {fraction:.0%} labels (pretrained beats scratch)", "scratch"),
-        ("Cross-sensor pretraining beats single-sensor pretraining", "single_sensor"),
+        (f"Pretraining helps at {params.finetune.label_fraction:.0%} labels (pretrained beats scratch)", "scratch"),
+        *((f"{define[v].claim} (pretrained beats `{v}`)", v) for v in params.finetune.variants if v in define),
     ):
         verdicts = {
             t: claim(t, baselines["pretrained"].get(t, {}), baselines.get(other, {}).get(t, {}),
                      comparisons.get(t, {}).get(f"pretrained vs {other}"))
             for t in TASKS
         }  # fmt: skip
-        known = [v for v, _ in verdicts.values() if v != "not tested"]
+        known = [v for v, _ in verdicts.values() if v not in ("not tested", NOT_APPLICABLE)]
         if not known:
-            summary = "NOT TESTED (baseline missing)"
+            summary = "NOT TESTED (baseline missing or not applicable)"
         else:
             held, unsure, same = known.count("held"), known.count("inconclusive"), known.count("no difference")
             summary = f"HELD on {held} of {len(known)} tasks ({unsure} inconclusive, {same} no difference)"
@@ -97,8 +103,9 @@ def _variant_table(baselines: dict) -> list[str]:
             if task not in tasks:
                 continue
             row = tasks[task]
-            if "missing" in row:
-                lines.append(f"| {variant} | {task} | | missing: {row['missing']} |")
+            why = next((k for k in ("missing", NOT_APPLICABLE) if k in row), None)
+            if why:
+                lines.append(f"| {variant} | {task} | | {why}: {row[why]} |")
                 continue
             cells = [_ci(row, m) if m in row else "" for m in metrics_order]
             lines.append(f"| {variant} | {task} | {_n(row)} | " + " | ".join(cells) + " |")
@@ -193,7 +200,7 @@ def render_report(
         "",
         "## Claims on this run",
         "",
-        *_claims(cfg.label_fraction, baselines, comparisons),
+        *_claims(params, baselines, comparisons),
         "",
         "## Test metrics per variant",
         "",

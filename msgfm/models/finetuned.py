@@ -1,7 +1,8 @@
 """Fine-tuned task models: the encoder each variant starts from, and the checkpoint of a (task, variant).
 
-`msgfm finetune` compares encoders (VARIANTS): msGFM pretrained (`finetune.pretrained_model`), the
-same network randomly initialised, and single-sensor pretraining (`finetune.single_sensor_model`).
+`msgfm finetune` compares the encoders of `finetune.variants`: msGFM pretrained (`finetune.pretrained_model`),
+the same network randomly initialised (`scratch`), and the pretraining variants (`pretrain_variants`: single
+sensor, no cross-sensor term, dense), each fed only the inputs it has trained embeddings for.
 Its best trial per (task, variant) is saved in `<finetune.out_dir>/<task>/<variant>/` as
 `model.safetensors` and `best.json` (hyperparameters, metric, class codes, the encoder config and the
 weights' SHA-256), which `msgfm evaluate` rebuilds the model from; each further fine-tuning seed
@@ -14,12 +15,12 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
 from msgfm.architectures import MSGFMConfig
-from msgfm.config import Params, Variant
+from msgfm.config import Params
 from msgfm.geo.io import atomic_write_json, sha256_file
 from msgfm.models.encoder import MSGFMEncoder
 from msgfm.models.extend import add_sensors, addable
@@ -27,8 +28,8 @@ from msgfm.models.heads import HeadSpec, TaskModel, build_task_model
 from msgfm.models.hub import load_pretrained, save_weights
 from msgfm.models.msgfm import create_model_from_params
 
-VARIANTS: tuple[str, ...] = get_args(Variant)
-"""Encoders compared: msGFM pretrained, the same network randomly initialised, single-sensor pretraining."""
+NOT_APPLICABLE = "not applicable"
+"""The key of a (task, variant) record whose encoder has no trained embedding for the inputs the task needs."""
 BEST_FILE = "best.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -58,20 +59,35 @@ def model_dir(params: Params, variant: str) -> Path | None:
     """The pretrained model a variant starts from (None: from scratch)."""
     if variant == "pretrained":
         return params.finetune.pretrained_model
-    if variant == "single_sensor":
-        return params.finetune.single_sensor_model
     if variant == "scratch":
         return None
-    raise TaskModelError(f"unknown variant {variant!r}; variants are {list(VARIANTS)}")
+    if variant in params.pretrain_variants.define:
+        return params.pretrain_variant(variant).pretrain.out_dir
+    raise TaskModelError(
+        f"unknown variant {variant!r}; variants are pretrained, scratch and {sorted(params.pretrain_variants.define)}"
+    )
+
+
+def variant_sensors(params: Params, variant: str) -> tuple[str, ...]:
+    """The sensors a variant's encoder embeds: those it was pretrained on (scratch: the model's, untrained)."""
+    if variant == "scratch":
+        return tuple(params.model.to_model_config().sensors)
+    chosen = params if variant == "pretrained" else params.pretrain_variant(variant)
+    return tuple(chosen.pretrain.sensors)
 
 
 def variant_missing(params: Params, variant: str) -> str | None:
     """Why a variant cannot run (its pretrained model is absent), or None."""
     path = model_dir(params, variant)
-    if path is not None and not (path / "config.json").is_file():
-        stage = "pretrain_single" if variant == "single_sensor" else "pretrain"
-        return f"{path}: no pretrained model (run `dvc repro {stage}`)"
-    return None
+    if path is None or (path / "config.json").is_file():
+        return None
+    if variant == "pretrained":
+        how = "run `dvc repro pretrain`"
+    elif variant in params.pretrain_variants.run:
+        how = f"run `dvc repro pretrain_variant@{variant}`"
+    else:
+        how = f"add {variant} to pretrain_variants.run, or run `msgfm pretrain --variant {variant}`"
+    return f"{path}: no pretrained model ({how})"
 
 
 def load_encoder(params: Params, variant: str, seed: int, inputs: Sequence[str] = ()) -> MSGFMEncoder:
@@ -94,7 +110,7 @@ def load_encoder(params: Params, variant: str, seed: int, inputs: Sequence[str] 
 
 def rebuild_task_model(best: dict[str, Any], spec: HeadSpec) -> TaskModel:
     """An untrained TaskModel shaped like a saved fine-tuned checkpoint (best.json) of the task `spec`; its
-    head takes only the inputs the encoder has (the single-sensor baseline's checkpoint has S2 alone)."""
+    head takes only the inputs the encoder has (a single-sensor variant's checkpoint has its sensor alone)."""
     encoder = MSGFMEncoder(MSGFMConfig.from_dict(best["encoder_config"]))
     inputs = tuple(s for s in spec.inputs if s in encoder.sensors)
     if inputs != tuple(spec.inputs):

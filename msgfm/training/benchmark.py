@@ -28,7 +28,14 @@ from msgfm.evaluation.intervals import resample
 from msgfm.evaluation.scoring import TRIVIAL, Evidence, model_predictor, score_batches, trivial_predictor
 from msgfm.geo.io import atomic_write_json
 from msgfm.models.device import resolve_device
-from msgfm.models.finetuned import BEST_FILE, WEIGHTS_FILE, checkpoint_mismatch, rebuild_task_model, variant_missing
+from msgfm.models.finetuned import (
+    BEST_FILE,
+    NOT_APPLICABLE,
+    WEIGHTS_FILE,
+    checkpoint_mismatch,
+    rebuild_task_model,
+    variant_missing,
+)
 from msgfm.models.hub import load_weights
 from msgfm.training.finetune import FinetuneError, tune_variant
 
@@ -134,7 +141,7 @@ def benchmark_test_scores(params: Params, data: TaskData, out: Path, variants: l
         model = load_weights(rebuild_task_model(best, data.spec), folder / WEIGHTS_FILE)
         vdata = data.only(model.encoder.sensors)
         if isinstance(vdata, str):
-            results[variant] = {"missing": vdata}
+            results[variant] = {NOT_APPLICABLE: vdata}
             continue
         vtest = vdata.splits["test"]
         predictor = model_predictor(model.to(resolve_device(params.finetune.device)), vdata, vtest.bands)

@@ -1,7 +1,8 @@
 """`msgfm finetune --task T`: Optuna-tuned fine-tuning of a task head on an msGFM encoder, and its baselines.
 
-For each variant in `finetune.variants` (msgfm.models.finetuned.VARIANTS: pretrained msGFM, the same
-network from scratch, single-sensor pretraining) an Optuna study (msgfm.training.study) searches
+For each variant in `finetune.variants` (pretrained msGFM, the same network from scratch, and the
+pretraining variants of `pretrain_variants`, each fed only the inputs it has trained embeddings for;
+a task needing others is "not applicable" to it) an Optuna study (msgfm.training.study) searches
 learning rate, weight decay, layer-wise lr decay, frozen vs full fine-tuning and batch size over
 `finetune.trials` trials of `finetune.epochs` epochs (msgfm.training.loop) on the label budget
 (`finetune.label_fraction` of the training chips, drawn once with the seed, the same for every
@@ -40,6 +41,7 @@ from msgfm.models.device import resolve_device
 from msgfm.models.encoder import MSGFMEncoder
 from msgfm.models.finetuned import (
     BEST_FILE,
+    NOT_APPLICABLE,
     WEIGHTS_FILE,
     checkpoint_mismatch,
     load_encoder,
@@ -187,8 +189,8 @@ def tune_variant(params: Params, data: TaskData, variant: str) -> dict[str, Any]
     if pretrained is not None:  # feed the encoder only the inputs it has trained (or borrowed) embeddings for
         restricted = data.only(pretrained.sensors)
         if isinstance(restricted, str):
-            log.warning("%s/%s skipped: %s", task, variant, restricted)
-            return {"missing": restricted}
+            log.info("%s/%s %s: %s", task, variant, NOT_APPLICABLE, restricted)
+            return {NOT_APPLICABLE: restricted}
         data = restricted
     study = open_study(params, data, variant)
     # a kill inside save_best leaves a temporary file that this run may never write over

@@ -62,27 +62,6 @@ def run_name(params: Params, manifest_path: Path) -> str:
     return f"pretrain-{digest}"
 
 
-def single_sensor_params(params: Params) -> Params:
-    """Params of the single-sensor baseline: only `pretrain.single_sensor`, outputs suffixed with its name."""
-    cfg = params.pretrain
-    sensor = cfg.single_sensor
-
-    def suffixed(path: Path) -> Path:
-        return path.with_name(f"{path.stem}_{sensor}{path.suffix}")
-
-    baseline = cfg.model_copy(
-        update={
-            "sensors": [sensor],
-            "sensor_mix": {sensor: 1.0},
-            "out_dir": suffixed(cfg.out_dir),
-            "checkpoint_dir": suffixed(cfg.checkpoint_dir),
-            "metrics": suffixed(cfg.metrics),
-            "plots_dir": suffixed(cfg.plots_dir),
-        }
-    )
-    return params.model_copy(update={"pretrain": baseline})
-
-
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The torch generator (masks) of one step of one rank: a pure function of (seed, rank, step), so resume
     replays exactly; the step's batch is drawn with msgfm.datasets.pretrain.step_rng of the same triple."""
@@ -93,7 +72,7 @@ def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 def build_model(params: Params) -> MSGFM:
     """The model pretraining starts from, initialised from `seed` alone: the same weights on every rank (DDP
     would broadcast rank 0's anyway) and in every run of the same params. It has embeddings and decoders for
-    `pretrain.sensors` only, so the single-sensor baseline carries no untrained embeddings of other sensors."""
+    `pretrain.sensors` only, so a single-sensor variant carries no untrained embeddings of other sensors."""
     torch.manual_seed(params.seed)
     return create_model_from_params(params.model, sensors=tuple(params.pretrain.sensors))
 
@@ -317,7 +296,7 @@ def write_outputs(params: Params, ckpt_dir: Path, wall_s: float) -> dict[str, An
 
     cfg = params.pretrain
     state = json.loads((ckpt_dir / "state.json").read_text())
-    model = build_model(params)  # the sensors pretrained on: the single-sensor baseline has only its own
+    model = build_model(params)  # the sensors pretrained on: a single-sensor variant has only its own
     model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
     model.eval()
     save_pretrained(model, cfg.out_dir, extra={"pretrain": {"steps": state["step"], "sensors": list(cfg.sensors)}})
