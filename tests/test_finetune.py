@@ -528,7 +528,7 @@ def test_finetune_and_evaluate_write_every_output(project: Path) -> None:
         assert single == baselines["single_s2"][task]
         assert all(c["verdict"] in verdicts and c["reason"] for c in comparisons[task].values())
     assert "pretrained on ['s2'] only" in baselines["single_s2"]["segmentation"]["not applicable"]
-    assert all("no pretrained model" in baselines["single_s2"][t]["missing"] for t in TASKS if t != "segmentation")
+    assert all("no fine-tuned checkpoint" in baselines["single_s2"][t]["missing"] for t in TASKS if t != "segmentation")
     ablations = json.loads((project / "data/metrics/ablations.json").read_text())
     assert {"clean", "drop_s1", "noise_s2", "shift_s1", "cloud_s2"} <= set(ablations["classification"])
     assert ablations["classification"]["clean"] == metrics["classification"]
