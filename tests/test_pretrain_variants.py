@@ -32,6 +32,8 @@ def test_each_variant_changes_only_its_term_and_writes_its_own_outputs(tmp_path:
     params = load_params(REPO / "params.yaml")
     single, no_cross, dense = (params.pretrain_variant(n) for n in ("single_s2", "no_cross", "dense"))
     assert single.pretrain.sensors == ["s2"] and single.pretrain.sensor_mix == {"s2": 1.0}
+    for variant in (single, no_cross, dense):  # a Ray Train worker validates the variant's params again
+        assert type(params).model_validate(variant.model_dump()) == variant
     assert build_model(single).config.sensors == ("s2",)
     assert (no_cross.model.p_cross, no_cross.model.experts, no_cross.pretrain.sensors) == (
         0.0,

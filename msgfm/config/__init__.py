@@ -114,7 +114,8 @@ class Params(Section):
             {
                 **cfg.model_dump(),
                 "sensors": sensors,
-                "sensor_mix": {s: w for s, w in cfg.sensor_mix.items() if s in sensors},
+                # a sensor the base mix lacks (params already narrowed to another variant) gets share 1
+                "sensor_mix": {s: cfg.sensor_mix.get(s, 1.0) for s in sensors},
                 "out_dir": self.pretrain_variants.models_dir / name,
                 "checkpoint_dir": suffixed(cfg.checkpoint_dir),
                 "metrics": suffixed(cfg.metrics),
