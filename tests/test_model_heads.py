@@ -9,6 +9,7 @@ from model_fixtures import MICRO, one_thread  # noqa: F401 (autouse fixture)
 from msgfm.models import create_model
 from msgfm.models.heads import (
     ClassificationHead,
+    DetailInjection,
     ImageToImageHead,
     SegmentationHead,
     TaskModel,
@@ -77,3 +78,31 @@ def test_image_to_image_head_takes_several_sensors_and_predicts_a_residual(encod
     assert model(x, BANDS).shape == (2, 4, 32, 32)
     with pytest.raises(ValueError, match="lacks output bands"):
         model({"s2": x["s2"][:, :2]}, {"s2": ("B02", "B03")})
+
+
+def test_detail_injection_starts_at_its_input_and_learns_band_gains_the_fusion_lacks(encoder) -> None:
+    """Pan-sharpening's head: at zero gains the output is the HPF-fused input; when each band's true detail is
+    the injected PAN detail scaled by its own gain (what HPF gets wrong), a few Adam steps on the head recover
+    gains that beat the input by a margin a gain-free head cannot reach."""
+    torch.manual_seed(0)
+    head = ImageToImageHead(encoder.dims, ["s2"], "s2", S2_L2A_BANDS, channels=8, residual="s2", detail_ratio=4)
+    model = TaskModel(encoder, head)
+    x = images(4)
+    torch.testing.assert_close(model({"s2": x["s2"]}, {"s2": BANDS["s2"]}), x["s2"])
+    true_gains = torch.linspace(-0.5, 0.8, len(S2_L2A_BANDS))
+    reference = DetailInjection(len(S2_L2A_BANDS), 4)
+    with torch.no_grad():
+        reference.weight.copy_(torch.diag(true_gains) / reference.scale)
+        target = x["s2"] + reference(x["s2"])
+    features = {"s2": [f.detach() for f in encoder({"s2": x["s2"]}, {"s2": BANDS["s2"]}).features["s2"]]}
+    optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(60):
+        loss = (head(features, images={"s2": x["s2"]}, bands={"s2": BANDS["s2"]}) - target).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    input_error = (x["s2"] - target).abs().mean().item()
+    assert loss.item() < 0.3 * input_error, (loss.item(), input_error)
+    torch.testing.assert_close(torch.diag(head.detail.gains.detach()), true_gains, atol=0.15, rtol=0)
+    with pytest.raises(ValueError, match="needs residual"):
+        ImageToImageHead(encoder.dims, ["s2"], "s2", S2_L2A_BANDS, detail_ratio=4)

@@ -17,7 +17,8 @@ accepted chips of the manifest into `TaskSplit`s (train, val, test, and the gene
   are the reference; MS is that image degraded by 4 (block mean) and PAN is the mean of the four
   bands at 10 m. The encoder has no PAN band, so PAN enters as high-pass detail injected into the
   bicubically upsampled MS (MS_up + PAN - PAN_low, Schowengerdt's HPF fusion) and the network
-  predicts a residual correction of that image; metrics on reflectance 0..1 against the original.
+  predicts a residual correction of that image, with learned band-wise gains of its detail
+  (msgfm.models.heads.DetailInjection); metrics on reflectance 0..1 against the original.
 - segmentation (Vaihingen-like): an RGB chip and its paired DSM chip (missing where unpaired) ->
   WorldCover classes per pixel on the fine grid; code 0 (unknown) is ignored.
 
@@ -78,6 +79,7 @@ class TaskSpec:
     out_sensor: str | None = None
     out_bands: tuple[str, ...] = ()
     residual: str | None = None
+    detail_ratio: int | None = None  # the head learns band-wise gains of the residual input's detail above 1/ratio
     grid: str = "s10"
 
     def metrics(self, num_classes: int) -> TaskMetrics:
@@ -114,7 +116,9 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "cloud_removal": TaskSpec(
         "cloud_removal", ("s2", "s1"), "image", out_sensor="s2", out_bands=S2_L2A_BANDS, residual="s2"
     ),
-    "pansharpening": TaskSpec("pansharpening", ("s2",), "image", out_sensor="s2", out_bands=PAN_BANDS, residual="s2"),
+    "pansharpening": TaskSpec(
+        "pansharpening", ("s2",), "image", out_sensor="s2", out_bands=PAN_BANDS, residual="s2", detail_ratio=PAN_RATIO
+    ),
     "segmentation": TaskSpec("segmentation", ("rgb", "dsm"), "segmentation", grid="fine"),
 }
 """Task name -> spec."""
